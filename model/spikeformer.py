@@ -1,0 +1,275 @@
+"""Spike-driven Transformer (SDT) and STAtten.
+
+Papers: "Spike-driven Transformer", Yao et al., NeurIPS 2023 (arXiv 2307.01694);
+"Spiking Transformer with Spatial-Temporal Attention", Lee et al., CVPR 2025 (arXiv 2409.19764).
+Original code: https://github.com/BICLab/Spike-Driven-Transformer (SDT) and
+https://github.com/Intelligent-Computing-Lab-Yale/STAtten (STAtten).
+
+Same modules, state-dict keys, weight init and maths as the reference code.  What we changed:
+
+* neurons are spikingjelly 2.0 modules (fused CPU kernel, Triton on CUDA; CuPy is not needed);
+* ``forward(x)`` returns the logits; the legacy ``forward(x, hook=dict())`` returns ``(logits, hook)`` and fills
+  the reference hook keys from forward hooks on the neurons and :class:`~module.Probe` points;
+* neuron state is reset at the start of every forward (``auto_reset=True``), so no membrane potential leaks from
+  one batch into the next; set ``model.auto_reset = False`` and call :meth:`reset_neurons` yourself to reproduce
+  runs that carry state across inputs;
+* bad arguments raise ``ValueError`` at construction instead of failing (or silently computing) later;
+* ``reference="sdt"|"statten"`` selects the two places where the code bases differ (see :mod:`module.ms_conv`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from spikingjelly.activation_based import functional
+from timm.layers import trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+from module import ATTENTION_MODES, REFERENCES, SPIKE_MODES, MS_Block_Conv, MS_SPS, TensorRecorder, create_lif, \
+    is_neuron
+
+__all__ = ["SpikeDrivenTransformer", "validate_config"]
+
+
+def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed_dims: int, num_heads: int,
+                    depths: int, T: int, pooling_stat: str, spike_mode: str, attention_mode: str, chunk_size: int,
+                    reference: str) -> None:
+    """Raise ``ValueError`` naming the first argument that the model cannot be built with."""
+    if attention_mode not in ATTENTION_MODES:
+        raise ValueError(f"attention_mode={attention_mode!r} is not supported; choose one of {ATTENTION_MODES}")
+    if spike_mode not in SPIKE_MODES:
+        raise ValueError(f"spike_mode={spike_mode!r} is not supported; choose one of {sorted(SPIKE_MODES)}")
+    if reference not in REFERENCES:
+        raise ValueError(f"reference={reference!r} is not supported; choose one of {REFERENCES}")
+    if isinstance(depths, bool) or not isinstance(depths, int) or depths < 1:
+        raise ValueError(f"depths={depths!r} must be a positive int (the number of blocks)")
+    if not isinstance(T, int) or T < 1:
+        raise ValueError(f"T={T!r} must be a positive int (the number of time steps)")
+    if in_channels < 1:
+        raise ValueError(f"in_channels={in_channels} must be positive")
+    if num_heads < 1 or embed_dims % num_heads:
+        raise ValueError(f"embed_dims={embed_dims} must be divisible by num_heads={num_heads}")
+    if embed_dims % 8:
+        raise ValueError(f"embed_dims={embed_dims} must be divisible by 8 (the stem widths are D/8, D/4, D/2)")
+    if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
+        raise ValueError(f"pooling_stat={pooling_stat!r} must be 4 characters of '0'/'1', e.g. '1111' or '0011'")
+    stride = 2 ** pooling_stat.count("1")
+    for name, size in (("img_size_h", img_size_h), ("img_size_w", img_size_w)):
+        if size < stride or size % stride:
+            raise ValueError(f"{name}={size} is not divisible by {stride}, the total stride of "
+                             f"pooling_stat={pooling_stat!r}; use a multiple of {stride} or fewer pooling stages")
+    if attention_mode == "STAtten":
+        if chunk_size < 1 or T % chunk_size:
+            raise ValueError(f"T={T} is not divisible by chunk_size={chunk_size}; STAtten splits the time steps "
+                             f"into chunks of chunk_size, so pick a chunk_size that divides T")
+        if img_size_h != img_size_w:
+            raise ValueError(f"STAtten scales attention by 1/H and needs a square token grid; got "
+                             f"img_size_h={img_size_h}, img_size_w={img_size_w}")
+
+
+class SpikeDrivenTransformer(nn.Module):
+    """SDT / STAtten classifier: ``MS_SPS`` stem, ``depths`` x ``MS_Block_Conv``, token mean, ``head_lif``, ``head``.
+
+    Args (as in the reference; arguments marked inert are accepted for config compatibility and do nothing there
+    either): img_size_h, img_size_w, patch_size (inert), in_channels, num_classes, embed_dims, num_heads,
+    mlp_ratios, qkv_bias, qk_scale, drop_rate, attn_drop_rate, drop_path_rate, norm_layer, sr_ratios, attn_mode,
+    get_embed, cml (all inert), depths (int: number of blocks), T (time steps), pooling_stat (4 chars, see
+    ``MS_SPS``), spike_mode ("lif", "plif"; "alif"/"blif" mean "lif"), dvs_mode (DVS pooling in attention; input
+    ``[B, T, C, H, W]``), TET (return per-step logits ``[T, B, K]``), attention_mode ("SDT" or "STAtten"),
+    chunk_size (STAtten), reference ("sdt" or "statten"; default "statten" for attention_mode STAtten, else "sdt").
+
+    Input: static images ``[B, C, H, W]`` (repeated over T) or event frames ``[B, T, C, H, W]``.
+    Output: logits ``[B, K]`` (mean over T), or ``[T, B, K]`` with TET.
+    """
+
+    def __init__(self, img_size_h: int = 128, img_size_w: int = 128, patch_size: int = 16, in_channels: int = 2,
+                 num_classes: int = 11, embed_dims: int = 512, num_heads: int = 8, mlp_ratios: float = 4,
+                 qkv_bias: bool = False, qk_scale: float | None = None, drop_rate: float = 0.0,
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.0, norm_layer: Any = None,
+                 depths: int = 2, sr_ratios: Any = None, T: int = 4, pooling_stat: str = "1111",
+                 attn_mode: str = "direct_xor", spike_mode: str = "lif", get_embed: bool = False,
+                 dvs_mode: bool = False, TET: bool = False, cml: bool = False, attention_mode: str = "SDT",
+                 chunk_size: int = 2, reference: str | None = None, auto_reset: bool = True, **kwargs):
+        super().__init__()
+        kwargs.pop("pretrained_cfg", None)
+        kwargs.pop("pretrained_cfg_overlay", None)
+        if kwargs:
+            raise TypeError(f"SpikeDrivenTransformer got unexpected arguments {sorted(kwargs)}")
+        reference = reference or ("statten" if attention_mode == "STAtten" else "sdt")
+        validate_config(img_size_h=img_size_h, img_size_w=img_size_w, in_channels=in_channels,
+                        embed_dims=embed_dims, num_heads=num_heads, depths=depths, T=T, pooling_stat=pooling_stat,
+                        spike_mode=spike_mode, attention_mode=attention_mode, chunk_size=chunk_size,
+                        reference=reference)
+        self.num_classes = num_classes
+        self.depths = depths
+        self.T = T
+        self.TET = TET
+        self.dvs = dvs_mode
+        self.attention_mode = attention_mode
+        self.chunk_size = chunk_size
+        self.reference = reference
+        self.auto_reset = auto_reset
+        self.num_features = self.embed_dim = embed_dims
+
+        self.patch_embed = MS_SPS(in_channels=in_channels, embed_dims=embed_dims, pooling_stat=pooling_stat,
+                                  spike_mode=spike_mode if reference == "sdt" else "lif")
+        self.block = nn.ModuleList([
+            MS_Block_Conv(embed_dims, num_heads=num_heads, mlp_ratio=mlp_ratios, spike_mode=spike_mode,
+                          dvs=dvs_mode, layer=j, attention_mode=attention_mode, chunk_size=chunk_size,
+                          reference=reference)
+            for j in range(depths)
+        ])
+        self.head_lif = create_lif(spike_mode)
+        self.head = nn.Linear(embed_dims, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        self._neurons = [m for m in self.modules() if is_neuron(m)]
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # Conv2d: truncated normal (std .02), zero bias; BN: 1 / 0.  The Linear head and the Conv1d keep
+        # PyTorch's default init, as in the reference.
+        if isinstance(m, nn.Conv2d):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    def reset_neurons(self) -> None:
+        """Reset the membrane state of every neuron (what ``spikingjelly...functional.reset_net`` does)."""
+        for m in self._neurons:
+            m.reset()
+
+    def legacy_hook_points(self) -> list[tuple[str, nn.Module]]:
+        """``(reference hook key, module)`` pairs, in the reference's forward order."""
+        sps = self.patch_embed
+        points = [("MS_SPS_lif", sps.proj_lif), ("MS_SPS_lif1", sps.proj_lif1), ("MS_SPS_lif2", sps.proj_lif2),
+                  ("MS_SPS_lif3", sps.proj_lif3)]
+        for i, blk in enumerate(self.block):
+            attn, prefix = blk.attn, f"MS_SSA_Conv{i}"
+            points += [(f"{prefix}_first_lif", attn.shortcut_lif), (f"{prefix}_q_lif", attn.q_spikes),
+                       (f"{prefix}_k_lif", attn.k_spikes), (f"{prefix}_v_lif", attn.v_spikes)]
+            if self.attention_mode == "SDT":
+                points += [(f"{prefix}_kv_before", attn.kv_before), (f"{prefix}_kv", attn.talking_heads_lif),
+                           (f"{prefix}_x_after_qkv", attn.x_after_qkv)]
+            else:
+                points.append((f"{prefix}_after_qkv", attn.after_qkv))
+            points += [(f"MS_MLP_Conv{i}_fc1_lif", blk.mlp.fc1_lif), (f"MS_MLP_Conv{i}_fc2_lif", blk.mlp.fc2_lif)]
+        points.append(("head_lif", self.head_lif))
+        return points
+
+    def to_time_major(self, x: torch.Tensor) -> torch.Tensor:
+        """Static ``[B, C, H, W]`` -> ``[T, B, C, H, W]`` (same image every step); DVS ``[B, T, ...]`` -> time-major."""
+        if x.dim() < 5:
+            return x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        return x.transpose(0, 1).contiguous()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Stem and blocks: ``[T, B, D, H', W']`` real-valued features."""
+        x = self.patch_embed(self.to_time_major(x))
+        for blk in self.block:
+            x = blk(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Token mean, ``head_lif``, ``head``; mean over T unless TET."""
+        x = self.head(self.head_lif(x.flatten(3).mean(3)))
+        return x if self.TET else x.mean(0)
+
+    def forward(self, x: torch.Tensor, hook: dict | None = None):
+        """Logits; with ``hook`` (a dict) returns ``(logits, hook)`` with the reference hook tensors added."""
+        if self.auto_reset:
+            self.reset_neurons()
+        if hook is None:
+            return self.forward_head(self.forward_features(x))
+        with TensorRecorder(self.legacy_hook_points(), hook):
+            out = self.forward_head(self.forward_features(x))
+        return out, hook
+
+
+def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
+    """Unwrap timm/DDP checkpoints (``state_dict``/``state_dict_ema``, ``module.`` prefix) into model keys."""
+    if "state_dict_ema" in state_dict and "state_dict" not in state_dict:
+        state_dict = state_dict["state_dict_ema"]
+    state_dict = state_dict.get("state_dict", state_dict)
+    return {k.removeprefix("module."): v for k, v in state_dict.items()}
+
+
+def _create_sdt(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    return build_model_with_cfg(SpikeDrivenTransformer, variant, pretrained,
+                                pretrained_filter_fn=checkpoint_filter_fn, kwargs_filter=("img_size", "in_chans"),
+                                **kwargs)
+
+
+def _cfg(**kwargs) -> dict:
+    return {"num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
+            "interpolation": "bicubic", "fixed_input_size": True, "mean": (0.485, 0.456, 0.406),
+            "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj_conv", "classifier": "head", **kwargs}
+
+
+default_cfgs = generate_default_cfgs({
+    "sdt": _cfg(),
+    "sdt_8_384": _cfg(),
+    "sdt_8_512": _cfg(),
+    "sdt_8_768": _cfg(),
+    "sdt_cifar_2_512": _cfg(num_classes=10, input_size=(3, 32, 32)),
+    "sdt_dvs_2_256": _cfg(num_classes=10, input_size=(2, 64, 64), mean=(0.0, 0.0), std=(1.0, 1.0)),
+    "sdt_test": _cfg(num_classes=10, input_size=(3, 32, 32)),
+})
+
+_IMAGENET = dict(img_size_h=224, img_size_w=224, in_channels=3, num_classes=1000, pooling_stat="1111", T=4)
+
+
+def _variant(variant: str, defaults: dict, pretrained: bool, kwargs: dict) -> SpikeDrivenTransformer:
+    return _create_sdt(variant, pretrained=pretrained, **{**defaults, **kwargs})
+
+
+@register_model
+def sdt(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """The reference entry point: every argument comes from the caller (``timm.create_model("sdt", ...)``)."""
+    return _create_sdt("sdt", pretrained=pretrained, **kwargs)
+
+
+@register_model
+def sdt_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT-8-384 for ImageNet (16.82M parameters)."""
+    return _variant("sdt_8_384", dict(_IMAGENET, embed_dims=384, depths=8), pretrained, kwargs)
+
+
+@register_model
+def sdt_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT-8-512 for ImageNet (29.69M parameters)."""
+    return _variant("sdt_8_512", dict(_IMAGENET, embed_dims=512, depths=8), pretrained, kwargs)
+
+
+@register_model
+def sdt_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT-8-768 for ImageNet (66.34M parameters)."""
+    return _variant("sdt_8_768", dict(_IMAGENET, embed_dims=768, depths=8), pretrained, kwargs)
+
+
+@register_model
+def sdt_cifar_2_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT-2-512 for CIFAR-10, 32x32, T=4 (10.23M parameters)."""
+    defaults = dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=512, depths=2, T=4,
+                    pooling_stat="0011")
+    return _variant("sdt_cifar_2_512", defaults, pretrained, kwargs)
+
+
+@register_model
+def sdt_dvs_2_256(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """SDT-2-256 for CIFAR10-DVS, 64x64 event frames, T=16 (2.57M parameters)."""
+    defaults = dict(img_size_h=64, img_size_w=64, in_channels=2, num_classes=10, embed_dims=256, depths=2, T=16,
+                    pooling_stat="0011", dvs_mode=True)
+    return _variant("sdt_dvs_2_256", defaults, pretrained, kwargs)
+
+
+@register_model
+def sdt_test(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    """A tiny model for tests: 1 block of width 32, 32x32 input, T=2."""
+    defaults = dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32, num_heads=4,
+                    depths=1, T=2, pooling_stat="0011")
+    return _variant("sdt_test", defaults, pretrained, kwargs)

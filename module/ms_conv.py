@@ -1,0 +1,177 @@
+"""Spike-driven self-attention (SDSA) and the spiking MLP/block of SDT and STAtten (module/ms_conv.py).
+
+Tensors are time-major: ``[T, B, C, H, W]``.  The residual stream is real-valued ("membrane shortcut"); each
+branch starts with a LIF.  Two attention cores share the q/k/v/projection layers of :class:`MS_SSA_Conv`:
+
+* ``"SDT"``: ``x = Q * SN(sum_tokens(K * V))`` (Spike-driven Transformer, NeurIPS 2023);
+* ``"STAtten"``: block-wise spatio-temporal linear attention ``Q (K^T V) * scale`` over chunks of
+  ``chunk_size`` consecutive time steps, followed by ``attn_lif`` (STAtten, CVPR 2025).
+
+``reference`` picks which code base the module reproduces where the two differ: with ``"sdt"`` every neuron
+follows ``spike_mode``; with ``"statten"`` the attention neurons are always LIF and, in ``"SDT"`` mode with DVS
+input, q is max-pooled too.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .neuron import ATTENTION_THRESHOLD, create_lif
+from .probe import Probe
+from .sps import _tb_apply
+
+__all__ = ["ATTENTION_MODES", "REFERENCES", "dvs_pooling", "MS_SSA_Conv", "MS_MLP_Conv", "MS_Block_Conv"]
+
+ATTENTION_MODES = ("SDT", "STAtten")
+REFERENCES = ("sdt", "statten")
+
+
+def dvs_pooling() -> nn.MaxPool3d:
+    """3x3 max over the last two axes, keeping the shape (``Erode`` in SDT, ``dvs_pooling`` in STAtten).
+
+    On a 5-D tensor MaxPool3d treats axis 0 as batch and axis 1 as channel, so on ``[T, B, C, H, W]`` this is a
+    spatial 3x3 max and on ``[T, B, heads, N, d]`` a 3x3 max over (token, channel within the head).
+    """
+    return nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 1, 1), padding=(0, 1, 1))
+
+
+def _to_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """``[T, B, C, H, W]`` -> ``[T, B, heads, N, C // heads]``; channel c is head ``c // d``, index ``c % d``."""
+    T, B, C = x.shape[:3]
+    return x.flatten(3).transpose(-1, -2).reshape(T, B, -1, num_heads, C // num_heads).permute(0, 1, 3, 2, 4)
+
+
+def _from_heads(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """Inverse of :func:`_to_heads`: ``[T, B, heads, N, d]`` -> ``shape`` (``[T, B, C, H, W]``)."""
+    return x.transpose(3, 4).reshape(shape)
+
+
+class MS_SSA_Conv(nn.Module):
+    """Spike-driven self-attention branch with its residual add: ``x + proj_bn(proj_conv(attention(lif(x))))``."""
+
+    def __init__(self, dim: int, num_heads: int = 8, spike_mode: str = "lif", dvs: bool = False, layer: int = 0,
+                 attention_mode: str = "SDT", chunk_size: int = 2, reference: str = "sdt"):
+        super().__init__()
+        if attention_mode not in ATTENTION_MODES:
+            raise ValueError(f"attention_mode={attention_mode!r} is not supported; choose one of {ATTENTION_MODES}")
+        if reference not in REFERENCES:
+            raise ValueError(f"reference={reference!r} is not supported; choose one of {REFERENCES}")
+        if dim % num_heads:
+            raise ValueError(f"embed_dims={dim} is not divisible by num_heads={num_heads}")
+        self.dim, self.num_heads, self.dvs, self.layer = dim, num_heads, dvs, layer
+        self.attention_mode, self.chunk_size, self.reference = attention_mode, chunk_size, reference
+        attn_spike_mode = spike_mode if reference == "sdt" else "lif"
+
+        if dvs:
+            self.pool = dvs_pooling()
+        for name in ("q", "k", "v"):
+            self.add_module(f"{name}_conv", nn.Conv2d(dim, dim, kernel_size=1, stride=1, bias=False))
+            self.add_module(f"{name}_bn", nn.BatchNorm2d(dim))
+            self.add_module(f"{name}_lif", create_lif(attn_spike_mode))
+        self.attn_lif = create_lif(attn_spike_mode, v_threshold=ATTENTION_THRESHOLD)
+        # Built as in the reference (it is in every checkpoint) but never used in the computation.
+        self.talking_heads = nn.Conv1d(num_heads, num_heads, kernel_size=1, stride=1, bias=False)
+        self.talking_heads_lif = create_lif(attn_spike_mode, v_threshold=ATTENTION_THRESHOLD)
+        self.proj_conv = nn.Conv2d(dim, dim, kernel_size=1, stride=1)
+        self.proj_bn = nn.BatchNorm2d(dim)
+        self.shortcut_lif = create_lif(attn_spike_mode)
+
+        # q/k/v spikes as the attention core sees them (after the DVS max-pool where the reference applies one).
+        self.q_spikes, self.k_spikes, self.v_spikes = Probe(), Probe(), Probe()
+        if attention_mode == "SDT":
+            self.kv_before = Probe()
+            self.x_after_qkv = Probe()
+            self._attend = self._sdt_attention
+        else:
+            self.after_qkv = Probe()
+            self._attend = self._statten_attention
+
+    def _spikes(self, x_flat: torch.Tensor, name: str, shape: torch.Size) -> torch.Tensor:
+        conv, bn, lif = (getattr(self, f"{name}_{part}") for part in ("conv", "bn", "lif"))
+        return lif(bn(conv(x_flat)).reshape(shape))
+
+    def _sdt_attention(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.dvs:
+            k, v = self.pool(k), self.pool(v)
+            if self.reference == "statten":
+                q = self.pool(q)
+        q, k, v = (_to_heads(t, self.num_heads) for t in (self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)))
+        kv = self.kv_before(k.mul(v))
+        if self.dvs:
+            kv = self.pool(kv)
+        kv = self.talking_heads_lif(kv.sum(dim=-2, keepdim=True))
+        out = q.mul(kv)
+        if self.dvs:
+            out = self.pool(out)
+        return _from_heads(self.x_after_qkv(out), x.shape)
+
+    def _statten_attention(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                           v: torch.Tensor) -> torch.Tensor:
+        T, B, C, H, W = x.shape
+        if self.dvs:
+            q, k, v, x_pool = self.pool(q), self.pool(k), self.pool(v), self.pool(x)
+            scale = 1.0 / (H * H * self.chunk_size)
+        else:
+            scale = 1.0 / H
+        q, k, v = self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)
+        cs, heads = self.chunk_size, self.num_heads
+        nc = T // cs
+
+        def chunks(t: torch.Tensor) -> torch.Tensor:
+            # [T, B, h, N, d] -> [nc, B, h, cs * N, d], tokens of a chunk time-major
+            t = _to_heads(t, heads)
+            return t.reshape(nc, cs, *t.shape[1:]).permute(0, 2, 3, 1, 4, 5).flatten(3, 4)
+
+        q_c, k_c, v_c = chunks(q), chunks(k), chunks(v)
+        attn = (k_c.transpose(-2, -1) @ v_c) * scale
+        out = (q_c @ attn).unflatten(3, (cs, H * W)).permute(0, 3, 1, 2, 4, 5).reshape(T, B, heads, H * W, -1)
+        out = self.attn_lif(out.transpose(4, 3).reshape(T, B, C, H * W)).reshape(T, B, C, H, W)
+        if self.dvs:
+            out = out.mul(x_pool) + x_pool
+        return self.after_qkv(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        x = self.shortcut_lif(x)
+        x_flat = x.flatten(0, 1)
+        q, k, v = (self._spikes(x_flat, name, x.shape) for name in ("q", "k", "v"))
+        out = self._attend(x, q, k, v)
+        return _tb_apply(lambda t: self.proj_bn(self.proj_conv(t)), out) + identity
+
+
+class MS_MLP_Conv(nn.Module):
+    """Spiking MLP with its residual add: ``x + fc2_bn(fc2_conv(lif(fc1_bn(fc1_conv(lif(x))))))`` (1x1 convs)."""
+
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 spike_mode: str = "lif", layer: int = 0):
+        super().__init__()
+        out_features = out_features or in_features
+        hidden_features = hidden_features or in_features
+        self.layer = layer
+        self.fc1_conv = nn.Conv2d(in_features, hidden_features, kernel_size=1, stride=1)
+        self.fc1_bn = nn.BatchNorm2d(hidden_features)
+        self.fc1_lif = create_lif(spike_mode)
+        self.fc2_conv = nn.Conv2d(hidden_features, out_features, kernel_size=1, stride=1)
+        self.fc2_bn = nn.BatchNorm2d(out_features)
+        self.fc2_lif = create_lif(spike_mode)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        x = _tb_apply(lambda t: self.fc1_bn(self.fc1_conv(t)), self.fc1_lif(x))
+        x = _tb_apply(lambda t: self.fc2_bn(self.fc2_conv(t)), self.fc2_lif(x))
+        return x + identity
+
+
+class MS_Block_Conv(nn.Module):
+    """One encoder block: SDSA branch then MLP branch, each with its own residual (no LayerNorm, no DropPath)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, spike_mode: str = "lif",
+                 dvs: bool = False, layer: int = 0, attention_mode: str = "SDT", chunk_size: int = 2,
+                 reference: str = "sdt"):
+        super().__init__()
+        self.attn = MS_SSA_Conv(dim, num_heads=num_heads, spike_mode=spike_mode, dvs=dvs, layer=layer,
+                                attention_mode=attention_mode, chunk_size=chunk_size, reference=reference)
+        self.mlp = MS_MLP_Conv(dim, hidden_features=int(dim * mlp_ratio), spike_mode=spike_mode, layer=layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.attn(x))
