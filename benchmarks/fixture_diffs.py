@@ -1,0 +1,71 @@
+"""Max differences between our model and every reference fixture, on any device (a table, no assertions).
+
+    python benchmarks/fixture_diffs.py --device cuda
+
+On CUDA, spikingjelly 2.0 runs the LIF neurons through its Triton kernels; this shows how far that path is from the
+reference's CPU float32 numbers (eval output, hook tensors, train output, loss, gradients, BN running stats).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_fixtures import FIXTURES, build_seeded, load_fixture, reference_loss, unpack_hook  # noqa: E402
+
+_logger = logging.getLogger("fixture_diffs")
+
+
+def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.detach().float().cpu() - b.float()).abs().max().item()
+
+
+def fixture_diffs(path: Path, device: torch.device) -> dict:
+    """Max absolute differences for one fixture file."""
+    fixture = load_fixture(path)
+    net = build_seeded(fixture)
+    net.load_state_dict(fixture["state_dict"])
+    net.to(device).eval()
+    x = fixture["input"].float().to(device)
+    with torch.no_grad():
+        out, hook = net(x, hook=dict())
+    hook_err = max(_max_abs(hook[k][:, :1], unpack_hook(e)) for k, e in fixture["hook"].items())
+    train = copy.deepcopy(net).train()
+    out_t, _ = train(x, hook=dict())
+    loss = reference_loss({**fixture, "labels": fixture["labels"].to(device)}, out_t)
+    loss.backward()
+    params = dict(train.named_parameters())
+    state = train.state_dict()
+    return {
+        "fixture": path.stem,
+        "eval_out": _max_abs(out, fixture["eval_output"]),
+        "hooks": hook_err,
+        "train_out": _max_abs(out_t, fixture["train_output"]),
+        "loss": abs(loss.item() - fixture["train_loss"]),
+        "grads": max(_max_abs(params[k].grad, g) for k, g in fixture["grads"].items()),
+        "bn_stats": max(_max_abs(state[k], v) for k, v in fixture["train_bn_running_stats"].items()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = [fixture_diffs(p, torch.device(args.device)) for p in FIXTURES]
+    cols = list(rows[0])
+    _logger.info("device: %s (%s)", args.device, torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
+    _logger.info(" | ".join(f"{c:>34s}" if c == "fixture" else f"{c:>9s}" for c in cols))
+    for row in rows:
+        _logger.info(" | ".join(f"{row[c]:>34s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
+    _logger.info("max      | " + " | ".join(f"{max(r[c] for r in rows):9.2e}" for c in cols[1:]))
+
+
+if __name__ == "__main__":
+    main()

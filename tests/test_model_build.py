@@ -1,0 +1,120 @@
+"""Model construction: registry, parameter counts, argument validation, neuron state handling."""
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import model  # noqa: F401
+from model import SpikeDrivenTransformer
+from reference_fixtures import FIXTURE_DIR, build_seeded, load_fixture
+
+TINY = dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32, num_heads=4, mlp_ratios=4,
+            depths=1, T=4, pooling_stat="0011")
+
+
+def _count(name, **kwargs):
+    with torch.device("meta"):
+        net = timm.create_model(name, **kwargs)
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name, kwargs, millions", [
+    ("sdt_8_384", {}, 16.82),
+    ("sdt_8_512", {}, 29.69),
+    ("sdt_8_512", dict(depths=6), 23.37),
+    ("sdt_8_512", dict(depths=10), 36.01),
+    ("sdt_8_768", {}, 66.34),
+    ("sdt_cifar_2_512", {}, 10.23),
+    ("sdt_cifar_2_512", dict(num_classes=100), 10.28),
+    ("sdt_dvs_2_256", {}, 2.57),
+])
+def test_parameter_counts_match_paper(name, kwargs, millions):
+    assert round(_count(name, **kwargs) / 1e6, 2) == millions
+
+
+def test_generic_entry_point_equals_variant():
+    assert _count("sdt", img_size_h=224, img_size_w=224, in_channels=3, num_classes=1000, embed_dims=512,
+                  depths=8, T=4, pooling_stat="1111") == _count("sdt_8_512")
+
+
+@pytest.mark.parametrize("kwargs, parameter", [
+    (dict(attention_mode="STAtten", T=4, chunk_size=3), "chunk_size"),
+    (dict(attention_mode="linear"), "attention_mode"),
+    (dict(spike_mode="hlif"), "spike_mode"),
+    (dict(embed_dims=36, num_heads=8), "num_heads"),
+    (dict(img_size_h=30, img_size_w=30), "img_size_h"),
+    (dict(img_size_w=18), "img_size_w"),
+    (dict(pooling_stat="011"), "pooling_stat"),
+    (dict(depths=[2]), "depths"),
+    (dict(reference="spikformer"), "reference"),
+])
+def test_bad_arguments_name_the_parameter(kwargs, parameter):
+    with pytest.raises(ValueError, match=parameter):
+        timm.create_model("sdt", **{**TINY, **kwargs})
+
+
+def test_unknown_keyword_is_rejected():
+    with pytest.raises(TypeError, match="chunksize"):
+        SpikeDrivenTransformer(**TINY, chunksize=2)
+
+
+@pytest.mark.parametrize("attention_mode", ["SDT", "STAtten"])
+@pytest.mark.parametrize("T", [2, 6])
+def test_any_T_and_tet_shapes(attention_mode, T):
+    net = timm.create_model("sdt", **{**TINY, "T": T, "attention_mode": attention_mode, "chunk_size": 2}).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out, hook = net(x, hook={})
+    assert out.shape == (3, 10)
+    assert all(v.shape[0] == T for v in hook.values())
+    net.TET = True
+    with torch.no_grad():
+        per_step = net(x)
+    assert per_step.shape == (T, 3, 10)
+    torch.testing.assert_close(per_step.mean(0), out)
+
+
+def test_dvs_input_is_time_major_inside():
+    net = timm.create_model("sdt", **{**TINY, "in_channels": 2, "dvs_mode": True, "T": 3}).eval()
+    x = torch.rand(2, 3, 2, 32, 32)
+    with torch.no_grad():
+        _, hook = net(x, hook={})
+    assert hook["MS_SPS_lif"].shape == (3, 2, 4, 32, 32)
+
+
+def test_state_carries_over_only_when_auto_reset_is_off():
+    fixture = load_fixture(FIXTURE_DIR / "sdt_A_lif_static.pt")  # calibrated weights: every layer fires
+    net = build_seeded(fixture)
+    net.load_state_dict(fixture["state_dict"])
+    net.eval()
+    x = fixture["input"]
+    with torch.no_grad():
+        first = net(x)
+        assert torch.equal(net(x), first)
+        net.auto_reset = False
+        net.reset_neurons()
+        assert torch.equal(net(x), first)
+        carried = net(x)  # starts from the membrane potential left by the previous call
+        net.reset_neurons()
+        assert torch.equal(net(x), first)
+    assert not torch.equal(carried, first)
+
+
+def test_hook_dict_is_optional_and_leaves_no_hooks_behind():
+    net = timm.create_model("sdt", **TINY).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        plain = net(x)
+        out, hook = net(x, hook={})
+        assert torch.equal(plain, out)
+        assert all(not m._forward_hooks for m in net.modules())
+    assert "head_lif" in hook
+
+
+def test_cpu_path_never_imports_cupy():
+    code = ("import sys, torch, timm, model; "
+            "m = timm.create_model('sdt_test'); m(torch.randn(1, 3, 32, 32)).sum().backward(); "
+            "assert 'cupy' not in sys.modules, 'cupy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
