@@ -1,0 +1,228 @@
+"""Theoretical SNN energy, the papers' recipe (SDT supplementary; Horowitz, ISSCC 2014, 45 nm, 32-bit float).
+
+For every ``nn.Conv2d`` / ``nn.Linear`` that runs, the ANN FLOPs of one time step for one image are
+``k_h * k_w * H_out * W_out * C_in * C_out / groups`` (conv) or ``in * out`` per token (linear).  The rate ``R`` of the
+tensor that actually feeds the layer (read by a forward-pre hook, so a max-pool between a LIF and a conv is
+respected) is its mean value over all samples and time steps: the fraction of ones for spikes, and the mean event
+count for non-binary inputs (DVS counts, STAtten's {0, 1, 2} DVS attention output), each count being one
+accumulate.  Then::
+
+    SOPs_l = R_l * T * FLOPs_l                    (synaptic accumulates, charged E_AC = 0.9 pJ)
+    MACs   = FLOPs_enc * encoding_steps           (first conv on analog static images, charged E_MAC = 4.6 pJ)
+    E      = E_MAC * MACs + E_AC * sum_l SOPs_l   per image
+
+``encoding_steps`` is 1 by default, as the papers write it (the repeated static image is encoded once); pass
+``T`` to charge every repeated copy.  With event input the first layer sees event counts and is charged as AC
+(switchable with ``first_layer_as_mac``).  The unused ``talking_heads`` Conv1d never runs and costs nothing; the
+attention itself (masks, sums, STAtten's spike matmuls) is outside this recipe, as in the papers.
+
+Cross-check with spikingjelly 2.0 (``op_counter.SynOpCounter`` / ``MACCounter``): see :func:`spikingjelly_counts`.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["EnergyConstants", "LayerEnergy", "EnergyMeter", "spikingjelly_counts", "write_energy_csv"]
+
+
+@dataclass(frozen=True)
+class EnergyConstants:
+    """Energy per operation in pJ (defaults: 45 nm, 32-bit float, Horowitz ISSCC 2014)."""
+
+    e_mac_pj: float = 4.6
+    e_ac_pj: float = 0.9
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if not value >= 0:
+                raise ValueError(f"{name}={value} must be a non-negative energy in pJ")
+
+
+@dataclass
+class LayerEnergy:
+    """One row of ``energy.csv`` (per image)."""
+
+    layer: str
+    type: str
+    kernel: str
+    in_channels: int
+    out_channels: int
+    output_size: str
+    flops: int
+    rate: float
+    macs: float
+    sops: float
+    energy_pj: float
+
+
+@dataclass
+class _LayerCount:
+    module: nn.Module
+    flops: int = 0
+    output_size: str = ""
+    input_sum: torch.Tensor | None = None
+    input_elements: int = 0  # elements of one time step of one image
+    samples: int = 0
+    steps: int = 0
+
+
+def _layer_flops(module: nn.Module, x: torch.Tensor) -> tuple[int, int, str]:
+    """(FLOPs for one step of one image, input elements per step per image, output size) from a batched input.
+
+    Conv inputs are ``[T * B, C, H, W]``; linear inputs ``[..., in_features]`` hold one token per image and step
+    (the head's ``[T, B, D]``).
+    """
+    if isinstance(module, nn.Conv2d):
+        c_in, h, w = x.shape[-3:]
+        k_h, k_w = module.kernel_size
+        (s_h, s_w), (d_h, d_w) = module.stride, module.dilation
+        p_h, p_w = module.padding if isinstance(module.padding, tuple) else (0, 0)
+        h_out = (h + 2 * p_h - d_h * (k_h - 1) - 1) // s_h + 1
+        w_out = (w + 2 * p_w - d_w * (k_w - 1) - 1) // s_w + 1
+        flops = k_h * k_w * h_out * w_out * c_in * module.out_channels // module.groups
+        return flops, c_in * h * w, f"{h_out}x{w_out}"
+    return module.in_features * module.out_features, module.in_features, str(module.out_features)
+
+
+class EnergyMeter:
+    """Forward-pre hooks on every Conv2d/Linear of a time-major model that count what feeds each layer.
+
+    Args:
+        model: the network; layers are named by ``named_modules``.
+        T: time steps; a layer called with ``T * B`` rows (or ``[T, B, ...]``) sees ``B`` images.
+        dvs_input: the first layer receives event counts rather than an analog image.
+        constants: energies per operation.
+        first_layer_as_mac: charge the first layer as MACs (default: only for static, analog input).
+        encoding_steps: how many time steps of the encoding layer to charge as MACs (1 = the papers' recipe).
+    """
+
+    def __init__(self, model: nn.Module, T: int, dvs_input: bool = False, constants: EnergyConstants | None = None,
+                 first_layer_as_mac: bool | None = None, encoding_steps: int = 1):
+        self.T = T
+        self.constants = constants or EnergyConstants()
+        self.first_layer_as_mac = (not dvs_input) if first_layer_as_mac is None else first_layer_as_mac
+        self.encoding_steps = encoding_steps
+        self._layers: dict[str, _LayerCount] = {}
+        self._order: list[str] = []
+        self._handles = []
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                self._layers[name] = _LayerCount(module)
+                self._handles.append(module.register_forward_pre_hook(self._hook_for(name)))
+
+    def _hook_for(self, name: str):
+        def hook(module, inputs):
+            x = inputs[0].detach()
+            count = self._layers[name]
+            if count.input_sum is None:
+                count.flops, count.input_elements, count.output_size = _layer_flops(module, x)
+                count.input_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+                self._order.append(name)
+            rows = x.numel() // count.input_elements  # image-steps: T * B
+            count.input_sum += x.sum(dtype=torch.float64)
+            count.samples += rows // self.T
+            count.steps += rows
+        return hook
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> "EnergyMeter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def rows(self) -> list[LayerEnergy]:
+        """Per-layer energy for one image, in execution order."""
+        rows = []
+        for i, name in enumerate(self._order):
+            count = self._layers[name]
+            module = count.module
+            rate = count.input_sum.item() / (count.steps * count.input_elements)
+            if i == 0 and self.first_layer_as_mac:
+                macs, sops = float(count.flops * self.encoding_steps), 0.0
+            else:
+                macs, sops = 0.0, rate * self.T * count.flops
+            conv = isinstance(module, nn.Conv2d)
+            rows.append(LayerEnergy(
+                layer=name, type=type(module).__name__,
+                kernel="x".join(map(str, module.kernel_size)) if conv else "-",
+                in_channels=module.in_channels if conv else module.in_features,
+                out_channels=module.out_channels if conv else module.out_features,
+                output_size=count.output_size, flops=count.flops, rate=rate, macs=macs, sops=sops,
+                energy_pj=self.constants.e_mac_pj * macs + self.constants.e_ac_pj * sops,
+            ))
+        return rows
+
+    def summary(self) -> dict:
+        """Totals per image: MACs, SOPs, energy in pJ and mJ, with the constants and counting choices."""
+        rows = self.rows()
+        total_pj = sum(r.energy_pj for r in rows)
+        return {
+            "samples": self._layers[self._order[0]].samples if self._order else 0,
+            "T": self.T, "e_mac_pj": self.constants.e_mac_pj, "e_ac_pj": self.constants.e_ac_pj,
+            "first_layer_as_mac": self.first_layer_as_mac, "encoding_steps": self.encoding_steps,
+            "macs": sum(r.macs for r in rows), "sops": sum(r.sops for r in rows),
+            "ann_flops": sum(r.flops for r in rows), "energy_pj": total_pj, "energy_mj": total_pj * 1e-9,
+        }
+
+
+def write_energy_csv(rows: list[LayerEnergy], path: Path) -> None:
+    """``energy.csv``: one row per layer (per image), written atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(LayerEnergy.__dataclass_fields__))
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    os.replace(tmp, path)
+
+
+@dataclass
+class SpikingJellyCounts:
+    """spikingjelly 2.0's per-layer counts for one forward (all images, all time steps)."""
+
+    synops: dict[str, int] = field(default_factory=dict)
+    macs: dict[str, int] = field(default_factory=dict)
+
+
+def spikingjelly_counts(model: nn.Module, x: torch.Tensor) -> SpikingJellyCounts:
+    """Run ``model(x)`` under spikingjelly's ``SynOpCounter`` and ``MACCounter``; counts per Conv2d/Linear name.
+
+    How they relate to :class:`EnergyMeter` on the same run (tested in ``tests/test_energy.py``):
+
+    * 1x1 convs and linear layers with binary input: SynOps == ``SOPs * images`` exactly (each input spike is
+      used by every output channel).
+    * 3x3 convs: spikingjelly counts the exact weight uses, so spikes on the border, whose windows hang over the
+      zero padding, count fewer uses; the recipe's ``R * FLOPs`` charges every spike the full ``k*k*C_out`` fan-out
+      on average.  SynOps <= SOPs * images, equal when no spike touches the border.
+    * The first conv on analog input: MACCounter counts every repeated time step, the recipe counts
+      ``encoding_steps`` (1) of them, so MACs_sj == MACs * images * T / encoding_steps.
+    * Non-binary inputs (event counts, STAtten DVS's {0,1,2}) are not spikes for spikingjelly and get no SynOps.
+    * spikingjelly also counts spike matmuls inside STAtten's attention, which the recipe leaves out; those are not
+      Conv2d/Linear and are not in these per-layer dicts.
+    """
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, MACCounter, SynOpCounter
+
+    synop_counter, mac_counter = SynOpCounter(), MACCounter()
+    with torch.no_grad(), DispatchCounterMode([synop_counter, mac_counter]):
+        model(x)
+    prefix = type(model).__name__ + "."
+    names = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    counts = SpikingJellyCounts()
+    for target, counter in ((counts.synops, synop_counter), (counts.macs, mac_counter)):
+        for scope, per_op in counter.records.items():
+            name = scope.removeprefix(prefix)
+            if name in names:
+                target[name] = int(sum(per_op.values()))
+    return counts
