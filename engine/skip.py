@@ -1,0 +1,77 @@
+"""ASTER attention skipping: choose the blocks whose SDSA branch barely fires.
+
+A block's rate is the mean over time steps of the firing rate of the spike tensor that feeds its attention
+projection: ``MS_SSA_Conv{l}_x_after_qkv`` (SDT mode; ``_after_qkv`` in STAtten mode).  The rates come from an
+un-skipped model (``firing.json`` or a reference ``sdt.log``, see :mod:`engine.firing`), and every block is judged
+independently, as in ASTER.  Three ways to choose: a threshold (skip if rate <= X, inclusive), the K lowest-rate
+blocks (the paper's heat map axis), or an explicit list.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+__all__ = ["SkipDecision", "block_attention_rates", "select_skip_blocks"]
+
+_logger = logging.getLogger(__name__)
+
+
+def block_attention_rates(rates: dict[str, dict[str, float]], depths: int) -> list[float]:
+    """Mean over the time steps present of each block's attention-output firing rate."""
+    per_block = []
+    for layer in range(depths):
+        keys = (f"MS_SSA_Conv{layer}_x_after_qkv", f"MS_SSA_Conv{layer}_after_qkv")
+        values = [per_key[k] for per_key in rates.values() for k in keys if k in per_key]
+        if not values:
+            raise ValueError(f"the firing rates have no {keys[0]} (or {keys[1]}) for block {layer}; they must come "
+                             f"from an un-skipped model with {depths} blocks")
+        per_block.append(sum(values) / len(values))
+    return per_block
+
+
+@dataclass
+class SkipDecision:
+    """The chosen blocks, each block's rate and a human-readable reason per block."""
+
+    blocks: list[int]
+    rates: list[float]
+    reasons: list[str]
+
+    def as_dict(self) -> dict:
+        return {"format": "skip-blocks/1", "skipped_blocks": self.blocks, "block_rates": self.rates,
+                "reasons": self.reasons}
+
+
+def select_skip_blocks(depths: int, rates: dict[str, dict[str, float]] | None = None, threshold: float | None = None,
+                       lowest: int | None = None, explicit: list[int] | None = None) -> SkipDecision:
+    """Pick the blocks to skip by ``threshold`` (rate <= X), ``lowest`` (K lowest rates) or an ``explicit`` list.
+
+    Exactly one rule must be given; ``rates`` is required by the first two.  The decision is logged block by block.
+    """
+    rules = [name for name, value in (("threshold", threshold), ("lowest", lowest), ("explicit", explicit))
+             if value is not None]
+    if len(rules) != 1:
+        raise ValueError(f"give exactly one skip rule (threshold, lowest or explicit), got {rules or 'none'}")
+    block_rates = block_attention_rates(rates, depths) if rates is not None else [float("nan")] * depths
+    if explicit is not None:
+        bad = [b for b in explicit if not 0 <= b < depths]
+        if bad:
+            raise ValueError(f"--skip-blocks {bad} out of range: the model has blocks 0..{depths - 1}")
+        blocks = sorted(set(explicit))
+        reasons = [f"block {b}: {'skipped (explicit list)' if b in blocks else 'kept'}" for b in range(depths)]
+    elif rates is None:
+        raise ValueError(f"the {rules[0]} rule needs firing rates (--log-file firing.json or sdt.log)")
+    elif threshold is not None:
+        blocks = [b for b, r in enumerate(block_rates) if r <= threshold]
+        reasons = [f"block {b}: rate {r:.6g} {'<=' if b in blocks else '>'} threshold {threshold:g}: "
+                   f"{'skipped' if b in blocks else 'kept'}" for b, r in enumerate(block_rates)]
+    else:
+        if not 0 <= lowest <= depths:
+            raise ValueError(f"--skip-lowest {lowest} must be between 0 and the number of blocks ({depths})")
+        order = sorted(range(depths), key=lambda b: (block_rates[b], b))
+        blocks = sorted(order[:lowest])
+        reasons = [f"block {b}: rate {block_rates[b]:.6g}, rank {order.index(b) + 1} of {depths}: "
+                   f"{'skipped' if b in blocks else 'kept'}" for b in range(depths)]
+    for reason in reasons:
+        _logger.info("attention skip: %s", reason)
+    return SkipDecision(blocks=blocks, rates=block_rates, reasons=reasons)

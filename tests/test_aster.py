@@ -1,0 +1,145 @@
+"""ASTER: attention-skip selection and model bypass; early exit, sweeps and the SEENN oracle."""
+import math
+
+import pytest
+import timm
+import torch
+
+import model  # noqa: F401
+from engine.early_exit import EarlyExitMeter, EarlyExitSweep, exit_decisions, exit_scores, oracle_aet
+from engine.skip import select_skip_blocks
+from reference_fixtures import FIXTURE_DIR, build_seeded, load_fixture
+
+RATES = {"t0": {"MS_SSA_Conv0_x_after_qkv": 0.02, "MS_SSA_Conv1_x_after_qkv": 0.001, "MS_SSA_Conv2_x_after_qkv": 0.3},
+         "t1": {"MS_SSA_Conv0_x_after_qkv": 0.0, "MS_SSA_Conv1_x_after_qkv": 0.001, "MS_SSA_Conv2_x_after_qkv": 0.1}}
+
+
+def test_threshold_rule_is_inclusive_and_averages_over_steps():
+    decision = select_skip_blocks(3, RATES, threshold=0.01)
+    assert decision.blocks == [0, 1]  # block 0: mean(0.02, 0) = 0.01 <= 0.01
+    assert decision.rates == pytest.approx([0.01, 0.001, 0.2])
+    assert "skipped" in decision.reasons[0] and "kept" in decision.reasons[2]
+
+
+def test_lowest_and_explicit_rules():
+    assert select_skip_blocks(3, RATES, lowest=1).blocks == [1]
+    assert select_skip_blocks(3, RATES, lowest=0).blocks == []
+    assert select_skip_blocks(3, explicit=[2, 0]).blocks == [0, 2]
+    with pytest.raises(ValueError, match="out of range"):
+        select_skip_blocks(3, explicit=[3])
+    with pytest.raises(ValueError, match="exactly one"):
+        select_skip_blocks(3, RATES, threshold=0.1, lowest=1)
+    with pytest.raises(ValueError, match="MS_SSA_Conv3_x_after_qkv"):
+        select_skip_blocks(4, RATES, threshold=0.1)
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    fixture = load_fixture(FIXTURE_DIR / "sdt_A_lif_static.pt")  # 2 blocks, T=4, every layer fires
+    net = build_seeded(fixture)
+    net.load_state_dict(fixture["state_dict"])
+    return net.eval(), fixture["input"]
+
+
+def test_skipping_removes_exactly_the_attention_branch(calibrated):
+    net, x = calibrated
+    with torch.no_grad():
+        _, full = net(x, hook={})
+        net.skip_blocks = [1]
+        out, skipped = net(x, hook={})
+        # by hand: block 1 becomes its MLP alone, applied to block 0's output
+        net.reset_neurons()
+        features = net.block[0](net.patch_embed(net.to_time_major(x)))
+        expected = net.forward_head(net.block[1].mlp(features))
+        net.skip_blocks = []
+    assert torch.equal(out, expected)
+    assert {k for k in full if k not in skipped} == {f"MS_SSA_Conv1_{s}" for s in (
+        "first_lif", "q_lif", "k_lif", "v_lif", "kv_before", "kv", "x_after_qkv")}
+    assert "MS_MLP_Conv1_fc1_lif" in skipped
+    for key in ("MS_SSA_Conv0_q_lif", "MS_MLP_Conv0_fc2_lif"):
+        assert torch.equal(full[key], skipped[key])
+
+
+def _direct_early_exit(per_step, labels, threshold, metric):
+    steps, correct = [], 0
+    for b in range(per_step.shape[1]):
+        partial = torch.zeros(per_step.shape[-1])
+        for t in range(per_step.shape[0]):
+            partial = partial + per_step[t, b]
+            p = partial.softmax(-1)
+            score = p.max().item() if metric == "confidence" else \
+                1 - (-(p * p.log()).sum().item()) / math.log(p.numel())
+            if score > threshold or t == per_step.shape[0] - 1:
+                steps.append(t + 1)
+                correct += int(partial.argmax().item() == labels[b].item())
+                break
+    return steps, 100.0 * correct / per_step.shape[1]
+
+
+@pytest.mark.parametrize("metric", ["confidence", "entropy"])
+@pytest.mark.parametrize("threshold", [0.3, 0.6, 0.9])
+def test_meter_equals_direct_per_sample_computation(metric, threshold):
+    generator = torch.Generator().manual_seed(1)
+    per_step = torch.randn(5, 40, 4, generator=generator)
+    labels = torch.randint(0, 4, (40,), generator=generator)
+    meter = EarlyExitMeter(T=5, threshold=threshold, metric=metric)
+    for chunk in range(0, 40, 16):  # batches of 16, 16, 8
+        meter.update(per_step[:, chunk:chunk + 16], labels[chunk:chunk + 16])
+    steps, accuracy = _direct_early_exit(per_step, labels, threshold, metric)
+    assert meter.exit_steps == steps
+    assert meter.overall()["accuracy"] == pytest.approx(accuracy)
+    sweep = EarlyExitSweep([threshold], T=5, metric=metric)
+    sweep.update(per_step, labels)
+    row = sweep.rows()[0]
+    assert row["accuracy"] == pytest.approx(accuracy)
+    assert row["avg_timesteps"] == pytest.approx(sum(steps) / len(steps))
+
+
+def test_threshold_extremes():
+    per_step = torch.randn(4, 10, 3)
+    scores, cumulative = exit_scores(per_step, "confidence")
+    assert exit_decisions(scores, cumulative, 0.0)[0].tolist() == [1] * 10
+    assert exit_decisions(scores, cumulative, 1.01)[0].tolist() == [4] * 10
+
+
+def test_prediction_at_exit_equals_a_shorter_run(calibrated):
+    """Causality: summing the first t per-step logits gives the output of running only t steps."""
+    net, x = calibrated
+    with torch.no_grad():
+        net.TET = True
+        per_step = net(x)
+        net.TET = False
+        for t in range(1, net.T + 1):
+            net.T = t
+            short = net(x)
+            net.T = 4
+            torch.testing.assert_close(per_step[:t].mean(0), short, rtol=1e-5, atol=1e-6)
+
+
+def test_oracle_aet_by_hand():
+    # 10 samples, T=3: 4 correct with 1 step, 7 with 2, 8 with 3 -> (4 + 2*3 + 3*1 + 3*2) / 10 = 1.9
+    assert oracle_aet([4, 7, 8], 10, 3) == pytest.approx(1.9)
+    sweep = EarlyExitSweep([0.5], T=2)
+    per_step = torch.tensor([[[2.0, 0.0], [0.0, 1.0]], [[0.0, 0.0], [0.0, 3.0]]])  # [T=2, B=2, C=2]
+    sweep.update(per_step, torch.tensor([0, 0]))
+    assert sweep.fixed_step_accuracy() == [50.0, 50.0]
+    assert sweep.oracle()["aet"] == pytest.approx((1 + 2 * 0 + 2 * 1) / 2)
+
+
+def test_class_stats_and_exit_record():
+    meter = EarlyExitMeter(T=3, threshold=0.9)
+    per_step = torch.tensor([[[5.0, 0.0], [0.0, 0.1]], [[5.0, 0.0], [0.0, 0.1]], [[1.0, 0.0], [0.0, 0.1]]])
+    meter.update(per_step, torch.tensor([0, 1]))
+    stats = meter.class_stats()
+    assert stats["overall"]["exit_timestep_ratio"] == [0.5, 0.0, 0.5]
+    assert stats["per_class"]["0"] == {"samples": 1, "accuracy": 100.0, "avg_timestep": 1.0, "std_timestep": 0.0,
+                                       "exit_timesteps": [1]}
+    assert stats["confidence"]["timestep_1"]["values"][0] == pytest.approx(torch.tensor([5.0, 0]).softmax(0)[0])
+    assert meter.exit_record()["exit_steps"] == [1, 3]
+    assert meter.log_line().startswith("[Early Exit] Threshold: 0.9, Avg Time: 2.0000, Acc: 100.0000, Portion:")
+
+
+def test_skip_blocks_validated_on_the_model():
+    net = timm.create_model("sdt_test", depths=2)
+    with pytest.raises(ValueError, match="skip_blocks"):
+        net.skip_blocks = [2]
