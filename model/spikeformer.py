@@ -78,7 +78,9 @@ class SpikeDrivenTransformer(nn.Module):
     get_embed, cml (all inert), depths (int: number of blocks), T (time steps), pooling_stat (4 chars, see
     ``MS_SPS``), spike_mode ("lif", "plif"; "alif"/"blif" mean "lif"), dvs_mode (DVS pooling in attention; input
     ``[B, T, C, H, W]``), TET (return per-step logits ``[T, B, K]``), attention_mode ("SDT" or "STAtten"),
-    chunk_size (STAtten), reference ("sdt" or "statten"; default "statten" for attention_mode STAtten, else "sdt").
+    chunk_size (STAtten), reference ("sdt" or "statten"; default "statten" for attention_mode STAtten, else "sdt"),
+    auto_reset (reset every neuron at the start of each forward), skip_blocks (blocks whose attention branch is
+    bypassed, ASTER; also settable later through the ``skip_blocks`` property).
 
     Input: static images ``[B, C, H, W]`` (repeated over T) or event frames ``[B, T, C, H, W]``.
     Output: logits ``[B, K]`` (mean over T), or ``[T, B, K]`` with TET.
@@ -91,7 +93,8 @@ class SpikeDrivenTransformer(nn.Module):
                  depths: int = 2, sr_ratios: Any = None, T: int = 4, pooling_stat: str = "1111",
                  attn_mode: str = "direct_xor", spike_mode: str = "lif", get_embed: bool = False,
                  dvs_mode: bool = False, TET: bool = False, cml: bool = False, attention_mode: str = "SDT",
-                 chunk_size: int = 2, reference: str | None = None, auto_reset: bool = True, **kwargs):
+                 chunk_size: int = 2, reference: str | None = None, auto_reset: bool = True,
+                 skip_blocks: tuple[int, ...] = (), **kwargs):
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
@@ -125,6 +128,7 @@ class SpikeDrivenTransformer(nn.Module):
         self.head = nn.Linear(embed_dims, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         self._neurons = [m for m in self.modules() if is_neuron(m)]
+        self.skip_blocks = skip_blocks
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -137,6 +141,20 @@ class SpikeDrivenTransformer(nn.Module):
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.bias, 0)
             nn.init.constant_(m.weight, 1.0)
+
+    @property
+    def skip_blocks(self) -> list[int]:
+        """Indices of the blocks whose attention branch is bypassed (ASTER); the MLPs always run."""
+        return [i for i, blk in enumerate(self.block) if blk.skip_attention]
+
+    @skip_blocks.setter
+    def skip_blocks(self, blocks) -> None:
+        blocks = sorted(set(int(b) for b in blocks))
+        bad = [b for b in blocks if not 0 <= b < self.depths]
+        if bad:
+            raise ValueError(f"skip_blocks={bad} out of range: the model has blocks 0..{self.depths - 1}")
+        for i, blk in enumerate(self.block):
+            blk.skip_attention = i in blocks
 
     def reset_neurons(self) -> None:
         """Reset the membrane state of every neuron (what ``spikingjelly...functional.reset_net`` does)."""

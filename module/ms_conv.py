@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .instrument import sparsity, timer
 from .neuron import ATTENTION_THRESHOLD, create_lif
 from .probe import Probe
 from .sps import _tb_apply
@@ -24,6 +25,10 @@ __all__ = ["ATTENTION_MODES", "REFERENCES", "dvs_pooling", "MS_SSA_Conv", "MS_ML
 
 ATTENTION_MODES = ("SDT", "STAtten")
 REFERENCES = ("sdt", "statten")
+# Sparsity-probe labels of the instrumented STAtten fork (docs/profiler.md).
+_QKV = ("q", "k", "v")
+_QKV_CHUNKS = ("Attention q_chunks", "Attention k_chunks", "Attention v_chunks")
+_QKV_MERGED = ("Attention postReshape q_chunks", "Attention postReshape k_chunks", "Attention postReshape v_chunks")
 
 
 def dvs_pooling() -> nn.MaxPool3d:
@@ -95,15 +100,25 @@ class MS_SSA_Conv(nn.Module):
             k, v = self.pool(k), self.pool(v)
             if self.reference == "statten":
                 q = self.pool(q)
-        q, k, v = (_to_heads(t, self.num_heads) for t in (self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)))
-        kv = self.kv_before(k.mul(v))
-        if self.dvs:
-            kv = self.pool(kv)
-        kv = self.talking_heads_lif(kv.sum(dim=-2, keepdim=True))
-        out = q.mul(kv)
-        if self.dvs:
-            out = self.pool(out)
-        return _from_heads(self.x_after_qkv(out), x.shape)
+        with timer("Heads Reshape"):
+            q, k, v = (_to_heads(t, self.num_heads) for t in (self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)))
+        sparsity(_QKV, q, k, v)
+        with timer("KV Hadamard and Sum"):
+            kv = self.kv_before(k.mul(v))
+            if self.dvs:
+                kv = self.pool(kv)
+            kv = kv.sum(dim=-2, keepdim=True)
+        with timer("KV LIF"):
+            kv = self.talking_heads_lif(kv)
+        sparsity("Attention kv", kv)
+        with timer("Q Hadamard"):
+            out = q.mul(kv)
+            if self.dvs:
+                out = self.pool(out)
+        sparsity("Attention out", out)
+        with timer("Heads Transpose"):
+            out = _from_heads(self.x_after_qkv(out), x.shape)
+        return out
 
     def _statten_attention(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                            v: torch.Tensor) -> torch.Tensor:
@@ -113,19 +128,25 @@ class MS_SSA_Conv(nn.Module):
             scale = 1.0 / (H * H * self.chunk_size)
         else:
             scale = 1.0 / H
-        q, k, v = self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)
         cs, heads = self.chunk_size, self.num_heads
         nc = T // cs
-
-        def chunks(t: torch.Tensor) -> torch.Tensor:
-            # [T, B, h, N, d] -> [nc, B, h, cs * N, d], tokens of a chunk time-major
-            t = _to_heads(t, heads)
-            return t.reshape(nc, cs, *t.shape[1:]).permute(0, 2, 3, 1, 4, 5).flatten(3, 4)
-
-        q_c, k_c, v_c = chunks(q), chunks(k), chunks(v)
-        attn = (k_c.transpose(-2, -1) @ v_c) * scale
-        out = (q_c @ attn).unflatten(3, (cs, H * W)).permute(0, 3, 1, 2, 4, 5).reshape(T, B, heads, H * W, -1)
-        out = self.attn_lif(out.transpose(4, 3).reshape(T, B, C, H * W)).reshape(T, B, C, H, W)
+        q, k, v = (_to_heads(t, heads) for t in (self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)))
+        sparsity(_QKV, q, k, v)
+        with timer("Reshape"):
+            # [T, B, h, N, d] -> [nc, B, h, cs, N, d] -> [nc, B, h, cs * N, d]: the tokens of a chunk, time-major
+            q, k, v = (t.reshape(nc, cs, *t.shape[1:]).permute(0, 2, 3, 1, 4, 5) for t in (q, k, v))
+            sparsity(_QKV_CHUNKS, q, k, v)
+            q, k, v = (t.flatten(3, 4) for t in (q, k, v))
+        sparsity(_QKV_MERGED, q, k, v)
+        with timer("Matmul"):
+            out = q @ ((k.transpose(-2, -1) @ v) * scale)
+        sparsity("Attention out", out)
+        with timer("Reshape Time-Space"):
+            out = out.unflatten(3, (cs, H * W)).permute(0, 3, 1, 2, 4, 5).reshape(T, B, heads, H * W, -1)
+        sparsity("Attention postReshape chunk output", out, per_step=True)
+        with timer("Transpose and LIF"):
+            out = self.attn_lif(out.transpose(4, 3).reshape(T, B, C, H * W)).reshape(T, B, C, H, W)
+        sparsity("Attention postReshape chunk x", out, per_step=True)
         if self.dvs:
             out = out.mul(x_pool) + x_pool
         return self.after_qkv(out)
@@ -134,9 +155,14 @@ class MS_SSA_Conv(nn.Module):
         identity = x
         x = self.shortcut_lif(x)
         x_flat = x.flatten(0, 1)
+        sparsity("x_for_qkv", x_flat)
         q, k, v = (self._spikes(x_flat, name, x.shape) for name in ("q", "k", "v"))
         out = self._attend(x, q, k, v)
-        return _tb_apply(lambda t: self.proj_bn(self.proj_conv(t)), out) + identity
+        with timer("Projection and BN"):
+            out = _tb_apply(lambda t: self.proj_bn(self.proj_conv(t)), out)
+        out = out + identity
+        sparsity("x", out)
+        return out
 
 
 class MS_MLP_Conv(nn.Module):
@@ -157,13 +183,26 @@ class MS_MLP_Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
-        x = _tb_apply(lambda t: self.fc1_bn(self.fc1_conv(t)), self.fc1_lif(x))
-        x = _tb_apply(lambda t: self.fc2_bn(self.fc2_conv(t)), self.fc2_lif(x))
-        return x + identity
+        sparsity("MLP x", x)
+        x = self.fc1_lif(x)
+        sparsity("MLP postLIF x after lif", x)
+        x = _tb_apply(lambda t: self.fc1_bn(self.fc1_conv(t)), x)
+        sparsity("MLP postBN x after fc1", x)
+        x = self.fc2_lif(x)
+        sparsity("MLP postLIF x after fc2", x)
+        x = _tb_apply(lambda t: self.fc2_bn(self.fc2_conv(t)), x)
+        sparsity("MLP postBN x after fc2ConvBn", x)
+        x = x + identity
+        sparsity("MLP x after identity final", x)
+        return x
 
 
 class MS_Block_Conv(nn.Module):
-    """One encoder block: SDSA branch then MLP branch, each with its own residual (no LayerNorm, no DropPath)."""
+    """One encoder block: SDSA branch then MLP branch, each with its own residual (no LayerNorm, no DropPath).
+
+    ``skip_attention`` (ASTER's attention skipping) bypasses the whole SDSA branch, its residual add included: the
+    block input goes straight to the MLP, which still runs.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, spike_mode: str = "lif",
                  dvs: bool = False, layer: int = 0, attention_mode: str = "SDT", chunk_size: int = 2,
@@ -172,6 +211,7 @@ class MS_Block_Conv(nn.Module):
         self.attn = MS_SSA_Conv(dim, num_heads=num_heads, spike_mode=spike_mode, dvs=dvs, layer=layer,
                                 attention_mode=attention_mode, chunk_size=chunk_size, reference=reference)
         self.mlp = MS_MLP_Conv(dim, hidden_features=int(dim * mlp_ratio), spike_mode=spike_mode, layer=layer)
+        self.skip_attention = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.attn(x))
+        return self.mlp(x if self.skip_attention else self.attn(x))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .instrument import timer
 from .neuron import create_lif
 
 __all__ = ["MS_SPS"]
@@ -47,13 +48,15 @@ class MS_SPS(nn.Module):
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for conv, bn, lif, pool in self._stages[:3]:
-            x = lif(_tb_apply(lambda t: bn(conv(t)), x))
+        with timer("SPS.PSM"):
+            for conv, bn, lif, pool in self._stages[:3]:
+                x = lif(_tb_apply(lambda t: bn(conv(t)), x))
+                if pool is not None:
+                    x = _tb_apply(pool, x)
+            conv, bn, lif, pool = self._stages[3]
+            x_feat = _tb_apply(lambda t: bn(conv(t)), x)
             if pool is not None:
-                x = _tb_apply(pool, x)
-        conv, bn, lif, pool = self._stages[3]
-        x_feat = _tb_apply(lambda t: bn(conv(t)), x)
-        if pool is not None:
-            x_feat = _tb_apply(pool, x_feat)
-        x = _tb_apply(lambda t: self.rpe_bn(self.rpe_conv(t)), lif(x_feat))
-        return x + x_feat
+                x_feat = _tb_apply(pool, x_feat)
+        with timer("SPS.RPE"):
+            x = _tb_apply(lambda t: self.rpe_bn(self.rpe_conv(t)), lif(x_feat)) + x_feat
+        return x

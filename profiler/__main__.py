@@ -1,0 +1,6 @@
+"""``python -m profiler``."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

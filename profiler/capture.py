@@ -1,0 +1,226 @@
+"""Read a capture (the fork's text format, or our JSON-lines stream) into runs of records, by layer.
+
+How the text is cut into runs and blocks (the fork prints no block or run numbers apart from the notebook's
+"Run i" line):
+
+* every line gets a position: stem timers, then blocks, then the model total and the "Run i" total
+  (``profiler.fork_format.LABELS`` gives each label its order within the run or the block);
+* a block line whose position within the block is not after the previous block line starts the next block;
+  a run line that is not after the previous one, or a block line after the model total, starts the next run;
+  a "Run i" line closes its run and numbers it (runs without one are numbered on from the previous run);
+* a run is **complete** when it has ``num_layers`` blocks and, if the capture has "Run i" lines, ends with one;
+  the block index within a complete run is its **layer**.  Incomplete runs (a truncated capture, a run with a
+  missing or extra block) are kept apart with their line range and left out of every table;
+* a stretch of blocks without any run line (the old cap8 layout: sparsity only) is cut into runs of
+  ``num_layers`` consecutive blocks; blocks left over when the count is not a multiple are an incomplete run.
+
+The reference profiler script instead grouped *consecutive* block executions in tens (executions 1-10 =
+"Encoder 1"), which mixes layers; grouping the k-th block of every run is what "by layer" means.
+
+Lines that are not measurements are skipped and reported with their line numbers, never fatal.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .fork_format import LABELS, RUN_TOTAL, LineError, ParsedLine, parse_line
+from .records import UNITS, Record, Skipped, read_jsonl
+
+__all__ = ["DEFAULT_LAYERS", "Capture", "Run", "capture_from_records", "load_capture"]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_LAYERS = 8  # the fork's model; used when a capture has no run lines to infer the layer count from
+
+
+@dataclass
+class Run:
+    """The records of one forward pass and the source line of each.
+
+    ``blocks`` counts its encoder blocks; ``problem`` says why an incomplete run is incomplete (None if complete).
+    """
+
+    number: int | None
+    records: list[Record]
+    lines: list[int]
+    problem: str | None = None
+
+    @property
+    def blocks(self) -> int:
+        return 1 + max((record.block for record in self.records if record.block is not None), default=-1)
+
+    @property
+    def first_line(self) -> int:
+        return self.lines[0]
+
+    @property
+    def last_line(self) -> int:
+        return self.lines[-1]
+
+    @property
+    def has_run_lines(self) -> bool:
+        return any(record.block is None for record in self.records)
+
+
+@dataclass
+class Capture:
+    """A parsed capture: complete runs (the tables use only these), incomplete runs and skipped lines."""
+
+    source: str
+    num_layers: int
+    runs: list[Run]
+    incomplete: list[Run] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def records(self) -> list[Record]:
+        """The records of the complete runs."""
+        return [record for run in self.runs for record in run.records]
+
+    def log_summary(self) -> None:
+        """Log the run count, every incomplete run and the skipped line numbers."""
+        blocks = sorted({run.blocks for run in self.runs})
+        _logger.info("%s: %d complete runs of %s blocks (%d layers)", self.source, len(self.runs),
+                     "/".join(map(str, blocks)) or "-", self.num_layers)
+        for run in self.incomplete:
+            _logger.warning("%s: lines %d-%d: incomplete run left out (%s)", self.source, run.first_line,
+                            run.last_line, run.problem)
+        if self.skipped:
+            lines = ", ".join(str(s.line) for s in self.skipped[:20])
+            more = f" and {len(self.skipped) - 20} more" if len(self.skipped) > 20 else ""
+            _logger.warning("%s: skipped %d lines: %s%s (first reason: %s)", self.source, len(self.skipped),
+                            lines, more, self.skipped[0].reason)
+
+
+class _Segment:
+    """Consecutive measurement lines of one run (or, without run lines, of several), in reading order."""
+
+    def __init__(self):
+        self.records: list[Record] = []
+        self.lines: list[int] = []
+        self.run: int | None = None  # from the closing "Run i" line
+        self.run_key = (-1, -1)  # (phase: 0 stem / 1 blocks / 2 totals, order) of the last line
+        self.block_key = (-1, -1)  # (order, t) of the last block line
+        self.block = -1
+
+    def add(self, line: int, parsed: ParsedLine) -> bool:
+        """Append the line if it belongs to this run; False if it starts the next one."""
+        label = parsed.label
+        if label.scope == "block":
+            if self.run_key[0] == 2:
+                return False
+            key = (label.order, parsed.t or 0)
+            if self.run_key[0] < 1 or key <= self.block_key:
+                self.block += 1
+            self.run_key, self.block_key = (1, -1), key
+            block = self.block
+        else:
+            key = (0 if label.before_blocks else 2, label.order)
+            if key <= self.run_key:
+                return False
+            self.run_key, block = key, None
+            if label.name == RUN_TOTAL:
+                self.run = parsed.run
+        self.records.append(Record(0, block, label.name, label.kind, parsed.value, UNITS[label.kind], parsed.t))
+        self.lines.append(line)
+        return True
+
+    def to_run(self) -> Run:
+        return Run(self.run, self.records, self.lines)
+
+
+def _text_runs(path: Path) -> tuple[list[Run], list[Skipped]]:
+    """Cut a text capture into runs (numbered only where a "Run i" line closes them) and skipped lines."""
+    runs, skipped, current = [], [], _Segment()
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, text in enumerate(f, 1):
+            try:
+                parsed = parse_line(text)
+            except LineError as exc:
+                skipped.append(Skipped(number, str(exc), text.rstrip("\n")))
+                continue
+            if parsed is None:
+                continue
+            if not current.add(number, parsed):
+                runs.append(current.to_run())
+                current = _Segment()
+                current.add(number, parsed)
+            if current.run is not None:
+                runs.append(current.to_run())
+                current = _Segment()
+    if current.records:
+        runs.append(current.to_run())
+    return runs, skipped
+
+
+def _split(run: Run, num_layers: int) -> list[Run]:
+    """Cut a run without run lines (the cap8 layout) into runs of ``num_layers`` consecutive blocks."""
+    if run.has_run_lines or run.blocks <= num_layers:
+        return [run]
+    out = []
+    for start in range(0, run.blocks, num_layers):
+        kept = [(r, n) for r, n in zip(run.records, run.lines) if start <= r.block < start + num_layers]
+        out.append(Run(None, [replace(r, block=r.block - start) for r, _ in kept], [n for _, n in kept]))
+        if out[-1].blocks < num_layers:
+            out[-1].problem = (f"{out[-1].blocks} blocks left over: {run.blocks} blocks without run lines is not a "
+                               f"multiple of {num_layers} layers")
+    return out
+
+
+def _layer_count(runs: list[Run]) -> int:
+    counts = Counter(run.blocks for run in runs if run.has_run_lines and run.blocks)
+    if counts:
+        return counts.most_common(1)[0][0]
+    _logger.info("no run lines to infer the layer count from; assuming %d (use --layers)", DEFAULT_LAYERS)
+    return DEFAULT_LAYERS
+
+
+def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: int | None) -> Capture:
+    """Split, number and check the runs (see the module docstring)."""
+    layers = _layer_count(runs) if num_layers is None else num_layers
+    runs = [part for run in runs for part in _split(run, layers)]
+    needs_total = any(record.label == RUN_TOTAL for run in runs for record in run.records)
+    complete, incomplete, last = [], [], 0
+    for run in runs:
+        run.number = last = run.number if run.number is not None else last + 1
+        run.records = [replace(record, run=run.number) for record in run.records]
+        if run.problem is None and run.blocks != layers:
+            run.problem = f"{run.blocks} blocks, expected {layers}"
+        elif run.problem is None and needs_total and not any(r.label == RUN_TOTAL for r in run.records):
+            run.problem = "no closing 'Run i - Tempo totale' line (truncated?)"
+        (complete if run.problem is None else incomplete).append(run)
+    return Capture(source, layers, complete, incomplete, sorted(skipped, key=lambda s: s.line))
+
+
+def capture_from_records(source: str, records: list[Record], num_layers: int | None = None,
+                         lines: list[int] | None = None) -> Capture:
+    """A capture from records (a JSON-lines stream or a live run), cut into runs by their run numbers."""
+    by_run: dict[int, Run] = {}
+    for i, record in enumerate(records):
+        run = by_run.setdefault(record.run, Run(record.run, [], []))
+        run.records.append(record)
+        run.lines.append(lines[i] if lines else i + 1)
+    return _finish(source, list(by_run.values()), [], num_layers)
+
+
+def load_capture(path: Path, num_layers: int | None = None, source: str | None = None) -> Capture:
+    """Parse a capture file: ``*.jsonl`` as our JSON-lines stream, anything else as the fork's text.
+
+    Args:
+        path: the file.
+        num_layers: encoder blocks per run (default: inferred from the runs, else ``DEFAULT_LAYERS``).
+        source: the name of the capture in tables and logs (default: the file name).
+    """
+    path = Path(path)
+    source = source or path.name
+    if path.suffix != ".jsonl":
+        runs, skipped = _text_runs(path)
+        return _finish(source, runs, skipped, num_layers)
+    numbered, skipped = read_jsonl(path)
+    skipped += [Skipped(n, f"unknown label {r.label!r}", r.to_json()) for n, r in numbered if r.label not in LABELS]
+    known = [(n, r) for n, r in numbered if r.label in LABELS]
+    capture = capture_from_records(source, [r for _, r in known], num_layers, [n for n, _ in known])
+    capture.skipped = sorted(skipped, key=lambda s: s.line)
+    return capture

@@ -1,0 +1,104 @@
+"""Command line: ``python -m profiler {run,parse,plot}`` (docs/profiler.md)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from .capture import load_capture
+from .config import load_config
+from .plots import plot_tables
+from .run import add_run_arguments, build_model, make_inputs, run_profile
+from .tables import write_tables
+
+__all__ = ["build_parser", "main"]
+
+_logger = logging.getLogger(__name__)
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The top-level parser and its ``run`` sub-parser (which ``-c`` configs fill)."""
+    parser = argparse.ArgumentParser(prog="python -m profiler", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="time and probe a model run by run; write capture.txt, records.jsonl",
+                              description="Time and probe a model run by run (the fork's notebook driver).")
+    run.add_argument("-c", "--config", type=Path, help="YAML file of run options (CLI > YAML > defaults)")
+    run.add_argument("--ignore-unknown-keys", action="store_true",
+                     help="drop config keys that are not run options (for full training configs)")
+    add_run_arguments(run)
+
+    parse = commands.add_parser("parse", help="captures (fork text or records.jsonl) -> CSV tables",
+                                description="Parse captures into CSV tables (profiler.tables).")
+    parse.add_argument("captures", nargs="+", type=Path, help="capture files: the fork's text, or *.jsonl")
+    parse.add_argument("--out", type=Path, required=True, help="folder for the CSV tables")
+    parse.add_argument("--layers", type=int, help="encoder blocks per run (default: inferred, else 8)")
+
+    plot = commands.add_parser("plot", help="CSV tables -> the six PNG figures",
+                               description="Draw the six figures from the tables of 'parse'.")
+    plot.add_argument("tables", type=Path, help="folder written by 'parse'")
+    plot.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    plot.add_argument("--source", help="only this capture (a 'source' value of the tables)")
+    return parser, run
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: CUDA is not available here")
+    return device
+
+
+def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, argv: list[str] | None,
+         args: argparse.Namespace) -> int:
+    try:
+        if args.config is not None:
+            run_parser.set_defaults(**load_config(args.config, run_parser, args.ignore_unknown_keys))
+            args = parser.parse_args(argv)
+        device = _device(args.device)
+        net = build_model(args)
+        inputs = make_inputs(args, device)
+    except (OSError, ValueError) as exc:
+        run_parser.error(str(exc))
+    run_profile(args, net, inputs)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, run_parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.command == "run":
+        return _run(parser, run_parser, argv, args)
+    try:
+        if args.command == "parse":
+            _parse(args)
+        else:
+            plot_tables(args.tables, args.out, args.source)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
+    return 0
+
+
+def _parse(args: argparse.Namespace) -> None:
+    names = [path.name for path in args.captures]
+    captures = []
+    for path in args.captures:
+        # the file name tells the captures apart, or folder/name where two files share a name (records.jsonl)
+        source = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+        capture = load_capture(path, args.layers, source)
+        capture.log_summary()
+        captures.append(capture)
+    write_tables(captures, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""``python -m profiler run``: the fork's notebook driver (model.ipynb) as a command, with the options it lacked.
+
+Defaults reproduce the fork's captures: an untrained ``sdt`` 8-768 STAtten model (T=4, chunk 2, 1000 classes,
+32x32 input, pooling "1111"), 30 forward passes on fresh ``randn(1, 3, 32, 32)`` inputs, in train mode with
+autograd on, without resetting the neurons between runs.  Writes into ``--out``:
+
+* ``capture.txt``: the fork's text lines (``profiler.fork_format``), readable by ``python -m profiler parse``;
+* ``records.jsonl``: the same measurements as JSON lines (``profiler.records``);
+* ``args.yaml`` (the resolved options) and ``meta.json`` (versions, device).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import spikingjelly
+import timm
+import torch
+import yaml
+from torch import nn
+
+from module import ATTENTION_MODES, SPIKE_MODES
+
+from .atomic import atomic_open
+from .capture import Capture, capture_from_records
+from .fork_format import ForkTextWriter
+from .records import JsonlWriter
+from .session import ProfileSession
+from .tables import summary_lines
+
+__all__ = ["add_run_arguments", "build_model", "make_inputs", "run_profile"]
+
+_logger = logging.getLogger(__name__)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run`` options; model options use the reference train.py names (and YAML keys)."""
+    group = parser.add_argument_group("Model parameters")
+    group.add_argument("--model", default="sdt", help="timm model name (default: sdt)")
+    group.add_argument("--dim", type=int, default=768, help="embedding dimension (default: 768)")
+    group.add_argument("--layer", type=int, default=8, help="number of encoder blocks (default: 8)")
+    group.add_argument("--num-heads", type=int, default=8)
+    group.add_argument("--mlp-ratio", type=float, default=4)
+    group.add_argument("--time-steps", type=int, default=4, help="T (default: 4)")
+    group.add_argument("--img-size", type=int, default=32)
+    group.add_argument("--in-channels", type=int, default=3)
+    group.add_argument("--num-classes", type=int, default=1000)
+    group.add_argument("--pooling-stat", default="1111", help="stem max-pools (default: 1111, as the fork)")
+    group.add_argument("--spike-mode", default="lif", choices=sorted(SPIKE_MODES))
+    group.add_argument("--attention-mode", default="STAtten", choices=ATTENTION_MODES)
+    group.add_argument("--chunk-size", type=int, default=2)
+    group.add_argument("--dvs-mode", action=argparse.BooleanOptionalAction, default=False)
+
+    group = parser.add_argument_group("Input")
+    group.add_argument("--input", default="randn", choices=("randn", "dataset"),
+                       help="a fresh torch.randn batch per run, or batches of a dataset through engine/")
+    group.add_argument("--dataset", default="", help="dataset name for --input dataset")
+    group.add_argument("--data-dir", default="", help="dataset folder for --input dataset")
+    group.add_argument("-b", "--batch-size", type=int, default=1)
+    group.add_argument("--seed", type=int, default=0, help="seeds the weights and the random inputs")
+
+    group = parser.add_argument_group("Execution")
+    group.add_argument("--runs", type=int, default=30, help="recorded forward passes (default: 30)")
+    group.add_argument("--warmup", type=int, default=0, help="unrecorded forward passes first (default: 0)")
+    group.add_argument("--mode", default="train", choices=("train", "eval"),
+                       help="train: BN batch statistics and autograd, as the fork; eval: eval() + inference_mode")
+    group.add_argument("--reset", action=argparse.BooleanOptionalAction, default=False,
+                       help="reset the neurons before every run (the fork did not)")
+    group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    group.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="torch.autocast")
+    group.add_argument("--amp-dtype", default="float16", choices=("float16", "bfloat16"))
+
+    group = parser.add_argument_group("Measurements and output")
+    group.add_argument("--timers", action=argparse.BooleanOptionalAction, default=True)
+    group.add_argument("--sparsity", action=argparse.BooleanOptionalAction, default=True,
+                       help="sparsity probes; their reductions run inside the timed intervals, so use "
+                            "--no-sparsity for the cleanest times")
+    group.add_argument("--text-units", default="fork", choices=("fork", "ns"),
+                       help="fork: the fork's units and 4 decimals of a second; ns: every timer in ns (lossless)")
+    group.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    """The model of ``args``, seeded, with neuron resets left to the driver (``auto_reset=False``).
+
+    Raises:
+        ValueError: the configuration cannot be built (the message names the argument).
+    """
+    import model  # noqa: F401  (registers the models with timm)
+
+    torch.manual_seed(args.seed)
+    net = timm.create_model(
+        args.model, img_size_h=args.img_size, img_size_w=args.img_size, in_channels=args.in_channels,
+        num_classes=args.num_classes, embed_dims=args.dim, num_heads=args.num_heads, mlp_ratios=args.mlp_ratio,
+        depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
+        attention_mode=args.attention_mode, chunk_size=args.chunk_size, dvs_mode=args.dvs_mode)
+    net.auto_reset = False
+    return net
+
+
+def _random_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[torch.Tensor]:
+    generator = torch.Generator().manual_seed(args.seed)
+    frame = (args.in_channels, args.img_size, args.img_size)
+    shape = (args.batch_size, args.time_steps, *frame) if args.dvs_mode else (args.batch_size, *frame)
+    while True:
+        yield torch.randn(shape, generator=generator).to(device)
+
+
+def _dataset_inputs(args: argparse.Namespace, device: torch.device, build_eval_loader) -> Iterator[torch.Tensor]:
+    while True:
+        for images, _ in build_eval_loader(args):
+            yield images.to(device)
+
+
+def make_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[torch.Tensor]:
+    """An endless stream of input batches.
+
+    Raises:
+        ValueError: ``--input dataset`` without the training engine's ``engine.build_eval_loader(args)``.
+    """
+    if args.input == "randn":
+        return _random_inputs(args, device)
+    try:
+        from engine import build_eval_loader  # optional: the training engine's data pipeline
+    except ImportError as exc:
+        raise ValueError(f"--input dataset needs engine.build_eval_loader(args) from the training engine, "
+                         f"which is not available ({exc}); use --input randn") from exc
+    return _dataset_inputs(args, device, build_eval_loader)
+
+
+def _meta(device: torch.device) -> dict:
+    return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
+            "spikingjelly": getattr(spikingjelly, "__version__", "unknown"), "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "cpu_threads": torch.get_num_threads()}
+
+
+def run_profile(args: argparse.Namespace, net: nn.Module, inputs: Iterator[torch.Tensor]) -> Capture:
+    """Run ``args.warmup`` unrecorded and ``args.runs`` recorded forward passes; write the outputs."""
+    device = torch.device(args.device)
+    net.to(device).train(args.mode == "train")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_open(out / "args.yaml") as f:
+        yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, f, sort_keys=False)
+    with atomic_open(out / "meta.json") as f:
+        json.dump(_meta(device), f, indent=2)
+    grad_mode = torch.inference_mode() if args.mode == "eval" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype), enabled=args.amp)
+    records = []
+    with atomic_open(out / "capture.txt") as text, atomic_open(out / "records.jsonl") as jsonl, grad_mode, \
+            autocast, ProfileSession(net, device, timers=args.timers, probes=args.sparsity) as session:
+        writers = [ForkTextWriter(text, args.text_units), JsonlWriter(jsonl)]
+        for number in range(1 - args.warmup, args.runs + 1):  # warm-up runs are numbered <= 0, not written
+            if args.reset:
+                net.reset_neurons()
+            x = next(inputs)
+            run_records = session.run(number, lambda: net(x))
+            if number > 0:
+                for writer in writers:
+                    writer.write(run_records)
+                records += run_records
+                _logger.debug("run %d done", number)
+    capture = capture_from_records("records.jsonl", records, num_layers=args.layer)
+    _logger.info("%d runs on %s written to %s; means over the runs:\n%s", len(capture.runs), device, out,
+                 "\n".join(summary_lines(capture)))
+    return capture

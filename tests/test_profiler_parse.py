@@ -1,0 +1,134 @@
+"""profiler.capture / profiler.tables on the fork's real captures and on the old cap8 layout."""
+import re
+
+import numpy as np
+import pytest
+
+from profiler.capture import load_capture
+from profiler.fork_format import LABELS, parse_line, render_record
+from profiler.records import Record
+from profiler.tables import TABLES, attention_chunks, layer_sparsity, model_times, read_csv, write_tables
+from profiler_helpers import CAPTURE_DIR, CAPTURES, cap8_lines, needs_captures
+
+
+@pytest.fixture(scope="module")
+def captures():
+    return {name: load_capture(CAPTURE_DIR / name) for name in CAPTURES}
+
+
+def _direct_run_means(path):
+    """Per-run mean (seconds) of each timer, computed straight from the text with one regex."""
+    timer = re.compile(r"\[Time\] - (.+): ([0-9.]+) (seconds|nanoseconds)")
+    runs, current = [], {}
+    for line in path.read_text().splitlines():
+        if m := timer.fullmatch(line):
+            current.setdefault(m[1], []).append(float(m[2]) / (1e9 if m[3] == "nanoseconds" else 1))
+        elif line.startswith("Run "):
+            runs.append({label: np.mean(v) for label, v in current.items()})
+            current = {}
+    return runs
+
+
+@needs_captures
+@pytest.mark.parametrize("name", CAPTURES)
+def test_structure_30_runs_8_blocks_4_steps(captures, name):
+    capture = captures[name]
+    assert [run.number for run in capture.runs] == list(range(1, 31))
+    assert not capture.incomplete and not capture.skipped
+    assert capture.num_layers == 8
+    for run in capture.runs:
+        assert run.blocks == 8
+        for block in range(8):
+            for label in ("Attention postReshape chunk output", "Attention postReshape chunk x"):
+                steps = [r.t for r in run.records if r.block == block and r.label == label]
+                assert steps == [0, 1, 2, 3]
+    chunks = attention_chunks(capture)
+    assert len(chunks) == 30 * 8 * 4 and all(row["output"] != "" and row["x"] != "" for row in chunks)
+
+
+@needs_captures
+@pytest.mark.parametrize("name", CAPTURES)
+def test_run_means_equal_direct_computation(captures, name):
+    direct = _direct_run_means(CAPTURE_DIR / name)
+    rows = model_times(captures[name])
+    assert len(direct) == 30
+    parsed = {}
+    for row in rows:
+        parsed.setdefault(row["run"], {})[row["label"]] = row["mean_ms"] / 1e3
+    for number, expected in enumerate(direct, 1):
+        got = parsed[number]
+        assert set(got) == set(expected) | {"Run total"}
+        for label, value in expected.items():
+            assert got[label] == pytest.approx(value, rel=1e-12, abs=1e-15), (number, label)
+    assert {row["count"] for row in rows if row["label"] == "SSA Encoder"} == {8}
+
+
+def _value(capture, run, block, label, t=None):
+    (record,) = [r for r in capture.runs[run - 1].records if r.block == block and r.label == label and r.t == t]
+    return record.value
+
+
+@needs_captures
+def test_values_read_by_hand(captures):
+    c3, randn, old = captures["capcifar3.txt"], captures["capcifarTensRandn.txt"], captures["capcifar.txt"]
+    # capcifar3.txt lines 3, 13, 20, 22, 24, 28, 30, 36 and 339-340 (run 1, block 0)
+    assert _value(c3, 1, 0, "x_for_qkv") == 0.690185546875
+    assert _value(c3, 1, 0, "Reshape") == 285090
+    assert _value(c3, 1, 0, "Matmul") == 187566
+    assert _value(c3, 1, 0, "Reshape Time-Space") == 23754
+    assert _value(c3, 1, 0, "Attention postReshape chunk output", t=0) == 0.9947916666666666
+    assert _value(c3, 1, 0, "Transpose and LIF") == 336281
+    assert _value(c3, 1, 0, "Attention postReshape chunk x", t=1) == 1.0
+    assert _value(c3, 1, 0, "SSA Encoder") == pytest.approx(0.0039e9)
+    assert _value(c3, 1, None, "Spikeformer Time time") == pytest.approx(0.0458e9)
+    assert _value(c3, 1, None, "Run total") == pytest.approx(0.0459e9)
+    # capcifarTensRandn.txt lines 10416, 10419 and 10426 (run 30, block 7)
+    assert _value(randn, 30, 7, "Reshape Time-Space") == 34051
+    assert _value(randn, 30, 7, "Attention postReshape chunk output", t=1) == 0.98828125
+    assert _value(randn, 30, 7, "Attention postReshape chunk x", t=3) == 0.9990234375
+    # capcifar.txt prints the sub-timers in seconds (line 14: "[Time] - Reshape: 0.0003 seconds")
+    assert _value(old, 1, 0, "Reshape") == pytest.approx(0.0003e9)
+    assert _value(old, 30, None, "Run total") == pytest.approx(0.0524e9)
+
+
+@needs_captures
+def test_tables_written_and_grouped_by_layer(captures, tmp_path):
+    paths = write_tables(captures.values(), tmp_path)
+    assert set(paths) == set(TABLES)
+    encoder = read_csv(paths["encoder_means"])
+    assert len(encoder) == 3 * 8 * 7  # sources x layers x block timers
+    c3 = captures["capcifar3.txt"]
+    layer3 = [r.value for r in c3.records() if r.block == 3 and r.label == "SSA Encoder"]
+    (row,) = [r for r in encoder
+              if r["source"] == "capcifar3.txt" and r["layer"] == "3" and r["label"] == "SSA Encoder"]
+    assert float(row["mean_ms"]) == pytest.approx(np.mean(layer3) / 1e6) and row["runs"] == "30"
+    assert float(row["std_ms"]) == pytest.approx(np.std(layer3, ddof=1) / 1e6)
+    spread = read_csv(paths["spread"])
+    assert {r["source"] for r in spread} == set(CAPTURES)
+
+
+def test_cap8_layout_grouped_by_layer_not_by_consecutive_executions(tmp_path):
+    path = tmp_path / "cap8.txt"
+    path.write_text("\n".join(cap8_lines(80)) + "\n")  # 80 executions = 10 runs of 8 layers, as cap8.txt
+    capture = load_capture(path)
+    assert len(capture.runs) == 10 and not capture.incomplete and not capture.skipped
+    rows = {(r["layer"], r["label"]): r for r in layer_sparsity(capture) if r["t"] == ""}
+    for layer in range(8):
+        # layer k of run r holds k/100 + r/1000: the by-layer mean is k/100 + mean(r)/1000, runs 0..9
+        assert rows[(layer, "Attention postReshape x")]["mean"] == pytest.approx(layer / 100 + 0.0045)
+        assert rows[(layer, "q")]["runs"] == 10
+    # the reference grouped executions 1-10 as "Encoder 1": it would have mixed layers 0-7 and 0-1
+    consecutive = np.mean([(i % 8) / 100 + (i // 8) / 1000 for i in range(10)])
+    assert consecutive != pytest.approx(rows[(0, "q")]["mean"])
+
+
+def test_every_label_round_trips_through_the_line_format():
+    for label in LABELS.values():
+        t = 2 if label.per_step else None
+        value = 1234567.0 if label.kind == "time" else 0.25
+        record = Record(3, None if label.scope == "run" else 1, label.name, label.kind, value,
+                        "ns" if label.kind == "time" else "fraction", t)
+        for units in ("fork", "ns"):
+            parsed = parse_line(render_record(record, units))
+            assert parsed.label == label and parsed.t == t
+            assert parsed.value == pytest.approx(value, abs=0.5e5 if units == "fork" else 1e-9)

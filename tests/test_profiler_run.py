@@ -1,0 +1,100 @@
+"""``python -m profiler run/parse/plot`` on a tiny model, on the CPU."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from profiler.capture import load_capture
+from profiler.cli import main
+from profiler.fork_format import LABELS
+from profiler.tables import read_csv
+from profiler_helpers import TINY_RUN
+
+ROOT = Path(__file__).resolve().parents[1]
+_FORK_SECONDS = 0.5e-4 * 1e9  # the fork prints seconds with 4 decimals: half a unit of the last digit, in ns
+
+
+def _pairs(path: Path):
+    capture = load_capture(path)
+    assert not capture.skipped and not capture.incomplete
+    return capture, [((r.run, r.block, r.label, r.t, r.kind), r.value) for r in capture.records()]
+
+
+def _assert_same_numbers(text: Path, jsonl: Path, exact: bool) -> None:
+    text_capture, from_text = _pairs(text)
+    _, from_jsonl = _pairs(jsonl)
+    assert [key for key, _ in from_text] == [key for key, _ in from_jsonl]
+    for (key, a), (_, b) in zip(from_text, from_jsonl):
+        label, kind = key[2], key[4]
+        if kind == "sparsity" or (LABELS[label].unit == "nanoseconds" and label != "Run total"):
+            assert a == b, key
+        else:  # printed in seconds
+            assert a == (pytest.approx(b, rel=1e-12) if exact else pytest.approx(b, abs=_FORK_SECONDS)), key
+    assert len(text_capture.runs) > 0
+
+
+def test_command_writes_both_formats_and_they_agree(tmp_path):
+    out = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "profiler", "run", *TINY_RUN, "--runs", "3", "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=120)
+    assert {p.name for p in out.iterdir()} == {"capture.txt", "records.jsonl", "args.yaml", "meta.json"}
+    capture = load_capture(out / "capture.txt")
+    assert [run.number for run in capture.runs] == [1, 2, 3] and {run.blocks for run in capture.runs} == {2}
+    assert yaml.safe_load((out / "args.yaml").read_text())["runs"] == 3
+    _assert_same_numbers(out / "capture.txt", out / "records.jsonl", exact=False)
+
+
+def test_ns_text_units_are_lossless(tmp_path):
+    assert main(["run", *TINY_RUN, "--runs", "2", "--text-units", "ns", "--out", str(tmp_path)]) == 0
+    _assert_same_numbers(tmp_path / "capture.txt", tmp_path / "records.jsonl", exact=True)
+
+
+def test_options_eval_reset_warmup_timers_only(tmp_path):
+    main(["run", *TINY_RUN, "--runs", "2", "--warmup", "1", "--mode", "eval", "--reset", "--no-sparsity",
+          "--out", str(tmp_path)])
+    capture = load_capture(tmp_path / "records.jsonl")
+    assert [run.number for run in capture.runs] == [1, 2]
+    assert {r.kind for r in capture.records()} == {"time"}
+
+
+def test_config_file_is_strict_and_cli_wins(tmp_path, capsys):
+    config = tmp_path / "sdt.yml"
+    config.write_text("dim: 32\nlayer: 1\nnum_heads: 4\nnum-classes: 10\nattention_mode: SDT\nruns: 5\n")
+    main(["run", "-c", str(config), "--device", "cpu", "--runs", "1", "--out", str(tmp_path / "out")])
+    capture = load_capture(tmp_path / "out" / "records.jsonl")
+    assert len(capture.runs) == 1 and capture.num_layers == 1
+    assert "KV LIF" in {r.label for r in capture.records()}
+    config.write_text("dim: 32\nlayers: 1\nlr: 0.1\n")
+    with pytest.raises(SystemExit):
+        main(["run", "-c", str(config), "--out", str(tmp_path / "bad")])
+    assert "unknown config key 'layers'; did you mean layer" in capsys.readouterr().err
+    config.write_text("dim: 32\nlayer: 1\nnum_heads: 4\nlr: 0.1\nmode: sideways\n")
+    with pytest.raises(SystemExit):
+        main(["run", "-c", str(config), "--ignore-unknown-keys", "--out", str(tmp_path / "bad")])
+    assert "'sideways' is not one of" in capsys.readouterr().err
+
+
+def test_dataset_input_needs_the_engine(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "engine", None)  # not importable, whatever the checkout holds
+    with pytest.raises(SystemExit):
+        main(["run", *TINY_RUN, "--input", "dataset", "--out", str(tmp_path)])
+    assert "engine.build_eval_loader" in capsys.readouterr().err
+
+
+def test_parse_and_plot_our_capture(tmp_path):
+    main(["run", *TINY_RUN, "--runs", "2", "--out", str(tmp_path / "run")])
+    (tmp_path / "again").mkdir()
+    shutil.copy(tmp_path / "run" / "records.jsonl", tmp_path / "again" / "records.jsonl")
+    main(["parse", str(tmp_path / "run" / "capture.txt"), str(tmp_path / "run" / "records.jsonl"),
+          str(tmp_path / "again" / "records.jsonl"), "--out", str(tmp_path / "tables")])
+    sources = {row["source"] for row in read_csv(tmp_path / "tables" / "runs.csv")}
+    assert sources == {"capture.txt", "run/records.jsonl", "again/records.jsonl"}
+    main(["plot", str(tmp_path / "tables"), "--out", str(tmp_path / "plots"), "--source", "again/records.jsonl"])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        f"again_records_{name}.png" for name in sorted(["times_breakdown", "layer_times", "attention_breakdown",
+                                                        "stem_times", "layer_sparsity", "step_sparsity"])]
+    with pytest.raises(SystemExit):
+        main(["parse", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "tables")])
