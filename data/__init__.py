@@ -1,0 +1,59 @@
+"""Datasets by name: static images here (:mod:`data.static`), event frames in ``data.neuromorphic``.
+
+``build_dataset(name, root, split, args)`` returns a map-style dataset:
+
+* static sets yield ``(PIL image, int)``; the loader sets their ``transform`` attribute (timm ``create_loader``);
+* neuromorphic sets yield ``(float32 frames [T, 2, H, W], int)``; they come from
+  ``data.neuromorphic.build_dvs_dataset(name, root, split, args)``, which is imported only when such a set is asked for.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+
+from engine.errors import DatasetError
+
+from .static import STATIC_DATASETS, build_static_dataset
+
+__all__ = ["NEUROMORPHIC_DATASETS", "STATIC_DATASETS", "build_dataset", "is_neuromorphic", "split_kind"]
+
+NEUROMORPHIC_DATASETS = ("cifar10-dvs", "cifar10-dvs-tet", "gesture", "ncaltech101", "nmnist")
+
+_TRAIN_SPLITS = ("train", "training")
+_EVAL_SPLITS = ("val", "validation", "test", "eval")
+
+
+def is_neuromorphic(name: str) -> bool:
+    """True for the event-camera datasets (input ``[B, T, 2, H, W]``, no image transforms)."""
+    return name.lower() in NEUROMORPHIC_DATASETS
+
+
+def split_kind(split: str) -> str:
+    """Map a split name (``train``, ``validation``, ``val``, ``test``, ...) to ``"train"`` or ``"val"``."""
+    if split.lower() in _TRAIN_SPLITS:
+        return "train"
+    if split.lower() in _EVAL_SPLITS:
+        return "val"
+    raise DatasetError(f"unknown split {split!r}; use one of {_TRAIN_SPLITS + _EVAL_SPLITS}")
+
+
+def build_dataset(name: str, root: str, split: str, args: argparse.Namespace):
+    """Build dataset ``name`` for ``split`` from ``root``.
+
+    Args:
+        name: a key of :data:`STATIC_DATASETS` or one of :data:`NEUROMORPHIC_DATASETS`.
+        root: dataset folder (``--data-dir``).
+        split: split name; see :func:`split_kind`.
+        args: the parsed arguments (``download``, ``time_steps``, augmentation flags, ...).
+
+    Raises:
+        DatasetError: unknown name, missing files, or neuromorphic sets before ``data.neuromorphic`` exists.
+    """
+    kind = split_kind(split)
+    if is_neuromorphic(name):
+        if importlib.util.find_spec("data.neuromorphic") is None:
+            raise DatasetError(f"dataset {name!r}: the neuromorphic datasets are not implemented yet "
+                               f"(data/neuromorphic.py is missing)")
+        from data.neuromorphic import build_dvs_dataset
+        return build_dvs_dataset(name.lower(), root, kind, args)
+    return build_static_dataset(name, root, split, kind, args)

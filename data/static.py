@@ -1,0 +1,167 @@
+"""Static image datasets: CIFAR-10/100, ImageNet, scikit-learn digits, MNIST and Fashion-MNIST.
+
+Every dataset yields ``(PIL RGB image, int label)`` and has a ``transform`` attribute that the loader sets.
+
+* ``torch/cifar10``, ``torch/cifar100``: torchvision; downloaded only with ``--download``.
+* ``imagenet``: timm ``create_dataset`` over ``<root>/train`` and ``<root>/val`` class folders.
+* ``digits``: scikit-learn ``load_digits`` (1,797 real 8x8 handwritten digits shipped inside scikit-learn, values
+  0..16), upsampled to 32x32 RGB; a fixed, stratified 80/20 split (seed :data:`DIGITS_SPLIT_SEED`).
+* ``mnist``, ``fashion-mnist``: the IDX files, plain or ``.gz``, either directly in ``root`` (for example Debian's
+  ``/usr/share/datasets/fashion-mnist``) or in torchvision's ``<root>/<MNIST|FashionMNIST>/raw``; 28x28 padded to
+  32x32 RGB.  With ``--download`` torchvision fetches them into the latter.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+from torch.utils.data import Dataset
+
+from engine.errors import DatasetError
+
+__all__ = ["STATIC_DATASETS", "ArrayImageDataset", "build_static_dataset", "read_idx", "DIGITS_SPLIT_SEED"]
+
+DIGITS_SPLIT_SEED = 0
+DIGITS_VAL_FRACTION = 0.2
+_IMAGE_SIZE = 32
+
+
+class ArrayImageDataset(Dataset):
+    """Grey-level images held in memory, served as ``_IMAGE_SIZE`` x ``_IMAGE_SIZE`` RGB PIL images.
+
+    Args:
+        images: ``uint8`` array ``[N, H, W]``.
+        targets: int labels ``[N]``.
+        resize: upsample to 32x32 (bicubic) if True, else pad symmetrically with zeros.
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, resize: bool):
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.resize = resize
+        self.transform: Callable | None = None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        img = Image.fromarray(self.images[index])
+        if self.resize:
+            img = img.resize((_IMAGE_SIZE, _IMAGE_SIZE), Image.BICUBIC)
+        else:
+            pad_w, pad_h = _IMAGE_SIZE - img.width, _IMAGE_SIZE - img.height
+            img = ImageOps.expand(img, (pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2))
+        img = img.convert("RGB")
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[index]
+
+
+def _build_digits(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    train_idx, val_idx = train_test_split(np.arange(len(images)), test_size=DIGITS_VAL_FRACTION,
+                                          stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+    idx = train_idx if kind == "train" else val_idx
+    return ArrayImageDataset(images[idx], digits.target[idx], resize=True)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (``.gz`` or plain) of unsigned bytes, as used by MNIST and Fashion-MNIST."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DatasetError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise DatasetError(f"{path} is truncated: header says {shape}, found {array.size} bytes")
+    return array.reshape(shape)
+
+
+def _find_idx(folders: list[str], stem: str) -> str | None:
+    for folder in folders:
+        for name in (stem, stem + ".gz"):
+            if os.path.isfile(os.path.join(folder, name)):
+                return os.path.join(folder, name)
+    return None
+
+
+def _mnist_like(torchvision_name: str) -> Callable:
+    def build(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+        root = root or "."
+        folders = [root, os.path.join(root, torchvision_name, "raw")]
+        prefix = "train" if kind == "train" else "t10k"
+        images_path = _find_idx(folders, f"{prefix}-images-idx3-ubyte")
+        if images_path is None and args.download:
+            import torchvision.datasets
+
+            getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train", download=True)
+            images_path = _find_idx(folders, f"{prefix}-images-idx3-ubyte")
+        labels_path = _find_idx(folders, f"{prefix}-labels-idx1-ubyte")
+        if images_path is None or labels_path is None:
+            raise DatasetError(f"{torchvision_name} not found: expected {prefix}-images-idx3-ubyte[.gz] and "
+                               f"{prefix}-labels-idx1-ubyte[.gz] in {os.path.abspath(folders[0])} or "
+                               f"{os.path.abspath(folders[1])} (set --data-dir, or pass --download)")
+        return ArrayImageDataset(read_idx(images_path), read_idx(labels_path), resize=False)
+
+    return build
+
+
+def _cifar(torchvision_name: str, folder: str) -> Callable:
+    def build(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+        import torchvision.datasets
+
+        root = root or "."
+        if not args.download and not os.path.isdir(os.path.join(root, folder)):
+            raise DatasetError(f"{torchvision_name} not found: expected the folder "
+                               f"{os.path.abspath(os.path.join(root, folder))} (set --data-dir, or pass --download)")
+        try:
+            return getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train",
+                                                                   download=args.download)
+        except RuntimeError as exc:
+            raise DatasetError(f"{torchvision_name} in {os.path.abspath(root)}: {exc}") from None
+
+    return build
+
+
+def _build_imagenet(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+    from timm.data import create_dataset
+
+    expected = [os.path.join(root, "train")] if kind == "train" else \
+        [os.path.join(root, "val"), os.path.join(root, "validation")]
+    if not any(os.path.isdir(p) for p in expected):
+        raise DatasetError(f"ImageNet {kind} split not found: expected the class folders under "
+                           f"{os.path.abspath(expected[0])} (set --data-dir to the folder holding train/ and val/)")
+    return create_dataset("", root=root, split=split, is_training=kind == "train")
+
+
+STATIC_DATASETS: dict[str, Callable] = {
+    "digits": _build_digits,
+    "mnist": _mnist_like("MNIST"),
+    "fashion-mnist": _mnist_like("FashionMNIST"),
+    "torch/cifar10": _cifar("CIFAR10", "cifar-10-batches-py"),
+    "torch/cifar100": _cifar("CIFAR100", "cifar-100-python"),
+    "imagenet": _build_imagenet,
+}
+_ALIASES = {"cifar10": "torch/cifar10", "cifar100": "torch/cifar100", "torch/mnist": "mnist",
+            "fashion_mnist": "fashion-mnist", "torch/fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
+            "imagenet1k": "imagenet"}
+
+
+def build_static_dataset(name: str, root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+    """Build the static dataset ``name`` (see the module docstring); ``kind`` is ``"train"`` or ``"val"``."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in STATIC_DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}; static datasets: {sorted(STATIC_DATASETS)} "
+                           f"(aliases {sorted(_ALIASES)})")
+    return STATIC_DATASETS[key](root, split, kind, args)

@@ -1,0 +1,146 @@
+"""Checkpoints in timm ``CheckpointSaver`` format, and strict, checked loading.
+
+A checkpoint is a dict with ``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``version`` (2: the next epoch is
+``epoch + 1``), ``args`` (an ``argparse.Namespace``), ``metric``, ``saver`` (history) and, when used,
+``state_dict_ema`` and ``amp_scaler``.  timm's saver writes ``tmp.pth.tar`` and renames it (``os.replace``), so a
+killed run never leaves a truncated ``last.pth.tar``; it keeps the best ``--checkpoint-hist`` epoch files and
+``model_best.pth.tar``.  The LR scheduler needs no state of its own: timm schedules are functions of the epoch,
+and resuming steps the scheduler to the resumed epoch.
+
+Loading checks every key and shape first and raises :class:`~engine.errors.CheckpointError` with a one-line
+summary, so a checkpoint of another architecture is rejected before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+from .model import unwrap
+
+__all__ = ["load_checkpoint_file", "load_model_weights", "resume_checkpoint", "load_initial_checkpoint",
+           "restore_model_ema", "build_saver"]
+
+_logger = logging.getLogger(__name__)
+
+_ARCH_ARGS = ("model", "dim", "layer", "num_heads", "mlp_ratio", "num_classes", "in_channels", "pooling_stat",
+              "spike_mode")
+
+
+def load_checkpoint_file(path: str) -> dict:
+    """Load a checkpoint on the CPU with ``weights_only=True`` (``argparse.Namespace`` allowed for ``args``).
+
+    Raises:
+        CheckpointError: the file is missing or is not a readable checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r} not found")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"cannot read checkpoint {path!r}: {first_line}") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of tensors")
+    return checkpoint
+
+
+def _trained_with(checkpoint: dict) -> str:
+    ckpt_args = checkpoint.get("args")
+    if not isinstance(ckpt_args, argparse.Namespace):
+        return ""
+    values = ", ".join(f"{k}={getattr(ckpt_args, k)!r}" for k in _ARCH_ARGS if hasattr(ckpt_args, k))
+    return f"; it was trained with {values}"
+
+
+def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str = "state_dict") -> None:
+    """Load ``checkpoint[key]`` (or a bare state dict) into ``model``, strictly, after checking keys and shapes.
+
+    Raises:
+        CheckpointError: missing or unexpected keys or shape mismatches, summarised in one line.
+    """
+    from timm.models import clean_state_dict
+
+    state_dict = clean_state_dict(checkpoint[key] if key in checkpoint else checkpoint)
+    expected = unwrap(model).state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+                  if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        problems = [f"{len(items)} {what} (e.g. {items[0]})" for what, items in
+                    (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
+                    if items]
+        raise CheckpointError(f"checkpoint {path!r} does not fit this model ({', '.join(problems)})"
+                              f"{_trained_with(checkpoint)}")
+    unwrap(model).load_state_dict(state_dict, strict=True)
+
+
+def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                      loss_scaler: Any = None) -> tuple[int, dict]:
+    """Restore model weights, optimizer and AMP scaler state from ``args.resume``.
+
+    With ``--no-resume-opt`` only the weights (and the epoch) are restored.
+
+    Returns:
+        ``(start_epoch, checkpoint)``; ``--start-epoch`` overrides the epoch found in the checkpoint.
+    """
+    checkpoint = load_checkpoint_file(args.resume)
+    load_model_weights(model, checkpoint, args.resume)
+    if not args.no_resume_opt:
+        if optimizer is not None and "optimizer" in checkpoint:
+            try:
+                optimizer.load_state_dict(checkpoint["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"checkpoint {args.resume!r}: optimizer state does not fit ({exc}); "
+                                      f"pass --no-resume-opt to restore the weights only") from None
+        if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
+            loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+    epoch = checkpoint.get("epoch")
+    if epoch is None:  # a bare state dict: weights only
+        start_epoch = 0
+    else:  # version 2 stores the finished epoch; older checkpoints stored the next one
+        start_epoch = epoch + 1 if checkpoint.get("version", 1) > 1 else epoch
+    if args.start_epoch is not None:
+        start_epoch = args.start_epoch
+    _logger.info("Resumed from %s (epoch %s); continuing at epoch %d.", args.resume, epoch, start_epoch)
+    return start_epoch, checkpoint
+
+
+def load_initial_checkpoint(args: argparse.Namespace, model: nn.Module) -> None:
+    """Load the weights of ``--initial-checkpoint`` (EMA weights if the checkpoint has only those)."""
+    checkpoint = load_checkpoint_file(args.initial_checkpoint)
+    key = "state_dict" if "state_dict" in checkpoint or "state_dict_ema" not in checkpoint else "state_dict_ema"
+    load_model_weights(model, checkpoint, args.initial_checkpoint, key=key)
+    _logger.info("Loaded initial weights from %s.", args.initial_checkpoint)
+
+
+def restore_model_ema(model_ema: Any, checkpoint: dict | None, path: str) -> None:
+    """Load ``state_dict_ema`` into the EMA model when resuming (no-op without EMA or EMA weights)."""
+    if model_ema is not None and checkpoint is not None and "state_dict_ema" in checkpoint:
+        load_model_weights(model_ema.module, checkpoint, path, key="state_dict_ema")
+
+
+def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, output_dir: str, *,
+                model_ema: Any = None, loss_scaler: Any = None, resume_checkpoint_dict: dict | None = None):
+    """timm ``CheckpointSaver`` writing into ``output_dir``.
+
+    When resuming from a checkpoint inside ``output_dir``, its history (best metric, kept epoch files) is restored so
+    the ranking continues.
+    """
+    from timm.utils import CheckpointSaver
+
+    saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
+                            checkpoint_dir=output_dir, recovery_dir=output_dir,
+                            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
+    same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
+    if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
+        saver.load_state_dict(resume_checkpoint_dict["saver"])
+    return saver

@@ -1,0 +1,146 @@
+"""YAML configs (``-c FILE``) on top of argparse, strict about keys and types.
+
+Precedence is command line > YAML > argparse default, as in timm's ``train.py``: the YAML values become the
+parser's defaults, then the command line is parsed.  Unlike the reference, a key is normalised once (``a-b`` means
+``a_b``), an unknown key is an error that names the closest known keys, and each value is converted and checked
+with the flag's own ``type`` and ``choices``.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from .args import INERT_FLAGS
+from .errors import ConfigError
+
+__all__ = ["RECORDED_ONLY_KEYS", "parse_args", "load_config", "dump_args", "warn_inert_flags"]
+
+_logger = logging.getLogger(__name__)
+
+# Keys that ``args.yaml`` records but a config cannot set (so a run's args.yaml can be reused with ``-c``).
+RECORDED_ONLY_KEYS = ("config", "rank", "world_size", "distributed")
+# Store-true style actions take no value; their YAML value must be a boolean.
+_FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+
+
+def _actions_by_dest(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != argparse.SUPPRESS and a.dest not in ("help", "config")}
+
+
+def _closest(key: str, known: Sequence[str]) -> str:
+    matches = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    if not matches:
+        matches = [k for k in known if key.lower() in k.lower() or k.lower() in key.lower()][:3]
+    return ", ".join(matches) if matches else "none (see --help)"
+
+
+def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
+    if value is None:
+        return None
+    if action.type is not None:
+        if isinstance(value, (list, dict, bool)):
+            raise ConfigError(f"config key {key!r}: expected a {action.type.__name__}, got {value!r}")
+        try:
+            value = action.type(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key {key!r}: expected a {action.type.__name__}, got {value!r}") from None
+    elif isinstance(value, (list, dict)):
+        raise ConfigError(f"config key {key!r}: expected a single value, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(action.choices)}")
+    return value
+
+
+def _convert(key: str, action: argparse.Action, value: Any) -> Any:
+    if isinstance(action, _FLAG_ACTIONS):
+        if not isinstance(value, bool) and not (value is None and action.default is None):
+            raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
+        return value
+    if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+        if value is None:
+            return None
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        if isinstance(action.nargs, int) and len(value) != action.nargs:
+            raise ConfigError(f"config key {key!r}: expected {action.nargs} values, got {len(value)}")
+        return [_convert_scalar(key, action, v) for v in value]
+    return _convert_scalar(key, action, value)
+
+
+def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read a YAML config and return parser defaults keyed by ``dest``.
+
+    Args:
+        path: YAML file of ``flag: value`` pairs (``flag`` with ``-`` or ``_``).
+        parser: the parser whose flags are the allowed keys.
+
+    Returns:
+        ``{dest: converted value}``; the keys of :data:`RECORDED_ONLY_KEYS` (written into ``args.yaml``) are skipped.
+
+    Raises:
+        ConfigError: unreadable file, unknown key (naming the closest known ones), duplicate key after
+            normalisation, or a value of the wrong type.
+    """
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of flag: value, not {type(raw).__name__}")
+    actions = _actions_by_dest(parser)
+    cfg: dict[str, Any] = {}
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest in RECORDED_ONLY_KEYS:
+            continue
+        if dest not in actions:
+            raise ConfigError(f"unknown config key {key!r} in {path}; closest known keys: "
+                              f"{_closest(dest, list(actions))}")
+        if dest in cfg:
+            raise ConfigError(f"config key {key!r} in {path} is given twice (as '-' and '_' spellings)")
+        cfg[dest] = _convert(str(key), actions[dest], value)
+    return cfg
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > default.
+
+    Raises:
+        ConfigError: see :func:`load_config`.
+    """
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument("-c", "--config", default="")
+    known, _ = config_parser.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**load_config(known.config, parser))
+    args = parser.parse_args(argv)
+    if args.native_amp or args.apex_amp:
+        args.amp = True
+    return args
+
+
+def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Log a warning for every flag in :data:`~engine.args.INERT_FLAGS` set away from its default."""
+    actions = _actions_by_dest(parser)
+    for dest, why in INERT_FLAGS.items():
+        if dest in actions and getattr(args, dest, None) not in (None, actions[dest].default):
+            _logger.warning("--%s has no effect: %s", dest.replace("_", "-"), why)
+
+
+def dump_args(args: argparse.Namespace, path: str) -> None:
+    """Write the resolved arguments as YAML (atomically: tmp file then ``os.replace``)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(dict(sorted(vars(args).items())), f, default_flow_style=False, sort_keys=False)
+    os.replace(tmp, path)

@@ -1,0 +1,53 @@
+"""Process-group setup for torchrun, ``python -m torch.distributed.launch`` and plain ``python``.
+
+torchrun and ``torch.distributed.launch`` set ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT``; the legacy launcher also passes ``--local-rank=N`` (the parser accepts ``--local_rank`` too).
+With ``WORLD_SIZE`` > 1 the process group is initialised from those variables (``env://``): NCCL when the
+processes use CUDA devices, gloo otherwise.  Multi-node runs need only torchrun's rendezvous flags.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["init_distributed", "is_primary", "cleanup_distributed"]
+
+_logger = logging.getLogger(__name__)
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+    """Set ``args.distributed``, ``rank``, ``world_size``, ``local_rank`` and ``device``; join the process group.
+
+    The device is ``args.device`` if given, else ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``.
+    """
+    args.world_size = int(os.environ.get("WORLD_SIZE", 1))
+    args.rank = int(os.environ.get("RANK", 0))
+    args.local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank))
+    args.distributed = args.world_size > 1
+    if not args.device:
+        args.device = f"cuda:{args.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", args.local_rank)
+            args.device = str(device)
+        torch.cuda.set_device(device)
+    if args.distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+        _logger.info("Process %d of %d on %s (backend %s).", args.rank, args.world_size, args.device,
+                     dist.get_backend())
+
+
+def is_primary(args: argparse.Namespace) -> bool:
+    """True on the process that writes logs and checkpoints (global rank 0)."""
+    return getattr(args, "rank", 0) == 0
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,164 @@
+"""Data loaders: timm ``create_loader`` for static images, a plain ``DataLoader`` for event frames.
+
+Static images go through timm's transforms (``RandomResizedCropAndInterpolation``, flips, RandAugment strings such
+as ``rand-m9-n1-mstd0.4-inc1``, random erasing) and, unless ``--no-prefetcher``, its prefetcher, which normalises on
+the device; mixup/CutMix is then done in the collate function (``FastCollateMixup``), otherwise by a ``Mixup``
+returned to the training loop.  Event frames need no image transforms; their augmentation belongs to the dataset.
+
+Workers are not persistent, so each epoch's augmentation depends only on the seed set at the start of that epoch
+(see :func:`engine.loop.seed_epoch`) and a resumed run replays the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from data import build_dataset, is_neuromorphic
+
+__all__ = ["Loaders", "allow_zero_bit_posterize", "build_loaders", "mixup_args", "set_loader_epoch"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Loaders:
+    """The loaders of one run.
+
+    Attributes:
+        train: training loader (None when built with ``train=False``).
+        eval: validation loader.
+        mixup_fn: timm ``Mixup`` to apply to each training batch in the loop, or None (no mixup, or mixup in the
+            collate function).
+        data_config: timm data config of the static images (input_size, mean, std, crop_pct, interpolation), or
+            None for event frames.
+        mixup_active: True if the training targets are soft (mixup/CutMix in the loop or in the collate function).
+    """
+
+    train: Any
+    eval: Any
+    mixup_fn: Any = None
+    data_config: dict | None = None
+    mixup_active: bool = False
+
+    def disable_mixup(self) -> None:
+        """Turn mixup/CutMix off (``--mixup-off-epoch``); targets stay soft, smoothed one-hot vectors."""
+        if self.mixup_fn is not None:
+            self.mixup_fn.mixup_enabled = False
+        elif self.mixup_active:
+            self.train.mixup_enabled = False
+
+
+def mixup_args(args: argparse.Namespace) -> dict | None:
+    """Keyword arguments of timm ``Mixup`` / ``FastCollateMixup``, or None when mixup and CutMix are off."""
+    if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
+        return None
+    return dict(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                label_smoothing=args.smoothing, num_classes=args.num_classes)
+
+
+def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
+    from timm.data import Mixup
+
+    def loader(split: str, batch_size: int, is_training: bool) -> DataLoader:
+        dataset = build_dataset(args.dataset, args.data_dir, split, args)
+        sampler = DistributedSampler(dataset, shuffle=is_training, seed=args.seed) if args.distributed else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
+                          num_workers=args.workers, pin_memory=args.pin_mem, drop_last=is_training)
+
+    eval_loader = loader(args.val_split, args.val_batch_size, False)
+    if not train:
+        return Loaders(None, eval_loader)
+    mix = mixup_args(args)
+    return Loaders(loader(args.train_split, args.batch_size, True), eval_loader, Mixup(**mix) if mix else None,
+                   mixup_active=mix is not None)
+
+
+def _zero_bit_posterize(img, bits_to_keep, **kwargs):
+    """Posterize that keeps 0 bits as older Pillow did (a black image); recent Pillow (13.0 here) raises instead."""
+    from PIL import Image
+    from timm.data.auto_augment import posterize
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def allow_zero_bit_posterize() -> None:
+    """Make timm's RandAugment posterize ops accept 0 bits again.
+
+    With ``inc1`` (e.g. the reference ``rand-m9-n1-mstd0.4-inc1``) magnitude 10 maps ``PosterizeIncreasing`` to 0 bits;
+    timm passes that to Pillow, which now rejects it, so training crashed after a few hundred batches.
+    Idempotent; affects only transforms built afterwards.
+    """
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        auto_augment.NAME_TO_OP[name] = _zero_bit_posterize
+
+
+def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bool) -> Loaders:
+    from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader, resolve_data_config
+
+    data_config = resolve_data_config(
+        dict(img_size=args.img_size, input_size=args.input_size, in_chans=args.in_channels, crop_pct=args.crop_pct,
+             mean=args.mean, std=args.std, interpolation=args.interpolation), model=model)
+    prefetch = not args.no_prefetcher
+    common = dict(input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"],
+                  num_workers=args.workers, distributed=args.distributed, pin_memory=args.pin_mem,
+                  device=torch.device(args.device), use_prefetcher=prefetch, persistent_workers=False)
+    dataset_eval = build_dataset(args.dataset, args.data_dir, args.val_split, args)
+    eval_loader = create_loader(dataset_eval, batch_size=args.val_batch_size, is_training=False,
+                                interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
+                                **common)
+    if not train:
+        return Loaders(None, eval_loader, data_config=data_config)
+
+    dataset_train = build_dataset(args.dataset, args.data_dir, args.train_split, args)
+    allow_zero_bit_posterize()
+    if args.aug_splits > 1:
+        dataset_train = AugMixDataset(dataset_train, num_splits=args.aug_splits)
+    mix, collate_fn, mixup_fn = mixup_args(args), None, None
+    if mix and prefetch and args.aug_splits == 0:
+        collate_fn = FastCollateMixup(**mix)
+    elif mix:
+        mixup_fn = Mixup(**mix)
+    train_interpolation = data_config["interpolation"] if args.no_aug or not args.train_interpolation \
+        else args.train_interpolation
+    train_loader = create_loader(
+        dataset_train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
+        re_mode=args.remode, re_count=args.recount, re_split=args.resplit, scale=args.scale, ratio=args.ratio,
+        hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
+        num_aug_splits=args.aug_splits, interpolation=train_interpolation, collate_fn=collate_fn,
+        use_multi_epochs_loader=args.use_multi_epochs_loader, **common)
+    return Loaders(train_loader, eval_loader, mixup_fn, data_config, mixup_active=mix is not None)
+
+
+def build_loaders(args: argparse.Namespace, model: nn.Module | None = None, train: bool = True) -> Loaders:
+    """Build the validation loader and, with ``train``, the training loader and mixup.
+
+    Args:
+        args: parsed arguments (after :func:`engine.distributed.init_distributed` and
+            :func:`engine.model.resolve_model_args`).
+        model: the unwrapped model, whose timm ``pretrained_cfg`` fills data-config gaps (mean/std/crop) not given.
+        train: also build the training loader.
+
+    Raises:
+        DatasetError: unknown dataset or missing files (before anything is written).
+    """
+    if is_neuromorphic(args.dataset):
+        return _dvs_loaders(args, train)
+    return _static_loaders(args, model, train)
+
+
+def set_loader_epoch(loader: Any, epoch: int) -> None:
+    """Tell a distributed sampler which epoch it is (its shuffle depends on it)."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)

@@ -1,0 +1,154 @@
+"""One training epoch and one validation pass (the log lines follow the reference ``train.py``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import OrderedDict
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .distributed import is_primary
+from .model import unwrap
+from .optim import Amp
+
+__all__ = ["seed_epoch", "train_one_epoch", "validate"]
+
+_logger = logging.getLogger(__name__)
+
+
+def seed_epoch(args: argparse.Namespace, epoch: int) -> None:
+    """Seed Python, NumPy and torch from ``(seed, epoch, rank)`` (timm ``random_seed``); epoch -1 means setup.
+
+    Seeding at the start of every epoch makes the epoch's shuffling and augmentation independent of what ran
+    before, so a resumed run repeats an uninterrupted one.
+    """
+    from timm.utils import random_seed
+
+    random_seed(args.seed + 1000 * (epoch + 1), args.rank)
+
+
+def _progress(loader, args: argparse.Namespace, desc: str):
+    disable = not (is_primary(args) and sys.stderr.isatty())
+    return tqdm(loader, desc=desc, total=len(loader), disable=disable, leave=False, dynamic_ncols=True)
+
+
+def _reduce(value: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    if args.distributed:
+        from timm.utils import reduce_tensor
+
+        return reduce_tensor(value.detach(), args.world_size)
+    return value.detach()
+
+
+def _to_device(x: torch.Tensor, target: torch.Tensor, args: argparse.Namespace):
+    x = x.to(args.device, non_blocking=True).float()
+    if args.channels_last and x.dim() == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, target.to(args.device, non_blocking=True)
+
+
+def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                    args: argparse.Namespace, *, amp: Amp, lr_scheduler=None, model_ema=None, mixup_fn=None,
+                    saver=None) -> OrderedDict:
+    """Train ``model`` for one epoch.
+
+    Args:
+        epoch: 0-based epoch index.
+        model: the (possibly DDP-wrapped) model; neurons reset themselves at every forward.
+        loader: training batches ``(input, target)``.
+        optimizer: the optimizer.
+        loss_fn: training criterion (``TETLoss`` for per-step outputs).
+        args: parsed arguments (``device``, ``clip_grad``, ``clip_mode``, ``log_interval``, ``recovery_interval``).
+        amp: autocast context and optional loss scaler.
+        lr_scheduler: timm scheduler; ``step_update`` is called after every optimizer step.
+        model_ema: timm ``ModelEmaV3`` to update after every step.
+        mixup_fn: timm ``Mixup`` applied to each batch (None when mixup happens in the collate function).
+        saver: timm ``CheckpointSaver`` for recovery checkpoints every ``--recovery-interval`` batches.
+
+    Returns:
+        ``OrderedDict(loss=...)``: the mean training loss over all processes.
+    """
+    from timm.utils import AverageMeter, dispatch_clip_grad
+
+    model.train()
+    losses_m, batch_time_m = AverageMeter(), AverageMeter()
+    num_batches = len(loader)
+    num_updates = epoch * num_batches
+    end = time.time()
+    for batch_idx, (inputs, target) in enumerate(_progress(loader, args, f"train {epoch}")):
+        inputs, target = _to_device(inputs, target, args)
+        if mixup_fn is not None:
+            inputs, target = mixup_fn(inputs, target)
+        with amp.autocast():
+            loss = loss_fn(model(inputs), target)
+        optimizer.zero_grad(set_to_none=True)
+        if amp.loss_scaler is not None:
+            amp.loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                            parameters=model.parameters())
+        else:
+            loss.backward()
+            if args.clip_grad is not None:
+                dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+            optimizer.step()
+        if model_ema is not None:
+            model_ema.update(model, step=num_updates)
+        num_updates += 1
+        losses_m.update(loss.item(), inputs.size(0))
+        batch_time_m.update(time.time() - end)
+        last = batch_idx == num_batches - 1
+        if is_primary(args) and (last or batch_idx % args.log_interval == 0):
+            lr = optimizer.param_groups[0]["lr"]
+            rate = inputs.size(0) * args.world_size / max(batch_time_m.val, 1e-9)
+            pct = 100.0 * batch_idx / max(num_batches - 1, 1)
+            _logger.info(f"Train: {epoch} [{batch_idx:>4d}/{num_batches} ({pct:>3.0f}%)]  "
+                         f"Loss: {losses_m.val:>9.6f} ({losses_m.avg:>6.4f})  Time: {batch_time_m.val:.3f}s, "
+                         f"{rate:>7.2f}/s  LR: {lr:.3e}")
+        if saver is not None and args.recovery_interval and (batch_idx + 1) % args.recovery_interval == 0 \
+                and not last:
+            saver.save_recovery(epoch, batch_idx=batch_idx)
+        if lr_scheduler is not None:
+            lr_scheduler.step_update(num_updates=num_updates, metric=losses_m.avg)
+        end = time.time()
+    unwrap(model).reset_neurons()
+    loss_avg = _reduce(torch.tensor(losses_m.avg, device=args.device), args).item()
+    return OrderedDict(loss=loss_avg)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *, amp: Amp,
+             log_suffix: str = "") -> OrderedDict:
+    """Evaluate ``model`` on ``loader``: cross-entropy and top-1/top-5 accuracy (per-step logits are averaged).
+
+    Returns:
+        ``OrderedDict(loss, top1, top5)``, averaged over all processes; accuracies in percent.
+    """
+    from timm.utils import AverageMeter, accuracy
+
+    model.eval()
+    losses_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    num_batches = len(loader)
+    top_k = (1, min(5, unwrap(model).num_classes))
+    for batch_idx, (inputs, target) in enumerate(_progress(loader, args, "eval")):
+        inputs, target = _to_device(inputs, target, args)
+        with amp.autocast():
+            output = model(inputs)
+        output = output.float()
+        if output.dim() == 3:
+            output = output.mean(0)
+        loss = loss_fn(output, target)
+        acc1, acc5 = accuracy(output, target, topk=top_k)
+        n = inputs.size(0)
+        losses_m.update(_reduce(loss, args).item(), n)
+        top1_m.update(_reduce(acc1, args).item(), n)
+        top5_m.update(_reduce(acc5, args).item(), n)
+        if is_primary(args) and (batch_idx == num_batches - 1 or batch_idx % args.log_interval == 0):
+            _logger.info(f"Test{log_suffix}: [{batch_idx:>4d}/{num_batches - 1}]  "
+                         f"Loss: {losses_m.val:>7.4f} ({losses_m.avg:>6.4f})  "
+                         f"Acc@1: {top1_m.val:>7.4f} ({top1_m.avg:>7.4f})  "
+                         f"Acc@5: {top5_m.val:>7.4f} ({top5_m.avg:>7.4f})")
+    unwrap(model).reset_neurons()
+    return OrderedDict(loss=losses_m.avg, top1=top1_m.avg, top5=top5_m.avg)

@@ -1,0 +1,71 @@
+"""Training and validation losses (timm losses, plus the TET loss of the reference ``criterion.py``)."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["TETLoss", "build_train_loss", "build_eval_loss"]
+
+
+class TETLoss(nn.Module):
+    """Temporal efficient training loss on per-step logits ``[T, B, K]``.
+
+    ``(1 - lamb) * mean_t criterion(out[t], target) + lamb * MSE(out, means)``, where the MSE compares every logit of
+    every step with the constant ``means`` and is skipped when ``lamb`` is 0 (reference ``TET_loss``).
+
+    Args:
+        criterion: per-step loss ``criterion(logits [B, K], target)``.
+        means: target value of the MSE regulariser.
+        lamb: weight of the MSE regulariser.
+    """
+
+    def __init__(self, criterion: nn.Module, means: float = 1.0, lamb: float = 0.0):
+        super().__init__()
+        self.criterion = criterion
+        self.means = means
+        self.lamb = lamb
+
+    def forward(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if outputs.dim() != 3:
+            raise ValueError(f"TETLoss expects per-step logits [T, B, K], got shape {tuple(outputs.shape)}")
+        per_step = torch.stack([self.criterion(out_t, target) for out_t in outputs]).mean()
+        if self.lamb == 0:
+            return per_step
+        regulariser = F.mse_loss(outputs, torch.full_like(outputs, self.means))
+        return (1 - self.lamb) * per_step + self.lamb * regulariser
+
+
+def build_train_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
+    """The training criterion, chosen as in the reference.
+
+    JSD (``--jsd``) > BCE (``--bce-loss``) > soft-target CE (mixup/CutMix) > label smoothing (``--smoothing``) > CE;
+    wrapped in :class:`TETLoss` with ``--TET``.
+    """
+    from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if args.jsd:
+        if args.aug_splits < 2:
+            raise ConfigError("--jsd needs --aug-splits of 2 or more")
+        criterion = JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
+    elif args.bce_loss:
+        criterion = BinaryCrossEntropy(smoothing=0.0 if mixup_active else args.smoothing,
+                                       target_threshold=args.bce_target_thresh)
+    elif mixup_active:
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = nn.CrossEntropyLoss()
+    if args.TET:
+        return TETLoss(criterion, means=args.TET_means, lamb=args.TET_lamb)
+    return criterion
+
+
+def build_eval_loss() -> nn.Module:
+    """Validation loss: plain cross-entropy on the (time-averaged) logits."""
+    return nn.CrossEntropyLoss()

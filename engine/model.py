@@ -1,0 +1,113 @@
+"""Model creation from the parsed arguments, and its preparation for (distributed) training."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+__all__ = ["DVS_MODE_DATASETS", "resolve_model_args", "model_kwargs", "build_model", "prepare_model",
+           "build_model_ema", "distribute_model", "unwrap"]
+
+_logger = logging.getLogger(__name__)
+
+# Datasets for which the reference switched on ``dvs_mode`` (SDT: cifar10-dvs(-tet); STAtten: also ncaltech101;
+# neither did it for gesture).
+DVS_MODE_DATASETS = ("cifar10-dvs", "cifar10-dvs-tet", "ncaltech101")
+_DEFAULT_IMG_SIZE = 224
+
+
+def resolve_model_args(args: argparse.Namespace) -> None:
+    """Fill the values derived from others, in place, so that ``args.yaml`` records what was built.
+
+    ``img_size`` comes from ``--input-size`` if given, else stays, else 224; ``dvs_mode`` defaults from the dataset.
+    """
+    if args.input_size is not None:
+        args.in_channels, args.img_size = args.input_size[0], args.input_size[-1]
+    elif args.img_size is None:
+        args.img_size = _DEFAULT_IMG_SIZE
+    if args.dvs_mode is None:
+        args.dvs_mode = args.dataset.lower() in DVS_MODE_DATASETS
+
+
+def model_kwargs(args: argparse.Namespace) -> dict:
+    """Keyword arguments of ``timm.create_model(args.model, ...)`` (call :func:`resolve_model_args` first)."""
+    return dict(
+        img_size_h=args.img_size, img_size_w=args.img_size, in_channels=args.in_channels,
+        num_classes=args.num_classes, embed_dims=args.dim, num_heads=args.num_heads, mlp_ratios=args.mlp_ratio,
+        depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
+        dvs_mode=args.dvs_mode, TET=args.TET, attention_mode=args.attention_mode, chunk_size=args.chunk_size,
+        reference=args.reference,
+    )
+
+
+def build_model(args: argparse.Namespace) -> nn.Module:
+    """Create the model named ``args.model`` with the dimensions from ``args``.
+
+    Raises:
+        ConfigError: unknown model name, or dimensions the model rejects (the message names the argument).
+    """
+    import timm
+
+    import model as _registers_sdt  # noqa: F401  (registers the sdt models with timm)
+
+    if not timm.is_model(args.model):
+        raise ConfigError(f"unknown model {args.model!r}; registered: {timm.list_models('sdt*')}")
+    try:
+        return timm.create_model(args.model, **model_kwargs(args))
+    except ValueError as exc:
+        raise ConfigError(f"model {args.model!r}: {exc}") from None
+
+
+def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
+    """Move to ``args.device``; apply ``--linear-prob``, ``--split-bn``, ``--sync-bn`` and ``--channels-last``.
+
+    Raises:
+        ConfigError: ``--split-bn`` without augmentation splits, or ``--sync-bn`` in a CPU run.
+    """
+    if args.linear_prob:
+        for param in model.patch_embed.parameters():
+            param.requires_grad_(False)
+    if args.split_bn:
+        from timm.models import convert_splitbn_model
+
+        if args.aug_splits < 2:
+            raise ConfigError("--split-bn needs --aug-splits of 2 or more")
+        model = convert_splitbn_model(model, args.aug_splits)
+    model = model.to(args.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.distributed and args.sync_bn:
+        if torch.device(args.device).type != "cuda":
+            raise ConfigError("--sync-bn needs CUDA devices: torch's SyncBatchNorm does not run on the CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        _logger.info("Converted BatchNorm to SyncBatchNorm.")
+    return model
+
+
+def build_model_ema(args: argparse.Namespace, model: nn.Module):
+    """timm ``ModelEmaV3`` of ``model`` (on the CPU with ``--model-ema-force-cpu``), or None without ``--model-ema``."""
+    if not args.model_ema:
+        return None
+    from timm.utils import ModelEmaV3
+
+    return ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
+
+
+def distribute_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
+    """Wrap in DistributedDataParallel when running with several processes.
+
+    ``find_unused_parameters`` is on, as in the reference, because ``talking_heads.weight`` never gets a gradient.
+    """
+    if not args.distributed:
+        return model
+    device_ids = [torch.device(args.device).index] if torch.device(args.device).type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DDP (or EMA) wrapper."""
+    return model.module if hasattr(model, "module") else model

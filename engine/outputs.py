@@ -1,0 +1,97 @@
+"""The run folder: log file, ``args.yaml``, ``summary.csv`` and TensorBoard scalars (written by rank 0 only)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections import OrderedDict
+
+from .config import dump_args
+
+__all__ = ["LOG_FORMAT", "setup_console_logging", "resolve_output_dir", "RunOutputs"]
+
+LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
+DEFAULT_OUTPUT_ROOT = os.path.join("output", "train")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record arrives (redirections included)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always follows sys.stderr
+        pass
+
+
+def setup_console_logging(rank: int = 0) -> None:
+    """Log to stderr in the reference format; processes other than rank 0 report warnings and errors only."""
+    root = logging.getLogger()
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+
+
+def _default_experiment(args: argparse.Namespace) -> str:
+    dataset = args.dataset.split("/")[-1]
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-data-{dataset}-t-{args.time_steps}-spike-{args.spike_mode}"
+
+
+def resolve_output_dir(args: argparse.Namespace) -> str:
+    """``<--output or output/train>/<--experiment or a timestamped name>``, without creating it.
+
+    An existing folder is reused only when ``--resume`` points into it; otherwise ``-1``, ``-2``, ... is appended, so
+    a new run never overwrites an earlier one.
+    """
+    base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
+                                        _default_experiment(args)))
+    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else None
+    path, suffix = base, 1
+    while os.path.exists(path) and path != resume_dir:
+        path, suffix = f"{base}-{suffix}", suffix + 1
+    return path
+
+
+class RunOutputs:
+    """Creates the run folder and records a run into it.
+
+    Args:
+        args: resolved arguments, dumped to ``args.yaml``.
+        output_dir: the run folder (see :func:`resolve_output_dir`).
+        log_name: file name of the log, e.g. ``train.log``.
+    """
+
+    def __init__(self, args: argparse.Namespace, output_dir: str, log_name: str = "train.log"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        os.makedirs(output_dir, exist_ok=True)
+        self.output_dir = output_dir
+        self.summary_path = os.path.join(output_dir, "summary.csv")
+        self._file_handler = logging.FileHandler(os.path.join(output_dir, log_name))
+        self._file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        logging.getLogger().addHandler(self._file_handler)
+        dump_args(args, os.path.join(output_dir, "args.yaml"))
+        self.writer = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+
+    def log_epoch(self, epoch: int, train_metrics: OrderedDict, eval_metrics: OrderedDict, lr: float) -> None:
+        """Append a ``summary.csv`` row (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr) and TB scalars."""
+        from timm.utils import update_summary
+
+        update_summary(epoch, train_metrics, eval_metrics, self.summary_path, lr=lr)
+        for prefix, metrics in (("train", train_metrics), ("eval", eval_metrics)):
+            for name, value in metrics.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, epoch)
+        self.writer.add_scalar("lr", lr, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and detach the TensorBoard writer and the log file."""
+        self.writer.close()
+        logging.getLogger().removeHandler(self._file_handler)
+        self._file_handler.close()

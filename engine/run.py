@@ -1,0 +1,162 @@
+"""The whole training run that ``train.py`` (and later ``main.py``/``finetune.py``) call, and the CLI wrapper.
+
+Order matters: everything that can fail on user input (config, model dimensions, dataset folders, checkpoint) runs
+in :func:`setup_training`, before the output folder is touched, so a failed start overwrites nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
+from .config import parse_args, warn_inert_flags
+from .distributed import cleanup_distributed, init_distributed, is_primary
+from .errors import SetupError
+from .loaders import Loaders, build_loaders, set_loader_epoch
+from .loop import seed_epoch, train_one_epoch, validate
+from .losses import build_eval_loss, build_train_loss
+from .model import build_model, build_model_ema, distribute_model, prepare_model, resolve_model_args
+from .optim import Amp, build_amp, build_optimizer, build_scheduler
+from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
+
+__all__ = ["TrainingSetup", "setup_training", "run_training", "cli_main"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a training loop needs, built and restored by :func:`setup_training`."""
+
+    model: nn.Module
+    model_ema: Any
+    optimizer: torch.optim.Optimizer
+    amp: Amp
+    loaders: Loaders
+    train_loss_fn: nn.Module
+    eval_loss_fn: nn.Module
+    lr_scheduler: Any
+    num_epochs: int
+    start_epoch: int
+    checkpoint: dict | None
+
+
+def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> TrainingSetup:
+    """Join the process group, build model, data, optimizer, AMP, EMA, losses and schedule; resume if asked.
+
+    Writes nothing.  ``parser`` (optional) is used to warn about flags without effect.
+
+    Raises:
+        SetupError: a config, dataset or checkpoint problem.
+    """
+    init_distributed(args)
+    setup_console_logging(args.rank)
+    if parser is not None and is_primary(args):
+        warn_inert_flags(args, parser)
+    resolve_model_args(args)
+    seed_epoch(args, -1)
+
+    model = build_model(args)
+    loaders = build_loaders(args, model)
+    if args.initial_checkpoint:
+        load_initial_checkpoint(args, model)
+    model = prepare_model(args, model)
+    optimizer = build_optimizer(args, model)
+    amp = build_amp(args)
+    start_epoch, checkpoint = args.start_epoch or 0, None
+    if args.resume:
+        start_epoch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
+    model_ema = build_model_ema(args, model)
+    restore_model_ema(model_ema, checkpoint, args.resume)
+    lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train))
+    if start_epoch > 0:
+        lr_scheduler.step(start_epoch)
+    return TrainingSetup(model=distribute_model(args, model), model_ema=model_ema, optimizer=optimizer, amp=amp,
+                         loaders=loaders, train_loss_fn=build_train_loss(args, loaders.mixup_active),
+                         eval_loss_fn=build_eval_loss(), lr_scheduler=lr_scheduler, num_epochs=num_epochs,
+                         start_epoch=start_epoch, checkpoint=checkpoint)
+
+
+def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutputs | None, saver) -> dict:
+    best_metric = best_epoch = eval_metrics = None
+    for epoch in range(s.start_epoch, s.num_epochs):
+        seed_epoch(args, epoch)
+        set_loader_epoch(s.loaders.train, epoch)
+        if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            s.loaders.disable_mixup()
+        train_metrics = train_one_epoch(epoch, s.model, s.loaders.train, s.optimizer, s.train_loss_fn, args,
+                                        amp=s.amp, lr_scheduler=s.lr_scheduler, model_ema=s.model_ema,
+                                        mixup_fn=s.loaders.mixup_fn, saver=saver)
+        if args.distributed and args.dist_bn in ("broadcast", "reduce"):
+            from timm.utils import distribute_bn
+
+            distribute_bn(s.model, args.world_size, args.dist_bn == "reduce")
+        eval_metrics = validate(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp)
+        if s.model_ema is not None:
+            eval_metrics = validate(s.model_ema.module, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp,
+                                    log_suffix=" (EMA)")
+        lr = s.optimizer.param_groups[0]["lr"]
+        s.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
+        if outputs is not None:
+            outputs.log_epoch(epoch, train_metrics, eval_metrics, lr)
+            best_metric, best_epoch = saver.save_checkpoint(epoch, metric=eval_metrics[args.eval_metric])
+    return {"best_metric": best_metric, "best_epoch": best_epoch, "eval_metrics": eval_metrics}
+
+
+def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
+    """Train and validate for ``args.epochs`` (+ cooldown) epochs; rank 0 writes the run folder.
+
+    Args:
+        args: parsed arguments (see :mod:`engine.args`).
+        parser: the parser, used only to warn about flags without effect.
+
+    Returns:
+        ``{"output_dir", "best_metric", "best_epoch", "eval_metrics"}`` (the last epoch's validation metrics).
+
+    Raises:
+        SetupError: a config, dataset or checkpoint problem, raised before anything is written.
+    """
+    s = setup_training(args, parser)
+    output_dir = resolve_output_dir(args)
+    outputs = saver = None
+    if is_primary(args):
+        outputs = RunOutputs(args, output_dir)
+        saver = build_saver(args, s.model, s.optimizer, output_dir, model_ema=s.model_ema,
+                            loss_scaler=s.amp.loss_scaler, resume_checkpoint_dict=s.checkpoint)
+        _logger.info("Model %s: %.2fM parameters; %d processes on %s; output in %s.", args.model,
+                     sum(p.numel() for p in s.model.parameters()) / 1e6, args.world_size, args.device, output_dir)
+        _logger.info("Scheduled epochs: %d (from epoch %d).", s.num_epochs, s.start_epoch)
+    try:
+        result = _train_epochs(args, s, outputs, saver)
+    finally:
+        if outputs is not None:
+            outputs.close()
+    if result["best_metric"] is not None:
+        _logger.info("*** Best metric: %s (epoch %s)", result["best_metric"], result["best_epoch"])
+    return {"output_dir": output_dir, **result}
+
+
+def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
+             argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (with ``-c`` YAML) and call ``run(args, parser)``; report a :class:`SetupError` as one line.
+
+    Returns:
+        The process exit status: 0, or 2 after a setup error.
+    """
+    setup_console_logging(int(os.environ.get("RANK", 0)))
+    parser = make_parser()
+    try:
+        run(parse_args(parser, argv), parser)
+    except SetupError as exc:
+        _logger.error("%s", exc)
+        return 2
+    finally:
+        cleanup_distributed()
+    return 0

@@ -1,0 +1,223 @@
+"""Bad dataset roots: one message naming what was expected where, and the folder is unchanged afterwards.
+Also: no download without --download, stale build markers are cleared, a crash leaves no half-written folder."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data.dvs_build as dvs_build
+from data.dvs_raw import DVSDataError
+from data.neuromorphic import build_dvs_dataset
+from test_data_dvs_formats import dvs_args, make_cifar10_dvs, make_gesture, make_ncaltech101, random_events, \
+    write_atis
+
+
+def snapshot(root: Path, root_mtime: bool = True):
+    """Every path under root with its size and mtime (None if root does not exist)."""
+    if not root.exists():
+        return None
+    out = [(".", root.stat().st_mtime_ns if root_mtime else 0)]
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in sorted(dirnames + filenames):
+            path = Path(dirpath) / name
+            st = path.lstat()
+            out.append((str(path.relative_to(root)), st.st_size if path.is_file() else -1, st.st_mtime_ns))
+    return sorted(out)
+
+
+def expect_error(name, root, match, root_mtime=True, **kw):
+    before = snapshot(root, root_mtime)
+    with pytest.raises(DVSDataError, match=match) as info:
+        build_dvs_dataset(name, root, "train", dvs_args(**kw))
+    assert snapshot(root, root_mtime) == before, "the dataset folder changed"
+    return str(info.value)
+
+
+# --------------------------------------------------------------------------------------------- missing / empty
+@pytest.mark.parametrize("name, expected", [
+    ("cifar10-dvs", r"expected .*/extract/<class>/\*\.aedat for the 10 classes"),
+    ("gesture", r"expected .*/extract/DvsGesture/trials_to_train\.txt"),
+    ("ncaltech101", r"expected .*/extract/Caltech101/<class>/\*\.bin"),
+    ("nmnist", r"expected .*/extract/Train/<digit>/\*\.bin"),
+    ("cifar10-dvs-tet", r"expected .*/train/<i>\.pt"),
+])
+def test_missing_and_empty_roots(tmp_path, name, expected):
+    missing = tmp_path / "nowhere"
+    message = expect_error(name, missing, expected + ".*found nothing")
+    assert "does not exist" in message and not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = expect_error(name, empty, expected + ".*found nothing")
+    assert str(empty) in message
+    assert ("--download" in message) == (name == "cifar10-dvs")
+
+
+# --------------------------------------------------------------------------------------------- partial
+def test_partially_extracted_roots(tmp_path):
+    cifar = tmp_path / "cifar"
+    make_cifar10_dvs(cifar, per_class=2)
+    for c in ("cat", "dog"):
+        shutil.rmtree(cifar / "extract" / c)
+    expect_error("cifar10-dvs", cifar, r"partially extracted: no \.aedat files in .*/extract/cat, .*/extract/dog")
+
+    gesture = tmp_path / "gesture"
+    make_gesture(gesture)
+    (gesture / "extract/DvsGesture/user02_led_labels.csv").unlink()
+    expect_error("gesture", gesture, r"partially extracted: 1 listed files are missing .*user02_led_labels\.csv")
+    (gesture / "extract/DvsGesture/trials_to_test.txt").unlink()
+    expect_error("gesture", gesture, r"partially extracted: missing .*trials_to_test\.txt")
+
+    caltech = tmp_path / "caltech"
+    make_ncaltech101(caltech, per_class=2)
+    for f in (caltech / "extract/Caltech101/accordion").iterdir():
+        f.unlink()
+    expect_error("ncaltech101", caltech, r"partially extracted: no \.bin files in .*/Caltech101/accordion")
+
+    truncated = tmp_path / "truncated"
+    make_ncaltech101(truncated, per_class=2)
+    path = truncated / "extract/Caltech101/Faces_easy/image_0001.bin"
+    path.write_bytes(path.read_bytes()[:-2])
+    expect_error("ncaltech101", truncated, r"image_0001\.bin has \d+ bytes, not a multiple of 5")
+
+    nmnist = tmp_path / "nmnist"
+    raw = nmnist / "extract"
+    raw.mkdir(parents=True)
+    (raw / "train1K.txt").write_text("#sample #class\n1\t5\n2\t0\n")
+    (raw / "test100.txt").write_text("#sample #class\n60001\t7\n")
+    write_atis(raw / "1.bs2", random_events(np.random.default_rng(0), 10, 34, 34))
+    expect_error("nmnist", nmnist, r"partially extracted: 2 listed samples have no \.bs2/\.bin file .*first: 2, 60001")
+
+
+# --------------------------------------------------------------------------------------------- wrong layout
+def test_wrong_layouts_name_where_the_files_are(tmp_path):
+    root = tmp_path / "cifar"
+    make_cifar10_dvs(root, per_class=1)
+    for c in os.listdir(root / "extract"):  # classes directly under the root instead of extract/
+        shutil.move(str(root / "extract" / c), str(root / c))
+    (root / "extract").rmdir()
+    message = expect_error("cifar10-dvs", root, r"expected .*/extract/<class>/\*\.aedat .*found nothing")
+    assert f"1 in {root}/airplane" in message
+
+    caltech = tmp_path / "caltech"
+    make_ncaltech101(caltech, per_class=1)
+    shutil.move(str(caltech / "extract/Caltech101"), str(caltech / "Caltech101"))  # not under extract/
+    message = expect_error("ncaltech101", caltech, r"found nothing \(found \.bin files elsewhere")
+    assert f"{caltech}/Caltech101/BACKGROUND_Google" in message
+
+    file_root = tmp_path / "a_file"
+    file_root.write_text("not a folder")
+    expect_error("gesture", file_root, "is a file, expected a directory")
+
+    tet = tmp_path / "tet"
+    (tet / "train").mkdir(parents=True)
+    (tet / "train" / "3.pt").write_bytes(b"")
+    expect_error("cifar10-dvs-tet", tet, r"not numbered 0\.\.0")
+
+
+def test_incomplete_archives_and_no_download_without_flag(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", lambda *a, **k: calls.append(a))
+    root = tmp_path / "cifar"
+    (root / "download").mkdir(parents=True)
+    for c in ("airplane", "bird"):
+        (root / "download" / f"{c}.zip").write_bytes(b"user archive, never deleted")
+    expect_error("cifar10-dvs", root, r"expected the archives airplane\.zip, .* missing automobile\.zip, cat\.zip")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    expect_error("cifar10-dvs", empty, "pass --download")
+    gesture = tmp_path / "gesture"
+    gesture.mkdir()
+    expect_error("gesture", gesture, r"cannot be downloaded automatically.*DvsGesture\.tar\.gz", download=True)
+    assert calls == []
+
+
+def test_archives_in_download_are_extracted_without_checksums(tmp_path):
+    src = tmp_path / "src"
+    make_ncaltech101(src, per_class=2)
+    root = tmp_path / "root"
+    (root / "download").mkdir(parents=True)
+    shutil.make_archive(str(root / "download" / "Caltech101"), "zip", src / "extract", "Caltech101")
+    archive = (root / "download" / "Caltech101.zip").read_bytes()
+    dataset = build_dvs_dataset("ncaltech101", root, "train", dvs_args())
+    assert len(dataset) == 3 and (root / "extract/Caltech101/accordion/image_0001.bin").is_file()
+    assert (root / "download" / "Caltech101.zip").read_bytes() == archive  # the user's archive is untouched
+
+    bad = tmp_path / "bad"
+    (bad / "download").mkdir(parents=True)
+    shutil.make_archive(str(bad / "download" / "Caltech101"), "zip", src / "extract" / "Caltech101", "accordion")
+    # a wrong archive is extracted to a temporary folder, checked and removed: the root's entries are unchanged
+    message = expect_error("ncaltech101", bad, r"expected .*/extract/Caltech101/<class>/\*\.bin.*nothing was kept",
+                           root_mtime=False)
+    assert ".tmp" not in message
+
+
+# --------------------------------------------------------------------------------------------- crash safety
+def test_stale_markers_and_partial_dirs_are_cleared(tmp_path, caplog):
+    make_cifar10_dvs(tmp_path, per_class=2)
+    (tmp_path / "events_np.building").touch()  # what spikingjelly leaves after any failure
+    (tmp_path / "events_np" / "airplane").mkdir(parents=True)
+    (tmp_path / "events_np" / "airplane" / "junk.npz").write_bytes(b"partial")
+    (tmp_path / ".frames_number_4_split_by_number.tmp-99999").mkdir()  # our own interrupted build
+    (tmp_path / "frames_number_4_split_by_number.building").touch()
+    with caplog.at_level(logging.WARNING, logger="data.dvs_build"):
+        dataset = build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args(time_steps=4))
+    assert len(dataset) == 20 and dataset[0][0].shape == (4, 2, 64, 64)
+    assert "interrupted dataset build" in caplog.text and "events_np.building" in caplog.text
+    assert not (tmp_path / "events_np.building").exists() and not (tmp_path / "events_np/airplane/junk.npz").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert not (tmp_path / "frames_number_4_split_by_number.building").exists()
+
+
+def test_a_crash_during_the_build_leaves_no_half_written_folder(tmp_path, monkeypatch):
+    make_cifar10_dvs(tmp_path, per_class=2)
+    before = snapshot(tmp_path, root_mtime=False)
+    calls = []
+    real = dvs_build.run_job
+
+    def flaky(job, out):
+        calls.append(job)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # a killed job
+        return real(job, out)
+
+    monkeypatch.setattr(dvs_build, "run_job", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args())
+    assert snapshot(tmp_path, root_mtime=False) == before  # no events_np, no temporary folder
+    monkeypatch.undo()
+
+    real_integrate = dvs_build.integrate_frames
+    monkeypatch.setattr(dvs_build, "integrate_frames", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args())
+    assert (tmp_path / "events_np").is_dir() and not list(tmp_path.glob("*frames*"))
+    monkeypatch.setattr(dvs_build, "integrate_frames", real_integrate)
+    assert len(build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args())) == 20
+
+
+def test_incomplete_frame_cache_and_empty_events_np_are_reported(tmp_path):
+    make_cifar10_dvs(tmp_path, per_class=2)
+    build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args())
+    (tmp_path / "frames_number_4_split_by_number/cat/cifar10_cat_1.npz").unlink()
+    expect_error("cifar10-dvs", tmp_path, r"frame cache .*lacks 1 of 20 samples .*cifar10_cat_1\.npz\); delete")
+    shutil.rmtree(tmp_path / "events_np")
+    (tmp_path / "events_np").mkdir()
+    expect_error("cifar10-dvs", tmp_path, "exists but is empty")
+
+
+def test_num_classes_and_split_arguments_are_checked(tmp_path):
+    from engine.errors import ConfigError, DatasetError
+
+    assert issubclass(DVSDataError, DatasetError) and issubclass(DVSDataError, FileNotFoundError)
+    make_ncaltech101(tmp_path, per_class=2)
+    with pytest.raises(ConfigError, match="3 classes .* num_classes=2"):
+        build_dvs_dataset("ncaltech101", tmp_path, "train", dvs_args(num_classes=2))
+    with pytest.raises(ValueError, match="dvs_split_ratio=0.0"):
+        build_dvs_dataset("ncaltech101", tmp_path, "train", dvs_args(dvs_split_ratio=0.0))
+    with pytest.raises(ValueError, match="unknown DVS dataset"):
+        build_dvs_dataset("dvs-imagenet", tmp_path, "train", dvs_args())

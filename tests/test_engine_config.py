@@ -1,0 +1,113 @@
+"""Argument parsing and YAML configs: precedence, strictness, booleans, flags that reach the model."""
+import argparse
+
+import pytest
+import torch
+
+from engine.args import get_args_parser
+from engine.config import dump_args, load_config, parse_args
+from engine.errors import ConfigError
+from engine.model import build_model, resolve_model_args
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(parents=[get_args_parser()])
+
+
+def _yaml(tmp_path, text: str) -> str:
+    path = tmp_path / "cfg.yml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_reference_defaults():
+    args = parse_args(_parser(), [])
+    assert (args.dataset, args.model, args.pooling_stat, args.layer, args.time_steps) == \
+        ("torch/cifar10", "sdt", "1111", 4, 4)
+    assert (args.opt, args.lr, args.sched, args.epochs, args.batch_size, args.val_batch_size) == \
+        ("sgd", 0.01, "step", 200, 32, 16)
+    assert (args.chunk_size, args.attention_mode, args.TET, args.model_ema_decay) == (2, "SDT", False, 0.9998)
+
+
+def test_precedence_cli_over_yaml_over_default(tmp_path):
+    cfg = _yaml(tmp_path, "lr: 3e-4\nepochs: 7\nmodel-ema: true\n")
+    args = parse_args(_parser(), ["-c", cfg, "--epochs", "9"])
+    assert args.epochs == 9  # CLI wins
+    assert args.lr == pytest.approx(3e-4) and isinstance(args.lr, float)  # YAML "3e-4" is a str in YAML 1.1
+    assert args.model_ema is True  # hyphenated key means the underscore flag
+    assert args.weight_decay == 1e-4  # default
+
+
+def test_unknown_key_names_key_and_closest(tmp_path):
+    cfg = _yaml(tmp_path, "mlp_ration: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'mlp_ration'.*mlp_ratio"):
+        load_config(cfg, _parser())
+
+
+@pytest.mark.parametrize("text, match", [
+    ("epochs: many\n", "expected a int"),
+    ("TET: 'False'\n", "expected true or false"),
+    ("spike_mode: xlif\n", "not one of"),
+    ("input_size: [3, 32]\n", "expected 3 values"),
+    ("mean: 0.5\n", "expected a list"),
+    ("model-ema: true\nmodel_ema: false\n", "given twice"),
+    ("- a\n- b\n", "must hold a mapping"),
+])
+def test_bad_values_are_errors(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(_yaml(tmp_path, text), _parser())
+
+
+def test_tet_is_a_real_boolean():
+    assert parse_args(_parser(), ["--TET"]).TET is True
+    assert parse_args(_parser(), ["--no-TET"]).TET is False
+    with pytest.raises(SystemExit):
+        parse_args(_parser(), ["--TET", "False"])
+
+
+@pytest.mark.parametrize("argv", [["-data-dir", "/x"], ["--data-dir", "/x"], ["-c", "{cfg}"]])
+def test_data_dir_spellings(tmp_path, argv):
+    cfg = _yaml(tmp_path, "data_dir: /x\n")
+    assert parse_args(_parser(), [a.format(cfg=cfg) for a in argv]).data_dir == "/x"
+
+
+@pytest.mark.parametrize("argv", [["--local-rank=1"], ["--local_rank", "1"]])
+def test_local_rank_spellings(argv):
+    assert parse_args(_parser(), argv).local_rank == 1
+
+
+def test_model_flags_reach_the_model():
+    args = parse_args(_parser(), [
+        "--dim", "64", "--layer", "2", "--num-heads", "4", "--mlp-ratio", "2", "--pooling-stat", "0111",
+        "--time-steps", "4", "--spike-mode", "plif", "--in-channels", "2", "--dvs-mode", "--img-size", "32",
+        "--num-classes", "7", "--attention_mode", "STAtten", "--chunk-size", "4", "--TET"])
+    resolve_model_args(args)
+    with torch.device("meta"):
+        model = build_model(args)
+    assert (model.embed_dim, len(model.block), model.T, model.dvs, model.TET) == (64, 2, 4, True, True)
+    assert (model.attention_mode, model.chunk_size, model.num_classes) == ("STAtten", 4, 7)
+    assert model.patch_embed.proj_conv.in_channels == 2
+    assert model.block[0].mlp.fc1_conv.out_channels == 128
+    assert type(model.head_lif).__name__ == "ParametricLIFNode"
+
+
+def test_dvs_mode_default_follows_dataset():
+    for dataset, expected in (("cifar10-dvs", True), ("ncaltech101", True), ("gesture", False), ("digits", False)):
+        args = parse_args(_parser(), ["--dataset", dataset])
+        resolve_model_args(args)
+        assert args.dvs_mode is expected
+
+
+def test_bad_model_dimensions_are_config_errors():
+    args = parse_args(_parser(), ["--attention_mode", "STAtten", "--time-steps", "4", "--chunk-size", "3",
+                                  "--img-size", "32", "--dim", "32", "--layer", "1"])
+    resolve_model_args(args)
+    with pytest.raises(ConfigError, match="chunk_size"):
+        build_model(args)
+
+
+def test_args_yaml_round_trip(tmp_path):
+    args = parse_args(_parser(), ["--dim", "64", "--mean", "0.1", "0.2", "0.3"])
+    dump_args(args, str(tmp_path / "args.yaml"))
+    again = parse_args(_parser(), ["-c", str(tmp_path / "args.yaml")])
+    assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml")}

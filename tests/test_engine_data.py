@@ -1,0 +1,131 @@
+"""Static datasets (digits, IDX files, missing folders) and the loaders built from them."""
+import argparse
+import gzip
+import importlib.util
+import os
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from data import build_dataset
+from data.static import read_idx
+from engine.args import get_args_parser
+from engine.config import parse_args
+from engine.errors import DatasetError
+
+FASHION_MNIST_DEB = "/usr/share/datasets/fashion-mnist"
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), list(argv))
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_digits_split_is_fixed_stratified_and_32px_rgb():
+    args = _args()
+    train, val = build_dataset("digits", "", "train", args), build_dataset("digits", "", "validation", args)
+    assert (len(train), len(val)) == (1437, 360)
+    totals, val_counts = Counter(train.targets + val.targets), Counter(val.targets)
+    assert all(abs(val_counts[c] - 0.2 * totals[c]) <= 1 for c in range(10))  # stratified 80/20
+    assert build_dataset("digits", "", "val", args).targets == val.targets
+    img, label = train[0]
+    assert img.size == (32, 32) and img.mode == "RGB" and isinstance(label, int)
+
+
+@pytest.mark.parametrize("layout", ["flat_gz", "torchvision_raw"])
+def test_mnist_like_idx_files(tmp_path, layout):
+    images, labels = np.random.default_rng(0).integers(0, 255, (6, 28, 28)), np.arange(6) % 10
+    folder = tmp_path if layout == "flat_gz" else tmp_path / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if layout == "flat_gz" else ""
+    _write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", images)
+    _write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", labels)
+    ds = build_dataset("fashion-mnist", str(tmp_path), "validation", _args())
+    img, label = ds[3]
+    assert len(ds) == 6 and label == 3 and img.size == (32, 32) and img.mode == "RGB"
+    assert np.array_equal(np.asarray(img)[2:30, 2:30, 0], images[3])  # padded by 2 pixels
+
+
+def test_idx_reader_rejects_other_files(tmp_path):
+    (tmp_path / "bad").write_bytes(b"not an idx file")
+    with pytest.raises(DatasetError, match="not an IDX"):
+        read_idx(str(tmp_path / "bad"))
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DEB), reason="Debian package dataset-fashion-mnist absent")
+def test_debian_fashion_mnist_folder():
+    ds = build_dataset("fashion-mnist", FASHION_MNIST_DEB, "validation", _args())
+    assert len(ds) == 10000 and Counter(ds.targets)[0] == 1000
+
+
+@pytest.mark.parametrize("name, folder", [("torch/cifar10", "cifar-10-batches-py"),
+                                          ("torch/cifar100", "cifar-100-python"),
+                                          ("imagenet", "train"), ("mnist", "MNIST")])
+def test_missing_dataset_folder_names_it(tmp_path, name, folder):
+    with pytest.raises(DatasetError, match=folder):
+        build_dataset(name, str(tmp_path / "nowhere"), "train", _args())
+
+
+def test_imagenet_class_folders(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("val", 2)):
+        for cls in ("n01", "n02"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40, 30), (i * 50, 0, 0)).save(tmp_path / split / cls / f"{i}.JPEG")
+    train = build_dataset("imagenet", str(tmp_path), "train", _args())
+    val = build_dataset("imagenet", str(tmp_path), "validation", _args())
+    assert (len(train), len(val)) == (6, 4)
+    img, label = val[3]
+    assert img.size == (40, 30) and label == 1
+
+
+def test_unknown_dataset():
+    with pytest.raises(DatasetError, match="unknown dataset"):
+        build_dataset("svhn", "", "train", _args())
+
+
+def test_neuromorphic_sets_without_their_module(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "data.neuromorphic"
+                        else find_spec(name, *a))
+    with pytest.raises(DatasetError, match="not implemented yet"):
+        build_dataset("cifar10-dvs", "", "train", _args())
+
+
+def test_randaugment_posterize_at_full_magnitude():
+    """timm maps magnitude 10 of PosterizeIncreasing to 0 bits, which recent Pillow rejects; we keep it working."""
+    from PIL import Image
+    from timm.data.auto_augment import AugmentOp
+
+    from engine.loaders import allow_zero_bit_posterize
+
+    allow_zero_bit_posterize()
+    img = Image.new("RGB", (8, 8), (200, 100, 50))
+    out = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)(img)
+    assert out.size == img.size and out.getextrema() == ((0, 0), (0, 0), (0, 0))
+
+
+def test_digits_loaders_with_prefetcher_and_mixup():
+    from engine.loaders import build_loaders
+    from engine.model import resolve_model_args
+
+    args = _args("--dataset", "digits", "--num-classes", "10", "--img-size", "32", "--device", "cpu", "-j", "0",
+                 "-b", "16", "-vb", "32", "--mean", "0.3", "--std", "0.3", "--mixup", "0.5", "--crop-pct", "1")
+    args.distributed = False
+    resolve_model_args(args)
+    loaders = build_loaders(args)
+    x, y = next(iter(loaders.train))
+    assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32 and y.shape == (16, 10)  # soft targets
+    assert loaders.mixup_active and loaders.mixup_fn is None  # mixup in the collate function
+    x, y = next(iter(loaders.eval))
+    assert x.shape == (32, 3, 32, 32) and y.dtype == torch.int64 and abs(x.mean().item()) < 1.0

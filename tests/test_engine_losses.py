@@ -1,0 +1,46 @@
+"""Loss selection and the TET loss formula."""
+import argparse
+
+import pytest
+import torch
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from engine.args import get_args_parser
+from engine.config import parse_args
+from engine.errors import ConfigError
+from engine.losses import TETLoss, build_train_loss
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), list(argv))
+
+
+def test_tet_loss_matches_reference_formula():
+    torch.manual_seed(0)
+    out, target, lamb, means = torch.randn(4, 8, 10), torch.randint(0, 10, (8,)), 0.001, 1.0
+    expected = (1 - lamb) * sum(F.cross_entropy(out[t], target) for t in range(4)) / 4 \
+        + lamb * ((out - means) ** 2).mean()
+    got = TETLoss(torch.nn.CrossEntropyLoss(), means=means, lamb=lamb)(out, target)
+    torch.testing.assert_close(got, expected)
+
+
+def test_tet_loss_without_regulariser_is_mean_step_loss():
+    out, target = torch.randn(3, 5, 4), torch.randint(0, 4, (5,))
+    expected = torch.stack([F.cross_entropy(o, target) for o in out]).mean()
+    torch.testing.assert_close(TETLoss(torch.nn.CrossEntropyLoss(), lamb=0.0)(out, target), expected)
+
+
+def test_tet_loss_rejects_time_averaged_logits():
+    with pytest.raises(ValueError, match=r"\[T, B, K\]"):
+        TETLoss(torch.nn.CrossEntropyLoss())(torch.randn(5, 4), torch.zeros(5, dtype=torch.long))
+
+
+def test_loss_selection():
+    assert isinstance(build_train_loss(_args(), mixup_active=True), SoftTargetCrossEntropy)
+    assert isinstance(build_train_loss(_args("--smoothing", "0.1"), mixup_active=False), LabelSmoothingCrossEntropy)
+    assert isinstance(build_train_loss(_args("--smoothing", "0"), mixup_active=False), torch.nn.CrossEntropyLoss)
+    tet = build_train_loss(_args("--TET", "--TET-lamb", "0.001"), mixup_active=True)
+    assert isinstance(tet, TETLoss) and isinstance(tet.criterion, SoftTargetCrossEntropy) and tet.lamb == 0.001
+    with pytest.raises(ConfigError, match="aug-splits"):
+        build_train_loss(_args("--jsd"), mixup_active=False)

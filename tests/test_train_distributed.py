@@ -1,0 +1,26 @@
+"""Two CPU processes (gloo), launched by torchrun and by the legacy torch.distributed.launch."""
+import subprocess
+import sys
+
+import pytest
+import yaml
+from _engine_helpers import REPO, TINY_FLAGS, free_port, read_summary, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("launcher", ["torch.distributed.run", "torch.distributed.launch"])
+def test_two_process_run(tmp_path, launcher):
+    cmd = [sys.executable, "-m", launcher, "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "train.py", *TINY_FLAGS, "--epochs", "1",
+           "--output", str(tmp_path), "--experiment", "ddp"]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "ddp"
+    assert {"args.yaml", "summary.csv", "train.log", "last.pth.tar", "model_best.pth.tar",
+            "checkpoint-0.pth.tar", "tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # rank 1 wrote nothing of its own
+    recorded = yaml.safe_load((run_dir / "args.yaml").read_text())
+    assert (recorded["world_size"], recorded["distributed"], recorded["rank"]) == (2, True, 0)
+    assert [row["epoch"] for row in read_summary(run_dir / "summary.csv")] == ["0"]
+    assert "2 processes" in (run_dir / "train.log").read_text()

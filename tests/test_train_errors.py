@@ -1,0 +1,78 @@
+"""Setup errors: one clear error line, and nothing written into an existing run folder."""
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
+
+from engine.run import cli_main, run_training
+from train import make_parser
+
+
+@pytest.fixture
+def existing_run(tmp_path):
+    """An earlier run folder ``tmp_path/exp`` holding a checkpoint of a different architecture (dim 64)."""
+    import timm
+
+    import model as _registers_sdt  # noqa: F401
+
+    run_dir = tmp_path / "exp"
+    run_dir.mkdir()
+    other = timm.create_model("sdt", img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=64,
+                              num_heads=4, depths=1, T=1, pooling_stat="1111")
+    torch.save({"state_dict": other.state_dict(), "epoch": 3, "version": 2, "arch": "sdt"}, run_dir / "last.pth.tar")
+    (run_dir / "summary.csv").write_text("epoch,train_loss\n0,2.3\n")
+    (run_dir / "args.yaml").write_text("dim: 64\n")
+    return run_dir
+
+
+def _run_cli(argv, capfd):
+    status = cli_main(make_parser, run_training, argv)
+    err = capfd.readouterr().err
+    return status, [line for line in err.splitlines() if " ERROR: " in line], err
+
+
+@pytest.mark.parametrize("case, extra, message", [
+    ("unknown_key", None, "unknown config key 'mlp_ration'.*closest known keys: mlp_ratio"),
+    ("missing_dataset", ["--dataset", "torch/cifar10", "--data-dir", "{tmp}/nowhere"], "cifar-10-batches-py"),
+    ("wrong_checkpoint", ["--resume", "{tmp}/exp/last.pth.tar"],
+     "does not fit this model .*shape mismatches"),
+])
+def test_setup_error_is_one_line_and_writes_nothing(tmp_path, existing_run, capfd, case, extra, message):
+    argv = [*TINY_FLAGS, "--output", str(tmp_path), "--experiment", "exp"]
+    if case == "unknown_key":
+        (tmp_path / "bad.yml").write_text("dim: 32\nmlp_ration: 4\n")
+        argv = ["-c", str(tmp_path / "bad.yml"), *argv]
+    else:
+        argv += [a.format(tmp=tmp_path) for a in extra]
+    before = snapshot(tmp_path)
+    status, error_lines, err = _run_cli(argv, capfd)
+    assert status == 2
+    assert len(error_lines) == 1 and "Traceback" not in err, err
+    assert re.search(message, error_lines[0]), error_lines[0]
+    assert snapshot(tmp_path) == before  # nothing created, nothing overwritten
+
+
+def test_cli_reports_exactly_one_line(tmp_path):
+    (tmp_path / "bad.yml").write_text("epochs: 3\nlearning_rate: 0.1\n")
+    result = subprocess.run([sys.executable, "train.py", "-c", str(tmp_path / "bad.yml")], cwd=REPO,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown config key 'learning_rate'" in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "bad.yml"]
+
+
+def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
+    from _engine_helpers import tiny_args
+
+    from engine.errors import ConfigError
+    from engine.model import build_model, prepare_model, resolve_model_args
+
+    args = tiny_args(tmp_path, "--sync-bn")
+    args.distributed = True
+    resolve_model_args(args)
+    with pytest.raises(ConfigError, match="SyncBatchNorm"):
+        prepare_model(args, build_model(args))

@@ -1,0 +1,44 @@
+"""Stopping after epoch k and resuming gives epoch k+1 exactly as an uninterrupted run does."""
+import pytest
+import torch
+from _engine_helpers import read_summary, tiny_args
+
+from engine.checkpoint import load_checkpoint_file
+from engine.run import run_training
+
+pytestmark = pytest.mark.slow
+
+# Mixup, random erasing and random crops exercise every random number generator; EMA and its restore are on.
+RUN = ["--epochs", "3", "--checkpoint-hist", "5", "--mixup", "0.2", "--reprob", "0.25", "--model-ema",
+       "--model-ema-decay", "0.9"]
+
+
+def test_resume_repeats_uninterrupted_run(tmp_path):
+    full = run_training(tiny_args(tmp_path, *RUN, "--experiment", "full"))
+    rows = read_summary(tmp_path / "full" / "summary.csv")
+    assert [r["epoch"] for r in rows] == ["0", "1", "2"]
+    assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
+    assert float(rows[2]["train_loss"]) < float(rows[0]["train_loss"])
+
+    stopped = tmp_path / "full" / "checkpoint-1.pth.tar"  # what a run stopped after epoch 1 leaves behind
+    resumed = run_training(tiny_args(tmp_path, *RUN, "--experiment", "resumed", "--resume", str(stopped)))
+    assert read_summary(tmp_path / "resumed" / "summary.csv") == [rows[2]]
+    assert resumed["eval_metrics"] == full["eval_metrics"]
+
+    last_full = load_checkpoint_file(str(tmp_path / "full" / "last.pth.tar"))
+    last_resumed = load_checkpoint_file(str(tmp_path / "resumed" / "last.pth.tar"))
+    for key in ("state_dict", "state_dict_ema"):
+        for name, value in last_full[key].items():
+            torch.testing.assert_close(last_resumed[key][name], value, rtol=0, atol=0, msg=f"{key} {name}")
+
+
+def test_resume_in_place_continues_history(tmp_path):
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--checkpoint-hist", "2", "--experiment", "run"))
+    run_dir = tmp_path / "run"
+    before = (run_dir / "checkpoint-0.pth.tar").read_bytes()
+    run_training(tiny_args(tmp_path, "--epochs", "2", "--checkpoint-hist", "2", "--experiment", "run",
+                           "--resume", str(run_dir / "last.pth.tar")))
+    assert [row["epoch"] for row in read_summary(run_dir / "summary.csv")] == ["0", "1"]
+    assert (run_dir / "checkpoint-0.pth.tar").read_bytes() == before  # history restored, not rewritten
+    assert {p.name for p in tmp_path.iterdir()} == {"run"}  # same folder, no "run-1"
+    assert load_checkpoint_file(str(run_dir / "last.pth.tar"))["epoch"] == 1

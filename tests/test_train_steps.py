@@ -1,0 +1,70 @@
+"""A few training steps lower the loss; a checkpoint round-trips; AMP steps run on the CPU."""
+import pytest
+import torch
+from _engine_helpers import tiny_args
+
+from engine.checkpoint import build_saver, load_initial_checkpoint, resume_checkpoint
+from engine.distributed import init_distributed
+from engine.loaders import build_loaders
+from engine.loop import seed_epoch, train_one_epoch
+from engine.losses import build_train_loss
+from engine.model import build_model, prepare_model, resolve_model_args
+from engine.optim import build_amp, build_optimizer
+
+
+def _setup(args):
+    init_distributed(args)
+    resolve_model_args(args)
+    seed_epoch(args, -1)
+    model = prepare_model(args, build_model(args))
+    return model, build_optimizer(args, model)
+
+
+def test_steps_lower_loss_and_checkpoint_round_trips(tmp_path):
+    args = tiny_args(tmp_path, "--smoothing", "0", "--lr", "1e-2")
+    model, optimizer = _setup(args)
+    loaders = build_loaders(args, model)
+    loss_fn = build_train_loss(args, loaders.mixup_active)
+    inputs, target = next(iter(loaders.train))
+    model.train()
+    losses = []
+    for _ in range(10):
+        loss = loss_fn(model(inputs), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1, losses
+
+    build_saver(args, model, optimizer, str(tmp_path)).save_checkpoint(epoch=4, metric=50.0)
+    assert {p.name for p in tmp_path.iterdir()} >= {"last.pth.tar", "model_best.pth.tar", "checkpoint-4.pth.tar"}
+    assert not (tmp_path / "tmp.pth.tar").exists()
+
+    resumed_args = tiny_args(tmp_path, "--smoothing", "0", "--lr", "1e-2", "--resume", str(tmp_path / "last.pth.tar"))
+    model2, optimizer2 = _setup(resumed_args)
+    start_epoch, checkpoint = resume_checkpoint(resumed_args, model2, optimizer2)
+    assert start_epoch == 5 and checkpoint["arch"] == "sdt" and checkpoint["args"].dim == 32
+    for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert optimizer2.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+    model.eval(), model2.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), model2(inputs), rtol=0, atol=0)
+
+    weights_args = tiny_args(tmp_path, "--initial-checkpoint", str(tmp_path / "model_best.pth.tar"))
+    model3, _ = _setup(weights_args)
+    load_initial_checkpoint(weights_args, model3)
+    model3.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), model3(inputs), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_amp_epoch_on_cpu(tmp_path, dtype):
+    args = tiny_args(tmp_path, "--amp", "--amp-dtype", dtype, "--clip-grad", "1.0")
+    model, optimizer = _setup(args)
+    amp = build_amp(args)
+    assert (amp.loss_scaler is not None) == (dtype == "float16")
+    batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    metrics = train_one_epoch(0, model, [batch, batch], optimizer, torch.nn.CrossEntropyLoss(), args, amp=amp)
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
