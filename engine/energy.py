@@ -12,7 +12,7 @@ accumulate.  Then::
     E      = E_MAC * MACs + E_AC * sum_l SOPs_l   per image
 
 ``encoding_steps`` is 1 by default, as the papers write it (the repeated static image is encoded once); pass
-``T`` to charge every repeated copy.  With event input the first layer sees event counts and is charged as AC
+``T`` to charge every repeated copy (its ``rate`` column reads 1: dense).  With event input the first layer sees event counts and is charged as AC
 (switchable with ``first_layer_as_mac``).  The unused ``talking_heads`` Conv1d never runs and costs nothing; the
 attention itself (masks, sums, STAtten's spike matmuls) is outside this recipe, as in the papers.
 
@@ -149,8 +149,8 @@ class EnergyMeter:
             count = self._layers[name]
             module = count.module
             rate = count.input_sum.item() / (count.steps * count.input_elements)
-            if i == 0 and self.first_layer_as_mac:
-                macs, sops = float(count.flops * self.encoding_steps), 0.0
+            if i == 0 and self.first_layer_as_mac:  # dense analog input: every value is multiplied
+                rate, macs, sops = 1.0, float(count.flops * self.encoding_steps), 0.0
             else:
                 macs, sops = 0.0, rate * self.T * count.flops
             conv = isinstance(module, nn.Conv2d)

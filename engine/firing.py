@@ -142,7 +142,8 @@ def parse_firing_log(path: Path) -> dict[str, dict[str, float]]:
     """Read the ``firing_rate: `` block of a reference-format log (SDT's ``sdt.log``) as ASTER's parser does.
 
     The parser finds ``firing_rate: `` followed by a newline, then the next ``INFO: {``, and parses the JSON from
-    there up to the next blank line or the end of the file.  Raises ``ValueError`` naming the file when the block
+    there up to the next blank line or the end of the file (ASTER's parser needs one of the two, so our evaluation
+    writes the block last).  Raises ``ValueError`` naming the file when the block
     is missing or not valid JSON (the reference printed the error and carried on with an empty skip list).
     """
     text = Path(path).read_text()
@@ -155,8 +156,8 @@ def parse_firing_log(path: Path) -> dict[str, dict[str, float]]:
     body = text[brace + len("INFO: "):]
     end = body.find("\n\n")
     body = body if end < 0 else body[:end]
-    try:
-        table = json.loads(body)
+    try:  # the first JSON object; log records after it (with no blank line between) are ignored
+        table, _ = json.JSONDecoder().raw_decode(body)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: the firing_rate JSON block does not parse ({err})") from err
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):

@@ -1,0 +1,166 @@
+"""Checkpoint evaluation with firing rates, the SOP/MAC energy report and spike-trace export.
+
+``firing_num.py`` (SDT) and ``test.py`` (STAtten) call :func:`run_evaluation`.  One pass over the validation set
+gives top-1/top-5, the firing rate and non-zero ratio of every hook key at every time step (any T, averaged exactly
+over all samples, :mod:`engine.firing`) and the energy of every Conv2d/Linear (:mod:`engine.energy`).  Outputs go to
+``output/valid/<experiment>/`` (a new folder per run, never an earlier one): ``<model>.log`` with the reference's
+``non_zero:`` / ``firing_rate:`` blocks, ``args.yaml``, ``firing.json`` (with an ``energy`` section),
+``firing.csv``, ``firing.png`` and ``energy.csv``; optionally ``qkv_<batch>.pkl`` (``--save-qkv``) and a trace
+folder for ``hw/`` (``--export-traces DIR --trace-samples N``, format in docs/traces.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["add_eval_arguments", "run_evaluation"]
+
+_logger = logging.getLogger(__name__)
+DEFAULT_VALID_ROOT = os.path.join("output", "valid")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The evaluation flags shared by ``firing_num.py`` and ``test.py``."""
+    group = parser.add_argument_group("Evaluation")
+    group.add_argument("--large-valid", action="store_true",
+                       help="ImageNet at 288 px: Resize(320), CenterCrop(288), as the reference's 288-px test")
+    group.add_argument("--save-qkv", action="store_true", help="save the hook dict of every batch (qkv_<i>.pkl)")
+    group.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    group.add_argument("--export-traces", default="", metavar="DIR",
+                       help="write spike traces of --trace-samples validation samples to DIR (for hw/)")
+    group.add_argument("--trace-samples", type=int, default=16, metavar="N", help="samples to export as traces")
+    group.add_argument("--e-mac", type=float, default=4.6, metavar="PJ", help="energy of a MAC (pJ, 45 nm fp32)")
+    group.add_argument("--e-ac", type=float, default=0.9, metavar="PJ", help="energy of an accumulate (pJ)")
+    group.add_argument("--first-layer-as-mac", action=argparse.BooleanOptionalAction, default=None,
+                       help="charge the first layer as MACs (default: yes for static images, no for events)")
+    group.add_argument("--encoding-steps", type=int, default=1, metavar="N",
+                       help="time steps of the encoding conv charged as MACs (1 = the papers' recipe)")
+    return parser
+
+
+def _checkpoint_path(args: argparse.Namespace) -> str:
+    return args.resume or args.initial_checkpoint
+
+
+def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    from .checkpoint import load_checkpoint_file, load_model_weights
+    from .errors import CheckpointError
+
+    path = _checkpoint_path(args)
+    if not path:
+        _logger.warning("No --resume/--initial-checkpoint given: evaluating the randomly initialised model.")
+        return
+    checkpoint = load_checkpoint_file(path)
+    key = "state_dict_ema" if args.use_ema else "state_dict"
+    if args.use_ema and key not in checkpoint:
+        raise CheckpointError(f"checkpoint {path!r} has no EMA weights (state_dict_ema); drop --use-ema")
+    load_model_weights(model, checkpoint, path, key=key)
+    _logger.info("Loaded %s from %s (epoch %s).", key, path, checkpoint.get("epoch"))
+
+
+def _apply_large_valid(args: argparse.Namespace) -> None:
+    """Resize(320) + CenterCrop(288) for the evaluation loader (call after building the model, which keeps its
+    constructor size: the convolutional stem and blocks accept the larger token grid)."""
+    args.img_size, args.input_size, args.crop_pct, args.interpolation = 288, None, 288 / 320, "bilinear"
+
+
+def _all_reduce(tensors: list[torch.Tensor]) -> None:
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+
+
+def _single_samples(loader, device: str) -> Iterator[tuple[torch.Tensor, int]]:
+    """One ``(input [1, ...], label)`` at a time, from an already-normalising loader."""
+    for inputs, targets in loader:
+        inputs = inputs.to(device).float()
+        for i in range(inputs.shape[0]):
+            yield inputs[i:i + 1], int(targets[i])
+
+
+def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
+    """Evaluate a checkpoint; returns the content of ``firing.json`` (accuracy, rates, energy, paths)."""
+    from timm.utils import accuracy
+
+    from .distributed import init_distributed, is_primary
+    from .energy import EnergyConstants, EnergyMeter, write_energy_csv
+    from .firing import FiringRateMeter, write_atomic
+    from .loaders import build_loaders
+    from .loop import _progress, _to_device
+    from .model import build_model, model_kwargs, resolve_model_args
+    from .optim import build_amp
+    from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
+
+    init_distributed(args)
+    setup_console_logging(args.rank)
+    resolve_model_args(args)
+    model = build_model(args)
+    _load_weights(args, model)
+    if args.large_valid:
+        _apply_large_valid(args)
+    loaders = build_loaders(args, model, train=False)
+    model.to(args.device).eval()
+    amp = build_amp(args)
+
+    if not args.output:
+        args.output = DEFAULT_VALID_ROOT
+    output_dir = resolve_output_dir(args)
+    outputs = RunOutputs(args, output_dir, log_name=f"{args.model}.log") if is_primary(args) else None
+
+    rates = FiringRateMeter()
+    energy = EnergyMeter(model, T=model.T, dvs_input=bool(args.dvs_mode),
+                         constants=EnergyConstants(e_mac_pj=args.e_mac, e_ac_pj=args.e_ac),
+                         first_layer_as_mac=args.first_layer_as_mac, encoding_steps=args.encoding_steps)
+    correct = torch.zeros(2, dtype=torch.float64, device=args.device)
+    seen = torch.zeros((), dtype=torch.float64, device=args.device)
+    top_k = (1, min(5, model.num_classes))
+    with torch.no_grad(), energy:
+        for batch_idx, (inputs, target) in enumerate(_progress(loaders.eval, args, "eval")):
+            inputs, target = _to_device(inputs, target, args)
+            with amp.autocast():
+                output, hook = model(inputs, hook={})
+            output = output.float()
+            if output.dim() == 3:  # TET: per-step logits, averaged as in training-time validation
+                output = output.mean(0)
+            acc1, acc5 = accuracy(output, target, topk=top_k)
+            correct += torch.stack([acc1, acc5]).double() * target.numel() / 100.0
+            seen += target.numel()
+            rates.update(hook)
+            if args.save_qkv and is_primary(args):
+                torch.save(hook, os.path.join(output_dir, f"qkv_{batch_idx}.pkl"))
+    if args.distributed:
+        _all_reduce([correct, seen] + list(rates._sums.values()) + list(rates._nonzero.values()))
+    top1, top5 = (100.0 * correct / seen).tolist()
+    if not is_primary(args):
+        return {}
+
+    _logger.info("top-1: %.4f, top-5: %.4f (%d samples)", top1, top5, int(seen.item()))
+    energy_rows, energy_summary = energy.rows(), energy.summary()
+    write_energy_csv(energy_rows, os.path.join(output_dir, "energy.csv"))
+    _logger.info("Energy: %.6f mJ per image (%.4g MACs x %.2f pJ + %.4g SOPs x %.2f pJ; ANN FLOPs %.4g)",
+                 energy_summary["energy_mj"], energy_summary["macs"], args.e_mac, energy_summary["sops"],
+                 args.e_ac, energy_summary["ann_flops"])
+    content = rates.write(output_dir, extra={"top1": top1, "top5": top5, "checkpoint": _checkpoint_path(args),
+                                             "energy": {**energy_summary,
+                                                        "layers": [vars(r) for r in energy_rows]}})
+    if args.export_traces:
+        from .traces import export_traces
+
+        meta = export_traces(model, _single_samples(loaders.eval, args.device), args.export_traces,
+                             dataset=args.dataset, num_samples=args.trace_samples, model_config=model_kwargs(args))
+        content["traces"] = {"dir": os.path.abspath(args.export_traces), "samples": len(meta.samples)}
+        write_atomic(os.path.join(output_dir, "firing.json"), json.dumps(content, indent=2))
+    outputs.writer.add_scalar("eval/top1", top1, 0)
+    outputs.writer.add_scalar("eval/top5", top5, 0)
+    outputs.writer.add_scalar("eval/energy_mj", energy_summary["energy_mj"], 0)
+    _logger.info("Wrote %s", output_dir)
+    # Last in the log, as in the reference: ASTER's sdt.log parser reads the firing_rate JSON up to a blank line
+    # or the end of the file.
+    rates.log_reference_block(logging.getLogger("valid"))
+    outputs.close()
+    return content

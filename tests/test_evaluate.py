@@ -1,0 +1,108 @@
+"""firing_num.py / test.py: exact firing rates for any T, the reference log block, energy, traces, bad input."""
+import argparse
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
+from engine.args import get_args_parser
+from engine.config import parse_args
+from engine.evaluate import add_eval_arguments, run_evaluation
+from engine.traces import TraceReader
+
+pytestmark = pytest.mark.slow
+
+
+def _checkpoint(tmp_path, T, **model_kwargs):
+    """A tiny digits model with BN statistics that make every layer fire, saved as a timm-style checkpoint."""
+    import model  # noqa: F401
+
+    torch.manual_seed(0)
+    net = timm.create_model("sdt", img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32,
+                            num_heads=4, mlp_ratios=2, depths=1, T=T, pooling_stat="1111", **model_kwargs)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(0.05)
+            m.bias.data.fill_(0.3)
+    path = tmp_path / f"tiny_t{T}.pth.tar"
+    torch.save({"state_dict": net.state_dict(), "epoch": 0, "version": 2}, path)
+    return path
+
+
+def _evaluate(tmp_path, T, *extra):
+    parser = add_eval_arguments(argparse.ArgumentParser(parents=[get_args_parser()]))
+    args = parse_args(parser, [*TINY_FLAGS, "--time-steps", str(T), "--output", str(tmp_path / "valid"),
+                               "--resume", str(_checkpoint(tmp_path, T)), *extra])
+    return run_evaluation(args, parser)
+
+
+@pytest.mark.parametrize("T", [6, 16])
+def test_rates_per_step_do_not_depend_on_batching(tmp_path, T):
+    """360 validation images in batches of 128 (a short last batch of 104) or in one batch: the same averages."""
+    batched = _evaluate(tmp_path, T, "-vb", "128", "--experiment", "batched")
+    whole = _evaluate(tmp_path, T, "-vb", "360", "--experiment", "whole")
+    assert batched["samples"] == whole["samples"] == 360
+    assert list(batched["firing_rate"]) == [f"t{t}" for t in range(T)]
+    for t, per_key in whole["firing_rate"].items():
+        for key, value in per_key.items():
+            assert batched["firing_rate"][t][key] == pytest.approx(value, abs=1e-12), (t, key)
+            assert batched["non_zero"][t][key] == pytest.approx(whole["non_zero"][t][key], abs=1e-12)
+    assert batched["top1"] == pytest.approx(whole["top1"])
+    assert any(v > 0 for v in batched["firing_rate"]["t1"].values())
+
+
+def _reference_parser(text):
+    """ASTER's ``_parse_log_file``, step by step: 'firing_rate: \\n', the next 'INFO: {', JSON up to a blank line."""
+    start = text.find("firing_rate: \n")
+    brace = text.find("INFO: {", start) + len("INFO: ")
+    end = text.find("\n\n", brace)
+    return json.loads(text[brace:] if end < 0 else text[brace:end])
+
+
+def test_outputs_and_reference_log(tmp_path):
+    content = _evaluate(tmp_path, 4, "--experiment", "run", "--export-traces", str(tmp_path / "traces"),
+                        "--trace-samples", "3")
+    run = tmp_path / "valid" / "run"
+    for name in ("sdt.log", "args.yaml", "firing.json", "firing.csv", "firing.png", "energy.csv"):
+        assert (run / name).is_file(), name
+    log = (run / "sdt.log").read_text()
+    assert "INFO: top-1: " in log and "INFO: non_zero: \n" in log
+    assert _reference_parser(log) == content["firing_rate"]
+    energy = content["energy"]
+    assert energy["energy_mj"] == pytest.approx(sum(r["energy_pj"] for r in energy["layers"]) * 1e-9)
+    assert energy["layers"][0]["layer"] == "patch_embed.proj_conv" and energy["layers"][0]["macs"] > 0
+    reader = TraceReader(tmp_path / "traces")
+    assert len(reader) == 3 and content["traces"]["samples"] == 3
+
+
+def test_a_second_run_never_overwrites_the_first(tmp_path):
+    _evaluate(tmp_path, 2, "--experiment", "run")
+    before = snapshot(tmp_path / "valid" / "run")
+    _evaluate(tmp_path, 2, "--experiment", "run")
+    assert snapshot(tmp_path / "valid" / "run") == before
+    assert (tmp_path / "valid" / "run-1" / "firing.json").is_file()
+
+
+def test_large_valid_runs_on_one_process(tmp_path):
+    content = _evaluate(tmp_path, 1, "--experiment", "large", "--large-valid", "-vb", "360")
+    layers = {r["layer"]: r for r in content["energy"]["layers"]}
+    assert layers["patch_embed.proj_conv"]["output_size"] == "288x288"
+
+
+def test_checkpoint_of_another_architecture_is_one_clear_error(tmp_path):
+    wrong = tmp_path / "wide.pth.tar"
+    import model  # noqa: F401
+
+    net = timm.create_model("sdt_test", embed_dims=64, num_heads=4)
+    torch.save({"state_dict": net.state_dict()}, wrong)
+    (tmp_path / "valid").mkdir()
+    cmd = [sys.executable, "test.py", *TINY_FLAGS, "--resume", str(wrong), "--output", str(tmp_path / "valid")]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "does not fit this model" in errors[0] and "shape mismatches" in errors[0]
+    assert not any((tmp_path / "valid").iterdir())
