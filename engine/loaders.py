@@ -158,7 +158,11 @@ def build_loaders(args: argparse.Namespace, model: nn.Module | None = None, trai
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """Tell a distributed sampler which epoch it is (its shuffle depends on it)."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+    """Tell a distributed sampler and an epoch-aware dataset which epoch it is.
+
+    The sampler's shuffle depends on it; the event datasets seed their per-sample augmentation from
+    (seed, epoch, index), so it does not depend on the number of workers.
+    """
+    for part in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)

@@ -10,7 +10,7 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["DVS_MODE_DATASETS", "resolve_model_args", "model_kwargs", "build_model", "prepare_model",
-           "build_model_ema", "distribute_model", "unwrap"]
+           "freeze_parameters", "build_model_ema", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
 
@@ -20,15 +20,27 @@ DVS_MODE_DATASETS = ("cifar10-dvs", "cifar10-dvs-tet", "ncaltech101")
 _DEFAULT_IMG_SIZE = 224
 
 
+def _dvs_default_img_size(dataset: str) -> int | None:
+    """The frame size of an event dataset (64, 128, 32, ...), or None for other datasets."""
+    from data import is_neuromorphic
+
+    if not is_neuromorphic(dataset):
+        return None
+    from data.neuromorphic import DEFAULT_IMG_SIZE
+
+    return DEFAULT_IMG_SIZE[dataset.lower()]
+
+
 def resolve_model_args(args: argparse.Namespace) -> None:
     """Fill the values derived from others, in place, so that ``args.yaml`` records what was built.
 
-    ``img_size`` comes from ``--input-size`` if given, else stays, else 224; ``dvs_mode`` defaults from the dataset.
+    ``img_size`` comes from ``--input-size`` if given, else stays, else the event dataset's frame size, else 224;
+    ``dvs_mode`` defaults from the dataset.
     """
     if args.input_size is not None:
         args.in_channels, args.img_size = args.input_size[0], args.input_size[-1]
     elif args.img_size is None:
-        args.img_size = _DEFAULT_IMG_SIZE
+        args.img_size = _dvs_default_img_size(args.dataset) or _DEFAULT_IMG_SIZE
     if args.dvs_mode is None:
         args.dvs_mode = args.dataset.lower() in DVS_MODE_DATASETS
 
@@ -86,6 +98,38 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         _logger.info("Converted BatchNorm to SyncBatchNorm.")
     return model
+
+
+def _keep_eval_mode(module: nn.Module, inputs) -> None:
+    module.train(False)
+
+
+def freeze_parameters(model: nn.Module, trainable_prefixes: tuple[str, ...],
+                      freeze_bn_stats: bool = True) -> tuple[int, int]:
+    """Freeze every parameter whose name does not start with one of ``trainable_prefixes``.
+
+    The optimizer then leaves the frozen ones out (timm skips ``requires_grad=False``).  With ``freeze_bn_stats``,
+    BatchNorm layers whose parameters are all frozen also stay in eval mode during training (a forward pre-hook
+    undoes ``model.train()``): they keep normalising with, and never update, their running statistics, so the
+    frozen part computes exactly what it computes at evaluation time.
+
+    Returns:
+        ``(trainable, total)`` parameter counts.
+
+    Raises:
+        ConfigError: no parameter matches ``trainable_prefixes``.
+    """
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(trainable_prefixes))
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if trainable == 0:
+        raise ConfigError(f"no parameter name starts with {list(trainable_prefixes)}: nothing would be trained")
+    if freeze_bn_stats:
+        for module in model.modules():
+            params = list(module.parameters(recurse=False))
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in params):
+                module.register_forward_pre_hook(_keep_eval_mode)
+    return trainable, sum(p.numel() for p in model.parameters())
 
 
 def build_model_ema(args: argparse.Namespace, model: nn.Module):
