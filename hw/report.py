@@ -1,0 +1,192 @@
+"""Stage 6: report.  ``summary.json``, ``layers.csv``, ``components.csv``, ``timesteps.csv``, ``ablations.csv`` and
+PNG bar charts, all from one :class:`hw.pipeline.Results`; every file is written atomically.
+
+Energies are per inference (mean over samples in exact mode, the expectation in statistical mode), in pJ in the
+CSV files and in uJ in the summary.  Every table repeats the preset name and technology node.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .baselines import gpu_measured
+from .counts import ALL_COUNTS
+from .energy import COMPONENTS
+from .pipeline import ABLATIONS, BASELINES, Results
+
+__all__ = ["summarize", "write_report"]
+
+_logger = logging.getLogger(__name__)
+_C = {name: i for i, name in enumerate(ALL_COUNTS)}
+
+TOPS_PER_W_DEFINITION = ("(SOPs + 2 * MACs) / energy: one SOP is one synaptic accumulate of the paper convention "
+                         "(input spikes x nominal fan-out), a MAC of the analog first layer counts as 2 ops")
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_text(path, buf.getvalue())
+
+
+def _mean_total(res: Results, name: str) -> tuple[float, float]:
+    """Mean (energy pJ, latency cycles) per inference of a variant."""
+    values = np.array(res.tally.totals[name])
+    return float(values[:, 0].mean()), float(values[:, 1].mean())
+
+
+def summarize(res: Results, gpu_json: str | None = None) -> dict:
+    """The content of ``summary.json``."""
+    cfg, meta, tally, n = res.main.config, res.workload.meta, res.tally, res.n
+    energies = np.array([e for e, _ in tally.totals[cfg.name]])
+    energy, cycles = _mean_total(res, cfg.name)
+    us = lambda c: c / (cfg.chip.clock_ghz * 1e3)  # noqa: E731  cycles -> microseconds
+    sops = tally.counts[..., _C["sops"]].sum() / n
+    macs = tally.counts[..., _C["macs"]].sum() / n
+    gpu = {"gpu_modelled": res.gpu_modelled}
+    if gpu_json:
+        gpu["gpu_measured"] = gpu_measured(gpu_json)
+    baselines = {name: dict(zip(("energy_uj", "latency_us"), (e * 1e-6, us(c))))
+                 for name, (e, c) in ((b, _mean_total(res, b)) for b in BASELINES)}
+    ratios = {name: b["energy_uj"] / (energy * 1e-6) for name, b in {**baselines, **gpu}.items() if energy}
+    labels = [(s, meta.samples[s].label) for s in tally.samples if s >= 0 and meta.samples[s].label is not None]
+    steps = dict(zip(tally.samples, tally.steps))
+    accuracy = {"labelled_samples": len(labels), "avg_time_steps": float(np.mean(tally.steps))}
+    if labels:
+        pred = lambda s, t: meta.samples[s].pred_per_step[t - 1]  # noqa: E731
+        accuracy["top1_all_steps"] = 100.0 * np.mean([pred(s, meta.T) == y for s, y in labels])
+        accuracy["top1_at_exit"] = 100.0 * np.mean([pred(s, round(steps[s])) == y for s, y in labels])
+    memory = res.main.mapping.memory
+    return {
+        "preset": cfg.name, "technology_nm": cfg.technology_nm, "config_file": cfg.source,
+        "config_hash": cfg.hash, "config": cfg.to_dict(),
+        "trace": str(res.workload.reader.dir), "mode": res.mode, "samples": n, "T": meta.T,
+        "dataset": meta.dataset, "model": meta.model, "input_kind": meta.input_kind,
+        "skipped_blocks": sorted({r.block for r in res.main.mapping.rows if r.skipped}),
+        "dataflow": cfg.dataflow.order, "pipelining": cfg.dataflow.pipelining,
+        "energy_per_inference_uj": {
+            "mean": energy * 1e-6, **{f"p{q}": float(np.percentile(energies, q)) * 1e-6 for q in (5, 50, 95)},
+            "min": float(energies.min()) * 1e-6, "max": float(energies.max()) * 1e-6},
+        "latency": {"cycles": cycles, "us": us(cycles), "serial_us": us(tally.latency_serial.sum() / n),
+                    "pipelined_us": us(tally.latency_pipelined.sum() / n), "clock_ghz": cfg.chip.clock_ghz},
+        "throughput_inferences_per_s": 1e6 / us(cycles) if cycles else None,
+        "sops_per_inference": sops, "macs_per_inference": macs,
+        "pj_per_sop": energy / sops if sops else None,
+        "tops_per_w": (sops + 2 * macs) / energy if energy else None, "tops_per_w_definition": TOPS_PER_W_DEFINITION,
+        "memory": memory,
+        "dram_bytes_per_inference": tally.counts[..., _C["dram_bits"]].sum() / n / 8,
+        "weight_programming_once": {
+            "cells": memory["weight_cells"], "energy_uj": memory["weight_cells"] * cfg.energy.cell_write * 1e-6,
+            "dram_energy_uj": memory["weight_cells"] * cfg.crossbar.cell_bits * cfg.energy.dram_bit * 1e-6},
+        "accuracy": accuracy,
+        "components_uj": {c: float(x) * 1e-6 / n for c, x in zip(COMPONENTS, tally.energy.sum((0, 1)))},
+        "baselines": {**baselines, **gpu}, "ratios": ratios,
+        "ablations": _ablations(res, energy, us),
+    }
+
+
+def _ablations(res: Results, energy: float, us) -> list[dict]:
+    rows = []
+    for feature in ABLATIONS:
+        name = f"no_{feature}"
+        if name in res.tally.totals:
+            e, c = _mean_total(res, name)
+            rows.append({"feature": feature, "energy_uj_with": energy * 1e-6, "energy_uj_without": e * 1e-6,
+                         "saving_ratio": e / energy if energy else None, "latency_us_without": us(c)})
+    return rows
+
+
+def _layer_rows(res: Results) -> list[dict]:
+    cfg, tally, n, m = res.main.config, res.tally, res.n, res.main.mapping
+    per = lambda x: x.sum(1) / n  # noqa: E731  per inference, summed over steps
+    counts, energy, cycles = per(tally.counts), per(tally.energy), per(tally.row_cycles)
+    steps_run = tally.running.sum() / n
+    rows = []
+    for i, r in enumerate(m.rows):
+        k = counts[i]
+        steps = 0.0 if r.skipped else steps_run
+        numel = m.vec["in_numel"][i] * steps
+        rows.append({
+            "preset": cfg.name, "node_nm": cfg.technology_nm, "layer": r.name, "kind": r.kind, "block": r.block,
+            "sdsa": r.sdsa, "skipped": r.skipped, "stage": m.rows[r.stage].name, "steps": steps,
+            "in_nnz": k[_C["in_nnz"]], "in_density": k[_C["in_nnz"]] / numel if r.geom and numel else "",
+            "row_block_reads": k[_C["row_block_reads"]], "crossbar_reads": k[_C["xbar_reads"]],
+            "wordlines": k[_C["wl_rows"]], "adc_conversions": k[_C["adc_conv"]], "shift_adds": k[_C["shift_adds"]],
+            "psum_adds": k[_C["psum_adds"]], "lif_updates": k[_C["lif_updates"]],
+            "attention_ops": k[_C["attn_gates"]] + k[_C["attn_incs"]] + k[_C["attn_adds"]],
+            "residual_adds": k[_C["res_adds"]], "pool_ops": k[_C["pool_or"]] + k[_C["pool_cmp"]],
+            "sram_bits_read": k[_C["spike_rd_bits"]] + k[_C["state_rd_bits"]],
+            "sram_bits_written": k[_C["spike_wr_bits"]] + k[_C["state_wr_bits"]],
+            "gb_bits": k[_C["gb_rd_bits"]] + k[_C["gb_wr_bits"]], "noc_bit_hops": k[_C["noc_bit_hops"]],
+            "dram_bits": k[_C["dram_bits"]], "sops": k[_C["sops"]], "macs": k[_C["macs"]], "cycles": cycles[i],
+            "energy_pj": energy[i].sum(), **{f"energy_{c}_pj": energy[i, j] for j, c in enumerate(COMPONENTS)},
+        })
+    return rows
+
+
+def _plots(out: Path, res: Results, layers: list[dict], components: list[dict], steps: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title = f"{res.main.config.name} ({res.main.config.technology_nm:g} nm), {res.mode} mode"
+    charts = (
+        ("energy_by_component.png", [c["component"] for c in components], [c["energy_pj"] for c in components]),
+        ("energy_by_layer.png", [r["layer"] for r in layers], [r["energy_pj"] for r in layers]),
+        ("energy_per_timestep.png", [str(s["t"]) for s in steps], [s["energy_pj"] for s in steps]),
+    )
+    for name, labels, values in charts:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(labels)), 4.5))
+        ax.bar(range(len(values)), np.asarray(values) * 1e-6)
+        ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax.set_ylabel("energy per inference (uJ)")
+        ax.set_title(f"{name.removesuffix('.png').replace('_', ' ')}: {title}", fontsize=9)
+        fig.tight_layout()
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=120)
+        plt.close(fig)
+        os.replace(tmp, out / name)
+
+
+def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None, plots: bool = True) -> dict:
+    """Write every output file into ``out_dir`` and return the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg, tally, n = res.main.config, res.tally, res.n
+    summary = summarize(res, gpu_json)
+    _atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    layers = _layer_rows(res)
+    _write_csv(out / "layers.csv", layers)
+    total = tally.energy.sum() / n
+    components = [{"preset": cfg.name, "node_nm": cfg.technology_nm, "component": c, "energy_pj": x / n,
+                   "share": x / n / total if total else 0.0} for c, x in zip(COMPONENTS, tally.energy.sum((0, 1)))]
+    _write_csv(out / "components.csv", components)
+    us = 1.0 / (cfg.chip.clock_ghz * 1e3)
+    steps = [{"preset": cfg.name, "node_nm": cfg.technology_nm, "t": t + 1, "energy_pj": tally.energy[:, t].sum() / n,
+              "cycles": tally.latency[t] / n, "latency_us": tally.latency[t] / n * us,
+              "running_fraction": tally.running[t] / n} for t in range(tally.latency.size)]
+    _write_csv(out / "timesteps.csv", steps)
+    if summary["ablations"]:
+        _write_csv(out / "ablations.csv", [{"preset": cfg.name, "node_nm": cfg.technology_nm, **row}
+                                           for row in summary["ablations"]])
+    if plots:
+        _plots(out, res, layers, components, steps)
+    if res.rates is not None:
+        _atomic_text(out / "rates.json", json.dumps(res.rates.to_json()))
+    _logger.info("wrote the hardware report to %s", out)
+    return summary

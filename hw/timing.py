@@ -1,0 +1,92 @@
+"""Stage 4: cycles.  Per-row work -> per-stage cycles (with buffer-bandwidth stalls) -> latency per time step.
+
+A *stage* is a crossbar layer and the operations that follow it up to the next layer (its LIF, pool, residual
+add, an attention core): they run on that layer's tiles.  Within a stage the crossbars, LIF lanes and digital
+lanes work in parallel, so its compute time is the slowest of them; local-buffer and global-buffer traffic needs
+``bits / bandwidth`` cycles, and what exceeds the compute time is a stall (SCALE-Sim/Prosperity style); the
+attention core is a barrier (all tokens of K and V before any output) and adds its cycles.
+
+Latency per step, reported both ways:
+
+* serial: ``sum over stages``;
+* pipelined (``timestep_major``): stages overlap at token granularity between attention barriers; each segment
+  costs its slowest stage plus a fill of one token through every stage;
+* pipelined (``layer_major``): every stage streams all T steps, so the run costs the slowest stage's total plus a
+  fill of one step through every stage, attributed to steps in proportion to their serial cycles.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import HwConfig
+from .counts import ALL_COUNTS
+from .mapping import Mapping
+
+__all__ = ["Timing", "StagePlan", "compute_timing"]
+
+_A = {name: i for i, name in enumerate(ALL_COUNTS)}
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Row -> stage one-hot ``[S, R]``, each stage's head row and output positions, and segment starts."""
+
+    onehot: np.ndarray
+    heads: np.ndarray
+    positions: np.ndarray
+    segment_starts: np.ndarray
+
+    @classmethod
+    def build(cls, mapping: Mapping) -> "StagePlan":
+        heads = np.array(sorted({r.stage for r in mapping.rows}))
+        onehot = (np.array([r.stage for r in mapping.rows])[None, :] == heads[:, None]).astype(float)
+        has_attention = onehot @ (mapping.vec["attention"] & mapping.vec["active"]).astype(float) > 0
+        starts = np.flatnonzero(np.concatenate([[True], has_attention[:-1]]))
+        return cls(onehot, heads, np.maximum(mapping.vec["positions"][heads], 1), starts)
+
+
+@dataclass
+class Timing:
+    """Cycles: per row ``[B, R, T]`` (its own work), per stage ``[B, S, T]`` and stall, latency ``[B, T]``."""
+
+    row_cycles: np.ndarray
+    stage_cycles: np.ndarray
+    stall: np.ndarray
+    latency_serial: np.ndarray
+    latency_pipelined: np.ndarray
+    latency: np.ndarray  # the one the preset chose (dataflow.pipelining); leakage and throughput use it
+
+
+def compute_timing(counts: np.ndarray, mapping: Mapping, config: HwConfig, plan: StagePlan) -> Timing:
+    """Cycle model for a batch of counts ``[B, R, T, A]``."""
+    v, chip, tm = mapping.vec, config.chip, config.timing
+    get = lambda name: counts[..., _A[name]]  # noqa: E731
+    tiles = v["stage_tiles"][:, None]
+    t_read = (tm.read_ns + config.crossbar.mux * tm.conversion_ns) * chip.clock_ghz
+    xbar = np.where(v["xbar"][:, None], get("serial_reads") * t_read / config.crossbar.replication, 0.0)
+    attention = ((get("attn_gates") + get("attn_incs") + get("attn_adds")) / chip.attention_lanes
+                 + np.where(v["attention"][:, None], get("serial_reads") * t_read, 0.0)
+                 + get("write_rows") * tm.cell_write_ns * chip.clock_ghz)
+    lif = get("lif_updates") / (chip.lif_lanes_per_tile * tiles)
+    digital = (get("pool_or") + get("pool_cmp") + get("res_adds")) / (chip.digital_lanes_per_tile * tiles)
+    memory = ((get("spike_rd_bits") + get("spike_wr_bits") + get("state_rd_bits") + get("state_wr_bits"))
+              / (chip.buffer_bits_per_cycle_per_tile * tiles)
+              + (get("gb_rd_bits") + get("gb_wr_bits")) / chip.global_buffer_bits_per_cycle)
+    group = lambda x: plan.onehot @ x  # noqa: E731  sum over the rows of each stage
+    compute = np.maximum(np.maximum(group(xbar), group(lif)), group(digital))
+    mem = group(memory)
+    stage = np.maximum(compute, mem) + group(attention)
+    serial = stage.sum(-2)
+    if config.dataflow.order == "timestep_major":
+        fill = stage / plan.positions[:, None]
+        pipelined = np.maximum.reduceat(stage, plan.segment_starts, axis=-2).sum(-2) + fill.sum(-2)
+    else:
+        per_stage = stage.sum(-1)
+        total = per_stage.max(-1, keepdims=True) + per_stage.sum(-1, keepdims=True) / mapping.T
+        run = serial.sum(-1, keepdims=True)
+        pipelined = np.where(run > 0, total * serial / np.where(run > 0, run, 1), 0.0)
+    return Timing(row_cycles=xbar + attention + lif + digital, stage_cycles=stage, stall=np.maximum(mem - compute, 0),
+                  latency_serial=serial, latency_pipelined=pipelined,
+                  latency=pipelined if config.dataflow.pipelining else serial)

@@ -1,0 +1,257 @@
+"""Stage 1: workload.  What runs: a trace (exact mode) or firing rates (statistical mode), skip list, exit steps.
+
+JSON inputs (docs/hw.md):
+
+* skip list: ``{"skipped_blocks": [int, ...]}`` (``engine.skip.SkipDecision.as_dict()`` writes this; other keys
+  are ignored);
+* exit steps: ``{"exit_steps": [t in 1..T per sample], "sample_ids": [trace sample id, ...]}`` (``sample_ids``
+  defaults to 0..n-1; an optional ``T`` must match the trace; ``engine.early_exit``'s ``exit_record()`` writes
+  this), or ``{"portion": [fraction exiting at t = 1..T]}`` for statistical mode only;
+* rates: ``{"format": "hw-rates/1", "T": T, "samples": n, "planes": {tensor: [[density per bit plane] per t]},
+  "means": {tensor: [mean value per t]}, "nonzero": {tensor: [...]}, "kv": {attention op: [K AND V density]},
+  "lif": [[output density per t] per LIF], "analog": [tensors of analog values], "silent": {tensor: [fraction of
+  positions with no spike per t]}}`` (written by ``python -m hw.run --mode statistical``).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engine.traces import RawSample, TraceMeta, TraceReader
+
+from .config import HwInputError
+
+__all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "exit_weights", "rates_from_traces",
+           "nnz_per_t", "and_nnz_per_t", "plane_densities", "silent_fraction"]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise HwInputError(f"{path}: cannot read ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise HwInputError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise HwInputError(f"{path}: expected a JSON object")
+    return d
+
+
+def load_skip_json(path: str | Path, depths: int) -> set[int]:
+    """Blocks whose attention branch is skipped; out-of-range or non-integer entries name the file and field."""
+    d = _read_json(path)
+    blocks = d.get("skipped_blocks")
+    if not isinstance(blocks, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
+        raise HwInputError(f"{path}: field 'skipped_blocks' must be a list of block indices, got {blocks!r}")
+    bad = [b for b in blocks if not 0 <= b < depths]
+    if bad:
+        raise HwInputError(f"{path}: field 'skipped_blocks' has {bad}; the traced model has blocks 0..{depths - 1}")
+    return set(blocks)
+
+
+def load_exit_json(path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray | None]:
+    """``(exit step per trace sample id, portion [T] or None)`` from an exit JSON."""
+    d = _read_json(path)
+    if "T" in d and d["T"] != T:
+        raise HwInputError(f"{path}: field 'T' is {d['T']}, the trace has T={T}")
+    steps, portion = d.get("exit_steps"), d.get("portion")
+    if steps is None and portion is None:
+        raise HwInputError(f"{path}: needs field 'exit_steps' (per sample) or 'portion' (per time step)")
+    per_sample = {}
+    if steps is not None:
+        ids = d.get("sample_ids", list(range(len(steps))))
+        if not isinstance(steps, list) or not isinstance(ids, list) or len(ids) != len(steps):
+            raise HwInputError(f"{path}: fields 'exit_steps' and 'sample_ids' must be lists of equal length")
+        bad = [s for s in steps if not (isinstance(s, int) and 1 <= s <= T)]
+        if bad:
+            raise HwInputError(f"{path}: field 'exit_steps' has {bad[:5]}; exit steps are integers in 1..{T}")
+        per_sample = dict(zip((int(i) for i in ids), steps))
+        if portion is None:
+            portion = np.bincount(np.asarray(steps) - 1, minlength=T) / len(steps)
+    portion = np.asarray(portion, dtype=float)
+    if portion.shape != (T,) or (portion < 0).any() or not math.isclose(portion.sum(), 1.0, rel_tol=1e-6):
+        raise HwInputError(f"{path}: field 'portion' must be {T} non-negative fractions summing to 1")
+    return per_sample, portion
+
+
+def exit_weights(portion: np.ndarray) -> np.ndarray:
+    """Fraction of samples still running at each step: ``P(exit step >= t)`` for t = 1..T."""
+    return np.clip(1.0 - np.concatenate([[0.0], np.cumsum(portion)[:-1]]), 0.0, 1.0)
+
+
+@dataclass
+class Workload:
+    """The trace, the skip set (from the trace and a skip JSON) and the per-sample exit steps."""
+
+    reader: TraceReader
+    skip: set[int] = field(default_factory=set)
+    exit_steps: dict[int, int] = field(default_factory=dict)
+    exit_portion: np.ndarray | None = None
+
+    @property
+    def meta(self) -> TraceMeta:
+        return self.reader.meta
+
+    @property
+    def meta_path(self) -> str:
+        return str(self.reader.dir / "meta.json")
+
+    @classmethod
+    def open(cls, trace_dir: str | Path, skip_json: str | Path | None = None,
+             exit_json: str | Path | None = None, check_crc: bool = False) -> "Workload":
+        reader = TraceReader(trace_dir, check_crc=check_crc)
+        depths = 1 + max((op.block for op in reader.meta.ops if op.block is not None), default=-1)
+        skip = load_skip_json(skip_json, depths) if skip_json else set()
+        steps, portion = load_exit_json(exit_json, reader.meta.T) if exit_json else ({}, None)
+        missing = sorted(set(reader.sample_ids) - set(steps)) if steps else []
+        if missing:
+            raise HwInputError(f"{exit_json}: field 'sample_ids' lacks trace samples {missing[:5]} of {trace_dir}")
+        return cls(reader, skip, steps, portion)
+
+
+# ------------------------------------------------------------------------------------------------- spike statistics
+def _per_t(values: np.ndarray, entry: dict, T: int) -> np.ndarray:
+    """Broadcast a per-stored-step vector to T steps (tensors identical at every step are stored once)."""
+    return np.broadcast_to(values, (T,)).astype(float) if entry["repeat_t"] else values.astype(float)
+
+
+def _words(flat: np.ndarray) -> np.ndarray:
+    """Packed bytes ``[T', n]`` viewed as 64-bit words when n allows (8x fewer popcounts)."""
+    return flat.view(np.uint64) if flat.shape[1] % 8 == 0 and flat.flags.c_contiguous else flat
+
+
+def nnz_per_t(arr: np.ndarray, entry: dict, T: int) -> np.ndarray:
+    """Non-zero elements per time step of a stored tensor."""
+    flat = arr.reshape(arr.shape[0], -1)
+    counts = np.add.reduce(np.bitwise_count(_words(flat)) if entry["encoding"] == "bits"
+                           else (flat != 0).view(np.uint8), axis=1, dtype=np.uint32)
+    return _per_t(counts, entry, T)
+
+
+def and_nnz_per_t(a: np.ndarray, ea: dict, b: np.ndarray, eb: dict, T: int) -> np.ndarray:
+    """Per-step count of positions where both binary tensors are 1 (K AND V); stored forms must match."""
+    repeat = {"repeat_t": ea["repeat_t"] and eb["repeat_t"]}
+    if ea["encoding"] == eb["encoding"] == "bits":
+        both = np.bitwise_and(_words(a.reshape(a.shape[0], -1)), _words(b.reshape(b.shape[0], -1)))
+        counts = np.add.reduce(np.bitwise_count(both), axis=1, dtype=np.uint32)
+    else:
+        counts = np.add.reduce(((a != 0) & (b != 0)).reshape(max(a.shape[0], b.shape[0]), -1).view(np.uint8),
+                               axis=1, dtype=np.uint32)
+    return _per_t(counts, repeat, T)
+
+
+def plane_densities(arr: np.ndarray, entry: dict, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(density of each bit plane [T, P], mean value [T])``; analog values give one plane of non-zeros."""
+    flat = arr.reshape(arr.shape[0], -1)
+    if entry["encoding"] == "bits":
+        numel = flat.shape[1] * 8  # packed padding bits are zero, so this only matters when C % 8 != 0
+        dens = (np.bitwise_count(flat).sum(1, dtype=np.int64) / numel)[:, None]
+        mean = dens[:, 0]
+    elif entry["encoding"] == "uint8":
+        bits = max(1, int(flat.max(initial=0)).bit_length())
+        dens = np.stack([((flat >> b) & 1).mean(1) for b in range(bits)], axis=1)
+        mean = flat.mean(1)
+    else:
+        dens = (flat != 0).mean(1)[:, None]
+        mean = dens[:, 0]
+    if entry["repeat_t"]:
+        dens, mean = np.repeat(dens, T, axis=0), np.repeat(mean, T)
+    return dens, mean
+
+
+def silent_fraction(arr: np.ndarray, entry: dict, T: int) -> np.ndarray:
+    """Per step, the fraction of positions (pixels, tokens) whose channels are all zero."""
+    x = arr.reshape(arr.shape[0], -1, arr.shape[-1])
+    silent = 1.0 - np.add.reduce(x.any(-1), axis=1, dtype=np.uint32) / x.shape[1]
+    return _per_t(silent, entry, T)
+
+
+@dataclass
+class Rates:
+    """Statistical-mode input: per tensor and time step, bit-plane densities, means and non-zero fractions."""
+
+    T: int
+    samples: int
+    planes: dict[str, np.ndarray]
+    means: dict[str, np.ndarray]
+    nonzero: dict[str, np.ndarray]
+    kv: dict[str, np.ndarray]
+    lif: np.ndarray
+    analog: set[str] = field(default_factory=set)  # tensors of analog values (one plane of non-zeros)
+    silent: dict[str, np.ndarray] = field(default_factory=dict)  # fraction of positions with all channels 0
+
+    def to_json(self) -> dict:
+        lists = lambda d: {k: np.asarray(v).tolist() for k, v in d.items()}  # noqa: E731
+        return {"format": "hw-rates/1", "T": self.T, "samples": self.samples, "planes": lists(self.planes),
+                "means": lists(self.means), "nonzero": lists(self.nonzero), "kv": lists(self.kv),
+                "lif": np.asarray(self.lif).tolist(), "analog": sorted(self.analog), "silent": lists(self.silent)}
+
+    @classmethod
+    def load(cls, path: str | Path, meta: TraceMeta) -> "Rates":
+        d = _read_json(path)
+        if d.get("format") != "hw-rates/1" or d.get("T") != meta.T:
+            raise HwInputError(f"{path}: fields 'format'/'T' are {d.get('format')!r}/{d.get('T')!r}; expected "
+                               f"'hw-rates/1' and the trace's T={meta.T}")
+        try:
+            arrays = lambda key: {k: np.asarray(v, dtype=float) for k, v in d[key].items()}  # noqa: E731
+            rates = cls(meta.T, int(d["samples"]), arrays("planes"), arrays("means"), arrays("nonzero"),
+                        arrays("kv"), np.asarray(d["lif"], dtype=float), set(d.get("analog", [])),
+                        {k: np.asarray(v, dtype=float) for k, v in d.get("silent", {}).items()})
+        except (KeyError, TypeError, ValueError) as e:
+            raise HwInputError(f"{path}: malformed rates ({e})") from None
+        missing = [name for name in meta.tensors if name not in rates.planes]
+        if missing or rates.lif.shape != (len(meta.lifs()), meta.T):
+            raise HwInputError(f"{path}: rates lack tensors {missing[:3]} or have lif {rates.lif.shape}, expected "
+                               f"({len(meta.lifs())}, {meta.T})")
+        return rates
+
+
+def _sample_rates(raw: RawSample, meta: TraceMeta) -> Rates:
+    T = meta.T
+    planes, means, nonzero, kv, silent = {}, {}, {}, {}, {}
+    for name, spec in meta.tensors.items():
+        arr, entry = raw.arrays[name], raw.index[name]
+        planes[name], means[name] = plane_densities(arr, entry, T)
+        nonzero[name] = nnz_per_t(arr, entry, T) / math.prod(spec.shape[1:])
+        silent[name] = silent_fraction(arr, entry, T)
+    for op in meta.ops:
+        if op.kind == "attention":
+            k, v = op.attrs["tensors"]["k"], op.attrs["tensors"]["v"]
+            kv[op.name] = and_nnz_per_t(raw.arrays[k], raw.index[k], raw.arrays[v], raw.index[v], T) / math.prod(
+                meta.tensors[k].shape[1:])
+    numel = np.array([math.prod(op.out_shape) for op in meta.lifs()], dtype=float)
+    analog = {name for name, entry in raw.index.items() if entry["encoding"] == "float32"}
+    return Rates(T, 1, planes, means, nonzero, kv, raw.lif_nnz / numel[:, None], analog, silent)
+
+
+def _pad_planes(a: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(a, ((0, 0), (0, width - a.shape[1])))
+
+
+def _add(a: Rates, b: Rates) -> Rates:
+    """Sum of two rate sets (bit planes padded to the wider one)."""
+    planes = {}
+    for name, x in a.planes.items():
+        width = max(x.shape[1], b.planes[name].shape[1])
+        planes[name] = _pad_planes(x, width) + _pad_planes(b.planes[name], width)
+    add = lambda d, e: {k: v + e[k] for k, v in d.items()}  # noqa: E731
+    return Rates(a.T, a.samples + b.samples, planes, add(a.means, b.means), add(a.nonzero, b.nonzero),
+                 add(a.kv, b.kv), a.lif + b.lif, a.analog | b.analog, add(a.silent, b.silent))
+
+
+def rates_from_traces(reader: TraceReader, sample_ids: list[int] | None = None) -> Rates:
+    """Mean per-step rates over the samples of a trace."""
+    ids = reader.sample_ids if sample_ids is None else sample_ids
+    total = None
+    for sid in ids:
+        r = _sample_rates(reader.load_raw(sid), reader.meta)
+        total = r if total is None else _add(total, r)
+    if total is None:
+        raise HwInputError(f"{reader.dir}: the trace has no samples")
+    scale = lambda d: {k: v / total.samples for k, v in d.items()}  # noqa: E731
+    return Rates(total.T, total.samples, scale(total.planes), scale(total.means), scale(total.nonzero),
+                 scale(total.kv), total.lif / total.samples, total.analog, scale(total.silent))

@@ -1,0 +1,73 @@
+"""hw.config presets and strict loading; mapping limits; the energy table covers every action."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from engine.traces import TraceReader
+from hw.config import CONFIG_DIR, HwInputError, load_config, load_feature_overrides
+from hw.counts import ACTIONS
+from hw.energy import ACTION_ENERGY, COMPONENTS
+from hw.mapping import build_mapping
+from hw_helpers import tiny_capture, write
+
+PRESETS = ("aster_default", "spikesim65", "neurosim22", "dense_pim", "prior_pim", "sop45")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_load_and_every_constant_has_a_source(name):
+    config = load_config(name)
+    assert config.name == name and len(config.hash) == 16
+    for line in (CONFIG_DIR / f"{name}.yaml").read_text().splitlines():
+        if re.match(r"^\s+\w+: -?[0-9.]+\s*(#.*)?$", line):
+            assert "#" in line, f"{name}.yaml: constant without a source comment: {line.strip()}"
+
+
+def test_baselines_switch_only_features():
+    dense, aster = load_config("dense_pim"), load_config("aster_default")
+    assert dense.energy == aster.energy and dense.crossbar == aster.crossbar
+    assert not any(v for k, v in load_feature_overrides("dense_pim").items() if isinstance(v, bool))
+    assert load_feature_overrides("prior_pim")["attention_unit"] == "crossbar"
+
+
+def _preset(tmp_path, text: str):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"base: {CONFIG_DIR / 'aster_default.yaml'}\nname: test\n{text}")
+    return path
+
+
+@pytest.mark.parametrize("text,message", [
+    ("energy:\n  adcc: 1.0\n", "unknown key 'energy.adcc'"),
+    ("energy:\n  adc: -0.5\n", "field 'energy.adc' is -0.5"),
+    ("energy:\n  adc: lots\n", "field 'energy.adc' is 'lots'"),
+    ("features:\n  spike_encoding: morse\n", "field 'features.spike_encoding'"),
+    ("crossbar:\n  rows: 12.5\n", "field 'crossbar.rows'"),
+    ("chip: 3\n", "field 'chip' must be a mapping"),
+])
+def test_bad_preset_names_file_and_field(tmp_path, text, message):
+    path = _preset(tmp_path, text)
+    with pytest.raises(HwInputError, match=re.escape(message)) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_constant_names_the_field(tmp_path):
+    text = (CONFIG_DIR / "aster_default.yaml").read_text()
+    path = tmp_path / "full.yaml"
+    path.write_text("\n".join(line for line in text.splitlines() if not line.strip().startswith("mux:")))
+    with pytest.raises(HwInputError, match=r"missing field 'crossbar.mux'"):
+        load_config(path)
+
+
+def test_model_larger_than_the_chip(tmp_path):
+    capture, config = tiny_capture()
+    reader = TraceReader(write(tmp_path / "t", [capture], config))
+    small = load_config(_preset(tmp_path, "chip:\n  max_tiles: 3\n"))
+    with pytest.raises(HwInputError, match=r"field 'chip.max_tiles' is 3, but the model in .*meta.json needs"):
+        build_mapping(reader.meta, small, meta_path=str(reader.dir / "meta.json"))
+
+
+def test_energy_table_covers_every_action():
+    assert set(ACTION_ENERGY) == set(ACTIONS)
+    assert {c for pairs in ACTION_ENERGY.values() for c, _ in pairs} | {"leakage"} == set(COMPONENTS)

@@ -1,0 +1,158 @@
+"""hw counting: the vectorised activity against brute-force im2col, hand-computed counts for a 2-256 model, and
+the SOP calibration against the papers' firing-rate recipe (engine.energy)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.energy import EnergyMeter
+from engine.traces import OpMeta, TraceReader, capture_sample
+from hw.activity import Activity, crossbar_maps, exact_activity
+from hw.config import load_config
+from hw.counts import ALL_COUNTS, count_actions
+from hw.mapping import build_mapping, crossbar_geometry
+from hw.pipeline import simulate
+from hw.synthetic import dvs_events, firing_model
+from hw.workload import Workload
+from hw_helpers import write
+
+C = {name: i for i, name in enumerate(ALL_COUNTS)}
+
+
+def _conv_op(cin, cout, k, stride, pad, h):
+    ho = (h + 2 * pad - k) // stride + 1
+    return OpMeta("conv", "conv", None, False, (cin, h, h), (cout, ho, ho), "x",
+                  {"kernel": [k, k], "stride": [stride, stride], "padding": [pad, pad], "dilation": [1, 1],
+                   "groups": 1, "in_channels": cin, "out_channels": cout, "bias": False, "first": False})
+
+
+@pytest.mark.parametrize("cin,k,stride,pad,rows,encoding", [
+    (16, 3, 1, 1, 16, "bits"), (24, 3, 2, 1, 40, "bits"), (8, 1, 1, 0, 16, "bits"), (64, 3, 1, 0, 128, "bits"),
+    (3, 3, 1, 1, 16, "uint8"), (2, 3, 1, 1, 128, "float32")])
+def test_activity_matches_brute_force_im2col(cin, k, stride, pad, rows, encoding):
+    """Shifted popcounts == im2col (HWC row order) cut into row blocks, for every step, plane and block."""
+    config = load_config("aster_default")
+    config = dataclasses.replace(config, crossbar=dataclasses.replace(config.crossbar, rows=rows))
+    geom = crossbar_geometry(_conv_op(cin, 8, k, stride, pad, 12), config)
+    g = torch.Generator().manual_seed(cin + k)
+    T = 3
+    if encoding == "bits":
+        x = (torch.rand(T, cin, 12, 12, generator=g) < 0.2).float()
+        stored = np.packbits(x.permute(0, 2, 3, 1).to(torch.uint8).numpy(), axis=-1)
+        planes, weight = [x], 1
+    elif encoding == "uint8":
+        x = torch.poisson(torch.full((T, cin, 12, 12), 0.7), generator=g)
+        stored = x.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+        planes, weight = [((x.long() >> b) & 1).float() for b in range(int(x.max()).bit_length())], 1
+    else:
+        x = torch.randn(T, cin, 12, 12, generator=g) * (torch.rand(T, cin, 12, 12, generator=g) < 0.5)
+        stored = x.permute(0, 2, 3, 1).numpy()
+        planes, weight = [(x != 0).float()], config.crossbar.analog_input_bits
+    stats = crossbar_maps(stored, {"encoding": encoding, "repeat_t": False}, geom, config)
+    wl, reads, pos = np.zeros(T), np.zeros((T, geom.row_blocks)), np.zeros(T)
+    any_read = 0
+    for plane in planes:
+        cols = F.unfold(plane, k, padding=pad, stride=stride)  # [T, C*k*k (c-major), positions]
+        hwc = cols.reshape(T, cin, k * k, -1).transpose(1, 2).reshape(T, cin * k * k, -1)  # kernel-major rows
+        blocks = [hwc[:, i * rows:(i + 1) * rows].sum(1) for i in range(geom.row_blocks)]  # a [T, positions]
+        wl += sum(b.sum(1) for b in blocks).numpy()
+        reads += torch.stack([(b > 0).sum(1) for b in blocks], 1).numpy()
+        any_read = any_read + sum(blocks)
+    pos = (any_read > 0).sum(1).numpy()
+    assert np.array_equal(stats["wl"], wl * weight)
+    assert np.array_equal(stats["reads"], reads.sum(1) * weight)
+    assert np.array_equal(stats["serial"], reads.max(1) * weight)
+    assert np.array_equal(stats["pos"], pos)
+    assert np.array_equal(stats["in_nnz"], (x != 0).flatten(1).sum(1).numpy())
+
+
+@pytest.fixture(scope="module")
+def model_2_256():
+    """A 2-256, 64x64 DVS model's trace at T=2 (geometry as CIFAR10-DVS; T does not change the mapping)."""
+    net = firing_model(T=2, embed_dims=256, img_size=64, num_heads=8, chunk_size=2)
+    return capture_sample(net, dvs_events(2, 64, seed=3))
+
+
+def test_crossbar_allocation_of_2_256_by_hand(tmp_path, model_2_256):
+    """Row blocks I = ceil(k*k*C_in / 128), column blocks J = ceil(C_out * 4 slices / 128), per layer."""
+    reader = TraceReader(write(tmp_path / "t", [model_2_256]))
+    mapping = build_mapping(reader.meta, load_config("aster_default"))
+    expected = {"patch_embed.proj_conv": (1, 1), "patch_embed.proj_conv1": (3, 2), "patch_embed.proj_conv2": (5, 4),
+                "patch_embed.proj_conv3": (9, 8), "patch_embed.rpe_conv": (18, 8), "head": (2, 1)}
+    for b in range(2):
+        for name in ("attn.q_conv", "attn.k_conv", "attn.v_conv", "attn.proj_conv"):
+            expected[f"block.{b}.{name}"] = (2, 8)
+        expected |= {f"block.{b}.mlp.fc1_conv": (2, 32), f"block.{b}.mlp.fc2_conv": (8, 8)}
+    got = {r.name: (r.geom.row_blocks, r.geom.col_blocks) for r in mapping.rows if r.geom is not None}
+    assert got == expected
+    assert mapping.crossbars_used == 629 and mapping.tiles_used == sum(-(-i * j // 4) for i, j in expected.values())
+
+
+def _counts_for(tmp_path, capture, tensors: dict, config_name="aster_default"):
+    edited = dataclasses.replace(capture, tensors={k: torch.zeros_like(v) for k, v in capture.tensors.items()})
+    for name, x in tensors.items():
+        edited.tensors[name] = x
+    workload = Workload.open(write(tmp_path / "t", [edited]))
+    config = load_config(config_name)
+    mapping = build_mapping(workload.meta, config)
+    act = exact_activity(workload.reader.load_raw(0), mapping, config)
+    counts = count_actions(Activity.stack([act]), mapping, config, "events")[0]
+    return {r.name: counts[i] for i, r in enumerate(mapping.rows)}
+
+
+def test_per_layer_counts_match_a_hand_calculation(tmp_path, model_2_256):
+    """Known spikes into q_conv (1x1, 256 -> 256) and proj_conv1 (3x3, 32 -> 64 at 64x64), by hand."""
+    T = 2
+    q_in = torch.zeros(T, 256, 16, 16)
+    q_in[0, 0:10, 0, 0] = 1  # token 0: 10 spikes in row block 0
+    q_in[0, 200, 0, 5] = 1  # token 5: 1 spike in row block 1
+    q_in[0, [3, 130], 0, 7] = 1  # token 7: one spike in each row block
+    c1_in = torch.zeros(T, 32, 64, 64)
+    c1_in[1, 5, 10, 10] = 1  # interior: 9 output positions, kernel positions 0..8 -> blocks 0,0,0,0,1,1,1,1,2
+    c1_in[1, 7, 0, 0] = 1  # corner: 4 output positions, kernel positions 0, 1, 3, 4 -> blocks 0, 0, 0, 1
+    counts = _counts_for(tmp_path, model_2_256, {"in:block.0.attn.q_conv": q_in,
+                                                  "in:patch_embed.proj_conv1": c1_in})
+    q, c1 = counts["block.0.attn.q_conv"], counts["patch_embed.proj_conv1"]
+    J, cols, cout = 8, 1024, 256  # 256 outputs x 4 slices = 1024 columns = 8 column blocks
+    spikes, pairs, positions = 13, 4, 3  # (token, row block) pairs read: (0,0), (5,1), (7,0), (7,1)
+    assert q[0, C["wl_rows"]] == spikes * J and q[0, C["cell_reads"]] == spikes * cols
+    assert q[0, C["xbar_reads"]] == pairs * J and q[0, C["adc_conv"]] == pairs * cols
+    assert q[0, C["shift_adds"]] == pairs * cout * 3 and q[0, C["psum_adds"]] == (pairs - positions) * cout
+    assert q[0, C["serial_reads"]] == 2 and q[0, C["sops"]] == spikes * cout
+    assert not q[1, :C["macs"]].any()
+    J, cols = 2, 256  # 64 outputs x 4 slices
+    assert c1[1, C["wl_rows"]] == (9 + 4) * J and c1[1, C["xbar_reads"]] == (9 + 4) * J
+    assert c1[1, C["adc_conv"]] == 13 * cols and c1[1, C["serial_reads"]] == 4 + 3
+    assert c1[1, C["psum_adds"]] == 0 and c1[1, C["sops"]] == 2 * 9 * 64  # nominal fan-out k*k*C_out
+    dense = _counts_for(tmp_path / "d", model_2_256, {}, "dense_pim")["patch_embed.proj_conv1"]
+    assert dense[1, C["xbar_reads"]] == 4096 * 3 * 2 and dense[1, C["wl_rows"]] == 4096 * 288 * 2
+
+
+@pytest.mark.parametrize("mode,dvs", [("SDT", False), ("SDT", True), ("STAtten", True)])
+def test_sop_calibration_reproduces_the_firing_rate_report(tmp_path, mode, dvs):
+    """sop45 (E_AC 0.9 pJ per SOP, E_MAC 4.6 pJ, everything else 0) == E_MAC * MACs + E_AC * sum_l R_l T FLOPs_l,
+    computed directly from the stored layer inputs, and == engine.energy.EnergyMeter on the same forward."""
+    net = firing_model(T=4, embed_dims=64, img_size=32, in_channels=2 if dvs else 3, dvs=dvs, attention_mode=mode)
+    x = dvs_events(4, 32, seed=5) if dvs else torch.randn(1, 3, 32, 32)
+    with EnergyMeter(net, T=4, dvs_input=dvs) as meter:
+        capture = capture_sample(net, x)
+    reader = TraceReader(write(tmp_path / "t", [capture]))
+    sample = reader.load(0)
+    direct = 0.0
+    for op in reader.meta.layers():
+        g = crossbar_geometry(op, load_config("aster_default"))
+        rate = sample.tensors[op.tensor].double().mean().item()
+        if op.attrs["first"] and not dvs:
+            direct += 4.6 * g.flops  # the repeated static image is encoded once
+        else:
+            direct += 0.9 * rate * 4 * g.flops
+    res = simulate(Workload(reader), load_config("sop45"), progress=False)
+    energy = res.tally.totals["sop45"][0][0]
+    assert energy == pytest.approx(direct, rel=1e-9)
+    assert energy == pytest.approx(meter.summary()["energy_pj"], rel=1e-6)
+    assert math.isclose(res.tally.energy.sum(), energy, rel_tol=1e-12)

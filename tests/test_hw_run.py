@@ -1,0 +1,99 @@
+"""python -m hw.run end to end: outputs, baselines, ablations, dataflows, statistical mode, bad inputs."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+
+import pytest
+
+from hw.config import load_config
+from hw.energy import COMPONENTS
+from hw.pipeline import simulate
+from hw.run import main
+from hw.workload import Workload
+from hw_helpers import tiny_capture, write
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory):
+    captures = [tiny_capture("SDT", True, seed=s)[0] for s in range(2)]
+    return write(tmp_path_factory.mktemp("run") / "trace", captures, tiny_capture()[1], labels=[1, 2])
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_writes_every_report(tmp_path, trace):
+    (tmp_path / "skip.json").write_text(json.dumps({"format": "skip-blocks/1", "skipped_blocks": [1]}))
+    (tmp_path / "exit.json").write_text(json.dumps({"format": "early-exit/1", "T": 4, "exit_steps": [2, 4],
+                                                    "sample_ids": [0, 1]}))
+    (tmp_path / "gpu.json").write_text(json.dumps({"latency_ms": 20.0, "avg_power_W": 7.5, "batch": 1}))
+    out = tmp_path / "out"
+    assert main(["--trace", str(trace), "--hw-config", "aster_default", "--skip-json", str(tmp_path / "skip.json"),
+                 "--exit-json", str(tmp_path / "exit.json"), "--gpu-json", str(tmp_path / "gpu.json"),
+                 "--workers", "2", "--out", str(out)]) == 0
+    for name in ("summary.json", "layers.csv", "components.csv", "timesteps.csv", "ablations.csv",
+                 "energy_by_component.png", "energy_by_layer.png", "energy_per_timestep.png"):
+        assert (out / name).stat().st_size > 0, name
+    s = json.loads((out / "summary.json").read_text())
+    assert s["preset"] == "aster_default" and s["samples"] == 2 and s["skipped_blocks"] == [1]
+    assert s["accuracy"]["avg_time_steps"] == 3.0 and s["accuracy"]["labelled_samples"] == 2
+    assert set(s["ratios"]) == {"dense_pim", "prior_pim", "gpu_modelled", "gpu_measured"}
+    assert s["ratios"]["dense_pim"] > 1 and s["baselines"]["gpu_measured"]["energy_uj"] == pytest.approx(150000)
+    assert s["baselines"]["gpu_modelled"]["mode"] == "modelled (estimate)"
+    e = s["energy_per_inference_uj"]
+    assert e["min"] <= e["p5"] <= e["p50"] <= e["p95"] <= e["max"]
+    assert sum(s["components_uj"].values()) == pytest.approx(e["mean"])
+    assert {r["feature"] for r in s["ablations"]} == {"wordline_gating", "read_skipping", "event_driven_attention",
+                                                      "aer_transfer", "attention_skipping", "early_exit"}
+    assert all(r["saving_ratio"] >= 1 for r in s["ablations"])
+    layers = _rows(out / "layers.csv")
+    assert sum(float(r["energy_pj"]) for r in layers) == pytest.approx(e["mean"] * 1e6)
+    assert {r["layer"] for r in layers if r["skipped"] == "True"} >= {"block.1.attn.q_conv", "block.1.attn.core"}
+    assert all(r["preset"] == "aster_default" and r["node_nm"] == "32.0" for r in layers)
+    steps = _rows(out / "timesteps.csv")
+    assert [r["t"] for r in steps] == ["1", "2", "3", "4"]
+    assert [float(r["running_fraction"]) for r in steps] == [1.0, 1.0, 0.5, 0.5]
+    assert {r["component"] for r in _rows(out / "components.csv")} >= {"adc", "leakage", "attention"}
+
+
+def test_statistical_mode_and_rates_file(tmp_path, trace):
+    out = tmp_path / "stat"
+    assert main(["--trace", str(trace), "--mode", "statistical", "--no-plots", "--out", str(out)]) == 0
+    again = tmp_path / "again"
+    assert main(["--trace", str(trace), "--mode", "statistical", "--rates", str(out / "rates.json"), "--no-plots",
+                 "--out", str(again)]) == 0
+    first, second = (json.loads((d / "summary.json").read_text()) for d in (out, again))
+    assert first["energy_per_inference_uj"]["mean"] == pytest.approx(second["energy_per_inference_uj"]["mean"])
+
+
+def test_dataflows_trade_memory_for_global_buffer_traffic(trace):
+    workload = Workload.open(trace)
+    config = load_config("aster_default")
+    tm = simulate(workload, config, progress=False)
+    layer_major = dataclasses.replace(config.dataflow, order="layer_major")
+    lm = simulate(workload, dataclasses.replace(config, dataflow=layer_major), progress=False)
+    assert lm.main.mapping.memory["state_bits_required"] < tm.main.mapping.memory["state_bits_required"]
+    assert lm.tally.row_cycles.sum() == pytest.approx(tm.tally.row_cycles.sum())  # same work, other traffic
+    gb = COMPONENTS.index("global_buffer")
+    assert lm.tally.energy[..., gb].sum() > tm.tally.energy[..., gb].sum()
+    assert tm.tally.latency_pipelined.sum() < tm.tally.latency_serial.sum()
+
+
+def test_cli_reports_bad_input(tmp_path, trace, caplog):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in trace.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes()[:200] if f.suffix == ".npz" else f.read_bytes())
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "sample_00000.npz" in caplog.text and "truncated" in caplog.text
+    (tmp_path / "skip.json").write_text(json.dumps({"skipped_blocks": [5]}))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(trace), "--skip-json", str(tmp_path / "skip.json"), "--out", str(tmp_path)]) == 2
+    assert "skipped_blocks" in caplog.text and "skip.json" in caplog.text

@@ -1,0 +1,153 @@
+"""engine.traces: capture, the on-disk format, the reader's round trip and its errors on bad files."""
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from engine.traces import FORMAT_VERSION, TraceFormatError, TraceReader, TraceWriter, capture_sample, export_traces
+from hw.synthetic import dvs_events, firing_model
+from module import is_neuron
+from hw_helpers import tiny_capture, write
+
+CASES = [("SDT", True, ()), ("STAtten", True, ()), ("SDT", False, (1,)), ("STAtten", False, ())]
+
+
+@pytest.mark.parametrize("mode,dvs,skip", CASES)
+def test_round_trip_equals_originals(tmp_path, mode, dvs, skip):
+    capture, config = tiny_capture(mode, dvs, skip=skip)
+    reader = TraceReader(write(tmp_path / "trace", [capture, capture], config, labels=[3, 4]))
+    assert reader.sample_ids == [0, 1]
+    sample = reader.load(1)
+    assert set(sample.tensors) == set(capture.tensors)
+    for name, original in capture.tensors.items():
+        restored = sample.tensors[name]
+        assert restored.dtype == original.dtype and restored.shape == original.shape, name
+        assert torch.count_nonzero(restored) == torch.count_nonzero(original), name
+        assert torch.equal(restored, original), name
+    assert torch.equal(sample.logits, capture.logits) and torch.equal(sample.lif_nnz, capture.lif_nnz)
+    assert sample.label == 4
+    assert list(sample.pred_per_step) == capture.logits.cumsum(0).argmax(-1).tolist()
+    assert reader.meta.skipped_blocks == list(skip)
+
+
+def test_inputs_are_what_each_layer_saw(tmp_path):
+    """The stored inputs equal an independent forward-pre hook capture, max-pools between LIF and conv included."""
+    net = firing_model(T=3, embed_dims=64, img_size=32)
+    x = dvs_events(3, 32, seed=1)
+    seen, spikes = {}, []
+    handles = [m.register_forward_pre_hook(lambda m, i, name=name: seen.__setitem__(name, i[0].detach().clone()))
+               for name, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    handles += [m.register_forward_hook(lambda m, i, out: spikes.append((out != 0).flatten(1).sum(1)))
+                for m in net.modules() if is_neuron(m)]
+    capture = capture_sample(net, x)
+    for h in handles:
+        h.remove()
+    for name, x_in in seen.items():
+        assert torch.equal(capture.tensors[f"in:{name}"].reshape(x_in.shape), x_in), name
+    assert torch.equal(capture.lif_nnz, torch.stack(spikes))
+
+
+def test_meta_json_format(tmp_path):
+    capture, config = tiny_capture("SDT", True)
+    write(tmp_path / "t", [capture], config, labels=[7])
+    meta = json.loads((tmp_path / "t" / "meta.json").read_text())
+    assert meta["format"] == "spike-trace" and meta["format_version"] == FORMAT_VERSION
+    assert meta["T"] == 4 and meta["dataset"] == "test" and meta["input_kind"] == "events"
+    assert meta["model"]["embed_dim"] == 64 and meta["skipped_blocks"] == []
+    assert meta["samples"] == [{"id": 0, "file": "sample_00000.npz", "label": 7,
+                                "pred_per_step": capture.logits.cumsum(0).argmax(-1).tolist()}]
+    first, conv1 = meta["ops"][0], next(op for op in meta["ops"] if op["name"] == "patch_embed.proj_conv1")
+    assert first["kind"] == "conv" and first["attrs"]["first"] and not conv1["attrs"]["first"]
+    assert conv1["attrs"] | {"first": False} == {
+        "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1, "in_channels": 8,
+        "out_channels": 16, "bias": False, "first": False}
+    assert conv1["in_shape"] == [8, 32, 32] and conv1["out_shape"] == [16, 32, 32]
+    kinds = {op["kind"] for op in meta["ops"]}
+    assert kinds == {"conv", "linear", "lif", "pool", "residual", "attention"}
+    attn = next(op for op in meta["ops"] if op["kind"] == "attention")
+    assert attn["block"] == 0 and attn["sdsa"] and attn["attrs"]["tensors"] == {
+        f: f"attn:0:{f}" for f in ("q", "k", "v", "mask", "out")}
+    assert meta["tensors"]["attn:0:mask"]["shape"] == [4, 64]
+    assert meta["tensors"]["in:head"]["shape"] == [4, 64]
+
+
+def test_storage_is_compact(tmp_path):
+    """Spikes are bit-packed along channels, q/k/v inputs and the attention output are stored once, a static
+    image once for all T, event counts as uint8."""
+    static, _ = tiny_capture("SDT", False)
+    events, _ = tiny_capture("SDT", True)
+    write(tmp_path / "s", [static])
+    write(tmp_path / "e", [events])
+    raw_s, raw_e = TraceReader(tmp_path / "s").load_raw(0), TraceReader(tmp_path / "e").load_raw(0)
+    assert raw_s.index["in:patch_embed.proj_conv"] == {"encoding": "float32", "repeat_t": True}
+    assert raw_s.arrays["in:patch_embed.proj_conv"].shape == (1, 32, 32, 3)
+    assert raw_e.index["in:patch_embed.proj_conv"]["encoding"] == "uint8"
+    assert raw_e.index["in:block.0.attn.q_conv"]["encoding"] == "bits"
+    assert raw_e.arrays["in:block.0.attn.q_conv"].shape == (4, 8, 8, 8)  # 64 channels -> 8 bytes per token
+    with zipfile.ZipFile(tmp_path / "e" / "sample_00000.npz") as z:
+        names = {n.removesuffix(".npy") for n in z.namelist()}
+    assert "in:block.0.attn.k_conv" not in names and "in:block.0.attn.proj_conv" not in names  # aliases
+    assert np.shares_memory(raw_e.arrays["in:block.0.attn.k_conv"], raw_e.arrays["in:block.0.attn.q_conv"])
+
+
+def test_writer_refuses_an_existing_trace(tmp_path):
+    capture, _ = tiny_capture()
+    write(tmp_path / "t", [capture])
+    with pytest.raises(FileExistsError, match="already holds a trace"):
+        TraceWriter(tmp_path / "t", "test")
+    TraceWriter(tmp_path / "t", "test", overwrite=True)
+    assert not list((tmp_path / "t").glob("sample_*.npz"))
+
+
+def test_export_traces_and_structure_check(tmp_path):
+    net = firing_model(T=2, embed_dims=64, img_size=32)
+    samples = [(dvs_events(2, 32, seed=s), s) for s in range(5)]
+    meta = export_traces(net, samples, tmp_path / "t", "synthetic", num_samples=3, progress=False)
+    assert [s.label for s in meta.samples] == [0, 1, 2] and meta.model["T"] == 2
+    writer = TraceWriter(tmp_path / "u", "x")
+    writer.record(net, samples[0][0])
+    with pytest.raises(ValueError, match="structure"):
+        writer.record(firing_model(T=2, embed_dims=64, img_size=32, depths=1), samples[0][0])
+
+
+def _corrupt(tmp_path, how):
+    capture, _ = tiny_capture()
+    trace = write(tmp_path / "t", [capture])
+    npz = trace / "sample_00000.npz"
+    data = bytearray(npz.read_bytes())
+    if how == "truncated":
+        npz.write_bytes(data[:len(data) // 2])
+    elif how == "bitflip":
+        i = data.index(b"in:block.0.mlp.fc2_conv") + 400  # inside that member's data
+        data[i] ^= 0xFF
+        npz.write_bytes(bytes(data))
+    elif how == "missing":
+        with np.load(npz) as z:
+            arrays = {k: z[k] for k in z.files if k != "in:patch_embed.rpe_conv"}
+        np.savez(npz, **arrays)
+    elif how == "meta":
+        (trace / "meta.json").write_text((trace / "meta.json").read_text()[:100])
+    return trace, npz
+
+
+@pytest.mark.parametrize("how,where,what", [
+    ("truncated", "sample_00000.npz", "truncated or corrupt"),
+    ("bitflip", "sample_00000.npz", "CRC-32"),
+    ("missing", "sample_00000.npz", "in:patch_embed.rpe_conv"),
+    ("meta", "meta.json", "not valid JSON"),
+])
+def test_bad_files_raise_one_clear_error(tmp_path, how, where, what):
+    trace, npz = _corrupt(tmp_path, how)
+    with pytest.raises(TraceFormatError, match=what) as info:
+        TraceReader(trace).load(0)
+    assert where in str(info.value)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(TraceFormatError, match="meta.json"):
+        TraceReader(tmp_path / "nope")
