@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -60,27 +61,47 @@ def _trained_with(checkpoint: dict) -> str:
     return f"; it was trained with {values}"
 
 
-def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str = "state_dict") -> None:
-    """Load ``checkpoint[key]`` (or a bare state dict) into ``model``, strictly, after checking keys and shapes.
+def _listing(items: list[str], limit: int = 8) -> str:
+    """``a, b, c`` or ``a, b, ... (+N more)``."""
+    shown = ", ".join(items[:limit])
+    return shown if len(items) <= limit else f"{shown}, ... (+{len(items) - limit} more)"
+
+
+def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str = "state_dict", *,
+                       ignore_unexpected: bool = False,
+                       may_be_missing: Callable[[str], bool] | None = None) -> tuple[list[str], list[str]]:
+    """Load ``checkpoint[key]`` (or a bare state dict) into ``model`` after checking keys and shapes.
+
+    Strict by default.  ``ignore_unexpected`` drops checkpoint keys the model does not have, and keys for which
+    ``may_be_missing(key)`` is true may be absent from the checkpoint (they keep their current values); the
+    caller logs both lists.  Shapes must always match.
+
+    Returns:
+        ``(ignored unexpected keys, tolerated missing keys)``; both empty for a strict load.
 
     Raises:
-        CheckpointError: missing or unexpected keys or shape mismatches, summarised in one line.
+        CheckpointError: missing or unexpected keys (beyond the tolerated ones) or shape mismatches, in one line.
     """
     from timm.models import clean_state_dict
 
     state_dict = clean_state_dict(checkpoint[key] if key in checkpoint else checkpoint)
     expected = unwrap(model).state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
+    all_missing = [k for k in expected if k not in state_dict]
+    all_unexpected = [k for k in state_dict if k not in expected]
+    missing = [k for k in all_missing if may_be_missing is None or not may_be_missing(k)]
+    unexpected = [] if ignore_unexpected else all_unexpected
     mismatched = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
                   if k in state_dict and hasattr(state_dict[k], "shape") and state_dict[k].shape != v.shape]
     if missing or unexpected or mismatched:
-        problems = [f"{len(items)} {what} (e.g. {items[0]})" for what, items in
+        problems = [f"{len(items)} {what}: {_listing(items)}" for what, items in
                     (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched))
                     if items]
         raise CheckpointError(f"checkpoint {path!r} does not fit this model ({', '.join(problems)})"
                               f"{_trained_with(checkpoint)}")
-    unwrap(model).load_state_dict(state_dict, strict=True)
+    if all_unexpected:
+        state_dict = {k: v for k, v in state_dict.items() if k in expected}
+    unwrap(model).load_state_dict(state_dict, strict=not all_missing)
+    return all_unexpected, all_missing
 
 
 def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer | None,

@@ -6,6 +6,7 @@ import logging
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,6 +19,9 @@ from .optim import Amp
 __all__ = ["seed_epoch", "train_one_epoch", "validate"]
 
 _logger = logging.getLogger(__name__)
+
+# Called with one validation batch's float output and its targets.
+Observer = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def seed_epoch(args: argparse.Namespace, epoch: int) -> None:
@@ -120,8 +124,11 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
 
 @torch.no_grad()
 def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *, amp: Amp,
-             log_suffix: str = "") -> OrderedDict:
+             log_suffix: str = "", observers: Sequence[Observer] = ()) -> OrderedDict:
     """Evaluate ``model`` on ``loader``: cross-entropy and top-1/top-5 accuracy (per-step logits are averaged).
+
+    ``observers`` are called with every batch's float output (per-step logits ``[T, B, K]`` when the model has
+    ``TET`` set, else ``[B, K]``) and its targets, e.g. the early-exit meters of :mod:`engine.aster`.
 
     Returns:
         ``OrderedDict(loss, top1, top5)``, averaged over all processes; accuracies in percent.
@@ -137,6 +144,8 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
         with amp.autocast():
             output = model(inputs)
         output = output.float()
+        for observe in observers:
+            observe(output, target)
         if output.dim() == 3:
             output = output.mean(0)
         loss = loss_fn(output, target)

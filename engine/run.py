@@ -1,7 +1,10 @@
-"""The whole training run that ``train.py`` (and later ``main.py``/``finetune.py``) call, and the CLI wrapper.
+"""The whole training run that ``train.py``, ``main.py`` and ``finetune.py`` call, and the CLI wrapper.
 
 Order matters: everything that can fail on user input (config, model dimensions, dataset folders, checkpoint) runs
 in :func:`setup_training`, before the output folder is touched, so a failed start overwrites nothing.
+
+Scripts change a run through :class:`RunHooks` (configure the built model, load weights their own way, act on the
+trained model) instead of copying the loop; :func:`setup_evaluation` is the evaluation-only counterpart.
 """
 from __future__ import annotations
 
@@ -26,9 +29,31 @@ from .model import build_model, build_model_ema, distribute_model, prepare_model
 from .optim import Amp, build_amp, build_optimizer, build_scheduler
 from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
 
-__all__ = ["TrainingSetup", "setup_training", "run_training", "cli_main"]
+__all__ = ["RunHooks", "TrainingSetup", "EvalSetup", "setup_training", "setup_evaluation", "run_training",
+           "cli_main"]
 
 _logger = logging.getLogger(__name__)
+
+
+ModelHook = Callable[[argparse.Namespace, nn.Module], None]
+
+
+@dataclass
+class RunHooks:
+    """Optional callbacks of a run; the first two get the bare model (before ``prepare_model`` and DDP).
+
+    Attributes:
+        configure_model: called right after the model is built (e.g. ASTER's skipped blocks, frozen parameters),
+            before the data, the weights and the optimizer; it may raise :class:`SetupError`.
+        load_weights: replaces the strict ``--initial-checkpoint`` load (e.g. ``finetune.py``'s tolerant load).
+        after_training: ``(args, setup, output_dir)``, called by every process after the last epoch, while the
+            run's log file is still open (e.g. early-exit evaluation of the best checkpoint); only the primary
+            process (:func:`~engine.distributed.is_primary`) should write files.
+    """
+
+    configure_model: ModelHook | None = None
+    load_weights: ModelHook | None = None
+    after_training: Callable[[argparse.Namespace, TrainingSetup, str], None] | None = None
 
 
 @dataclass
@@ -48,14 +73,8 @@ class TrainingSetup:
     checkpoint: dict | None
 
 
-def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> TrainingSetup:
-    """Join the process group, build model, data, optimizer, AMP, EMA, losses and schedule; resume if asked.
-
-    Writes nothing.  ``parser`` (optional) is used to warn about flags without effect.
-
-    Raises:
-        SetupError: a config, dataset or checkpoint problem.
-    """
+def _build_model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser | None, hooks: RunHooks,
+                          train: bool) -> tuple[nn.Module, Loaders]:
     init_distributed(args)
     setup_console_logging(args.rank)
     if parser is not None and is_primary(args):
@@ -64,10 +83,27 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     seed_epoch(args, -1)
 
     model = build_model(args)
-    loaders = build_loaders(args, model)
-    if args.initial_checkpoint:
+    if hooks.configure_model is not None:
+        hooks.configure_model(args, model)
+    loaders = build_loaders(args, model, train=train)
+    if hooks.load_weights is not None:
+        hooks.load_weights(args, model)
+    elif args.initial_checkpoint:
         load_initial_checkpoint(args, model)
-    model = prepare_model(args, model)
+    return prepare_model(args, model), loaders
+
+
+def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
+                   hooks: RunHooks | None = None) -> TrainingSetup:
+    """Join the process group, build model, data, optimizer, AMP, EMA, losses and schedule; resume if asked.
+
+    Writes nothing.  ``parser`` (optional) is used to warn about flags without effect; ``hooks`` see
+    :class:`RunHooks`.
+
+    Raises:
+        SetupError: a config, dataset or checkpoint problem.
+    """
+    model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=True)
     optimizer = build_optimizer(args, model)
     amp = build_amp(args)
     start_epoch, checkpoint = args.start_epoch or 0, None
@@ -82,6 +118,28 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
                          loaders=loaders, train_loss_fn=build_train_loss(args, loaders.mixup_active),
                          eval_loss_fn=build_eval_loss(), lr_scheduler=lr_scheduler, num_epochs=num_epochs,
                          start_epoch=start_epoch, checkpoint=checkpoint)
+
+
+@dataclass
+class EvalSetup:
+    """What an evaluation-only run needs, built by :func:`setup_evaluation`."""
+
+    model: nn.Module
+    loaders: Loaders
+    amp: Amp
+    eval_loss_fn: nn.Module
+
+
+def setup_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
+                     hooks: RunHooks | None = None) -> EvalSetup:
+    """Like :func:`setup_training` without training: model (weights from ``--initial-checkpoint`` or
+    ``hooks.load_weights``), validation loader, AMP and the evaluation loss.  Writes nothing.
+
+    Raises:
+        SetupError: a config, dataset or checkpoint problem.
+    """
+    model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=False)
+    return EvalSetup(model=model, loaders=loaders, amp=build_amp(args), eval_loss_fn=build_eval_loss())
 
 
 def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutputs | None, saver) -> dict:
@@ -110,12 +168,14 @@ def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutput
     return {"best_metric": best_metric, "best_epoch": best_epoch, "eval_metrics": eval_metrics}
 
 
-def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
+def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
+                 hooks: RunHooks | None = None) -> dict:
     """Train and validate for ``args.epochs`` (+ cooldown) epochs; rank 0 writes the run folder.
 
     Args:
         args: parsed arguments (see :mod:`engine.args`).
         parser: the parser, used only to warn about flags without effect.
+        hooks: optional callbacks (see :class:`RunHooks`).
 
     Returns:
         ``{"output_dir", "best_metric", "best_epoch", "eval_metrics"}`` (the last epoch's validation metrics).
@@ -123,7 +183,8 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     Raises:
         SetupError: a config, dataset or checkpoint problem, raised before anything is written.
     """
-    s = setup_training(args, parser)
+    hooks = hooks or RunHooks()
+    s = setup_training(args, parser, hooks)
     output_dir = resolve_output_dir(args)
     outputs = saver = None
     if is_primary(args):
@@ -135,6 +196,8 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
         _logger.info("Scheduled epochs: %d (from epoch %d).", s.num_epochs, s.start_epoch)
     try:
         result = _train_epochs(args, s, outputs, saver)
+        if hooks.after_training is not None:
+            hooks.after_training(args, s, output_dir)
     finally:
         if outputs is not None:
             outputs.close()

@@ -1,0 +1,93 @@
+"""Fine-tune only the classifier head of a trained SDT, e.g. after ASTER attention skipping.
+
+``python finetune.py -c CONF --finetune-checkpoint CKPT [--auto-skip --log-file firing.json | --skip-blocks 0,3]``
+
+As ASTER's ``finetune.py`` (``../shared/reference/aster_hw.md`` 1.5): build the model with the chosen attention
+branches bypassed, load the checkpoint tolerantly (weights the run does not need are ignored and logged), freeze
+every parameter whose name does not start with ``head_lif`` or ``head.``, log the trainable/total counts and
+train with the shared engine.  ``--finetune-checkpoint`` wins over ``--resume`` / ``--initial-checkpoint`` (with a
+warning).  Unlike the reference, the frozen BatchNorm layers also keep their running statistics
+(``--no-freeze-bn-stats`` restores the reference behaviour, where they drift with the training batches), and a
+missing weight is an error unless it belongs to a skipped attention branch.
+"""
+import argparse
+import logging
+import sys
+
+from engine.args import get_args_parser
+from engine.aster import aster_skip_parser, resolve_skip, skip_record, write_aster_outputs
+from engine.checkpoint import load_checkpoint_file, load_model_weights
+from engine.distributed import is_primary
+from engine.errors import ConfigError
+from engine.model import freeze_parameters
+from engine.run import RunHooks, cli_main, run_training
+
+_logger = logging.getLogger("finetune")
+
+# Parameters that train (ASTER finetune.py): the classifier; head_lif has no parameters.
+TRAINABLE_PREFIXES = ("head_lif", "head.")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The training command line, the ASTER skip flags and the fine-tuning flags."""
+    parser = argparse.ArgumentParser("Fine-tune the classifier head of an SDT (ASTER)",
+                                     parents=[get_args_parser(), aster_skip_parser()])
+    group = parser.add_argument_group("Fine-tuning")
+    group.add_argument("--finetune-checkpoint", default="", metavar="PATH",
+                       help="weights to start from (required); only the classifier head trains")
+    group.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep the frozen BatchNorm layers in eval mode (no running-statistics updates)")
+    return parser
+
+
+def load_finetune_weights(path: str, model, skipped_blocks: list[int]) -> tuple[list[str], list[str]]:
+    """Load ``path`` into ``model``: unknown keys are ignored, a skipped block's attention weights may be missing.
+
+    Returns:
+        ``(ignored keys, missing keys)``, both logged.
+    """
+    checkpoint = load_checkpoint_file(path)
+    key = "state_dict" if "state_dict" in checkpoint or "state_dict_ema" not in checkpoint else "state_dict_ema"
+    skipped = tuple(f"block.{b}.attn." for b in skipped_blocks)
+    ignored, missing = load_model_weights(model, checkpoint, path, key=key, ignore_unexpected=True,
+                                          may_be_missing=lambda k: k.startswith(skipped) if skipped else False)
+    _logger.info("Loaded %s (%s).", path, key)
+    if ignored:
+        _logger.warning("Ignored %d checkpoint keys the model does not have: %s", len(ignored), ", ".join(ignored))
+    if missing:
+        _logger.warning("%d weights of skipped attention branches are not in the checkpoint (unused): %s",
+                        len(missing), ", ".join(missing))
+    return ignored, missing
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
+    """Resolve skip list and checkpoint flags, then train the head with the shared engine."""
+    if not args.finetune_checkpoint:
+        raise ConfigError("--finetune-checkpoint CKPT is required (the weights whose head is fine-tuned)")
+    for flag in ("resume", "initial_checkpoint"):
+        if getattr(args, flag):
+            _logger.warning("--finetune-checkpoint %s wins over --%s %s, which is ignored", args.finetune_checkpoint,
+                            flag.replace("_", "-"), getattr(args, flag))
+            setattr(args, flag, "")
+    skip = skip_record(args, resolve_skip(args))
+
+    def configure(a: argparse.Namespace, model) -> None:
+        model.skip_blocks = skip["skipped_blocks"]
+        trainable, total = freeze_parameters(model, TRAINABLE_PREFIXES, freeze_bn_stats=a.freeze_bn_stats)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        _logger.info("Trainable parameters: %d of %d (%.3f%%): %s", trainable, total, 100.0 * trainable / total,
+                     ", ".join(names))
+
+    def after_training(a: argparse.Namespace, setup, output_dir: str) -> None:
+        if is_primary(a):
+            write_aster_outputs(output_dir, None, skip)
+
+    hooks = RunHooks(configure_model=configure,
+                     load_weights=lambda a, model: load_finetune_weights(a.finetune_checkpoint, model,
+                                                                         skip["skipped_blocks"]),
+                     after_training=after_training)
+    return run_training(args, parser, hooks)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(make_parser, run))
