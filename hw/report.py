@@ -76,7 +76,8 @@ def summarize(res: Results, gpu_json: str | None = None) -> dict:
         "config_hash": cfg.hash, "config": cfg.to_dict(),
         "trace": str(res.workload.reader.dir), "mode": res.mode, "samples": n, "T": meta.T,
         "dataset": meta.dataset, "model": meta.model, "input_kind": meta.input_kind,
-        "skipped_blocks": sorted({r.block for r in res.main.mapping.rows if r.skipped}),
+        # skipped by the skip JSON (rows powered off) or already in the traced model (its attention never ran)
+        "skipped_blocks": sorted({r.block for r in res.main.mapping.rows if r.skipped} | set(meta.skipped_blocks)),
         "dataflow": cfg.dataflow.order, "pipelining": cfg.dataflow.pipelining,
         "energy_per_inference_uj": {
             "mean": energy * 1e-6, **{f"p{q}": float(np.percentile(energies, q)) * 1e-6 for q in (5, 50, 95)},
