@@ -16,7 +16,7 @@ from .distributed import is_primary
 from .model import unwrap
 from .optim import Amp
 
-__all__ = ["seed_epoch", "train_one_epoch", "validate"]
+__all__ = ["seed_epoch", "train_step", "train_one_epoch", "validate"]
 
 _logger = logging.getLogger(__name__)
 
@@ -55,10 +55,70 @@ def _to_device(x: torch.Tensor, target: torch.Tensor, args: argparse.Namespace):
     return x, target.to(args.device, non_blocking=True)
 
 
+class _DeviceMean:
+    """Batch-size weighted mean of scalar tensors, accumulated on their device (no host sync per update).
+
+    The sum is kept in float64, so :attr:`avg` equals what timm's ``AverageMeter`` gives when it is updated with
+    ``value.item()`` (a Python float is a float64).
+    """
+
+    def __init__(self) -> None:
+        self.last: torch.Tensor | None = None
+        self.sum: torch.Tensor | float = 0.0
+        self.count = 0
+
+    def update(self, value: torch.Tensor, n: int) -> None:
+        self.last = value.detach()
+        self.sum = self.sum + self.last.double() * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        """The mean so far, 0 before any update (synchronises with the device)."""
+        return float(self.sum) / self.count if self.count else 0.0
+
+
+def train_step(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, optimizer: torch.optim.Optimizer,
+               loss_fn: nn.Module, args: argparse.Namespace, amp: Amp) -> torch.Tensor:
+    """One optimisation step: forward (the model resets its neurons first), loss, backward, clipping, update.
+
+    Inputs must already be on the device (and mixed, with mixup).  Nothing here waits for the device, except what
+    the float16 gradient scaler itself does to skip steps with non-finite gradients.
+
+    Args:
+        model: the (possibly DDP-wrapped) model, in training mode.
+        inputs: the batch on ``args.device``.
+        target: class indices or soft targets on ``args.device``.
+        optimizer: the optimizer.
+        loss_fn: training criterion.
+        args: parsed arguments (``clip_grad``, ``clip_mode``).
+        amp: autocast context and optional loss scaler.
+
+    Returns:
+        The loss of the batch, a 0-d tensor on the device (not detached).
+    """
+    from timm.utils import dispatch_clip_grad
+
+    with amp.autocast():
+        loss = loss_fn(model(inputs), target)
+    optimizer.zero_grad(set_to_none=True)
+    if amp.loss_scaler is not None:
+        amp.loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                        parameters=model.parameters())
+    else:
+        loss.backward()
+        if args.clip_grad is not None:
+            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+        optimizer.step()
+    return loss
+
+
 def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     args: argparse.Namespace, *, amp: Amp, lr_scheduler=None, model_ema=None, mixup_fn=None,
                     saver=None) -> OrderedDict:
-    """Train ``model`` for one epoch.
+    """Train ``model`` for one epoch with :func:`train_step`.
+
+    The losses are summed on the device; the host reads them only on log lines and at the end of the epoch.
 
     Args:
         epoch: 0-based epoch index.
@@ -68,18 +128,19 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
         loss_fn: training criterion (``TETLoss`` for per-step outputs).
         args: parsed arguments (``device``, ``clip_grad``, ``clip_mode``, ``log_interval``, ``recovery_interval``).
         amp: autocast context and optional loss scaler.
-        lr_scheduler: timm scheduler; ``step_update`` is called after every optimizer step.
+        lr_scheduler: timm scheduler; ``step_update`` is called after every optimizer step (without the running
+            loss as metric, which would cost a host sync per step: no per-update timm schedule reads it).
         model_ema: timm ``ModelEmaV3`` to update after every step.
         mixup_fn: timm ``Mixup`` applied to each batch (None when mixup happens in the collate function).
         saver: timm ``CheckpointSaver`` for recovery checkpoints every ``--recovery-interval`` batches.
 
     Returns:
-        ``OrderedDict(loss=...)``: the mean training loss over all processes.
+        ``OrderedDict(loss=...)``: the mean training loss over all processes (weighted by batch size).
     """
-    from timm.utils import AverageMeter, dispatch_clip_grad
+    from timm.utils import AverageMeter
 
     model.train()
-    losses_m, batch_time_m = AverageMeter(), AverageMeter()
+    losses_m, batch_time_m = _DeviceMean(), AverageMeter()
     num_batches = len(loader)
     num_updates = epoch * num_batches
     end = time.time()
@@ -87,21 +148,11 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
         inputs, target = _to_device(inputs, target, args)
         if mixup_fn is not None:
             inputs, target = mixup_fn(inputs, target)
-        with amp.autocast():
-            loss = loss_fn(model(inputs), target)
-        optimizer.zero_grad(set_to_none=True)
-        if amp.loss_scaler is not None:
-            amp.loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                            parameters=model.parameters())
-        else:
-            loss.backward()
-            if args.clip_grad is not None:
-                dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
-            optimizer.step()
+        loss = train_step(model, inputs, target, optimizer, loss_fn, args, amp)
         if model_ema is not None:
             model_ema.update(model, step=num_updates)
         num_updates += 1
-        losses_m.update(loss.item(), inputs.size(0))
+        losses_m.update(loss, inputs.size(0))
         batch_time_m.update(time.time() - end)
         last = batch_idx == num_batches - 1
         if is_primary(args) and (last or batch_idx % args.log_interval == 0):
@@ -109,13 +160,13 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
             rate = inputs.size(0) * args.world_size / max(batch_time_m.val, 1e-9)
             pct = 100.0 * batch_idx / max(num_batches - 1, 1)
             _logger.info(f"Train: {epoch} [{batch_idx:>4d}/{num_batches} ({pct:>3.0f}%)]  "
-                         f"Loss: {losses_m.val:>9.6f} ({losses_m.avg:>6.4f})  Time: {batch_time_m.val:.3f}s, "
-                         f"{rate:>7.2f}/s  LR: {lr:.3e}")
+                         f"Loss: {losses_m.last.item():>9.6f} ({losses_m.avg:>6.4f})  "
+                         f"Time: {batch_time_m.val:.3f}s, {rate:>7.2f}/s  LR: {lr:.3e}")
         if saver is not None and args.recovery_interval and (batch_idx + 1) % args.recovery_interval == 0 \
                 and not last:
             saver.save_recovery(epoch, batch_idx=batch_idx)
         if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=num_updates, metric=losses_m.avg)
+            lr_scheduler.step_update(num_updates=num_updates)
         end = time.time()
     unwrap(model).reset_neurons()
     loss_avg = _reduce(torch.tensor(losses_m.avg, device=args.device), args).item()

@@ -1,0 +1,356 @@
+"""Speed of the engine's training step (:func:`engine.loop.train_step`), next to the anchor of issue 10.
+
+    python benchmarks/bench_train.py --all --device cuda --json out.json      # every anchor config
+    python benchmarks/bench_train.py --anchor sdt-2-512-cifar-amp --amp-dtype bfloat16
+    python benchmarks/bench_train.py --config conf/sdt/imagenet/8_512_300E_t4.yml -b 32
+    python benchmarks/bench_train.py --tiny                                    # CPU smoke configs
+
+Any flag this script does not know is an engine flag (``train.py --help``) and is applied to every benchmarked
+config after its own flags, so it wins (``--amp-dtype bfloat16``, ``--channels-last``, ``-b 128``, ...).
+
+Per config: the model, optimizer, AMP and training loss come from the engine's builders; one random batch lives on
+the device (``[B, C, H, W]`` images or ``[B, T, 2, H, W]`` event frames; soft targets when the config has
+mixup/CutMix); then ``--warmup`` steps (the first, which includes any kernel compilation, is reported on its own),
+one step under ``FlopCounterMode`` (dense FLOPs of forward and backward), ``--steps`` timed steps, each between two
+device synchronisations, and on CUDA ``--profile-steps`` steps under the torch profiler.
+
+Reported: median ms/step with p10/p90, images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset
+intervals, per step), peak memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the
+process's peak RSS), TFLOP per step and model FLOP utilisation (achieved FLOP/s over ``--peak-tflops``, by default
+989 for AMP and 67 for fp32, the dense H100 SXM figures; on the CPU only when ``--peak-tflops`` is given).  Anchor
+speed-ups divide the anchor's fastest ms/step by ours (conservative where the anchor is a range); the memory ratio
+is ours over the anchor's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from data import is_neuromorphic  # noqa: E402
+from engine.args import get_args_parser  # noqa: E402
+from engine.config import parse_args  # noqa: E402
+from engine.distributed import init_distributed  # noqa: E402
+from engine.loaders import mixup_args  # noqa: E402
+from engine.losses import build_train_loss  # noqa: E402
+from engine.loop import train_step  # noqa: E402
+from engine.model import build_model, prepare_model, resolve_model_args  # noqa: E402
+from engine.optim import build_amp, build_optimizer  # noqa: E402
+
+__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "compare", "table_rows",
+           "log_table", "main"]
+
+_logger = logging.getLogger("bench_train")
+_GIB = 2.0 ** 30
+# Dense peak TFLOP/s of an H100 SXM: fp16/bf16 tensor cores, and fp32 without tensor cores.
+PEAK_TFLOPS_AMP, PEAK_TFLOPS_FP32 = 989.0, 67.0
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The reference code's figures on one H100 80GB (issue 10): ms/step range, GPU-busy ms/step, peak GiB."""
+
+    ms_per_step: tuple[float, float]
+    gpu_busy_ms: float
+    peak_gib: float
+
+
+@dataclass(frozen=True)
+class Case:
+    """A benchmarked configuration: engine flags, and the anchor it is compared with (if any)."""
+
+    flags: tuple[str, ...]
+    anchor: Anchor | None = None
+
+
+def _conf(path: str) -> tuple[str, str]:
+    return "-c", str(REPO / "conf" / path)
+
+
+# The anchor configs; shapes and precision are spelled out even where the config file already has them.  The anchor
+# stepped AdamW everywhere, hence ``--opt adamw`` for ImageNet (whose config trains with LAMB).
+ANCHORS = {
+    "sdt-2-512-cifar-fp32": Case((*_conf("sdt/cifar10/2_512_300E_t4.yml"), "-b", "64", "--time-steps", "4",
+                                  "--no-amp"), Anchor((36, 40), 27.0, 9.0)),
+    "sdt-2-512-cifar-amp": Case((*_conf("sdt/cifar10/2_512_300E_t4.yml"), "-b", "64", "--time-steps", "4", "--amp",
+                                 "--amp-dtype", "float16"), Anchor((39, 50), 16.5, 3.7)),
+    "statten-2-512-c2-cifar-amp": Case((*_conf("statten/cifar10/2_512_200E_t4.yml"), "-b", "64", "--time-steps",
+                                        "4", "--chunk-size", "2", "--amp", "--amp-dtype", "float16"),
+                                       Anchor((39, 44), 17.0, 3.8)),
+    "sdt-2-256-dvs-t16-fp32": Case((*_conf("sdt/cifar10-dvs/2_256_200E_t10_TET.yml"), "-b", "16", "--time-steps",
+                                    "16", "--no-amp"), Anchor((54, 55), 51.8, 14.5)),
+    "statten-2-256-c4-dvs-t16-fp32": Case((*_conf("statten/cifar10-dvs/2_256_200E_t16_TET.yml"), "-b", "16",
+                                           "--time-steps", "16", "--chunk-size", "4", "--no-amp"),
+                                          Anchor((57, 57), 55.2, 14.9)),
+    "sdt-8-512-imagenet-amp": Case((*_conf("sdt/imagenet/8_512_300E_t4.yml"), "-b", "32", "--time-steps", "4",
+                                    "--opt", "adamw", "--amp", "--amp-dtype", "float16"),
+                                   Anchor((125, 149), 97.9, 20.6)),
+}
+
+_TINY_MODEL = ("--num-classes", "10", "--dim", "32", "--layer", "1", "--num-heads", "4", "--mlp-ratio", "2",
+               "--img-size", "32", "--opt", "adamw", "--smoothing", "0")
+# Seconds each on a CPU core: a static-image SDT (fp32 and bf16 autocast) and an event-frame STAtten with TET.
+TINY = {
+    "tiny-sdt-fp32": Case(("--dataset", "digits", *_TINY_MODEL, "--time-steps", "2", "-b", "8")),
+    "tiny-sdt-bf16": Case(("--dataset", "digits", *_TINY_MODEL, "--time-steps", "2", "-b", "8", "--amp",
+                           "--amp-dtype", "bfloat16")),
+    "tiny-statten-dvs": Case(("--dataset", "cifar10-dvs", *_TINY_MODEL, "--in-channels", "2", "--time-steps", "4",
+                              "--attention_mode", "STAtten", "--chunk-size", "2", "--TET", "-b", "4")),
+}
+
+
+def engine_args(flags: Sequence[str]) -> argparse.Namespace:
+    """Parse engine flags (``-c FILE`` included) with the engine's own parser (a fresh one: ``-c`` sets defaults)."""
+    return parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), list(flags))
+
+
+def _random_batch(args: argparse.Namespace, soft_targets: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random batch on the device, shaped and laid out as :func:`engine.loop.train_one_epoch` passes it."""
+    size = args.img_size
+    if is_neuromorphic(args.dataset):
+        inputs = torch.rand(args.batch_size, args.time_steps, args.in_channels, size, size, device=args.device)
+    else:
+        inputs = torch.randn(args.batch_size, args.in_channels, size, size, device=args.device)
+        if args.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, args.num_classes, (args.batch_size,), device=args.device)
+    if soft_targets:
+        return inputs, torch.rand(args.batch_size, args.num_classes, device=args.device).softmax(-1)
+    return inputs, labels
+
+
+def busy_time(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of the union of ``(start, end)`` intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
+
+
+def _gpu_busy_ms(step: Callable[[], object], n: int, sync: Callable[[], None]) -> float:
+    """Mean time per step during which the GPU runs a kernel, memcpy or memset (torch profiler, ``n`` steps)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        sync()
+    intervals = [(e.time_range.start, e.time_range.end) for e in prof.events()
+                 if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    return busy_time(intervals) / 1e3 / n
+
+
+def _step_flops(step: Callable[[], object]) -> int | None:
+    """Dense FLOPs of one step (matmuls and convolutions, forward and backward), or None if they cannot be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            step()
+    except RuntimeError as exc:  # a kernel that refuses to run under a dispatch mode must not sink the timing
+        _logger.warning("FLOPs not counted: %s", exc)
+        return None
+    return counter.get_total_flops()
+
+
+def _percentile(sorted_values: Sequence[float], q: int) -> float:
+    return statistics.quantiles(sorted_values, n=100, method="inclusive")[q - 1]
+
+
+def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, profile_steps: int = 5,
+               peak_tflops: float | None = None) -> dict:
+    """Build the config's model, optimizer, AMP and loss, and time :func:`~engine.loop.train_step` on it.
+
+    Args:
+        args: parsed engine arguments (see :func:`engine_args`); ``args.device`` empty means CUDA if available.
+        warmup: untimed steps first (at least 1; the first one's time is reported as ``first_step_s``).
+        steps: timed steps (at least 2).
+        profile_steps: steps under the torch profiler for the GPU-busy time (CUDA only; 0 skips it).
+        peak_tflops: device peak for the model FLOP utilisation; None: the H100 figure on CUDA, none on the CPU.
+
+    Returns:
+        A JSON-ready dict: the config (model, precision, batch, ...), ``ms_per_step`` (median, p10, p90, min, max),
+        ``images_per_s``, ``gpu_busy_ms`` (None off CUDA), ``peak_memory_gib`` and ``peak_memory_kind``,
+        ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown) and ``first_step_s``.
+    """
+    if warmup < 1 or steps < 2:
+        raise ValueError(f"need warmup >= 1 and steps >= 2, got {warmup} and {steps}")
+    init_distributed(args)
+    resolve_model_args(args)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if on_cuda else (lambda: None)
+
+    model = prepare_model(args, build_model(args))
+    optimizer, amp = build_optimizer(args, model), build_amp(args)
+    soft_targets = mixup_args(args) is not None
+    loss_fn = build_train_loss(args, soft_targets)
+    inputs, target = _random_batch(args, soft_targets)
+    model.train()
+
+    def step() -> torch.Tensor:
+        return train_step(model, inputs, target, optimizer, loss_fn, args, amp)
+
+    start = time.perf_counter()
+    step()
+    sync()
+    first_step_s = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        step()
+    sync()
+    flops = _step_flops(step)
+    sync()
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    times_ms = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        sync()
+        times_ms.append(1e3 * (time.perf_counter() - start))
+    if on_cuda:
+        peak_gib, peak_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
+    else:  # ru_maxrss is in KiB on Linux
+        peak_gib, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB, "process_peak_rss"
+    busy_ms = _gpu_busy_ms(step, profile_steps, sync) if on_cuda and profile_steps > 0 else None
+
+    times_ms.sort()
+    median_ms = statistics.median(times_ms)
+    tflops = flops / (median_ms / 1e3) / 1e12 if flops is not None else None
+    if peak_tflops is None and on_cuda:
+        peak_tflops = PEAK_TFLOPS_AMP if args.amp else PEAK_TFLOPS_FP32
+    return dict(
+        model=args.model, attention_mode=args.attention_mode, dim=args.dim, layer=args.layer,
+        time_steps=args.time_steps, chunk_size=args.chunk_size if args.attention_mode == "STAtten" else None,
+        dataset=args.dataset, img_size=args.img_size, batch_size=args.batch_size, opt=args.opt,
+        precision=args.amp_dtype if args.amp else "float32", channels_last=args.channels_last, device=str(device),
+        warmup=warmup, steps=steps, first_step_s=first_step_s,
+        ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
+                         min=times_ms[0], max=times_ms[-1]),
+        images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
+        peak_memory_gib=peak_gib, peak_memory_kind=peak_kind,
+        tflop_per_step=flops / 1e12 if flops is not None else None, tflops=tflops, peak_tflops=peak_tflops,
+        mfu=tflops / peak_tflops if tflops is not None and peak_tflops else None,
+    )
+
+
+def compare(result: dict, anchor: Anchor | None) -> dict:
+    """The anchor's figures and our speed-up and memory ratio against them (CUDA results only)."""
+    if anchor is None:
+        return {}
+    out = {"anchor": asdict(anchor)}
+    if result["device"].startswith("cuda"):
+        out["speedup"] = anchor.ms_per_step[0] / result["ms_per_step"]["median"]
+        out["memory_ratio"] = result["peak_memory_gib"] / anchor.peak_gib
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+_COLUMNS = ("config", "precision", "ms/step", "p10-p90", "img/s", "busy ms", "peak GiB", "GFLOP", "TFLOP/s", "MFU %",
+            "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
+
+
+def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
+    """One row of :data:`_COLUMNS` per result (anchor columns empty where there is no anchor)."""
+    rows = []
+    for name, r in results.items():
+        ms, anchor = r["ms_per_step"], r.get("anchor")
+        row = (name, r["precision"], f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
+               f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"), f"{r['peak_memory_gib']:.2f}",
+               _fmt(None if r["tflop_per_step"] is None else 1e3 * r["tflop_per_step"], ".4g"),
+               _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"))
+        if anchor is None:
+            row += ("",) * 5
+        else:
+            lo, hi = anchor["ms_per_step"]
+            row += (f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}", f"{anchor['gpu_busy_ms']:g}",
+                    f"{anchor['peak_gib']:g}", _fmt(r.get("speedup"), ".2f"), _fmt(r.get("memory_ratio"), ".2f"))
+        rows.append(row)
+    return rows
+
+
+def log_table(results: dict[str, dict]) -> None:
+    """Log the results as an aligned table (peak memory: CUDA max allocated, or the process's peak RSS on CPU)."""
+    rows = [_COLUMNS, *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    for row in rows:
+        _logger.info(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+
+
+def _environment(results: dict[str, dict]) -> dict:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}
+    devices = {r["device"] for r in results.values()}
+    cuda = sorted(d for d in devices if d.startswith("cuda"))
+    if cuda:
+        env.update(gpu=torch.cuda.get_device_name(cuda[0]), cuda=torch.version.cuda)
+    return env
+
+
+def _cases(opts: argparse.Namespace) -> dict[str, Case]:
+    cases: dict[str, Case] = {}
+    if opts.all:
+        cases.update(ANCHORS)
+    cases.update({name: ANCHORS[name] for name in opts.anchor})
+    if opts.tiny:
+        cases.update(TINY)
+    cases.update({path: Case(("-c", path)) for path in opts.config})
+    return cases
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
+    """Benchmark the selected configs, log the table, write ``--json``; return ``{config: result}``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Other flags go to the engine.")
+    parser.add_argument("--all", action="store_true", help="every anchor config of issue 10")
+    parser.add_argument("--anchor", action="append", default=[], choices=sorted(ANCHORS), help="one anchor config")
+    parser.add_argument("--config", action="append", default=[], metavar="YAML", help="an engine config file")
+    parser.add_argument("--tiny", action="store_true", help="tiny CPU smoke configs")
+    parser.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: cuda if available)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps")
+    parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler (CUDA)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help=f"device peak for the FLOP utilisation (default on CUDA: {PEAK_TFLOPS_AMP:g} with "
+                             f"AMP, {PEAK_TFLOPS_FP32:g} in fp32: H100 SXM dense)")
+    parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
+    opts, engine_flags = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cases = _cases(opts)
+    if not cases:
+        parser.error("nothing to benchmark: give --all, --anchor, --config or --tiny")
+    device_flags = ["--device", opts.device] if opts.device else []
+    results = {}
+    for name, case in cases.items():
+        args = engine_args([*case.flags, *device_flags, *engine_flags])
+        _logger.info("%s: %s", name, " ".join([*case.flags, *engine_flags]))
+        result = bench_step(args, warmup=opts.warmup, steps=opts.steps, profile_steps=opts.profile_steps,
+                            peak_tflops=opts.peak_tflops)
+        results[name] = {**result, **compare(result, case.anchor)}
+    log_table(results)
+    if opts.json:
+        Path(opts.json).write_text(json.dumps({"environment": _environment(results), "results": results}, indent=2))
+        _logger.info("wrote %s", opts.json)
+    return results
+
+
+if __name__ == "__main__":
+    main()
