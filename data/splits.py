@@ -35,6 +35,8 @@ import math
 import os
 from pathlib import Path
 
+from engine.atomic import write_text_atomic
+
 from .dvs_args import SPLIT_MODES
 from .dvs_raw import DVSConfigError, DVSDataError
 
@@ -106,9 +108,7 @@ def default_split_path(root: Path, name: str, mode: str, ratio: float, seed: int
 
 def _write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
 
 
 def _check(record: dict, path: Path, name: str, available: set[str]) -> None:

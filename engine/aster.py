@@ -30,7 +30,8 @@ from torch import nn
 from .distributed import is_primary
 from .early_exit import EXIT_METRICS, EarlyExitMeter, EarlyExitSweep
 from .errors import ConfigError
-from .firing import load_firing_rates, write_atomic
+from .atomic import write_text_atomic
+from .firing import load_firing_rates
 from .loop import validate
 from .model import unwrap
 from .optim import Amp
@@ -259,7 +260,7 @@ def _write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(path, buffer.getvalue())
+    write_text_atomic(path, buffer.getvalue())
 
 
 def _write_json(path: Path, content: dict, compact_values: bool = False) -> None:
@@ -268,7 +269,7 @@ def _write_json(path: Path, content: dict, compact_values: bool = False) -> None
         text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in content.items()) + "\n}\n"
     else:
         text = json.dumps(content, indent=2) + "\n"
-    write_atomic(path, text)
+    write_text_atomic(path, text)
 
 
 def write_aster_outputs(out_dir: str | Path, result: AsterResult | None, skip: dict) -> list[Path]:

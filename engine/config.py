@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -139,8 +138,8 @@ def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def dump_args(args: argparse.Namespace, path: str) -> None:
-    """Write the resolved arguments as YAML (atomically: tmp file then ``os.replace``)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
+    """Write the resolved arguments as YAML (atomically)."""
+    from .atomic import atomic_open
+
+    with atomic_open(path) as f:
         yaml.safe_dump(dict(sorted(vars(args).items())), f, default_flow_style=False, sort_keys=False)
-    os.replace(tmp, path)

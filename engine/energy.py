@@ -21,12 +21,13 @@ Cross-check with spikingjelly 2.0 (``op_counter.SynOpCounter`` / ``MACCounter``)
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .atomic import atomic_open
 
 __all__ = ["EnergyConstants", "LayerEnergy", "EnergyMeter", "spikingjelly_counts", "write_energy_csv"]
 
@@ -179,13 +180,10 @@ class EnergyMeter:
 
 def write_energy_csv(rows: list[LayerEnergy], path: Path) -> None:
     """``energy.csv``: one row per layer (per image), written atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_open(path) as f:
         writer = csv.DictWriter(f, fieldnames=list(LayerEnergy.__dataclass_fields__))
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
-    os.replace(tmp, path)
 
 
 @dataclass

@@ -89,7 +89,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
 
     from .distributed import init_distributed, is_primary
     from .energy import EnergyConstants, EnergyMeter, write_energy_csv
-    from .firing import FiringRateMeter, write_atomic
+    from .atomic import write_text_atomic
+    from .firing import FiringRateMeter
     from .loaders import build_loaders
     from .loop import _progress, _to_device
     from .model import build_model, model_kwargs, resolve_model_args
@@ -154,7 +155,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         meta = export_traces(model, _single_samples(loaders.eval, args.device), args.export_traces,
                              dataset=args.dataset, num_samples=args.trace_samples, model_config=model_kwargs(args))
         content["traces"] = {"dir": os.path.abspath(args.export_traces), "samples": len(meta.samples)}
-        write_atomic(os.path.join(output_dir, "firing.json"), json.dumps(content, indent=2))
+        write_text_atomic(os.path.join(output_dir, "firing.json"), json.dumps(content, indent=2))
     outputs.writer.add_scalar("eval/top1", top1, 0)
     outputs.writer.add_scalar("eval/top5", top5, 0)
     outputs.writer.add_scalar("eval/energy_mj", energy_summary["energy_mj"], 0)

@@ -18,23 +18,16 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["FiringRateMeter", "load_firing_rates", "parse_firing_log", "write_atomic"]
+from .atomic import atomic_open, write_text_atomic
+
+__all__ = ["FiringRateMeter", "load_firing_rates", "parse_firing_log"]
 
 _logger = logging.getLogger(__name__)
 FORMAT = "firing-rates/1"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class FiringRateMeter:
@@ -100,17 +93,15 @@ class FiringRateMeter:
         """Write ``firing.json``, ``firing.csv`` and ``firing.png`` to ``out_dir``; return the JSON content."""
         out_dir = Path(out_dir)
         content = {**self.as_dict(), **(extra or {})}
-        write_atomic(out_dir / "firing.json", json.dumps(content, indent=2))
+        write_text_atomic(out_dir / "firing.json", json.dumps(content, indent=2))
         rates, nonzero = content["firing_rate"], content["non_zero"]
-        tmp = out_dir / ".firing.csv.tmp"
-        with open(tmp, "w", newline="") as f:
+        with atomic_open(out_dir / "firing.csv") as f:
             writer = csv.DictWriter(f, fieldnames=["key", "t", "firing_rate", "non_zero"])
             writer.writeheader()
             for key in self.keys:
                 for t in range(self.time_steps):
                     writer.writerow({"key": key, "t": t, "firing_rate": rates[f"t{t}"][key],
                                      "non_zero": nonzero[f"t{t}"][key]})
-        os.replace(tmp, out_dir / "firing.csv")
         plot_firing_rates(rates, self.keys, out_dir / "firing.png")
         return content
 
@@ -132,10 +123,9 @@ def plot_firing_rates(rates: dict[str, dict[str, float]], keys: list[str], path:
     ax.legend(ncol=min(8, len(rates)), fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def parse_firing_log(path: Path) -> dict[str, dict[str, float]]:

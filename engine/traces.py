@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import mmap
-import os
 import struct
 import zipfile
 import zlib
@@ -28,6 +27,8 @@ import torch
 from torch import nn
 
 from module import MS_MLP_Conv, MS_SPS, MS_SSA_Conv, is_neuron
+
+from .atomic import atomic_open
 
 __all__ = ["FORMAT_VERSION", "TraceFormatError", "TensorSpec", "OpMeta", "SampleMeta", "TraceMeta", "Capture",
            "RawSample", "TraceSample", "capture_sample", "model_summary", "TraceWriter", "TraceReader", "export_traces"]
@@ -342,14 +343,6 @@ def _decode(arr: np.ndarray, spec: TensorSpec, entry: dict) -> torch.Tensor:
     return x.expand(spec.shape[0], *x.shape[1:]).contiguous() if entry["repeat_t"] else x
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through ``write(file)`` into a temporary file, then ``os.replace`` it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------------------------------------------ writer
 def model_summary(model: nn.Module) -> dict:
     """The architecture fields a trace needs when the caller gives no config."""
@@ -413,10 +406,12 @@ class TraceWriter:
                                                  "tensors": index}))
         sample = SampleMeta(id=sample_id, file=f"sample_{sample_id:05d}.npz", label=None if label is None else
                             int(label), pred_per_step=tuple(capture.logits.cumsum(0).argmax(-1).tolist()))
-        _atomic_write(self.dir / sample.file, lambda f: np.savez(f, **arrays))
+        with atomic_open(self.dir / sample.file, "wb") as f:
+            np.savez(f, **arrays)
         self.meta.samples.append(sample)
         text = json.dumps(self.meta.to_json(), indent=1).encode()
-        _atomic_write(self.dir / META_FILE, lambda f: f.write(text))
+        with atomic_open(self.dir / META_FILE, "wb") as f:
+            f.write(text)
         return sample
 
     def _check_same_structure(self, capture: Capture) -> None:

@@ -10,10 +10,11 @@ import csv
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
+
+from engine.atomic import atomic_open, write_text_atomic
 
 from .baselines import gpu_measured
 from .counts import ALL_COUNTS
@@ -29,18 +30,12 @@ TOPS_PER_W_DEFINITION = ("(SOPs + 2 * MACs) / energy: one SOP is one synaptic ac
                          "(input spikes x nominal fan-out), a MAC of the analog first layer counts as 2 ops")
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_text(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
 
 
 def _mean_total(res: Results, name: str) -> tuple[float, float]:
@@ -158,10 +153,9 @@ def _plots(out: Path, res: Results, layers: list[dict], components: list[dict], 
         ax.set_ylabel("energy per inference (uJ)")
         ax.set_title(f"{name.removesuffix('.png').replace('_', ' ')}: {title}", fontsize=9)
         fig.tight_layout()
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=120)
+        with atomic_open(out / name, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
         plt.close(fig)
-        os.replace(tmp, out / name)
 
 
 def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None, plots: bool = True) -> dict:
@@ -170,7 +164,7 @@ def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     cfg, tally, n = res.main.config, res.tally, res.n
     summary = summarize(res, gpu_json)
-    _atomic_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
     layers = _layer_rows(res)
     _write_csv(out / "layers.csv", layers)
     total = tally.energy.sum() / n
@@ -188,6 +182,6 @@ def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None,
     if plots:
         _plots(out, res, layers, components, steps)
     if res.rates is not None:
-        _atomic_text(out / "rates.json", json.dumps(res.rates.to_json()))
+        write_text_atomic(out / "rates.json", json.dumps(res.rates.to_json()))
     _logger.info("wrote the hardware report to %s", out)
     return summary

@@ -18,11 +18,9 @@ Same modules, state-dict keys, weight init and maths as the reference code.  Wha
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
-from spikingjelly.activation_based import functional
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn

@@ -23,7 +23,7 @@ from pathlib import Path
 import matplotlib
 from matplotlib.figure import Figure
 
-from .atomic import atomic_open
+from engine.atomic import atomic_open
 from .fork_format import LABELS, RUN_TOTAL, TOTAL
 from .tables import overall_means, read_csv
 

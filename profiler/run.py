@@ -27,7 +27,7 @@ from torch import nn
 
 from module import ATTENTION_MODES, SPIKE_MODES
 
-from .atomic import atomic_open
+from engine.atomic import atomic_open
 from .capture import Capture, capture_from_records
 from .fork_format import ForkTextWriter
 from .records import JsonlWriter

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_open
+from engine.atomic import atomic_open
 from .capture import Capture
 from .fork_format import LABELS
 from .records import Record

@@ -1,0 +1,37 @@
+"""Atomic file writes: write a temporary file next to the target, then move it into place with ``os.replace``.
+
+Readers never see half a file, and a crash or a kill leaves the previous version in place.  Used for every
+artefact the project writes (configs, tables, JSON, plots, traces, split files).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_open", "write_text_atomic"]
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path``, on error it is removed.
+
+    Text mode uses UTF-8 and ``newline=""`` (what ``csv`` wants).  The temporary name carries the process id, so
+    several processes may write the same target.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""})) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_open(path) as f:
+        f.write(text)
