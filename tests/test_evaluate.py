@@ -12,6 +12,8 @@ from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
 from engine.args import get_args_parser
 from engine.config import parse_args
 from engine.evaluate import add_eval_arguments, run_evaluation
+from engine.firing import load_firing_rates
+from engine.skip import select_skip_blocks
 from engine.traces import TraceReader
 
 pytestmark = pytest.mark.slow
@@ -72,6 +74,9 @@ def test_outputs_and_reference_log(tmp_path):
     log = (run / "sdt.log").read_text()
     assert "INFO: top-1: " in log and "INFO: non_zero: \n" in log
     assert _reference_parser(log) == content["firing_rate"]
+    # ASTER's skip selection reads the same log (issue 8)
+    assert load_firing_rates(run / "sdt.log") == content["firing_rate"]
+    assert select_skip_blocks(1, load_firing_rates(run / "sdt.log"), threshold=1.0).blocks == [0]
     energy = content["energy"]
     assert energy["energy_mj"] == pytest.approx(sum(r["energy_pj"] for r in energy["layers"]) * 1e-9)
     assert energy["layers"][0]["layer"] == "patch_embed.proj_conv" and energy["layers"][0]["macs"] > 0
