@@ -23,8 +23,9 @@ import torch.distributed as dist
 
 from engine.args import get_args_parser
 from engine.aster import HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, evaluate_aster, \
-    export_model_traces, read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
+    read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
 from engine.checkpoint import load_checkpoint_file, load_model_weights
+from engine.evaluate import export_model_traces
 from engine.distributed import is_primary
 from engine.errors import ConfigError
 from engine.model import unwrap

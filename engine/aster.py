@@ -29,8 +29,8 @@ from torch import nn
 
 from .distributed import is_primary
 from .early_exit import EXIT_METRICS, EarlyExitMeter, EarlyExitSweep
-from .errors import ConfigError
 from .atomic import write_text_atomic
+from .errors import ConfigError
 from .firing import load_firing_rates
 from .loop import validate
 from .model import unwrap
@@ -38,7 +38,7 @@ from .optim import Amp
 from .skip import SkipDecision, select_skip_blocks
 
 __all__ = ["HEATMAP_THRESHOLDS", "aster_skip_parser", "aster_eval_parser", "read_firing_rates", "resolve_skip",
-           "skip_record", "AsterResult", "evaluate_aster", "export_model_traces", "write_aster_outputs", "run_study",
+           "skip_record", "AsterResult", "evaluate_aster", "write_aster_outputs", "run_study",
            "write_study"]
 
 _logger = logging.getLogger(__name__)
@@ -236,23 +236,6 @@ def _log_result(res: AsterResult) -> None:
     for label, e in res.meter.per_class().items():
         _logger.info(f"  {label:>5}: {e['samples']:>6d}  {e['accuracy']:7.2f}%  {e['avg_timestep']:.3f}  "
                      f"{e['std_timestep']:.3f}")
-
-
-def export_model_traces(model: nn.Module, loader, args: argparse.Namespace, trace_dir: str,
-                        num_samples: int) -> None:
-    """Spike traces (:mod:`engine.traces`) of the first ``num_samples`` validation samples, in loader order (trace
-    sample i is sample i of ``exit_steps.json``), from the model as built: skipped blocks record no SDSA work."""
-    from .model import model_kwargs
-    from .traces import export_traces
-
-    def samples():
-        for inputs, targets in loader:
-            inputs = inputs.to(args.device).float()
-            for i in range(inputs.shape[0]):
-                yield inputs[i:i + 1], int(targets[i])
-
-    export_traces(unwrap(model), samples(), trace_dir, dataset=args.dataset, num_samples=num_samples,
-                  model_config=model_kwargs(args))
 
 
 def _write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
-__all__ = ["add_eval_arguments", "run_evaluation"]
+__all__ = ["add_eval_arguments", "export_model_traces", "run_evaluation"]
 
 _logger = logging.getLogger(__name__)
 DEFAULT_VALID_ROOT = os.path.join("output", "valid")
@@ -49,6 +49,7 @@ def _checkpoint_path(args: argparse.Namespace) -> str:
 
 
 def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """``--resume`` or ``--initial-checkpoint`` (``--use-ema``: its EMA weights), strictly."""
     from .checkpoint import load_checkpoint_file, load_model_weights
     from .errors import CheckpointError
 
@@ -64,10 +65,12 @@ def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
     _logger.info("Loaded %s from %s (epoch %s).", key, path, checkpoint.get("epoch"))
 
 
-def _apply_large_valid(args: argparse.Namespace) -> None:
-    """Resize(320) + CenterCrop(288) for the evaluation loader (call after building the model, which keeps its
-    constructor size: the convolutional stem and blocks accept the larger token grid)."""
-    args.img_size, args.input_size, args.crop_pct, args.interpolation = 288, None, 288 / 320, "bilinear"
+def _apply_large_valid(args: argparse.Namespace, _model: torch.nn.Module) -> None:
+    """Resize(320) + CenterCrop(288) for the evaluation loader.  Runs after the model is built (a ``RunHooks``
+    ``configure_model`` hook), so the model keeps its constructor size: the convolutional stem and blocks accept
+    the larger token grid."""
+    if args.large_valid:
+        args.img_size, args.input_size, args.crop_pct, args.interpolation = 288, None, 288 / 320, "bilinear"
 
 
 def _all_reduce(tensors: list[torch.Tensor]) -> None:
@@ -83,30 +86,31 @@ def _single_samples(loader, device: str) -> Iterator[tuple[torch.Tensor, int]]:
             yield inputs[i:i + 1], int(targets[i])
 
 
+def export_model_traces(model: torch.nn.Module, loader, args: argparse.Namespace, trace_dir: str,
+                        num_samples: int):
+    """Spike traces (:mod:`engine.traces`) of the first ``num_samples`` validation samples, in loader order (trace
+    sample i is validation sample i), from the model as built: skipped blocks record no SDSA work."""
+    from .model import model_kwargs, unwrap
+    from .traces import export_traces
+
+    return export_traces(unwrap(model), _single_samples(loader, args.device), trace_dir, dataset=args.dataset,
+                         num_samples=num_samples, model_config=model_kwargs(args))
+
+
 def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> dict:
     """Evaluate a checkpoint; returns the content of ``firing.json`` (accuracy, rates, energy, paths)."""
     from timm.utils import accuracy
 
-    from .distributed import init_distributed, is_primary
-    from .energy import EnergyConstants, EnergyMeter, write_energy_csv
     from .atomic import write_text_atomic
+    from .distributed import is_primary
+    from .energy import EnergyConstants, EnergyMeter, write_energy_csv
     from .firing import FiringRateMeter
-    from .loaders import build_loaders
     from .loop import _progress, _to_device
-    from .model import build_model, model_kwargs, resolve_model_args
-    from .optim import build_amp
-    from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
+    from .outputs import RunOutputs, resolve_output_dir
+    from .run import RunHooks, setup_evaluation
 
-    init_distributed(args)
-    setup_console_logging(args.rank)
-    resolve_model_args(args)
-    model = build_model(args)
-    _load_weights(args, model)
-    if args.large_valid:
-        _apply_large_valid(args)
-    loaders = build_loaders(args, model, train=False)
-    model.to(args.device).eval()
-    amp = build_amp(args)
+    setup = setup_evaluation(args, parser, RunHooks(configure_model=_apply_large_valid, load_weights=_load_weights))
+    model, loaders, amp = setup.model.eval(), setup.loaders, setup.amp
 
     if not args.output:
         args.output = DEFAULT_VALID_ROOT
@@ -150,10 +154,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
                                              "energy": {**energy_summary,
                                                         "layers": [vars(r) for r in energy_rows]}})
     if args.export_traces:
-        from .traces import export_traces
-
-        meta = export_traces(model, _single_samples(loaders.eval, args.device), args.export_traces,
-                             dataset=args.dataset, num_samples=args.trace_samples, model_config=model_kwargs(args))
+        meta = export_model_traces(model, loaders.eval, args, args.export_traces, args.trace_samples)
         content["traces"] = {"dir": os.path.abspath(args.export_traces), "samples": len(meta.samples)}
         write_text_atomic(os.path.join(output_dir, "firing.json"), json.dumps(content, indent=2))
     outputs.writer.add_scalar("eval/top1", top1, 0)
