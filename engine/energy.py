@@ -29,7 +29,7 @@ from torch import nn
 
 from .atomic import atomic_open
 
-__all__ = ["EnergyConstants", "LayerEnergy", "EnergyMeter", "spikingjelly_counts", "write_energy_csv"]
+__all__ = ["conv_output_hw", "EnergyConstants", "LayerEnergy", "EnergyMeter", "spikingjelly_counts", "write_energy_csv"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,13 @@ class _LayerCount:
     steps: int = 0
 
 
+def conv_output_hw(conv: nn.Conv2d, h: int, w: int) -> tuple[int, int]:
+    """Output height and width of ``conv`` on an ``h x w`` input (numeric padding; a string padding counts as 0)."""
+    pad = conv.padding if isinstance(conv.padding, tuple) else (0, 0)
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                 for size, k, s, d, p in zip((h, w), conv.kernel_size, conv.stride, conv.dilation, pad))
+
+
 def _layer_flops(module: nn.Module, x: torch.Tensor) -> tuple[int, int, str]:
     """(FLOPs for one step of one image, input elements per step per image, output size) from a batched input.
 
@@ -81,12 +88,9 @@ def _layer_flops(module: nn.Module, x: torch.Tensor) -> tuple[int, int, str]:
     """
     if isinstance(module, nn.Conv2d):
         c_in, h, w = x.shape[-3:]
-        k_h, k_w = module.kernel_size
-        (s_h, s_w), (d_h, d_w) = module.stride, module.dilation
-        p_h, p_w = module.padding if isinstance(module.padding, tuple) else (0, 0)
-        h_out = (h + 2 * p_h - d_h * (k_h - 1) - 1) // s_h + 1
-        w_out = (w + 2 * p_w - d_w * (k_w - 1) - 1) // s_w + 1
-        flops = k_h * k_w * h_out * w_out * c_in * module.out_channels // module.groups
+        h_out, w_out = conv_output_hw(module, h, w)
+        flops = module.kernel_size[0] * module.kernel_size[1] * h_out * w_out * c_in * module.out_channels \
+            // module.groups
         return flops, c_in * h * w, f"{h_out}x{w_out}"
     return module.in_features * module.out_features, module.in_features, str(module.out_features)
 

@@ -29,6 +29,7 @@ from torch import nn
 from module import MS_MLP_Conv, MS_SPS, MS_SSA_Conv, is_neuron
 
 from .atomic import atomic_open
+from .energy import conv_output_hw
 
 __all__ = ["FORMAT_VERSION", "TraceFormatError", "TensorSpec", "OpMeta", "SampleMeta", "TraceMeta", "Capture",
            "RawSample", "TraceSample", "capture_sample", "model_summary", "TraceWriter", "TraceReader", "export_traces"]
@@ -204,11 +205,9 @@ class _Recorder:
             if isinstance(m, nn.Conv2d):
                 if x.shape[0] != self.T:
                     raise ValueError(f"{name}: expected [T*B, C, H, W] with T={self.T}, B=1, got {tuple(x.shape)}")
-                h, w = x.shape[-2:]
                 (kh, kw), (sh, sw), (dh, dw) = m.kernel_size, m.stride, m.dilation
                 ph, pw = _pair(m.padding) if not isinstance(m.padding, str) else (0, 0)
-                out = (m.out_channels, (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-                       (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+                out = (m.out_channels, *conv_output_hw(m, *x.shape[-2:]))
                 self._op(name, "conv", x.shape[1:], out, key, kernel=[kh, kw], stride=[sh, sw], padding=[ph, pw],
                          dilation=[dh, dw], groups=m.groups, in_channels=m.in_channels,
                          out_channels=m.out_channels, bias=m.bias is not None, first=not self.tensors)
