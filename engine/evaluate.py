@@ -73,11 +73,6 @@ def _apply_large_valid(args: argparse.Namespace, _model: torch.nn.Module) -> Non
         args.img_size, args.input_size, args.crop_pct, args.interpolation = 288, None, 288 / 320, "bilinear"
 
 
-def _all_reduce(tensors: list[torch.Tensor]) -> None:
-    for tensor in tensors:
-        dist.all_reduce(tensor)
-
-
 def _single_samples(loader, device: str) -> Iterator[tuple[torch.Tensor, int]]:
     """One ``(input [1, ...], label)`` at a time, from an already-normalising loader."""
     for inputs, targets in loader:
@@ -139,7 +134,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             if args.save_qkv and is_primary(args):
                 torch.save(hook, os.path.join(output_dir, f"qkv_{batch_idx}.pkl"))
     if args.distributed:
-        _all_reduce([correct, seen] + list(rates._sums.values()) + list(rates._nonzero.values()))
+        for tensor in (correct, seen, *rates.totals()):
+            dist.all_reduce(tensor)
     top1, top5 = (100.0 * correct / seen).tolist()
     if not is_primary(args):
         return {}

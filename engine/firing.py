@@ -55,6 +55,10 @@ class FiringRateMeter:
             batch = value.shape[1]
         self.samples += batch or 0
 
+    def totals(self) -> list[torch.Tensor]:
+        """The running per-step sums and non-zero counts (e.g. to all-reduce them across processes in place)."""
+        return [*self._sums.values(), *self._nonzero.values()]
+
     @property
     def keys(self) -> list[str]:
         return list(self._sums)
