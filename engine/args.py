@@ -11,7 +11,8 @@ Differences from the reference (see ``README.md`` "Training" and ``../shared/ref
 * ``--attention_mode`` defaults to ``SDT`` (STAtten's train.py defaulted to STAtten but never used the flag); the
   STAtten configs set ``attention_mode: STAtten`` explicitly;
 * enumerations have ``choices=``; ``--local-rank`` and ``--local_rank`` are both accepted;
-* new: ``--download``, ``--device``, ``--amp-dtype``.
+* new: ``--download``, ``--device``, ``--amp-dtype`` and the speed flags (``--neuron-backend``, ``--encode-once``,
+  ``--torchcompile``; ``--pin-mem`` defaults to on for CUDA).
 
 Flags that did nothing in the reference either are kept so that old command lines and configs still parse; they are
 listed in :data:`INERT_FLAGS` and a warning is logged when one is set.
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["get_args_parser", "INERT_FLAGS", "ATTENTION_MODES", "SPIKE_MODES"]
+__all__ = ["get_args_parser", "INERT_FLAGS", "ATTENTION_MODES", "NEURON_BACKENDS", "SPIKE_MODES"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
 SPIKE_MODES = ("lif", "plif", "alif", "blif")
+NEURON_BACKENDS = ("fused", "spikingjelly")
 
 # dest -> why the flag has no effect (it had none in the reference code either).
 INERT_FLAGS = {
@@ -205,6 +207,22 @@ def _batchnorm_ema_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay")
 
 
+def _speed_group(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Speed (none of these changes the maths; docs/speed.md)")
+    group.add_argument("--neuron-backend", default="fused", choices=NEURON_BACKENDS,
+                       help="fused: stateless LIF op, one Triton kernel per direction on CUDA (CUDA-graph safe); "
+                            "spikingjelly: spikingjelly 2.0's stateful neurons")
+    group.add_argument("--encode-once", action=argparse.BooleanOptionalAction, default=True,
+                       help="static images: run the first stem conv once instead of on T identical copies")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                       help="channels-last memory layout for the convolutions")
+    group.add_argument("--torchcompile", nargs="?", type=str, default=None, const="inductor", metavar="BACKEND",
+                       help="torch.compile the model for training with this backend (default inductor)")
+    group.add_argument("--torchcompile-mode", default=None,
+                       choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+                       help="torch.compile mode; reduce-overhead replays CUDA graphs (needs --neuron-backend fused)")
+
+
 def _misc_group(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Miscellaneous parameters")
     group.add_argument("--seed", type=int, default=42, help="random seed")
@@ -219,10 +237,8 @@ def _misc_group(parser: argparse.ArgumentParser) -> None:
                        help="autocast dtype; float16 also uses a gradient scaler")
     group.add_argument("--apex-amp", action=argparse.BooleanOptionalAction, default=False, help="(no effect)")
     group.add_argument("--native-amp", action=argparse.BooleanOptionalAction, default=False, help="same as --amp")
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                       help="channels-last memory layout for the convolutions")
-    group.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=False,
-                       help="pin CPU memory in the data loaders")
+    group.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=None,
+                       help="pin CPU memory in the data loaders (default: on when training on CUDA)")
     group.add_argument("--no-prefetcher", action="store_true",
                        help="disable timm's prefetcher (normalisation on the device)")
     group.add_argument("--output", default="", metavar="PATH", help="output root (default ./output/train)")
@@ -266,5 +282,6 @@ def get_args_parser(add_help: bool = False) -> argparse.ArgumentParser:
     _augmentation_group(parser)
     _batchnorm_ema_group(parser)
     _misc_group(parser)
+    _speed_group(parser)
     _neuromorphic_group(parser)
     return parser

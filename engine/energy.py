@@ -21,6 +21,7 @@ Cross-check with spikingjelly 2.0 (``op_counter.SynOpCounter`` / ``MACCounter``)
 from __future__ import annotations
 
 import csv
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -116,6 +117,9 @@ class EnergyMeter:
         self._layers: dict[str, _LayerCount] = {}
         self._order: list[str] = []
         self._handles = []
+        # The counts assume every layer sees T * B rows: give the stem conv the T copies of a static image.
+        self._copies = model.encoding_on_copies() if hasattr(model, "encoding_on_copies") else nullcontext()
+        self._copies.__enter__()
         for name, module in model.named_modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 self._layers[name] = _LayerCount(module)
@@ -140,6 +144,7 @@ class EnergyMeter:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._copies.__exit__(None, None, None)
 
     def __enter__(self) -> "EnergyMeter":
         return self
@@ -208,8 +213,9 @@ def spikingjelly_counts(model: nn.Module, x: torch.Tensor) -> SpikingJellyCounts
     * 3x3 convs: spikingjelly counts the exact weight uses, so spikes on the border, whose windows hang over the
       zero padding, count fewer uses; the recipe's ``R * FLOPs`` charges every spike the full ``k*k*C_out`` fan-out
       on average.  SynOps <= SOPs * images, equal when no spike touches the border.
-    * The first conv on analog input: MACCounter counts every repeated time step, the recipe counts
-      ``encoding_steps`` (1) of them, so MACs_sj == MACs * images * T / encoding_steps.
+    * The first conv on analog input: MACCounter counts what runs, once per image with the model's
+      ``encode_once`` (the default; MACs_sj == MACs * images / encoding_steps) or T repeated steps without it
+      (MACs_sj == MACs * images * T / encoding_steps); the recipe counts ``encoding_steps`` (1) of them.
     * Non-binary inputs (event counts, STAtten DVS's {0,1,2}) are not spikes for spikingjelly and get no SynOps.
     * spikingjelly also counts spike matmuls inside STAtten's attention, which the recipe leaves out; those are not
       Conv2d/Linear and are not in these per-layer dicts.

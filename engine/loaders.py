@@ -63,6 +63,11 @@ def mixup_args(args: argparse.Namespace) -> dict | None:
                 label_smoothing=args.smoothing, num_classes=args.num_classes)
 
 
+def pin_memory(args: argparse.Namespace) -> bool:
+    """``--pin-mem``, or by default: pinned host memory when the batches go to a CUDA device."""
+    return args.pin_mem if args.pin_mem is not None else torch.device(args.device).type == "cuda"
+
+
 def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
     from timm.data import Mixup
 
@@ -70,7 +75,7 @@ def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
         dataset = build_dataset(args.dataset, args.data_dir, split, args)
         sampler = DistributedSampler(dataset, shuffle=is_training, seed=args.seed) if args.distributed else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
-                          num_workers=args.workers, pin_memory=args.pin_mem, drop_last=is_training)
+                          num_workers=args.workers, pin_memory=pin_memory(args), drop_last=is_training)
 
     eval_loader = loader(args.val_split, args.val_batch_size, False)
     if not train:
@@ -111,7 +116,7 @@ def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bo
              mean=args.mean, std=args.std, interpolation=args.interpolation), model=model)
     prefetch = not args.no_prefetcher
     common = dict(input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"],
-                  num_workers=args.workers, distributed=args.distributed, pin_memory=args.pin_mem,
+                  num_workers=args.workers, distributed=args.distributed, pin_memory=pin_memory(args),
                   device=torch.device(args.device), use_prefetcher=prefetch, persistent_workers=False)
     dataset_eval = build_dataset(args.dataset, args.data_dir, args.val_split, args)
     eval_loader = create_loader(dataset_eval, batch_size=args.val_batch_size, is_training=False,

@@ -10,7 +10,7 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["DVS_MODE_DATASETS", "resolve_model_args", "model_kwargs", "build_model", "prepare_model",
-           "freeze_parameters", "build_model_ema", "distribute_model", "unwrap"]
+           "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def model_kwargs(args: argparse.Namespace) -> dict:
         num_classes=args.num_classes, embed_dims=args.dim, num_heads=args.num_heads, mlp_ratios=args.mlp_ratio,
         depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
         dvs_mode=args.dvs_mode, TET=args.TET, attention_mode=args.attention_mode, chunk_size=args.chunk_size,
-        reference=args.reference,
+        reference=args.reference, neuron_backend=args.neuron_backend, encode_once=args.encode_once,
     )
 
 
@@ -139,6 +139,25 @@ def build_model_ema(args: argparse.Namespace, model: nn.Module):
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
+
+
+def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
+    """``torch.compile`` the model in place with ``--torchcompile`` (backend) and ``--torchcompile-mode``.
+
+    In place (``nn.Module.compile``), so state-dict keys, hooks and ``unwrap`` stay as they are.
+
+    Raises:
+        ConfigError: CUDA-graph modes with stateful neurons, which would replay a stale membrane.
+    """
+    if not args.torchcompile:
+        return model
+    if args.torchcompile_mode == "reduce-overhead" and args.neuron_backend != "fused":
+        raise ConfigError("--torchcompile-mode reduce-overhead replays CUDA graphs, which need stateless neurons; "
+                          "use --neuron-backend fused")
+    model.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+    _logger.info("Compiling the model with torch.compile(backend=%s, mode=%s); the first steps are slow.",
+                 args.torchcompile, args.torchcompile_mode)
+    return model
 
 
 def distribute_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:

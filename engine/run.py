@@ -25,7 +25,7 @@ from .errors import SetupError
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
 from .losses import build_eval_loss, build_train_loss
-from .model import build_model, build_model_ema, distribute_model, prepare_model, resolve_model_args
+from .model import build_model, build_model_ema, compile_model, distribute_model, prepare_model, resolve_model_args
 from .optim import Amp, build_amp, build_optimizer, build_scheduler
 from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
 
@@ -114,10 +114,11 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train))
     if start_epoch > 0:
         lr_scheduler.step(start_epoch)
-    return TrainingSetup(model=distribute_model(args, model), model_ema=model_ema, optimizer=optimizer, amp=amp,
-                         loaders=loaders, train_loss_fn=build_train_loss(args, loaders.mixup_active),
-                         eval_loss_fn=build_eval_loss(), lr_scheduler=lr_scheduler, num_epochs=num_epochs,
-                         start_epoch=start_epoch, checkpoint=checkpoint)
+    model = distribute_model(args, compile_model(args, model))
+    return TrainingSetup(model=model, model_ema=model_ema, optimizer=optimizer, amp=amp, loaders=loaders,
+                         train_loss_fn=build_train_loss(args, loaders.mixup_active), eval_loss_fn=build_eval_loss(),
+                         lr_scheduler=lr_scheduler, num_epochs=num_epochs, start_epoch=start_epoch,
+                         checkpoint=checkpoint)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Iterable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -294,8 +295,9 @@ def capture_sample(model: nn.Module, x: torch.Tensor) -> Capture:
     recorder = _Recorder(model, T)
     was_training = model.training
     model.eval()
+    copies = model.encoding_on_copies() if hasattr(model, "encoding_on_copies") else nullcontext()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), copies:
             out = model(x)
     finally:
         recorder.remove()

@@ -7,34 +7,41 @@ https://github.com/Intelligent-Computing-Lab-Yale/STAtten (STAtten).
 
 Same modules, state-dict keys, weight init and maths as the reference code.  What we changed:
 
-* neurons are spikingjelly 2.0 modules (fused CPU kernel, Triton on CUDA; CuPy is not needed);
+* neurons are stateless fused LIF ops (one Triton kernel per direction on CUDA; ``neuron_backend="fused"``) or
+  spikingjelly 2.0 modules (``neuron_backend="spikingjelly"``); CuPy is not needed;
+* a static image is convolved once by the first stem conv and broadcast over T (``encode_once``) instead of
+  convolving T identical copies: the same numbers, T times less work in the first (largest) layer;
 * ``forward(x)`` returns the logits; the legacy ``forward(x, hook=dict())`` returns ``(logits, hook)`` and fills
   the reference hook keys from forward hooks on the neurons and :class:`~module.Probe` points;
-* neuron state is reset at the start of every forward (``auto_reset=True``), so no membrane potential leaks from
-  one batch into the next; set ``model.auto_reset = False`` and call :meth:`reset_neurons` yourself to reproduce
-  runs that carry state across inputs;
+* no membrane potential leaks from one batch into the next: fused neurons keep no state, spikingjelly neurons are
+  reset at the start of every forward (``auto_reset=True``); with ``neuron_backend="spikingjelly"`` set
+  ``model.auto_reset = False`` and call :meth:`reset_neurons` yourself to reproduce runs that carry state across
+  inputs;
 * bad arguments raise ``ValueError`` at construction instead of failing (or silently computing) later;
 * ``reference="sdt"|"statten"`` selects the two places where the code bases differ (see :mod:`module.ms_conv`).
 """
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
-from module import ATTENTION_MODES, REFERENCES, SPIKE_MODES, MS_Block_Conv, MS_SPS, TensorRecorder, create_lif, \
-    is_neuron
+from module import ATTENTION_MODES, NEURON_BACKENDS, REFERENCES, SPIKE_MODES, MS_Block_Conv, MS_SPS, \
+    TensorRecorder, create_lif, is_neuron
 
 __all__ = ["SpikeDrivenTransformer", "validate_config"]
 
 
 def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed_dims: int, num_heads: int,
                     depths: int, T: int, pooling_stat: str, spike_mode: str, attention_mode: str, chunk_size: int,
-                    reference: str) -> None:
+                    reference: str, neuron_backend: str = "fused") -> None:
     """Raise ``ValueError`` naming the first argument that the model cannot be built with."""
+    if neuron_backend not in NEURON_BACKENDS:
+        raise ValueError(f"neuron_backend={neuron_backend!r} is not supported; choose one of {NEURON_BACKENDS}")
     if attention_mode not in ATTENTION_MODES:
         raise ValueError(f"attention_mode={attention_mode!r} is not supported; choose one of {ATTENTION_MODES}")
     if spike_mode not in SPIKE_MODES:
@@ -77,8 +84,10 @@ class SpikeDrivenTransformer(nn.Module):
     ``MS_SPS``), spike_mode ("lif", "plif"; "alif"/"blif" mean "lif"), dvs_mode (DVS pooling in attention; input
     ``[B, T, C, H, W]``), TET (return per-step logits ``[T, B, K]``), attention_mode ("SDT" or "STAtten"),
     chunk_size (STAtten), reference ("sdt" or "statten"; default "statten" for attention_mode STAtten, else "sdt"),
-    auto_reset (reset every neuron at the start of each forward), skip_blocks (blocks whose attention branch is
-    bypassed, ASTER; also settable later through the ``skip_blocks`` property).
+    auto_reset (reset every neuron at the start of each forward; stateless fused neurons need no reset),
+    skip_blocks (blocks whose attention branch is bypassed, ASTER; also settable later through the ``skip_blocks``
+    property), neuron_backend ("fused": stateless fused LIF op, the default; "spikingjelly": stateful spikingjelly
+    neurons), encode_once (static input: run the first stem conv once instead of on T identical copies).
 
     Input: static images ``[B, C, H, W]`` (repeated over T) or event frames ``[B, T, C, H, W]``.
     Output: logits ``[B, K]`` (mean over T), or ``[T, B, K]`` with TET.
@@ -92,7 +101,8 @@ class SpikeDrivenTransformer(nn.Module):
                  attn_mode: str = "direct_xor", spike_mode: str = "lif", get_embed: bool = False,
                  dvs_mode: bool = False, TET: bool = False, cml: bool = False, attention_mode: str = "SDT",
                  chunk_size: int = 2, reference: str | None = None, auto_reset: bool = True,
-                 skip_blocks: tuple[int, ...] = (), **kwargs):
+                 skip_blocks: tuple[int, ...] = (), neuron_backend: str = "fused", encode_once: bool = True,
+                 **kwargs):
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
@@ -102,7 +112,7 @@ class SpikeDrivenTransformer(nn.Module):
         validate_config(img_size_h=img_size_h, img_size_w=img_size_w, in_channels=in_channels,
                         embed_dims=embed_dims, num_heads=num_heads, depths=depths, T=T, pooling_stat=pooling_stat,
                         spike_mode=spike_mode, attention_mode=attention_mode, chunk_size=chunk_size,
-                        reference=reference)
+                        reference=reference, neuron_backend=neuron_backend)
         self.num_classes = num_classes
         self.depths = depths
         self.T = T
@@ -111,18 +121,21 @@ class SpikeDrivenTransformer(nn.Module):
         self.attention_mode = attention_mode
         self.chunk_size = chunk_size
         self.reference = reference
+        self.neuron_backend = neuron_backend
         self.auto_reset = auto_reset
+        self.encode_once = encode_once
         self.num_features = self.embed_dim = embed_dims
 
         self.patch_embed = MS_SPS(in_channels=in_channels, embed_dims=embed_dims, pooling_stat=pooling_stat,
-                                  spike_mode=spike_mode if reference == "sdt" else "lif")
+                                  spike_mode=spike_mode if reference == "sdt" else "lif",
+                                  neuron_backend=neuron_backend)
         self.block = nn.ModuleList([
             MS_Block_Conv(embed_dims, num_heads=num_heads, mlp_ratio=mlp_ratios, spike_mode=spike_mode,
                           dvs=dvs_mode, layer=j, attention_mode=attention_mode, chunk_size=chunk_size,
-                          reference=reference)
+                          reference=reference, neuron_backend=neuron_backend)
             for j in range(depths)
         ])
-        self.head_lif = create_lif(spike_mode)
+        self.head_lif = create_lif(spike_mode, backend=neuron_backend)
         self.head = nn.Linear(embed_dims, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
         self._neurons = [m for m in self.modules() if is_neuron(m)]
@@ -139,6 +152,18 @@ class SpikeDrivenTransformer(nn.Module):
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.constant_(m.bias, 0)
             nn.init.constant_(m.weight, 1.0)
+
+    @property
+    def auto_reset(self) -> bool:
+        """Reset the neurons at the start of every forward (always true in effect for stateless neurons)."""
+        return self._auto_reset
+
+    @auto_reset.setter
+    def auto_reset(self, value: bool) -> None:
+        if not value and self.neuron_backend == "fused":
+            raise ValueError("auto_reset=False carries membrane state across forwards, but neuron_backend='fused' "
+                             "neurons are stateless; build the model with neuron_backend='spikingjelly'")
+        self._auto_reset = bool(value)
 
     @property
     def skip_blocks(self) -> list[int]:
@@ -158,6 +183,16 @@ class SpikeDrivenTransformer(nn.Module):
         """Reset the membrane state of every neuron (what ``spikingjelly...functional.reset_net`` does)."""
         for m in self._neurons:
             m.reset()
+
+    @contextmanager
+    def encoding_on_copies(self) -> Iterator[None]:
+        """Within the block, the first stem conv sees the T repeated copies of a static image, as in the reference
+        (for per-layer meters that count ``T * B`` rows); the numbers are the same either way."""
+        encode_once, self.encode_once = self.encode_once, False
+        try:
+            yield
+        finally:
+            self.encode_once = encode_once
 
     def legacy_hook_points(self) -> list[tuple[str, nn.Module]]:
         """``(reference hook key, module)`` pairs, in the reference's forward order."""
@@ -185,7 +220,10 @@ class SpikeDrivenTransformer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Stem and blocks: ``[T, B, D, H', W']`` real-valued features."""
-        x = self.patch_embed(self.to_time_major(x))
+        if x.dim() < 5 and self.encode_once:
+            x = self.patch_embed(x, T=self.T)
+        else:
+            x = self.patch_embed(self.to_time_major(x))
         for blk in self.block:
             x = blk(x)
         return x
@@ -197,7 +235,7 @@ class SpikeDrivenTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, hook: dict | None = None):
         """Logits; with ``hook`` (a dict) returns ``(logits, hook)`` with the reference hook tensors added."""
-        if self.auto_reset:
+        if self.auto_reset and self.neuron_backend != "fused":
             self.reset_neurons()
         if hook is None:
             return self.forward_head(self.forward_features(x))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -49,19 +49,8 @@ class Measurement:
     shape: tuple[int, ...] | None = None
 
 
-class _NullTimer:
-    """The context manager that ``timer`` returns while timing is off."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-
-_NULL_TIMER = _NullTimer()
+# The context manager that ``timer`` returns while timing is off (reusable, and understood by torch.compile).
+_NULL_TIMER = nullcontext()
 # The active recorder for each kind of measurement, or None.  Read on every measuring point, so kept as globals.
 _timing: Recorder | None = None
 _counting: Recorder | None = None

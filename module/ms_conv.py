@@ -55,7 +55,8 @@ class MS_SSA_Conv(nn.Module):
     """Spike-driven self-attention branch with its residual add: ``x + proj_bn(proj_conv(attention(lif(x))))``."""
 
     def __init__(self, dim: int, num_heads: int = 8, spike_mode: str = "lif", dvs: bool = False, layer: int = 0,
-                 attention_mode: str = "SDT", chunk_size: int = 2, reference: str = "sdt"):
+                 attention_mode: str = "SDT", chunk_size: int = 2, reference: str = "sdt",
+                 neuron_backend: str = "fused"):
         super().__init__()
         if attention_mode not in ATTENTION_MODES:
             raise ValueError(f"attention_mode={attention_mode!r} is not supported; choose one of {ATTENTION_MODES}")
@@ -72,14 +73,14 @@ class MS_SSA_Conv(nn.Module):
         for name in ("q", "k", "v"):
             self.add_module(f"{name}_conv", nn.Conv2d(dim, dim, kernel_size=1, stride=1, bias=False))
             self.add_module(f"{name}_bn", nn.BatchNorm2d(dim))
-            self.add_module(f"{name}_lif", create_lif(attn_spike_mode))
-        self.attn_lif = create_lif(attn_spike_mode, v_threshold=ATTENTION_THRESHOLD)
+            self.add_module(f"{name}_lif", create_lif(attn_spike_mode, backend=neuron_backend))
+        self.attn_lif = create_lif(attn_spike_mode, v_threshold=ATTENTION_THRESHOLD, backend=neuron_backend)
         # Built as in the reference (it is in every checkpoint) but never used in the computation.
         self.talking_heads = nn.Conv1d(num_heads, num_heads, kernel_size=1, stride=1, bias=False)
-        self.talking_heads_lif = create_lif(attn_spike_mode, v_threshold=ATTENTION_THRESHOLD)
+        self.talking_heads_lif = create_lif(attn_spike_mode, v_threshold=ATTENTION_THRESHOLD, backend=neuron_backend)
         self.proj_conv = nn.Conv2d(dim, dim, kernel_size=1, stride=1)
         self.proj_bn = nn.BatchNorm2d(dim)
-        self.shortcut_lif = create_lif(attn_spike_mode)
+        self.shortcut_lif = create_lif(attn_spike_mode, backend=neuron_backend)
 
         # q/k/v spikes as the attention core sees them (after the DVS max-pool where the reference applies one).
         self.q_spikes, self.k_spikes, self.v_spikes = Probe(), Probe(), Probe()
@@ -169,17 +170,17 @@ class MS_MLP_Conv(nn.Module):
     """Spiking MLP with its residual add: ``x + fc2_bn(fc2_conv(lif(fc1_bn(fc1_conv(lif(x))))))`` (1x1 convs)."""
 
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
-                 spike_mode: str = "lif", layer: int = 0):
+                 spike_mode: str = "lif", layer: int = 0, neuron_backend: str = "fused"):
         super().__init__()
         out_features = out_features or in_features
         hidden_features = hidden_features or in_features
         self.layer = layer
         self.fc1_conv = nn.Conv2d(in_features, hidden_features, kernel_size=1, stride=1)
         self.fc1_bn = nn.BatchNorm2d(hidden_features)
-        self.fc1_lif = create_lif(spike_mode)
+        self.fc1_lif = create_lif(spike_mode, backend=neuron_backend)
         self.fc2_conv = nn.Conv2d(hidden_features, out_features, kernel_size=1, stride=1)
         self.fc2_bn = nn.BatchNorm2d(out_features)
-        self.fc2_lif = create_lif(spike_mode)
+        self.fc2_lif = create_lif(spike_mode, backend=neuron_backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
@@ -206,11 +207,13 @@ class MS_Block_Conv(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, spike_mode: str = "lif",
                  dvs: bool = False, layer: int = 0, attention_mode: str = "SDT", chunk_size: int = 2,
-                 reference: str = "sdt"):
+                 reference: str = "sdt", neuron_backend: str = "fused"):
         super().__init__()
         self.attn = MS_SSA_Conv(dim, num_heads=num_heads, spike_mode=spike_mode, dvs=dvs, layer=layer,
-                                attention_mode=attention_mode, chunk_size=chunk_size, reference=reference)
-        self.mlp = MS_MLP_Conv(dim, hidden_features=int(dim * mlp_ratio), spike_mode=spike_mode, layer=layer)
+                                attention_mode=attention_mode, chunk_size=chunk_size, reference=reference,
+                                neuron_backend=neuron_backend)
+        self.mlp = MS_MLP_Conv(dim, hidden_features=int(dim * mlp_ratio), spike_mode=spike_mode, layer=layer,
+                               neuron_backend=neuron_backend)
         self.skip_attention = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -2,17 +2,43 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .instrument import timer
 from .neuron import create_lif
 
-__all__ = ["MS_SPS"]
+__all__ = ["MS_SPS", "batch_norm_of_copies"]
 
 
 def _tb_apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Apply a 2-D layer to a ``[T, B, C, H, W]`` tensor by flattening time into the batch."""
     return layer(x.flatten(0, 1)).unflatten(0, x.shape[:2])
+
+
+def batch_norm_of_copies(bn: nn.Module, x: torch.Tensor, copies: int) -> torch.Tensor:
+    """``bn`` on ``copies`` identical copies of ``x`` (``[B, C, H, W]``), as ``[copies, B, C, H, W]``.
+
+    For a plain ``BatchNorm2d`` it is computed on one copy and broadcast: the output, the batch statistics and
+    the gradients are those of the stacked batch, and in training the running variance gets the unbiased
+    correction of the stacked element count, as on the stacked batch.  Other norms (SyncBatchNorm, split BN) and a
+    ``bn`` with forward hooks (e.g. statistics frozen for fine-tuning) run on the stacked copies.
+    """
+    if type(bn) is not nn.BatchNorm2d or bn._forward_pre_hooks or bn._forward_hooks:
+        return bn(x.repeat(copies, 1, 1, 1)).unflatten(0, (copies, -1))
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            count = x.numel() // x.shape[1] * copies
+            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
+            bn.running_var.mul_(1 - momentum).add_(var.to(bn.running_var.dtype),
+                                                   alpha=momentum * count / max(count - 1, 1))
+        x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    else:
+        x = bn(x)
+    return x.unsqueeze(0).expand(copies, *x.shape)
 
 
 class MS_SPS(nn.Module):
@@ -23,11 +49,13 @@ class MS_SPS(nn.Module):
     Stages 0-2 pool the spikes; stage 3 pools the BN output before any spike.  ``rpe_lif`` is built (it owns a
     ``w`` in PLIF checkpoints) but, as in the reference, never used.
 
-    Input and output are ``[T, B, C, H, W]``; the output is real-valued.
+    Input: ``[T, B, C, H, W]``, or a static ``[B, C, H, W]`` image with ``T``: the first conv + BN then runs once
+    and its output is broadcast over the T steps (``encode_once``; the reference convolves T identical copies, which
+    gives the same values, batch statistics and gradients).  Output: ``[T, B, D, H', W']``, real-valued.
     """
 
     def __init__(self, in_channels: int = 2, embed_dims: int = 256, pooling_stat: str = "1111",
-                 spike_mode: str = "lif"):
+                 spike_mode: str = "lif", neuron_backend: str = "fused"):
         super().__init__()
         self.pooling_stat = pooling_stat
         widths = [in_channels, embed_dims // 8, embed_dims // 4, embed_dims // 2, embed_dims]
@@ -35,21 +63,32 @@ class MS_SPS(nn.Module):
         for i, suffix in enumerate(suffixes):
             self.add_module(f"proj_conv{suffix}", nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
             self.add_module(f"proj_bn{suffix}", nn.BatchNorm2d(widths[i + 1]))
-            self.add_module(f"proj_lif{suffix}", create_lif(spike_mode))
+            self.add_module(f"proj_lif{suffix}", create_lif(spike_mode, backend=neuron_backend))
             self.add_module(f"maxpool{suffix}", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1,
                                                               ceil_mode=False))
         self.rpe_conv = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, bias=False)
         self.rpe_bn = nn.BatchNorm2d(embed_dims)
-        self.rpe_lif = create_lif(spike_mode)
+        self.rpe_lif = create_lif(spike_mode, backend=neuron_backend)
         self._stages = [
             (getattr(self, f"proj_conv{s}"), getattr(self, f"proj_bn{s}"), getattr(self, f"proj_lif{s}"),
              getattr(self, f"maxpool{s}") if flag == "1" else None)
             for s, flag in zip(suffixes, pooling_stat)
         ]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _encode_static(self, x: torch.Tensor, T: int) -> torch.Tensor:
+        """Spikes of the first stage for a static ``[B, C, H, W]`` image repeated over ``T`` steps."""
+        conv, bn, lif, pool = self._stages[0]
+        x = lif(batch_norm_of_copies(bn, conv(x), T))
+        return _tb_apply(pool, x) if pool is not None else x
+
+    def forward(self, x: torch.Tensor, T: int | None = None) -> torch.Tensor:
         with timer("SPS.PSM"):
-            for conv, bn, lif, pool in self._stages[:3]:
+            stages = self._stages[:3]
+            if x.dim() == 4:
+                if T is None:
+                    raise ValueError("a static [B, C, H, W] input needs the number of time steps T")
+                x, stages = self._encode_static(x, T), stages[1:]
+            for conv, bn, lif, pool in stages:
                 x = lif(_tb_apply(lambda t: bn(conv(t)), x))
                 if pool is not None:
                     x = _tb_apply(pool, x)

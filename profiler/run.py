@@ -87,7 +87,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
-    """The model of ``args``, seeded, with neuron resets left to the driver (``auto_reset=False``).
+    """The model of ``args``, seeded.  Without ``--reset`` the neurons carry their membrane from one run into the
+    next, as in the fork (stateful spikingjelly neurons, ``auto_reset=False``); with it they are the stateless
+    fused neurons of training.
 
     Raises:
         ValueError: the configuration cannot be built (the message names the argument).
@@ -99,8 +101,10 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         args.model, img_size_h=args.img_size, img_size_w=args.img_size, in_channels=args.in_channels,
         num_classes=args.num_classes, embed_dims=args.dim, num_heads=args.num_heads, mlp_ratios=args.mlp_ratio,
         depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
-        attention_mode=args.attention_mode, chunk_size=args.chunk_size, dvs_mode=args.dvs_mode)
-    net.auto_reset = False
+        attention_mode=args.attention_mode, chunk_size=args.chunk_size, dvs_mode=args.dvs_mode,
+        neuron_backend="fused" if args.reset else "spikingjelly")
+    if not args.reset:
+        net.auto_reset = False
     return net
 
 

@@ -23,10 +23,14 @@ def reference_of(fixture: dict) -> str:
     return "statten" if "STAtten" in fixture["meta"]["repo"] else "sdt"
 
 
-def build_seeded(fixture: dict) -> torch.nn.Module:
+# Model options that must not change the numbers: our fast default, and the spikingjelly neurons on T copies.
+VARIANTS = {"fused": {}, "spikingjelly": {"neuron_backend": "spikingjelly", "encode_once": False}}
+
+
+def build_seeded(fixture: dict, **options) -> torch.nn.Module:
     """The model as the reference script built it: ``torch.manual_seed(seed)`` then ``create_model``."""
     torch.manual_seed(fixture["seed"])
-    return timm.create_model("sdt", reference=reference_of(fixture), **fixture["config"])
+    return timm.create_model("sdt", reference=reference_of(fixture), **fixture["config"], **options)
 
 
 def unpack_hook(entry: dict) -> torch.Tensor:

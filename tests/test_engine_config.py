@@ -88,7 +88,7 @@ def test_model_flags_reach_the_model():
     assert (model.attention_mode, model.chunk_size, model.num_classes) == ("STAtten", 4, 7)
     assert model.patch_embed.proj_conv.in_channels == 2
     assert model.block[0].mlp.fc1_conv.out_channels == 128
-    assert type(model.head_lif).__name__ == "ParametricLIFNode"
+    assert model.head_lif.parametric and model.neuron_backend == "fused"
 
 
 def test_dvs_mode_default_follows_dataset():

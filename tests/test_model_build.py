@@ -86,7 +86,7 @@ def test_dvs_input_is_time_major_inside():
 
 def test_state_carries_over_only_when_auto_reset_is_off():
     fixture = load_fixture(FIXTURE_DIR / "sdt_A_lif_static.pt")  # calibrated weights: every layer fires
-    net = build_seeded(fixture)
+    net = build_seeded(fixture, neuron_backend="spikingjelly")  # the stateful neurons: the fused ones keep none
     net.load_state_dict(fixture["state_dict"])
     net.eval()
     x = fixture["input"]

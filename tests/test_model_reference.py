@@ -4,15 +4,17 @@ import copy
 import pytest
 import torch
 
-from reference_fixtures import FIXTURES, build_seeded, load_fixture, reference_loss, unpack_hook
+from reference_fixtures import FIXTURES, VARIANTS, build_seeded, load_fixture, reference_loss, unpack_hook
 
 pytestmark = pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
 
 
-@pytest.fixture
-def case(path):
+@pytest.fixture(params=list(VARIANTS))
+def case(path, request):
+    """Fixture and seeded model, once with the fast defaults (stateless fused LIF, static encoding conv run once)
+    and once with spikingjelly's neurons on T repeated copies, as the reference computed it."""
     fixture = load_fixture(path)
-    model = build_seeded(fixture)
+    model = build_seeded(fixture, **VARIANTS[request.param])
     return fixture, model
 
 
@@ -71,8 +73,9 @@ def test_eval_is_repeatable_without_manual_reset(case):
 
 
 def test_train_forward_backward(case):
-    # spikingjelly 2.0's fused CPU LIF kernel has its own backward: gradients agree with the reference's
-    # plain-torch loop to rounding (about 1e-7 absolute, 1e-5 relative on PLIF w), inside the tolerances below.
+    # spikingjelly 2.0's fused CPU LIF kernel and our fused op have their own backward: gradients agree with the
+    # reference's plain-torch loop to rounding (about 1e-7 absolute, 1e-5 relative on PLIF w), inside the tolerances
+    # below.  The encoding conv run once sums its T weight gradients in another order: rounding too.
     fixture, model = case
     model.load_state_dict(fixture["state_dict"])
     model = copy.deepcopy(model).train()

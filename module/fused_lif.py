@@ -1,0 +1,167 @@
+"""Stateless multi-step LIF / PLIF as one opaque op: a Triton kernel per direction on CUDA, a PyTorch loop elsewhere.
+
+Same maths as the reference neurons (spikingjelly ``MultiStepLIFNode`` / ``MultiStepParametricLIFNode``: decay
+input, hard reset to 0, detached reset, sigmoid surrogate with alpha 4), with two differences that make it fast:
+
+* the neuron keeps no state between calls: every call starts from v = 0.  In SDT/STAtten each neuron runs once per
+  forward and is reset after it, so this is the same computation, and it is what CUDA graphs and ``torch.compile``
+  need (no Python-side state, no reset pass);
+* the op is a ``torch.library.custom_op``: one kernel launch per direction whatever T is, the membrane kept in fp32
+  registers, spikes written in the input dtype (so bf16/fp16 autocast stays on the fast path), and the backward
+  saves only the input and recomputes the membrane.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
+           "triton_available"]
+
+# spikingjelly's default surrogate gradient: surrogate.Sigmoid(alpha=4).
+SURROGATE_ALPHA = 4.0
+
+
+def lif_reference(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
+    """Spikes of ``[T, ...]`` input ``x``: ``h = v + (x - v) * decay``, spike ``h >= v_threshold``, ``v = h (1 - s)``."""
+    k = decay.float()
+    v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
+    spikes = torch.empty_like(x)
+    for t in range(x.shape[0]):
+        h = v + (x[t].float() - v) * k
+        fired = h >= v_threshold
+        spikes[t] = fired
+        v = torch.where(fired, 0.0, h)
+    return spikes
+
+
+def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
+                           need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`lif_reference` w.r.t. ``x`` and ``decay`` (surrogate ``sigmoid(alpha (h - theta))``)."""
+    k = decay.float()
+    h_seq, v_prev_seq = [], []
+    v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
+    for t in range(x.shape[0]):
+        h = v + (x[t].float() - v) * k
+        h_seq.append(h)
+        v_prev_seq.append(v)
+        v = torch.where(h >= v_threshold, 0.0, h)
+    grad_x = torch.empty_like(x)
+    grad_v = torch.zeros_like(v)
+    grad_decay = torch.zeros((), dtype=torch.float32, device=x.device)
+    for t in reversed(range(x.shape[0])):
+        h = h_seq[t]
+        sg = torch.sigmoid(SURROGATE_ALPHA * (h - v_threshold))
+        grad_h = grad_spikes[t].float() * (SURROGATE_ALPHA * sg * (1.0 - sg)) + torch.where(h >= v_threshold, 0.0,
+                                                                                           grad_v)
+        grad_x[t] = grad_h * k
+        if need_decay_grad:
+            grad_decay = grad_decay + (grad_h * (x[t].float() - v_prev_seq[t])).sum()
+        grad_v = grad_h * (1.0 - k)
+    return grad_x, grad_decay
+
+
+@torch.library.custom_op("sdt::multistep_lif", mutates_args=())
+def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
+    return lif_reference(x, decay, v_threshold)
+
+
+@_lif_forward.register_fake
+def _(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("sdt::multistep_lif_backward", mutates_args=())
+def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
+                  need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
+
+
+@_lif_backward.register_fake
+def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
+      need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), x.new_empty((), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, decay, v_threshold = inputs
+    ctx.save_for_backward(x, decay)
+    ctx.v_threshold = v_threshold
+
+
+def _backward(ctx, grad_spikes: Tensor):
+    x, decay = ctx.saved_tensors
+    need_decay_grad = ctx.needs_input_grad[1]
+    grad_x, grad_decay = _lif_backward(grad_spikes, x, decay, ctx.v_threshold, need_decay_grad)
+    return grad_x, (grad_decay.to(decay.dtype) if need_decay_grad else None), None
+
+
+_lif_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton can be imported (it ships with the CUDA builds of torch)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@_lif_forward.register_kernel("cuda")
+def _(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
+    if not triton_available():
+        return lif_reference(x, decay, v_threshold)
+    from . import lif_triton
+    return lif_triton.forward(x, decay, v_threshold)
+
+
+@_lif_backward.register_kernel("cuda")
+def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
+      need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    if not triton_available():
+        return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
+    from . import lif_triton
+    return lif_triton.backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
+
+
+def multistep_lif(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
+    """Spikes (dtype of ``x``) of a stateless LIF over ``[T, ...]`` input; ``decay`` = 1/tau, a 0-dim tensor."""
+    if x.dim() < 2:
+        raise ValueError(f"multistep_lif expects time-major input [T, ...]; got shape {tuple(x.shape)}")
+    return _lif_forward(x, decay, float(v_threshold))
+
+
+class MultiStepLIF(nn.Module):
+    """Stateless multi-step LIF (``parametric=False``) or PLIF neuron over ``[T, ...]`` input.
+
+    A drop-in for the spikingjelly neurons built by :func:`module.create_lif`: same threshold, tau, reset and
+    surrogate, and the same state-dict keys (PLIF: a 0-dim ``w`` with ``1/tau = sigmoid(w)``; LIF: none).
+    ``reset()`` exists for API compatibility and does nothing: there is no state.
+    """
+
+    stateless = True
+
+    def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, parametric: bool = False):
+        super().__init__()
+        if tau <= 1.0:
+            raise ValueError(f"tau={tau} must be greater than 1")
+        self.tau, self.v_threshold, self.parametric = tau, v_threshold, parametric
+        if parametric:
+            self.w = nn.Parameter(torch.tensor(-math.log(tau - 1.0)))
+        else:
+            self.register_buffer("decay", torch.tensor(1.0 / tau), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return multistep_lif(x, self.w.sigmoid() if self.parametric else self.decay, self.v_threshold)
+
+    def reset(self) -> None:
+        """Nothing to reset: each call starts from v = 0."""
+
+    def extra_repr(self) -> str:
+        kind = "parametric, init_tau" if self.parametric else "tau"
+        return f"{kind}={self.tau}, v_threshold={self.v_threshold}, detach_reset=True, stateless"

@@ -1,0 +1,191 @@
+"""The fused stateless LIF op against spikingjelly's neurons, its Triton kernels (interpreted on the CPU), and the
+exact shortcuts of the fast path (encoding conv run once, torch.compile without graph breaks)."""
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from spikingjelly.activation_based import neuron
+
+import model  # noqa: F401  (registers the sdt models)
+from module import MultiStepLIF
+from module.fused_lif import _lif_forward, lif_backward_reference, lif_reference, triton_available
+from module.sps import batch_norm_of_copies
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spikingjelly(parametric: bool, v_threshold: float) -> torch.nn.Module:
+    if parametric:
+        return neuron.ParametricLIFNode(init_tau=2.0, v_threshold=v_threshold, detach_reset=True, step_mode="m")
+    return neuron.LIFNode(tau=2.0, v_threshold=v_threshold, detach_reset=True, step_mode="m")
+
+
+@pytest.mark.parametrize("parametric", [False, True], ids=["lif", "plif"])
+@pytest.mark.parametrize("v_threshold", [1.0, 0.5])
+def test_same_spikes_and_gradients_as_spikingjelly(parametric, v_threshold):
+    torch.manual_seed(0)
+    x = (torch.randn(5, 3, 8, 6) * 1.5).requires_grad_()
+    grad_out = torch.randn_like(x)
+    sj, ours = _spikingjelly(parametric, v_threshold), MultiStepLIF(v_threshold=v_threshold, parametric=parametric)
+    if parametric:
+        with torch.no_grad():
+            sj.w.fill_(0.3)
+            ours.w.fill_(0.3)
+    expected = sj(x)
+    (expected * grad_out).sum().backward()
+    expected_grad, x.grad = x.grad.clone(), None
+    spikes = ours(x)
+    (spikes * grad_out).sum().backward()
+    assert 0 < spikes.mean() < 1
+    assert torch.equal(spikes, expected)
+    torch.testing.assert_close(x.grad, expected_grad, rtol=1e-5, atol=1e-6)
+    if parametric:
+        torch.testing.assert_close(ours.w.grad, sj.w.grad, rtol=1e-5, atol=1e-6)
+    assert list(ours.state_dict()) == list(sj.state_dict())
+
+
+def test_hand_computed_membrane():
+    # tau 2: h = v + (x - v) / 2.  Threshold 1: h = 0.6, 0.9, 1.05 (spike, v = 0), 0.2.  Threshold 0.5: h = 0.6
+    # (spike), 0.6 (spike), 0.6 (spike), 0.2.
+    x = torch.tensor([1.2, 1.2, 1.2, 0.4]).reshape(4, 1)
+    assert MultiStepLIF()(x).flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
+    assert MultiStepLIF(v_threshold=0.5)(x).flatten().tolist() == [1.0, 1.0, 1.0, 0.0]
+
+
+def test_is_stateless_and_keeps_the_input_dtype():
+    lif = MultiStepLIF()
+    x = torch.full((3, 4), 1.2)  # h = 0.6, 0.9, 1.05: one spike at the third step
+    assert torch.equal(lif(x), lif(x))  # no membrane carried into the second call
+    half = lif(x.bfloat16())
+    assert half.dtype == torch.bfloat16 and half.flatten().tolist() == [0.0] * 8 + [1.0] * 4
+
+
+def test_custom_op_registration():
+    x = torch.randn(3, 2, 5, requires_grad=True)
+    torch.library.opcheck(_lif_forward, (x, torch.tensor(0.5), 1.0))
+    torch.library.opcheck(_lif_forward, (x, torch.tensor(0.6, requires_grad=True), 0.5))
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="tau"):
+        MultiStepLIF(tau=1.0)
+    with pytest.raises(ValueError, match=r"\[T, \.\.\.\]"):
+        MultiStepLIF()(torch.ones(4))
+
+
+_TRITON_CHECK = """
+import torch
+from module import lif_triton
+from module.fused_lif import lif_backward_reference, lif_reference
+torch.manual_seed(0)
+x = torch.randn(4, 3, 700) * 1.5  # 2100 neurons: three blocks of 1024, the last one masked
+g = torch.randn_like(x)
+for decay, th, need in ((torch.tensor(0.5), 1.0, False), (torch.tensor(0.3).sigmoid(), 0.5, True)):
+    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+        xd, gd = x.to(dtype), g.to(dtype)
+        assert torch.equal(lif_triton.forward(xd, decay, th), lif_reference(xd, decay, th))
+        gx, gk = lif_triton.backward(gd, xd, decay, th, need)
+        rx, rk = lif_backward_reference(gd, xd, decay, th, need)
+        assert gx.dtype == dtype and (gx.float() - rx.float()).abs().max() <= tol, dtype
+        if need:
+            assert abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, (gk, rk)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_triton_kernels_in_the_interpreter():
+    """The CUDA kernels, run by Triton's CPU interpreter: same spikes, gradients within rounding."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batch_norm_of_copies_is_batch_norm_of_the_stacked_copies(momentum):
+    """Computed once and broadcast, with the stacked batch's outputs, gradients and running statistics."""
+    torch.manual_seed(0)
+    T, x = 3, torch.randn(4, 5, 6, 6)
+    bn = torch.nn.BatchNorm2d(5, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    stacked_bn = copy.deepcopy(bn)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad_out = torch.randn(T, *x.shape)
+    for _ in range(2):  # twice: the running statistics and num_batches_tracked move the same way
+        once = batch_norm_of_copies(bn, x1, T)
+        stacked = stacked_bn(x2.repeat(T, 1, 1, 1)).unflatten(0, (T, -1))
+        assert once.shape == stacked.shape and once.stride(0) == 0  # one copy, broadcast
+        torch.testing.assert_close(once, stacked, rtol=1e-5, atol=1e-6)
+        (once * grad_out).sum().backward()
+        (stacked * grad_out).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.weight.grad, stacked_bn.weight.grad, rtol=1e-4, atol=1e-5)
+    for name, value in stacked_bn.state_dict().items():
+        torch.testing.assert_close(bn.state_dict()[name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_batch_norm_of_copies_with_hooks_runs_the_copies():
+    """A hooked BN (fine-tuning freezes statistics with a forward pre-hook) sees the stacked copies."""
+    bn = torch.nn.BatchNorm2d(3)
+    bn.register_forward_pre_hook(lambda module, inputs: None if module.train(False) else None)
+    seen = []
+    bn.register_forward_hook(lambda module, inputs, out: seen.append(inputs[0].shape))
+    out = batch_norm_of_copies(bn, torch.randn(2, 3, 4, 4), 5)
+    assert out.shape == (5, 2, 3, 4, 4) and seen == [(10, 3, 4, 4)]
+    assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_var, torch.ones(3))
+
+
+@pytest.mark.parametrize("attention_mode", ["SDT", "STAtten"])
+def test_compiles_without_graph_breaks_to_the_same_numbers(attention_mode):
+    """The fast path under torch.compile (aot_eager: the graph capture, without code generation): one graph,
+    the same logits and gradients as eager."""
+    torch.manual_seed(0)
+    net = timm.create_model("sdt_test", attention_mode=attention_mode, chunk_size=1).train()
+    eager = copy.deepcopy(net)
+    x = torch.randn(4, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    out, expected = compiled(x), eager(x)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_stateless_neurons_refuse_to_carry_state():
+    net = timm.create_model("sdt_test")
+    with pytest.raises(ValueError, match="neuron_backend='spikingjelly'"):
+        net.auto_reset = False
+    with pytest.raises(ValueError, match="neuron_backend"):
+        timm.create_model("sdt_test", neuron_backend="cupy")
+    stateful = timm.create_model("sdt_test", neuron_backend="spikingjelly")
+    stateful.auto_reset = False
+    assert type(stateful.head_lif) is neuron.LIFNode
+
+
+def test_encode_once_and_fused_neurons_change_no_number():
+    torch.manual_seed(0)
+    fast = timm.create_model("sdt_test", spike_mode="plif").train()
+    reference = timm.create_model("sdt_test", spike_mode="plif", neuron_backend="spikingjelly",
+                                  encode_once=False).train()
+    reference.load_state_dict(fast.state_dict())
+    x = torch.randn(6, 3, 32, 32) * 3
+    out, expected = fast(x), reference(x)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    out.logsumexp(1).sum().backward()
+    expected.logsumexp(1).sum().backward()
+    for (name, p), q in zip(fast.named_parameters(), reference.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-5, atol=1e-7, msg=name)
