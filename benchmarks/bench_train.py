@@ -6,7 +6,9 @@
     python benchmarks/bench_train.py --tiny                                    # CPU smoke configs
 
 Any flag this script does not know is an engine flag (``train.py --help``) and is applied to every benchmarked
-config after its own flags, so it wins (``--amp-dtype bfloat16``, ``--channels-last``, ``-b 128``, ...).
+config after its own flags, so it wins (``--amp-dtype bfloat16``, ``--channels-last``, ``-b 128``, ...).  The
+speed flags compare paths: ``--neuron-backend spikingjelly --no-encode-once`` is the reference computation on
+spikingjelly's neurons; ``--torchcompile --torchcompile-mode reduce-overhead`` adds CUDA graphs.
 
 Per config: the model, optimizer, AMP and training loss come from the engine's builders; one random batch lives on
 the device (``[B, C, H, W]`` images or ``[B, T, 2, H, W]`` event frames; soft targets when the config has
@@ -46,11 +48,11 @@ from engine.distributed import init_distributed  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
-from engine.model import build_model, prepare_model, resolve_model_args  # noqa: E402
+from engine.model import build_model, compile_model, prepare_model, resolve_model_args  # noqa: E402
 from engine.optim import build_amp, build_optimizer  # noqa: E402
 
-__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "compare", "table_rows",
-           "log_table", "main"]
+__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "compare", "speed_path",
+           "table_rows", "log_table", "main"]
 
 _logger = logging.getLogger("bench_train")
 _GIB = 2.0 ** 30
@@ -200,6 +202,9 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
 
     model = prepare_model(args, build_model(args))
     optimizer, amp = build_optimizer(args, model), build_amp(args)
+    if args.torchcompile:
+        torch._dynamo.reset()  # a fresh cache per config: no automatic dynamic shapes from the previous one
+        compile_model(args, model)
     soft_targets = mixup_args(args) is not None
     loss_fn = build_train_loss(args, soft_targets)
     inputs, target = _random_batch(args, soft_targets)
@@ -240,7 +245,9 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         model=args.model, attention_mode=args.attention_mode, dim=args.dim, layer=args.layer,
         time_steps=args.time_steps, chunk_size=args.chunk_size if args.attention_mode == "STAtten" else None,
         dataset=args.dataset, img_size=args.img_size, batch_size=args.batch_size, opt=args.opt,
-        precision=args.amp_dtype if args.amp else "float32", channels_last=args.channels_last, device=str(device),
+        precision=args.amp_dtype if args.amp else "float32", channels_last=args.channels_last,
+        neuron_backend=args.neuron_backend, encode_once=args.encode_once, torchcompile=args.torchcompile,
+        torchcompile_mode=args.torchcompile_mode, device=str(device),
         warmup=warmup, steps=steps, first_step_s=first_step_s,
         ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
                          min=times_ms[0], max=times_ms[-1]),
@@ -266,8 +273,20 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-_COLUMNS = ("config", "precision", "ms/step", "p10-p90", "img/s", "busy ms", "peak GiB", "GFLOP", "TFLOP/s", "MFU %",
+_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "img/s", "busy ms", "peak GiB", "GFLOP", "TFLOP/s", "MFU %",
             "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
+
+
+def speed_path(result: dict) -> str:
+    """Short name of the speed flags of a result, e.g. ``fused+once+compile(reduce-overhead)``."""
+    parts = [result["neuron_backend"]]
+    if result["encode_once"]:
+        parts.append("once")
+    if result["channels_last"]:
+        parts.append("cl")
+    if result["torchcompile"]:
+        parts.append(f"compile({result['torchcompile_mode'] or result['torchcompile']})")
+    return "+".join(parts)
 
 
 def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
@@ -275,7 +294,7 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
     rows = []
     for name, r in results.items():
         ms, anchor = r["ms_per_step"], r.get("anchor")
-        row = (name, r["precision"], f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
+        row = (name, r["precision"], speed_path(r), f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
                f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"), f"{r['peak_memory_gib']:.2f}",
                _fmt(None if r["tflop_per_step"] is None else 1e3 * r["tflop_per_step"], ".4g"),
                _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"))

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from benchmarks.bench_train import ANCHORS, TINY, Anchor, busy_time, compare, engine_args, main, table_rows
+from benchmarks.bench_train import ANCHORS, TINY, Anchor, bench_step, busy_time, compare, engine_args, main, \
+    table_rows
 
 torch.set_num_threads(1)
 
@@ -26,7 +27,20 @@ def test_tiny_configs_report_every_field(tmp_path):
         assert "anchor" not in r and "speedup" not in r, name
     assert results["tiny-sdt-bf16"]["precision"] == "bfloat16"
     assert results["tiny-statten-dvs"]["chunk_size"] == 2
-    assert [len(row) for row in table_rows(results)] == [15] * len(TINY)
+    assert [len(row) for row in table_rows(results)] == [16] * len(TINY)
+    assert {row[2] for row in table_rows(results)} == {"fused+once"}
+
+
+def test_speed_flags_reach_the_benchmarked_step():
+    """The reference computation (spikingjelly neurons on T copies) and the compiled fast path both run."""
+    flags = [*TINY["tiny-sdt-fp32"].flags, "--device", "cpu"]
+    slow = bench_step(engine_args([*flags, "--neuron-backend", "spikingjelly", "--no-encode-once"]), warmup=1,
+                      steps=2, profile_steps=0)
+    compiled = bench_step(engine_args([*flags, "--torchcompile", "aot_eager"]), warmup=1, steps=2, profile_steps=0)
+    assert (slow["neuron_backend"], slow["encode_once"], slow["torchcompile"]) == ("spikingjelly", False, None)
+    assert (compiled["neuron_backend"], compiled["encode_once"], compiled["torchcompile"]) == ("fused", True,
+                                                                                             "aot_eager")
+    assert slow["tflop_per_step"] > compiled["tflop_per_step"] > 0  # the stem conv runs once instead of T times
 
 
 def test_anchor_configs_parse_with_their_shapes():
