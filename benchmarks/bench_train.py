@@ -273,8 +273,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "img/s", "busy ms", "peak GiB", "GFLOP", "TFLOP/s", "MFU %",
-            "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
+_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "img/s", "busy ms", "peak GiB", "GFLOP", "TFLOP/s",
+            "MFU %", "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
 
 
 def speed_path(result: dict) -> str:

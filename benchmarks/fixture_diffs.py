@@ -2,8 +2,10 @@
 
     python benchmarks/fixture_diffs.py --device cuda
 
-On CUDA, spikingjelly 2.0 runs the LIF neurons through its Triton kernels; this shows how far that path is from the
-reference's CPU float32 numbers (eval output, hook tensors, train output, loss, gradients, BN running stats).
+Both model variants of the fixture tests: ``fused`` (the defaults: our stateless LIF op, whose CUDA kernels are in
+Triton, and the static encoding conv run once) and ``spikingjelly`` (spikingjelly 2.0's neurons, Triton on CUDA,
+on T repeated copies).  This shows how far each path is from the reference's CPU float32 numbers (eval output, hook
+tensors, train output, loss, gradients, BN running stats).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from reference_fixtures import FIXTURES, build_seeded, load_fixture, reference_loss, unpack_hook  # noqa: E402
+from reference_fixtures import FIXTURES, VARIANTS, build_seeded, load_fixture, reference_loss, unpack_hook  # noqa: E402
 
 _logger = logging.getLogger("fixture_diffs")
 
@@ -26,10 +28,10 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float().cpu() - b.float()).abs().max().item()
 
 
-def fixture_diffs(path: Path, device: torch.device) -> dict:
-    """Max absolute differences for one fixture file."""
+def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> dict:
+    """Max absolute differences for one fixture file and model variant (``VARIANTS`` of the fixture tests)."""
     fixture = load_fixture(path)
-    net = build_seeded(fixture)
+    net = build_seeded(fixture, **VARIANTS[variant])
     net.load_state_dict(fixture["state_dict"])
     net.to(device).eval()
     x = fixture["input"].float().to(device)
@@ -43,7 +45,7 @@ def fixture_diffs(path: Path, device: torch.device) -> dict:
     params = dict(train.named_parameters())
     state = train.state_dict()
     return {
-        "fixture": path.stem,
+        "fixture": f"{variant}:{path.stem}",
         "eval_out": _max_abs(out, fixture["eval_output"]),
         "hooks": hook_err,
         "train_out": _max_abs(out_t, fixture["train_output"]),
@@ -58,13 +60,15 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = [fixture_diffs(p, torch.device(args.device)) for p in FIXTURES]
+    rows = [fixture_diffs(p, torch.device(args.device), variant) for variant in VARIANTS for p in FIXTURES]
     cols = list(rows[0])
     _logger.info("device: %s (%s)", args.device, torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
-    _logger.info(" | ".join(f"{c:>34s}" if c == "fixture" else f"{c:>9s}" for c in cols))
+    _logger.info(" | ".join(f"{c:>47s}" if c == "fixture" else f"{c:>9s}" for c in cols))
     for row in rows:
-        _logger.info(" | ".join(f"{row[c]:>34s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
-    _logger.info("max      | " + " | ".join(f"{max(r[c] for r in rows):9.2e}" for c in cols[1:]))
+        _logger.info(" | ".join(f"{row[c]:>47s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
+    for variant in VARIANTS:
+        mine = [r for r in rows if r["fixture"].startswith(variant + ":")]
+        _logger.info(f"{'max ' + variant:>47s} | " + " | ".join(f"{max(r[c] for r in mine):9.2e}" for c in cols[1:]))
 
 
 if __name__ == "__main__":

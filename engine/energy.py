@@ -12,9 +12,11 @@ accumulate.  Then::
     E      = E_MAC * MACs + E_AC * sum_l SOPs_l   per image
 
 ``encoding_steps`` is 1 by default, as the papers write it (the repeated static image is encoded once); pass
-``T`` to charge every repeated copy (its ``rate`` column reads 1: dense).  With event input the first layer sees event counts and is charged as AC
-(switchable with ``first_layer_as_mac``).  The unused ``talking_heads`` Conv1d never runs and costs nothing; the
-attention itself (masks, sums, STAtten's spike matmuls) is outside this recipe, as in the papers.
+``T`` to charge every repeated copy (its ``rate`` column reads 1: dense).  With event input the first layer sees
+event counts and is charged as AC (switchable with ``first_layer_as_mac``).  The unused ``talking_heads`` Conv1d
+never runs and costs nothing; the attention itself (masks, sums, STAtten's spike matmuls) is outside this recipe,
+as in the papers.  With the model's ``encode_once`` the stem conv runs once per image; the meter gives it the T
+copies while it is attached (``encoding_on_copies``), so the counts are those of the reference computation.
 
 Cross-check with spikingjelly 2.0 (``op_counter.SynOpCounter`` / ``MACCounter``): see :func:`spikingjelly_counts`.
 """

@@ -26,7 +26,8 @@ SURROGATE_ALPHA = 4.0
 
 
 def lif_reference(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
-    """Spikes of ``[T, ...]`` input ``x``: ``h = v + (x - v) * decay``, spike ``h >= v_threshold``, ``v = h (1 - s)``."""
+    """Spikes of ``[T, ...]`` input ``x``: ``h = v + (x - v) * decay``, spike if ``h >= v_threshold``, then
+    ``v = h (1 - spike)``, from v = 0."""
     k = decay.float()
     v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
     spikes = torch.empty_like(x)

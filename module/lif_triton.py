@@ -17,7 +17,8 @@ BLOCK = 1024
 
 
 @triton.jit
-def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, N, T: tl.constexpr, v_threshold: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, N, T: tl.constexpr, v_threshold: tl.constexpr,
+                        BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
