@@ -17,20 +17,31 @@ BLOCK = 1024
 
 
 @triton.jit
-def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, N, T: tl.constexpr, v_threshold: tl.constexpr,
-                        BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    k = tl.load(decay_ptr).to(tl.float32)
-    v = tl.zeros([BLOCK], dtype=tl.float32)
-    idx = offs  # int64: t * N + offs, advanced by N per step so that it cannot overflow
+def _run_forward_in_time(x_ptr, out_ptr, offs, mask, k, N, T: tl.constexpr, v_threshold: tl.constexpr,
+                         STORE_MEMBRANE: tl.constexpr):
+    """The LIF recurrence from v = 0; stores the spikes, or the membrane ``h`` (fp32) before the reset.  Returns
+    ``offs + T * N`` (int64: advanced by N per step so that it cannot overflow)."""
+    v = tl.zeros(offs.shape, dtype=tl.float32)
+    idx = offs
     for _ in range(T):
         x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         h = v + (x - v) * k
         fired = h >= v_threshold
-        tl.store(spike_ptr + idx, tl.where(fired, 1.0, 0.0).to(spike_ptr.dtype.element_ty), mask=mask)
+        if STORE_MEMBRANE:
+            tl.store(out_ptr + idx, h, mask=mask)
+        else:
+            tl.store(out_ptr + idx, tl.where(fired, 1.0, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
         v = tl.where(fired, 0.0, h)
         idx += N
+    return idx
+
+
+@triton.jit
+def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, N, T: tl.constexpr, v_threshold: tl.constexpr,
+                        BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    k = tl.load(decay_ptr).to(tl.float32)
+    _run_forward_in_time(x_ptr, spike_ptr, offs, offs < N, k, N, T, v_threshold, False)
 
 
 @triton.jit
@@ -40,14 +51,7 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, gr
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
-    v = tl.zeros([BLOCK], dtype=tl.float32)
-    idx = offs  # int64: t * N + offs, moved by N per step so that it cannot overflow
-    for _ in range(T):
-        x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        h = v + (x - v) * k
-        tl.store(h_ptr + idx, h, mask=mask)
-        v = tl.where(h >= v_threshold, 0.0, h)
-        idx += N
+    idx = _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True)
     grad_v = tl.zeros([BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
