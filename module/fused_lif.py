@@ -145,8 +145,6 @@ class MultiStepLIF(nn.Module):
     ``reset()`` exists for API compatibility and does nothing: there is no state.
     """
 
-    stateless = True
-
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, parametric: bool = False):
         super().__init__()
         if tau <= 1.0:
