@@ -10,7 +10,8 @@ Same modules, state-dict keys, weight init and maths as the reference code.  Wha
 * neurons are stateless fused LIF ops (one Triton kernel per direction on CUDA; ``neuron_backend="fused"``) or
   spikingjelly 2.0 modules (``neuron_backend="spikingjelly"``); CuPy is not needed;
 * a static image is convolved once by the first stem conv and broadcast over T (``encode_once``) instead of
-  convolving T identical copies: the same numbers, T times less work in the first (largest) layer;
+  convolving T identical copies: the same numbers, T times less work for the first conv and BN (which have the
+  largest activations of the network);
 * ``forward(x)`` returns the logits; the legacy ``forward(x, hook=dict())`` returns ``(logits, hook)`` and fills
   the reference hook keys from forward hooks on the neurons and :class:`~module.Probe` points;
 * no membrane potential leaks from one batch into the next: fused neurons keep no state, spikingjelly neurons are
