@@ -41,9 +41,12 @@ def dvs_pooling() -> nn.MaxPool3d:
 
 
 def _to_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """``[T, B, C, H, W]`` -> ``[T, B, heads, N, C // heads]``; channel c is head ``c // d``, index ``c % d``."""
+    """``[T, B, C, H, W]`` -> ``[T, B, heads, N, C // heads]``; channel c is head ``c // d``, index ``c % d``.
+
+    A view (no copy): the result is channel-major in memory, so :func:`_from_heads` is a view as well.
+    """
     T, B, C = x.shape[:3]
-    return x.flatten(3).transpose(-1, -2).reshape(T, B, -1, num_heads, C // num_heads).permute(0, 1, 3, 2, 4)
+    return x.reshape(T, B, num_heads, C // num_heads, -1).transpose(-1, -2)
 
 
 def _from_heads(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -130,23 +133,24 @@ class MS_SSA_Conv(nn.Module):
         else:
             scale = 1.0 / H
         cs, heads = self.chunk_size, self.num_heads
-        nc = T // cs
-        q, k, v = (_to_heads(t, heads) for t in (self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)))
+        q, k, v = self.q_spikes(q), self.k_spikes(k), self.v_spikes(v)
         sparsity(_QKV, q, k, v)
         with timer("Reshape"):
-            # [T, B, h, N, d] -> [nc, B, h, cs, N, d] -> [nc, B, h, cs * N, d]: the tokens of a chunk, time-major
-            q, k, v = (t.reshape(nc, cs, *t.shape[1:]).permute(0, 2, 3, 1, 4, 5) for t in (q, k, v))
+            # Views, no copies: [T, B, C, H, W] -> [nc, cs, B, heads, d, N] (channel c is head c // d, index c % d).
+            # The reference copies into token-major [nc, B, heads, cs * N, d]; the sums below are the same.
+            q, k, v = (t.reshape(T // cs, cs, B, heads, C // heads, H * W) for t in (q, k, v))
             sparsity(_QKV_CHUNKS, q, k, v)
-            q, k, v = (t.flatten(3, 4) for t in (q, k, v))
         sparsity(_QKV_MERGED, q, k, v)
         with timer("Matmul"):
-            out = q @ ((k.transpose(-2, -1) @ v) * scale)
+            # K^T V over the chunk's cs * N tokens: a sum of spike counts per time step, exact in any order.
+            kv = (k @ v.transpose(-2, -1)).sum(dim=1, keepdim=True) * scale  # [nc, 1, B, heads, d, d]
+            out = kv.transpose(-2, -1) @ q  # (Q KV)^T: [nc, cs, B, heads, d, N]
         sparsity("Attention out", out)
         with timer("Reshape Time-Space"):
-            out = out.unflatten(3, (cs, H * W)).permute(0, 3, 1, 2, 4, 5).reshape(T, B, heads, H * W, -1)
+            out = out.reshape(T, B, C, H * W)  # a view: the chunks are already time-major
         sparsity("Attention postReshape chunk output", out, per_step=True)
         with timer("Transpose and LIF"):
-            out = self.attn_lif(out.transpose(4, 3).reshape(T, B, C, H * W)).reshape(T, B, C, H, W)
+            out = self.attn_lif(out).reshape(T, B, C, H, W)
         sparsity("Attention postReshape chunk x", out, per_step=True)
         if self.dvs:
             out = out.mul(x_pool) + x_pool
