@@ -1,5 +1,6 @@
 """The fused stateless LIF op against spikingjelly's neurons, its Triton kernels (interpreted on the CPU), and the
-exact shortcuts of the fast path (encoding conv run once, torch.compile without graph breaks)."""
+exact shortcuts of the fast path (encoding conv run once, STAtten attention without layout copies, torch.compile
+without graph breaks)."""
 import copy
 import os
 import subprocess
@@ -189,3 +190,42 @@ def test_encode_once_and_fused_neurons_change_no_number():
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=name)
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(fast.state_dict()[name], value, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _statten_core_as_the_reference(q, k, v, chunk_size, heads, scale):
+    """STAtten's attention core as the reference computes it: token-major copies, chunks merged, then back."""
+    T, B, C, H, W = q.shape
+    nc = T // chunk_size
+
+    def chunks(x):
+        x = x.flatten(3).transpose(-1, -2).reshape(T, B, -1, heads, C // heads).permute(0, 1, 3, 2, 4)
+        return x.reshape(nc, chunk_size, *x.shape[1:]).permute(0, 2, 3, 1, 4, 5).flatten(3, 4)
+
+    q, k, v = chunks(q), chunks(k), chunks(v)
+    out = q @ ((k.transpose(-2, -1) @ v) * scale)
+    out = out.unflatten(3, (chunk_size, H * W)).permute(0, 3, 1, 2, 4, 5).reshape(T, B, heads, H * W, -1)
+    return out.transpose(4, 3).reshape(T, B, C, H * W)
+
+
+@pytest.mark.parametrize("T, chunk_size, dvs", [(4, 2, False), (4, 4, False), (6, 3, True)])
+def test_statten_core_without_copies_equals_the_reference_layout(T, chunk_size, dvs):
+    """The view-based STAtten core (per-step K^T V summed over the chunk) gives the reference's attention output
+    exactly on spikes, and the same input gradients."""
+    from module import MS_SSA_Conv
+
+    torch.manual_seed(0)
+    attn = MS_SSA_Conv(32, num_heads=4, dvs=dvs, attention_mode="STAtten", chunk_size=chunk_size)
+    x = torch.randn(T, 3, 32, 6, 6)
+    q, k, v = ((torch.rand(T, 3, 32, 6, 6) < 0.3).float().requires_grad_() for _ in range(3))
+    scale = 1.0 / (6 * 6 * chunk_size) if dvs else 1.0 / 6
+    seen = {}
+    attn.attn_lif.register_forward_hook(lambda m, inputs, out: seen.setdefault("core", inputs[0]))
+    attn._statten_attention(x, q, k, v)
+    pooled = [attn.pool(t) if dvs else t for t in (q, k, v)]
+    expected = _statten_core_as_the_reference(*pooled, chunk_size, 4, scale)
+    assert torch.equal(seen["core"], expected)
+    grad_out = torch.randn_like(expected)
+    mine = torch.autograd.grad((seen["core"] * grad_out).sum(), (q, k, v))
+    theirs = torch.autograd.grad((expected * grad_out).sum(), (q, k, v))
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
