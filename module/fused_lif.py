@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -25,17 +26,22 @@ __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", 
 SURROGATE_ALPHA = 4.0
 
 
+def _membrane_steps(x: Tensor, k: Tensor, v_threshold: float) -> Iterator[tuple[Tensor, Tensor]]:
+    """The LIF recurrence from v = 0 in fp32: per time step, the membrane ``h`` before the reset and the ``v`` it
+    started from."""
+    v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
+    for t in range(x.shape[0]):
+        h = v + (x[t].float() - v) * k
+        yield h, v
+        v = torch.where(h >= v_threshold, 0.0, h)
+
+
 def lif_reference(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
     """Spikes of ``[T, ...]`` input ``x``: ``h = v + (x - v) * decay``, spike if ``h >= v_threshold``, then
     ``v = h (1 - spike)``, from v = 0."""
-    k = decay.float()
-    v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
     spikes = torch.empty_like(x)
-    for t in range(x.shape[0]):
-        h = v + (x[t].float() - v) * k
-        fired = h >= v_threshold
-        spikes[t] = fired
-        v = torch.where(fired, 0.0, h)
+    for t, (h, _) in enumerate(_membrane_steps(x, decay.float(), v_threshold)):
+        spikes[t] = h >= v_threshold
     return spikes
 
 
@@ -43,15 +49,9 @@ def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thre
                            need_decay_grad: bool) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`lif_reference` w.r.t. ``x`` and ``decay`` (surrogate ``sigmoid(alpha (h - theta))``)."""
     k = decay.float()
-    h_seq, v_prev_seq = [], []
-    v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
-    for t in range(x.shape[0]):
-        h = v + (x[t].float() - v) * k
-        h_seq.append(h)
-        v_prev_seq.append(v)
-        v = torch.where(h >= v_threshold, 0.0, h)
+    h_seq, v_prev_seq = zip(*_membrane_steps(x, k, v_threshold))
     grad_x = torch.empty_like(x)
-    grad_v = torch.zeros_like(v)
+    grad_v = torch.zeros_like(h_seq[0])
     grad_decay = torch.zeros((), dtype=torch.float32, device=x.device)
     for t in reversed(range(x.shape[0])):
         h = h_seq[t]
