@@ -39,7 +39,7 @@ def _membrane_steps(x: Tensor, k: Tensor, v_threshold: float) -> Iterator[tuple[
 def lif_reference(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
     """Spikes of ``[T, ...]`` input ``x``: ``h = v + (x - v) * decay``, spike if ``h >= v_threshold``, then
     ``v = h (1 - spike)``, from v = 0."""
-    spikes = torch.empty_like(x)
+    spikes = x.new_empty(x.shape)
     for t, (h, _) in enumerate(_membrane_steps(x, decay.float(), v_threshold)):
         spikes[t] = h >= v_threshold
     return spikes
@@ -50,7 +50,7 @@ def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thre
     """Gradients of :func:`lif_reference` w.r.t. ``x`` and ``decay`` (surrogate ``sigmoid(alpha (h - theta))``)."""
     k = decay.float()
     h_seq, v_prev_seq = zip(*_membrane_steps(x, k, v_threshold))
-    grad_x = torch.empty_like(x)
+    grad_x = x.new_empty(x.shape)
     grad_v = torch.zeros_like(h_seq[0])
     grad_decay = torch.zeros((), dtype=torch.float32, device=x.device)
     for t in reversed(range(x.shape[0])):
@@ -65,20 +65,36 @@ def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thre
     return grad_x, grad_decay
 
 
+def _over_time(x: Tensor, steps: int) -> Tensor:
+    """``x`` (``[T, ...]``, or ``[1, ...]`` repeated) as a ``[steps, ...]`` view."""
+    return x.expand(steps, *x.shape[1:])
+
+
+def _torch_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
+    return lif_reference(_over_time(x, steps), decay, v_threshold)
+
+
+def _torch_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
+                    need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    grad_x, grad_decay = lif_backward_reference(grad_spikes, _over_time(x, grad_spikes.shape[0]), decay,
+                                                v_threshold, need_decay_grad)
+    return grad_x.sum(0, keepdim=True) if x.shape[0] != grad_spikes.shape[0] else grad_x, grad_decay
+
+
 @torch.library.custom_op("sdt::multistep_lif", mutates_args=())
-def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
-    return lif_reference(x, decay, v_threshold)
+def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
+    return _torch_forward(x, decay, v_threshold, steps)
 
 
 @_lif_forward.register_fake
-def _(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
-    return torch.empty_like(x)
+def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
+    return x.new_empty((steps, *x.shape[1:]))
 
 
 @torch.library.custom_op("sdt::multistep_lif_backward", mutates_args=())
 def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
                   need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
+    return _torch_backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
 
 
 @_lif_backward.register_fake
@@ -88,7 +104,7 @@ def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, decay, v_threshold = inputs
+    x, decay, v_threshold, _ = inputs
     ctx.save_for_backward(x, decay)
     ctx.v_threshold = v_threshold
 
@@ -97,7 +113,7 @@ def _backward(ctx, grad_spikes: Tensor):
     x, decay = ctx.saved_tensors
     need_decay_grad = ctx.needs_input_grad[1]
     grad_x, grad_decay = _lif_backward(grad_spikes, x, decay, ctx.v_threshold, need_decay_grad)
-    return grad_x, (grad_decay.to(decay.dtype) if need_decay_grad else None), None
+    return grad_x, (grad_decay.to(decay.dtype) if need_decay_grad else None), None, None
 
 
 _lif_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -114,27 +130,36 @@ def triton_available() -> bool:
 
 
 @_lif_forward.register_kernel("cuda")
-def _(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
+def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
     if not triton_available():
-        return lif_reference(x, decay, v_threshold)
+        return _torch_forward(x, decay, v_threshold, steps)
     from . import lif_triton
-    return lif_triton.forward(x, decay, v_threshold)
+    return lif_triton.forward(x, decay, v_threshold, steps)
 
 
 @_lif_backward.register_kernel("cuda")
 def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
       need_decay_grad: bool) -> tuple[Tensor, Tensor]:
     if not triton_available():
-        return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
+        return _torch_backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
     from . import lif_triton
     return lif_triton.backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
 
 
-def multistep_lif(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
-    """Spikes (dtype of ``x``) of a stateless LIF over ``[T, ...]`` input; ``decay`` = 1/tau, a 0-dim tensor."""
+def multistep_lif(x: Tensor, decay: Tensor, v_threshold: float, steps: int | None = None) -> Tensor:
+    """Spikes (dtype of ``x``) of a stateless LIF over ``[T, ...]`` input; ``decay`` = 1/tau, a 0-dim tensor.
+
+    With ``steps``, ``x`` may be ``[1, ...]``: the same input at every one of the ``steps`` time steps (a static
+    image's encoding).  The kernels then read it once and the gradient comes back summed over time, ``[1, ...]``,
+    without materialising ``steps`` copies in either direction.
+    """
     if x.dim() < 2:
         raise ValueError(f"multistep_lif expects time-major input [T, ...]; got shape {tuple(x.shape)}")
-    return _lif_forward(x, decay, float(v_threshold))
+    steps = x.shape[0] if steps is None else steps
+    if x.shape[0] not in (1, steps):
+        raise ValueError(f"multistep_lif: input with {x.shape[0]} time steps cannot run over steps={steps}; "
+                         f"pass [{steps}, ...] or [1, ...]")
+    return _lif_forward(x, decay, float(v_threshold), steps)
 
 
 class MultiStepLIF(nn.Module):
@@ -155,8 +180,9 @@ class MultiStepLIF(nn.Module):
         else:
             self.register_buffer("decay", torch.tensor(1.0 / tau), persistent=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return multistep_lif(x, self.w.sigmoid() if self.parametric else self.decay, self.v_threshold)
+    def forward(self, x: Tensor, steps: int | None = None) -> Tensor:
+        """Spikes of ``x`` (``[T, ...]``), or of ``x`` (``[1, ...]``) repeated over ``steps`` time steps."""
+        return multistep_lif(x, self.w.sigmoid() if self.parametric else self.decay, self.v_threshold, steps)
 
     def reset(self) -> None:
         """Nothing to reset: each call starts from v = 0."""

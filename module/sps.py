@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_lif import MultiStepLIF
 from .instrument import timer
 from .neuron import create_lif
 
@@ -17,10 +18,11 @@ def _tb_apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def batch_norm_of_copies(bn: nn.Module, x: torch.Tensor, copies: int) -> torch.Tensor:
-    """``bn`` on ``copies`` identical copies of ``x`` (``[B, C, H, W]``), as ``[copies, B, C, H, W]``.
+    """``bn`` on ``copies`` identical copies of ``x`` (``[B, C, H, W]``), as ``[copies, B, C, H, W]`` or, when
+    computed once, as the one copy ``[1, B, C, H, W]`` (broadcastable: every copy is the same).
 
-    For a plain ``BatchNorm2d`` it is computed on one copy and broadcast: the output, the batch statistics and
-    the gradients are those of the stacked batch, and in training the running variance gets the unbiased
+    For a plain ``BatchNorm2d`` it is computed on one copy: the output, the batch statistics and the gradients of
+    its broadcast are those of the stacked batch, and in training the running variance gets the unbiased
     correction of the stacked element count, as on the stacked batch.  Other norms (SyncBatchNorm, split BN) and a
     ``bn`` with forward hooks (e.g. statistics frozen for fine-tuning) run on the stacked copies.
     """
@@ -38,7 +40,7 @@ def batch_norm_of_copies(bn: nn.Module, x: torch.Tensor, copies: int) -> torch.T
         x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
     else:
         x = bn(x)
-    return x.unsqueeze(0).expand(copies, *x.shape)
+    return x.unsqueeze(0)
 
 
 class MS_SPS(nn.Module):
@@ -78,7 +80,8 @@ class MS_SPS(nn.Module):
     def _encode_static(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Spikes of the first stage for a static ``[B, C, H, W]`` image repeated over ``T`` steps."""
         conv, bn, lif, pool = self._stages[0]
-        x = lif(batch_norm_of_copies(bn, conv(x), T))
+        x = batch_norm_of_copies(bn, conv(x), T)
+        x = lif(x, steps=T) if isinstance(lif, MultiStepLIF) else lif(x.expand(T, *x.shape[1:]))
         return _tb_apply(pool, x) if pool is not None else x
 
     def forward(self, x: torch.Tensor, T: int | None = None) -> torch.Tensor:

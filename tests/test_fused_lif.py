@@ -68,8 +68,9 @@ def test_is_stateless_and_keeps_the_input_dtype():
 
 def test_custom_op_registration():
     x = torch.randn(3, 2, 5, requires_grad=True)
-    torch.library.opcheck(_lif_forward, (x, torch.tensor(0.5), 1.0))
-    torch.library.opcheck(_lif_forward, (x, torch.tensor(0.6, requires_grad=True), 0.5))
+    torch.library.opcheck(_lif_forward, (x, torch.tensor(0.5), 1.0, 3))
+    torch.library.opcheck(_lif_forward, (x, torch.tensor(0.6, requires_grad=True), 0.5, 3))
+    torch.library.opcheck(_lif_forward, (x[:1], torch.tensor(0.6, requires_grad=True), 0.5, 4))  # repeated
 
 
 def test_bad_input():
@@ -88,13 +89,17 @@ x = torch.randn(4, 3, 700) * 1.5  # 2100 neurons: three blocks of 1024, the last
 g = torch.randn_like(x)
 for decay, th, need in ((torch.tensor(0.5), 1.0, False), (torch.tensor(0.3).sigmoid(), 0.5, True)):
     for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
-        xd, gd = x.to(dtype), g.to(dtype)
-        assert torch.equal(lif_triton.forward(xd, decay, th), lif_reference(xd, decay, th))
-        gx, gk = lif_triton.backward(gd, xd, decay, th, need)
-        rx, rk = lif_backward_reference(gd, xd, decay, th, need)
-        assert gx.dtype == dtype and (gx.float() - rx.float()).abs().max() <= tol, dtype
-        if need:
-            assert abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, (gk, rk)
+        for repeated in (False, True):  # [T, ...], or x[:1] at every step (summed gradient)
+            xd, gd = (x[:1] if repeated else x).to(dtype), g.to(dtype)
+            xt = xd.expand_as(gd)
+            assert torch.equal(lif_triton.forward(xd, decay, th, 4), lif_reference(xt, decay, th))
+            gx, gk = lif_triton.backward(gd, xd, decay, th, need)
+            rx, rk = lif_backward_reference(gd, xt, decay, th, need)
+            rx = rx.float().sum(0, keepdim=True) if repeated else rx.float()
+            assert gx.dtype == dtype and gx.shape == xd.shape, (gx.dtype, gx.shape)
+            assert (gx.float() - rx).abs().max() <= tol * (4 if repeated else 1), (dtype, repeated)
+            if need:
+                assert abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, (gk, rk)
 print("ok")
 """
 
@@ -106,6 +111,61 @@ def test_triton_kernels_in_the_interpreter():
     result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+_TRITON_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from module import lif_triton as L
+half = {"x_ptr": "*bf16", "spike_ptr": "*bf16", "grad_spike_ptr": "*bf16", "grad_x_ptr": "*bf16"}
+cases = [
+    (L._lif_forward_kernel, half, dict(T=4, v_threshold=1.0, REPEATED_INPUT=True, BLOCK=L.BLOCK)),
+    (L._lif_forward_kernel, {}, dict(T=16, v_threshold=0.5, REPEATED_INPUT=False, BLOCK=L.BLOCK)),
+    (L._lif_backward_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True, BLOCK=L.BLOCK)),
+    (L._lif_repeated_backward_kernel, {}, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
+                                               BLOCK=L.BLOCK)),
+    (L._lif_repeated_backward_kernel, half, dict(T=8, v_threshold=0.5, alpha=4.0, NEED_DECAY_GRAD=False,
+                                                 BLOCK=L.BLOCK)),
+]
+for kernel, types, constants in cases:
+    signature = {name: "constexpr" if name in constants else "i32" if name == "N" else types.get(name, "*fp32")
+                 for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"], kernel
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_triton_kernels_compile_for_hopper(tmp_path):
+    """The interpreter runs kernels as Python; this compiles them (Triton -> PTX -> cubin for sm_90, no GPU
+    needed), which catches what only the compiler rejects."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _TRITON_COMPILE], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("parametric", [False, True], ids=["lif", "plif"])
+def test_repeated_input_is_the_input_at_every_step(parametric):
+    """``steps`` with a ``[1, ...]`` input: the spikes of the expanded input, its gradient summed over time."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 6) * 1.5
+    grad_out = torch.randn(5, 3, 8, 6)
+    once, expanded = x.clone().requires_grad_(), x.clone().requires_grad_()
+    lif, lif_expanded = MultiStepLIF(parametric=parametric), MultiStepLIF(parametric=parametric)
+    spikes, expected = lif(once, steps=5), lif_expanded(expanded.expand(5, -1, -1, -1))
+    assert spikes.shape == (5, 3, 8, 6) and 0 < spikes.mean() < 1
+    assert torch.equal(spikes, expected)
+    (spikes * grad_out).sum().backward()
+    (expected * grad_out).sum().backward()
+    torch.testing.assert_close(once.grad, expanded.grad, rtol=1e-5, atol=1e-6)
+    if parametric:
+        torch.testing.assert_close(lif.w.grad, lif_expanded.w.grad, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="steps=4"):
+        lif(torch.ones(2, 3), steps=4)
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])
@@ -123,7 +183,8 @@ def test_batch_norm_of_copies_is_batch_norm_of_the_stacked_copies(momentum):
     for _ in range(2):  # twice: the running statistics and num_batches_tracked move the same way
         once = batch_norm_of_copies(bn, x1, T)
         stacked = stacked_bn(x2.repeat(T, 1, 1, 1)).unflatten(0, (T, -1))
-        assert once.shape == stacked.shape and once.stride(0) == 0  # one copy, broadcast
+        assert once.shape == (1, *x.shape)  # one copy, broadcastable
+        once = once.expand(T, *x.shape)
         torch.testing.assert_close(once, stacked, rtol=1e-5, atol=1e-6)
         (once * grad_out).sum().backward()
         (stacked * grad_out).sum().backward()
