@@ -1,10 +1,10 @@
 """Triton kernels of :mod:`module.fused_lif`: one program per block of neurons loops over the T time steps.
 
-The membrane stays in fp32 registers; spikes are written in the input dtype.  The backward kernel recomputes the
-membrane from the saved input (first pass, forward in time, keeping ``h`` in an fp32 scratch buffer) and then runs
-the surrogate-gradient recurrence backwards in time.  A repeated input (``[1, ...]`` over T steps: a static
-image's encoding) is read once; its backward recomputes the membrane in registers, without scratch, and writes
-the gradient summed over time.  Run with ``TRITON_INTERPRET=1`` to execute them on the CPU.
+The membrane stays in fp32 registers; spikes are written in the input dtype.  The backward runs the
+surrogate-gradient recurrence backwards in time on the membrane recomputed from the saved input: in registers
+from step 0 at every step for short sequences (:func:`recomputes_membrane`), otherwise in a first pass forward in
+time that keeps ``h`` in an fp32 scratch buffer.  A repeated input (``[1, ...]`` over T steps: a static image's
+encoding) is read once and its gradient written summed over time.  Run with ``TRITON_INTERPRET=1`` to execute them on the CPU.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["forward", "backward"]
+__all__ = ["forward", "backward", "recomputes_membrane"]
 
 BLOCK = 1024
 
@@ -50,6 +50,13 @@ def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, N, T: tl.constexpr, v_thres
 
 
 @triton.jit
+def _grad_membrane(h, grad_s, grad_v, v_threshold: tl.constexpr, alpha: tl.constexpr):
+    """Gradient w.r.t. the membrane ``h`` before the reset, from the spike's surrogate and the next step's ``v``."""
+    sg = tl.sigmoid(alpha * (h - v_threshold))
+    return grad_s * (alpha * sg * (1.0 - sg)) + tl.where(h >= v_threshold, 0.0, grad_v)
+
+
+@triton.jit
 def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, grad_decay_ptr, N, T: tl.constexpr,
                          v_threshold: tl.constexpr, alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr,
                          BLOCK: tl.constexpr):
@@ -63,9 +70,8 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, gr
         t = T - 1 - i
         idx -= N
         h = tl.load(h_ptr + idx, mask=mask, other=0.0)
-        sg = tl.sigmoid(alpha * (h - v_threshold))
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        grad_h = grad_s * (alpha * sg * (1.0 - sg)) + tl.where(h >= v_threshold, 0.0, grad_v)
+        grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
         tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
         if NEED_DECAY_GRAD:
             x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -78,34 +84,53 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, gr
 
 
 @triton.jit
-def _lif_repeated_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, grad_x_ptr, grad_decay_ptr, N,
-                                  T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
-                                  NEED_DECAY_GRAD: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_backward_recompute_kernel(grad_spike_ptr, x_ptr, decay_ptr, grad_x_ptr, grad_decay_ptr, N,
+                                   T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
+                                   NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr,
+                                   BLOCK: tl.constexpr):
+    """The backward without scratch: at each step (backwards in time) the membrane is recomputed in registers from
+    step 0.  A repeated input is read once and its gradient summed over time."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    idx = offs + N.to(tl.int64) * T
     grad_v = tl.zeros([BLOCK], dtype=tl.float32)
-    grad_x = tl.zeros([BLOCK], dtype=tl.float32)
+    grad_x_sum = tl.zeros([BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
-        idx -= N
+        idx = offs
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         v = tl.zeros([BLOCK], dtype=tl.float32)
-        h = x * k
-        for _ in range(T - 1 - i):  # the membrane at step T-1-i, recomputed in registers
+        h = v + (x - v) * k
+        for _ in range(T - 1 - i):  # forward to step T-1-i: h is its membrane, v the one it started from
             v = tl.where(h >= v_threshold, 0.0, h)
+            idx += N
+            if not REPEATED_INPUT:
+                x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
             h = v + (x - v) * k
-        sg = tl.sigmoid(alpha * (h - v_threshold))
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        grad_h = grad_s * (alpha * sg * (1.0 - sg)) + tl.where(h >= v_threshold, 0.0, grad_v)
-        grad_x += grad_h * k
+        grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
+        if REPEATED_INPUT:
+            grad_x_sum += grad_h * k
+        else:
+            tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
         if NEED_DECAY_GRAD:
             grad_decay += grad_h * (x - v)
         grad_v = grad_h * (1.0 - k)
-    tl.store(grad_x_ptr + offs, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    if REPEATED_INPUT:
+        tl.store(grad_x_ptr + offs, grad_x_sum.to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_DECAY_GRAD:
         tl.store(grad_decay_ptr + offs, grad_decay, mask=mask)
+
+
+def recomputes_membrane(steps: int, itemsize: int) -> bool:
+    """Whether the backward recomputes the membrane instead of keeping it in an fp32 scratch buffer.
+
+    Recomputing re-reads ``x[0..t]`` at backward step t: ``T (T + 1) / 2`` reads of ``itemsize`` bytes per neuron,
+    against ``T`` reads plus an fp32 write and read (8 bytes) per step through the scratch.  The re-reads are recent
+    and mostly hit the cache, but even when none does recomputing moves no more bytes while
+    ``(T + 1) / 2 * itemsize <= itemsize + 8``: up to T = 5 in fp32 and T = 9 in bf16/fp16.
+    """
+    return (steps + 1) * itemsize <= 2 * (itemsize + 8)
 
 
 def _grid(n: int) -> tuple[int]:
@@ -136,9 +161,10 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
     if not n:
         return grad_x, grad_decay.sum()
     options = dict(v_threshold=v_threshold, alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad, BLOCK=BLOCK)
-    if x.shape[0] != steps:
-        _lif_repeated_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), grad_x, grad_decay, n, steps,
-                                                **options)
+    repeated = x.shape[0] != steps
+    if repeated or recomputes_membrane(steps, x.element_size()):
+        _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), grad_x, grad_decay, n, steps,
+                                                 REPEATED_INPUT=repeated, **options)
     else:
         h_scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), h_scratch, grad_x, grad_decay, n,

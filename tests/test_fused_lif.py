@@ -85,21 +85,23 @@ import torch
 from module import lif_triton
 from module.fused_lif import lif_backward_reference, lif_reference
 torch.manual_seed(0)
-x = torch.randn(4, 3, 700) * 1.5  # 2100 neurons: three blocks of 1024, the last one masked
-g = torch.randn_like(x)
-for decay, th, need in ((torch.tensor(0.5), 1.0, False), (torch.tensor(0.3).sigmoid(), 0.5, True)):
-    for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
-        for repeated in (False, True):  # [T, ...], or x[:1] at every step (summed gradient)
-            xd, gd = (x[:1] if repeated else x).to(dtype), g.to(dtype)
-            xt = xd.expand_as(gd)
-            assert torch.equal(lif_triton.forward(xd, decay, th, 4), lif_reference(xt, decay, th))
-            gx, gk = lif_triton.backward(gd, xd, decay, th, need)
-            rx, rk = lif_backward_reference(gd, xt, decay, th, need)
-            rx = rx.float().sum(0, keepdim=True) if repeated else rx.float()
-            assert gx.dtype == dtype and gx.shape == xd.shape, (gx.dtype, gx.shape)
-            assert (gx.float() - rx).abs().max() <= tol * (4 if repeated else 1), (dtype, repeated)
-            if need:
-                assert abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, (gk, rk)
+for steps in (4, 12):  # the backward recomputes the membrane at T=4 and keeps an fp32 scratch at T=12
+    assert lif_triton.recomputes_membrane(steps, 4) == lif_triton.recomputes_membrane(steps, 2) == (steps == 4)
+    x = torch.randn(steps, 3, 700) * 1.5  # 2100 neurons: three blocks of 1024, the last one masked
+    g = torch.randn_like(x)
+    for decay, th, need in ((torch.tensor(0.5), 1.0, False), (torch.tensor(0.3).sigmoid(), 0.5, True)):
+        for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
+            for repeated in (False, True):  # [T, ...], or x[:1] at every step (summed gradient)
+                xd, gd = (x[:1] if repeated else x).to(dtype), g.to(dtype)
+                xt = xd.expand_as(gd)
+                assert torch.equal(lif_triton.forward(xd, decay, th, steps), lif_reference(xt, decay, th))
+                gx, gk = lif_triton.backward(gd, xd, decay, th, need)
+                rx, rk = lif_backward_reference(gd, xt, decay, th, need)
+                rx = rx.float().sum(0, keepdim=True) if repeated else rx.float()
+                assert gx.dtype == dtype and gx.shape == xd.shape, (gx.dtype, gx.shape)
+                assert (gx.float() - rx).abs().max() <= tol * (steps if repeated else 1), (steps, dtype, repeated)
+                if need:
+                    assert abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, (gk, rk)
 print("ok")
 """
 
@@ -123,10 +125,10 @@ cases = [
     (L._lif_forward_kernel, half, dict(T=4, v_threshold=1.0, REPEATED_INPUT=True, BLOCK=L.BLOCK)),
     (L._lif_forward_kernel, {}, dict(T=16, v_threshold=0.5, REPEATED_INPUT=False, BLOCK=L.BLOCK)),
     (L._lif_backward_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True, BLOCK=L.BLOCK)),
-    (L._lif_repeated_backward_kernel, {}, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
-                                               BLOCK=L.BLOCK)),
-    (L._lif_repeated_backward_kernel, half, dict(T=8, v_threshold=0.5, alpha=4.0, NEED_DECAY_GRAD=False,
-                                                 BLOCK=L.BLOCK)),
+    (L._lif_backward_recompute_kernel, {}, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
+                                                REPEATED_INPUT=True, BLOCK=L.BLOCK)),
+    (L._lif_backward_recompute_kernel, half, dict(T=8, v_threshold=0.5, alpha=4.0, NEED_DECAY_GRAD=True,
+                                                  REPEATED_INPUT=False, BLOCK=L.BLOCK)),
 ]
 for kernel, types, constants in cases:
     signature = {name: "constexpr" if name in constants else "i32" if name == "N" else types.get(name, "*fp32")
