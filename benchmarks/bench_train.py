@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from data import is_neuromorphic  # noqa: E402
 from engine.args import get_args_parser  # noqa: E402
+from engine.atomic import write_text_atomic  # noqa: E402
 from engine.config import parse_args  # noqa: E402
 from engine.distributed import init_distributed  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
@@ -364,9 +365,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         result = bench_step(args, warmup=opts.warmup, steps=opts.steps, profile_steps=opts.profile_steps,
                             peak_tflops=opts.peak_tflops)
         results[name] = {**result, **compare(result, case.anchor)}
+        if opts.json:  # after every config, so that a run stopped early keeps what it measured
+            write_text_atomic(opts.json, json.dumps({"environment": _environment(results), "results": results},
+                                                    indent=2))
     log_table(results)
     if opts.json:
-        Path(opts.json).write_text(json.dumps({"environment": _environment(results), "results": results}, indent=2))
         _logger.info("wrote %s", opts.json)
     return results
 

@@ -1,0 +1,130 @@
+"""Every GPU check the open issues ask for, in one run that ends within a time budget (one device-tool call).
+
+On the device tool (15 minutes of device time per task, a machine start included, so one call; spikingjelly and
+loguru travel as wheels in ``.whl``, see docs/speed.md)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl && export PYTHONPATH=/tmp/site || exit; python3 benchmarks/device_checks.py --out $OUT
+
+The steps run in order of priority, each with the time that is left, and a step that runs out is stopped so
+that the ones before it still come back:
+
+1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3);
+2. ``cuda_tests``: the tests that need a GPU or exercise the CUDA kernels;
+3. ``profiler`` and ``profiler_timers``: the fork's default model, 30 runs with probes and 30 with timers only
+   (issue 7), and ``bench_probes``: the cost of the probes when off;
+4. ``bench_train``: every anchor config on the default fast path, then ``bench_train_compiled`` with
+   ``--torchcompile --torchcompile-mode reduce-overhead`` (issue 10).
+
+``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
+records, benchmark JSON), at most two files in all, as the device tool returns at most eight.  ``--tiny`` runs the
+same steps on small models (the CPU smoke test).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_logger = logging.getLogger("device_checks")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One check: ``python ARGV`` run from the repository root; ``{device}`` and ``{files}`` are filled in."""
+    name: str
+    argv: tuple[str, ...]
+    tiny_argv: tuple[str, ...] | None = None  # the CPU smoke version (None: the same argv)
+
+
+_PROFILER_TINY = ("--dim", "32", "--layer", "1", "--num-heads", "2", "--num-classes", "10", "--runs", "2",
+                  "--warmup", "1")
+_BENCH_TINY = ("--tiny", "--warmup", "1", "--steps", "2", "--profile-steps", "1")
+
+STEPS = (
+    Step("fixture_diffs", ("benchmarks/fixture_diffs.py", "--device", "{device}")),
+    Step("cuda_tests", ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py",
+                        "tests/test_profiler_instrument.py"),
+         ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py", "-k", "hand_computed")),
+    Step("profiler", ("-m", "profiler", "run", "--device", "{device}", "--runs", "30", "--warmup", "3", "--out",
+                      "{files}/profiler"),
+         ("-m", "profiler", "run", "--device", "{device}", *_PROFILER_TINY, "--out", "{files}/profiler")),
+    Step("profiler_timers", ("-m", "profiler", "run", "--device", "{device}", "--runs", "30", "--warmup", "3",
+                             "--no-sparsity", "--out", "{files}/profiler_timers"),
+         ("-m", "profiler", "run", "--device", "{device}", *_PROFILER_TINY, "--no-sparsity", "--out",
+          "{files}/profiler_timers")),
+    Step("bench_probes", ("benchmarks/bench_probes.py", "--device", "{device}", "--repeats", "50"),
+         ("benchmarks/bench_probes.py", "--device", "{device}", "--repeats", "1", "--warmup", "0", "--configs",
+          "tiny")),
+    Step("bench_train", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--json",
+                         "{files}/bench_train.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--json", "{files}/bench_train.json")),
+    Step("bench_train_compiled", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--torchcompile",
+                                  "--torchcompile-mode", "reduce-overhead", "--json",
+                                  "{files}/bench_train_compiled.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "aot_eager",
+          "--json", "{files}/bench_train_compiled.json")),
+)
+
+
+def _run_step(step: Step, argv: list[str], timeout: float, log) -> tuple[int | str, float]:
+    """Run one step with its output appended to ``log``; returns (exit code or "timeout", seconds)."""
+    log.write(f"\n===== {step.name}: python {' '.join(argv)}\n")
+    log.flush()
+    start = time.monotonic()
+    try:
+        rc = subprocess.run([sys.executable, *argv], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            timeout=timeout).returncode
+    except subprocess.TimeoutExpired:
+        rc = "timeout"
+    return rc, time.monotonic() - start
+
+
+def run_checks(out: Path, device: str, budget_s: float, tiny: bool = False, only: tuple[str, ...] = ()) -> dict:
+    """Run the selected steps within ``budget_s`` seconds; write ``out/log.txt`` and ``out/device_checks.tar.gz``.
+
+    Returns ``{step: (exit code, "timeout" or "skipped", seconds)}``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget_s
+    summary: dict[str, tuple[int | str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="device_checks_") as files, open(out / "log.txt", "w") as log:
+        for step in STEPS:
+            if only and step.name not in only:
+                continue
+            left = deadline - time.monotonic()
+            if left < 5:
+                summary[step.name] = ("skipped", 0.0)
+                continue
+            template = step.tiny_argv if tiny and step.tiny_argv is not None else step.argv
+            argv = [arg.format(device=device, files=files) for arg in template]
+            summary[step.name] = _run_step(step, argv, left, log)
+            _logger.info("%s: %s in %.0f s", step.name, *summary[step.name])
+        log.write("\n===== summary\n")
+        log.writelines(f"{name}: {rc} in {seconds:.0f} s\n" for name, (rc, seconds) in summary.items())
+        with tarfile.open(out / "device_checks.tar.gz", "w:gz") as tar:
+            tar.add(files, arcname="device_checks")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for log.txt and device_checks.tar.gz")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--budget", type=float, default=540, help="seconds for all steps (default: 540)")
+    parser.add_argument("--tiny", action="store_true", help="small models (the CPU smoke test)")
+    parser.add_argument("--only", nargs="+", default=(), choices=[s.name for s in STEPS], help="these steps only")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return run_checks(opts.out, opts.device, opts.budget, tiny=opts.tiny, only=tuple(opts.only))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""CPU smoke test of benchmarks/device_checks.py: every step runs on tiny models, within the budget, and the
+files come back as one archive next to the log."""
+import tarfile
+
+from benchmarks.device_checks import STEPS, main
+
+
+def test_every_step_runs_and_the_files_come_back_in_one_archive(tmp_path):
+    summary = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--budget", "600"])
+    assert list(summary) == [step.name for step in STEPS]
+    assert all(rc == 0 for rc, _ in summary.values()), summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device_checks.tar.gz", "log.txt"]
+    log = (tmp_path / "log.txt").read_text()
+    assert all(f"===== {step.name}: python " in log for step in STEPS)
+    assert "===== summary" in log and "max fused" in log  # fixture_diffs' table
+    with tarfile.open(tmp_path / "device_checks.tar.gz") as tar:
+        names = set(tar.getnames())
+    for folder in ("profiler", "profiler_timers"):
+        assert {f"device_checks/{folder}/records.jsonl", f"device_checks/{folder}/capture.txt"} <= names
+    assert {"device_checks/bench_train.json", "device_checks/bench_train_compiled.json"} <= names
+
+
+def test_a_step_out_of_time_is_stopped_and_the_rest_skipped(tmp_path):
+    summary = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--budget", "6", "--only",
+                    "fixture_diffs", "bench_train"])
+    assert summary == {"fixture_diffs": ("timeout", summary["fixture_diffs"][1]), "bench_train": ("skipped", 0.0)}
+    assert "fixture_diffs: timeout" in (tmp_path / "log.txt").read_text()
+    assert (tmp_path / "device_checks.tar.gz").exists()
