@@ -14,6 +14,7 @@ input, q is max-pooled too.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .instrument import sparsity, timer
@@ -21,7 +22,7 @@ from .neuron import ATTENTION_THRESHOLD, create_lif
 from .probe import Probe
 from .sps import _tb_apply
 
-__all__ = ["ATTENTION_MODES", "REFERENCES", "dvs_pooling", "MS_SSA_Conv", "MS_MLP_Conv", "MS_Block_Conv"]
+__all__ = ["ATTENTION_MODES", "REFERENCES", "SpatialMaxPool", "dvs_pooling", "MS_SSA_Conv", "MS_MLP_Conv", "MS_Block_Conv"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
 REFERENCES = ("sdt", "statten")
@@ -31,13 +32,30 @@ _QKV_CHUNKS = ("Attention q_chunks", "Attention k_chunks", "Attention v_chunks")
 _QKV_MERGED = ("Attention postReshape q_chunks", "Attention postReshape k_chunks", "Attention postReshape v_chunks")
 
 
-def dvs_pooling() -> nn.MaxPool3d:
-    """3x3 max over the last two axes, keeping the shape (``Erode`` in SDT, ``dvs_pooling`` in STAtten).
+class SpatialMaxPool(nn.MaxPool3d):
+    """The reference's ``MaxPool3d(kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))``, computed in 2-D.
 
-    On a 5-D tensor MaxPool3d treats axis 0 as batch and axis 1 as channel, so on ``[T, B, C, H, W]`` this is a
-    spatial 3x3 max and on ``[T, B, heads, N, d]`` a 3x3 max over (token, channel within the head).
+    On a 5-D tensor MaxPool3d treats axis 0 as batch and axis 1 as channel, so this is a 3x3 max over the last two
+    axes, keeping the shape: on ``[T, B, C, H, W]`` a spatial max, on ``[T, B, heads, N, d]`` a max over (token,
+    channel within the head).  A 2-D max-pool over the first two axes flattened takes the same windows, so the
+    values, the argmax (the first maximum of the window in ties) and the gradients are the same.  On CUDA the 2-D
+    backward gathers each input's gradient, where the 3-D one scatters with atomic adds (contended here: the
+    windows overlap and spikes tie) and is therefore nondeterministic (it raises under
+    ``torch.use_deterministic_algorithms``).
     """
-    return nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 1, 1), padding=(0, 1, 1))
+
+    def __init__(self):
+        super().__init__(kernel_size=(1, 3, 3), stride=(1, 1, 1), padding=(0, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"SpatialMaxPool expects a 5-D tensor; got shape {tuple(x.shape)}")
+        return F.max_pool2d(x.flatten(0, 1), kernel_size=3, stride=1, padding=1).unflatten(0, x.shape[:2])
+
+
+def dvs_pooling() -> SpatialMaxPool:
+    """3x3 max over the last two axes, keeping the shape (``Erode`` in SDT, ``dvs_pooling`` in STAtten)."""
+    return SpatialMaxPool()
 
 
 def _to_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
