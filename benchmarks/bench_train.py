@@ -50,7 +50,7 @@ from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
 from engine.model import build_model, compile_model, prepare_model, resolve_model_args  # noqa: E402
-from engine.optim import build_amp, build_optimizer  # noqa: E402
+from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
 __all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "compare", "speed_path",
            "table_rows", "log_table", "main"]
@@ -246,7 +246,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         model=args.model, attention_mode=args.attention_mode, dim=args.dim, layer=args.layer,
         time_steps=args.time_steps, chunk_size=args.chunk_size if args.attention_mode == "STAtten" else None,
         dataset=args.dataset, img_size=args.img_size, batch_size=args.batch_size, opt=args.opt,
-        precision=args.amp_dtype if args.amp else "float32", channels_last=args.channels_last,
+        opt_fused=uses_fused_optimizer(args), precision=args.amp_dtype if args.amp else "float32", channels_last=args.channels_last,
         neuron_backend=args.neuron_backend, encode_once=args.encode_once, torchcompile=args.torchcompile,
         torchcompile_mode=args.torchcompile_mode, device=str(device),
         warmup=warmup, steps=steps, first_step_s=first_step_s,
@@ -279,7 +279,7 @@ _COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "img/s", "busy 
 
 
 def speed_path(result: dict) -> str:
-    """Short name of the speed flags of a result, e.g. ``fused+once+compile(reduce-overhead)``."""
+    """Short name of the speed flags of a result, e.g. ``fused+once+compile(reduce-overhead)+fused-opt``."""
     parts = [result["neuron_backend"]]
     if result["encode_once"]:
         parts.append("once")
@@ -287,6 +287,8 @@ def speed_path(result: dict) -> str:
         parts.append("cl")
     if result["torchcompile"]:
         parts.append(f"compile({result['torchcompile_mode'] or result['torchcompile']})")
+    if result.get("opt_fused"):
+        parts.append("fused-opt")
     return "+".join(parts)
 
 

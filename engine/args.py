@@ -117,6 +117,10 @@ def _optimizer_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay (not on biases and norms)")
     group.add_argument("--clip-grad", type=float, default=None, metavar="NORM", help="gradient clipping threshold")
     group.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="gradient clipping mode")
+    group.add_argument("--opt-fused", action=argparse.BooleanOptionalAction, default=None,
+                       help="the optimizer's fused kernel (torch Adam, AdamW, SGD): one launch per step, and the "
+                            "float16 gradient scaler no longer waits for the device (default: on for CUDA when the "
+                            "optimizer has one)")
 
 
 def _scheduler_group(parser: argparse.ArgumentParser) -> None:

@@ -82,8 +82,9 @@ def train_step(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, opt
                loss_fn: nn.Module, args: argparse.Namespace, amp: Amp) -> torch.Tensor:
     """One optimisation step: forward (the model resets its neurons first), loss, backward, clipping, update.
 
-    Inputs must already be on the device (and mixed, with mixup).  Nothing here waits for the device, except what
-    the float16 gradient scaler itself does to skip steps with non-finite gradients.
+    Inputs must already be on the device (and mixed, with mixup).  Nothing here waits for the device: with a fused
+    optimizer (``--opt-fused``, the default on CUDA) the float16 gradient scaler passes its inf check to the
+    optimizer as a tensor; with another optimizer it reads it on the host to skip steps with non-finite gradients.
 
     Args:
         model: the (possibly DDP-wrapped) model, in training mode.

@@ -3,24 +3,48 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["build_optimizer", "build_scheduler", "Amp", "build_amp"]
+from .errors import ConfigError
+
+__all__ = ["uses_fused_optimizer", "build_optimizer", "build_scheduler", "Amp", "build_amp"]
+
+
+def uses_fused_optimizer(args: argparse.Namespace) -> bool:
+    """``--opt-fused``, resolved: by default on for CUDA when the optimizer class takes ``fused`` (torch's Adam,
+    AdamW, SGD); asking for it with an optimizer that has none is a :class:`ConfigError`."""
+    from timm.optim import get_optimizer_class
+
+    name = args.opt.lower().split("_")[-1]  # timm's parsing: "lookahead_adamw" -> "adamw"
+    try:
+        has_fused = "fused" in inspect.signature(get_optimizer_class(name, bind_defaults=False)).parameters
+    except ValueError as err:
+        raise ConfigError(f"--opt {args.opt!r}: {err}") from None
+    if args.opt_fused is None:
+        return has_fused and torch.device(args.device).type == "cuda"
+    if args.opt_fused and not has_fused:
+        raise ConfigError(f"--opt-fused: optimizer {args.opt!r} has no fused implementation; use adam, adamw, sgd "
+                          "or momentum, or drop --opt-fused")
+    return args.opt_fused
 
 
 def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.Optimizer:
     """timm ``create_optimizer_v2`` from the ``--opt*``, ``--lr``, ``--momentum`` and ``--weight-decay`` flags.
 
     Weight decay skips biases and 1-d parameters (norms, PLIF ``w``), as in the reference.  Frozen parameters
-    (``--linear-prob``) are left out.
+    (``--linear-prob``) are left out.  With :func:`uses_fused_optimizer` the update is torch's fused kernel: the
+    same maths as the multi-tensor (foreach) one, in one launch, and the float16 gradient scaler hands it the scale
+    and the inf check as tensors instead of reading them on the host.
     """
     from timm.optim import create_optimizer_v2, optimizer_kwargs
 
-    return create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
+    fused = {"fused": True} if uses_fused_optimizer(args) else {}
+    return create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **fused)
 
 
 def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int):

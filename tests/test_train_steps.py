@@ -68,3 +68,33 @@ def test_amp_epoch_on_cpu(tmp_path, dtype):
     batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
     metrics = train_one_epoch(0, model, [batch, batch], optimizer, torch.nn.CrossEntropyLoss(), args, amp=amp)
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_fused_optimizer_is_the_default_on_cuda_only_and_changes_no_number(tmp_path):
+    """``--opt-fused`` resolves to on for CUDA with torch's Adam/AdamW/SGD; the fused AdamW update (run on the
+    CPU here) gives the foreach update's parameters within rounding, on the same gradients."""
+    from engine.errors import ConfigError
+    from engine.optim import uses_fused_optimizer
+
+    assert not uses_fused_optimizer(tiny_args(tmp_path, "--opt", "adamw"))  # CPU
+    assert uses_fused_optimizer(tiny_args(tmp_path, "--opt", "adamw", "--device", "cpu", "--opt-fused"))
+    cuda = tiny_args(tmp_path, "--opt", "adamw")
+    for opt, expected in (("adamw", True), ("sgd", True), ("lookahead_adam", True), ("lamb", False)):
+        cuda.opt, cuda.device = opt, "cuda"
+        assert uses_fused_optimizer(cuda) is expected, opt
+    with pytest.raises(ConfigError, match="--opt-fused: optimizer 'lamb' has no fused implementation"):
+        uses_fused_optimizer(tiny_args(tmp_path, "--opt", "lamb", "--opt-fused"))
+
+    runs = []
+    for fused in ("--no-opt-fused", "--opt-fused"):
+        args = tiny_args(tmp_path, "--opt", "adamw", "--lr", "1e-2", "--weight-decay", "0.05", fused)
+        model, optimizer = _setup(args)
+        assert bool(optimizer.defaults["fused"]) is (fused == "--opt-fused")
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(3):  # the same gradients for both, so that only the update differs
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        runs.append(model.state_dict())
+    for name, value in runs[0].items():
+        torch.testing.assert_close(runs[1][name], value, rtol=1e-6, atol=1e-7, msg=name)
