@@ -247,7 +247,8 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         time_steps=args.time_steps, chunk_size=args.chunk_size if args.attention_mode == "STAtten" else None,
         dataset=args.dataset, img_size=args.img_size, batch_size=args.batch_size, opt=args.opt,
         opt_fused=uses_fused_optimizer(args), precision=args.amp_dtype if args.amp else "float32", channels_last=args.channels_last,
-        neuron_backend=args.neuron_backend, encode_once=args.encode_once, torchcompile=args.torchcompile,
+        neuron_backend=args.neuron_backend, encode_once=args.encode_once, fuse_bn_lif=args.fuse_bn_lif,
+        torchcompile=args.torchcompile,
         torchcompile_mode=args.torchcompile_mode, device=str(device),
         warmup=warmup, steps=steps, first_step_s=first_step_s,
         ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
@@ -283,6 +284,8 @@ def speed_path(result: dict) -> str:
     parts = [result["neuron_backend"]]
     if result["encode_once"]:
         parts.append("once")
+    if result.get("fuse_bn_lif"):
+        parts.append("bnlif")
     if result["channels_last"]:
         parts.append("cl")
     if result["torchcompile"]:

@@ -13,8 +13,9 @@ that the ones before it still come back:
 2. ``cuda_tests``: the tests that need a GPU or exercise the CUDA kernels;
 3. ``profiler`` and ``profiler_timers``: the fork's default model, 30 runs with probes and 30 with timers only
    (issue 7), and ``bench_probes``: the cost of the probes when off;
-4. ``bench_train``: every anchor config on the default fast path, then ``bench_train_compiled`` with
-   ``--torchcompile --torchcompile-mode reduce-overhead`` (issue 10).
+4. ``bench_train``: every anchor config on the default fast path, ``bench_train_bn_lif`` with ``--fuse-bn-lif``
+   (whether it pays decides its default), then ``bench_train_compiled`` with ``--torchcompile
+   --torchcompile-mode reduce-overhead`` (issue 10).
 
 ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
 records, benchmark JSON), at most two files in all, as the device tool returns at most eight.  ``--tiny`` runs the
@@ -66,6 +67,10 @@ STEPS = (
     Step("bench_train", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--json",
                          "{files}/bench_train.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--json", "{files}/bench_train.json")),
+    Step("bench_train_bn_lif", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--fuse-bn-lif",
+                                "--json", "{files}/bench_train_bn_lif.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--fuse-bn-lif", "--json",
+          "{files}/bench_train_bn_lif.json")),
     Step("bench_train_compiled", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--torchcompile",
                                   "--torchcompile-mode", "reduce-overhead", "--json",
                                   "{files}/bench_train_compiled.json"),

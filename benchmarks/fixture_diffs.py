@@ -2,9 +2,10 @@
 
     python benchmarks/fixture_diffs.py --device cuda
 
-Both model variants of the fixture tests: ``fused`` (the defaults: our stateless LIF op, whose CUDA kernels are in
-Triton, and the static encoding conv run once) and ``spikingjelly`` (spikingjelly 2.0's neurons, Triton on CUDA,
-on T repeated copies).  This shows how far each path is from the reference's CPU float32 numbers (eval output, hook
+The model variants of the fixture tests: ``fused`` (the defaults: our stateless LIF op, whose CUDA kernels are in
+Triton, and the static encoding conv run once), ``spikingjelly`` (spikingjelly 2.0's neurons, Triton on CUDA,
+on T repeated copies) and ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train step runs without the hook dict,
+whose hooks would keep the pairs unfused).  This shows how far each path is from the reference's CPU float32 numbers (eval output, hook
 tensors, train output, loss, gradients, BN running stats).
 """
 from __future__ import annotations
@@ -28,10 +29,13 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float().cpu() - b.float()).abs().max().item()
 
 
+MODEL_VARIANTS = {**VARIANTS, "bn_lif": {"fuse_bn_lif": True}}
+
+
 def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> dict:
-    """Max absolute differences for one fixture file and model variant (``VARIANTS`` of the fixture tests)."""
+    """Max absolute differences for one fixture file and model variant (:data:`MODEL_VARIANTS`)."""
     fixture = load_fixture(path)
-    net = build_seeded(fixture, **VARIANTS[variant])
+    net = build_seeded(fixture, **MODEL_VARIANTS[variant])
     net.load_state_dict(fixture["state_dict"])
     net.to(device).eval()
     x = fixture["input"].float().to(device)
@@ -39,7 +43,7 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
         out, hook = net(x, hook=dict())
     hook_err = max(_max_abs(hook[k][:, :1], unpack_hook(e)) for k, e in fixture["hook"].items())
     train = copy.deepcopy(net).train()
-    out_t, _ = train(x, hook=dict())
+    out_t = train(x)
     loss = reference_loss({**fixture, "labels": fixture["labels"].to(device)}, out_t)
     loss.backward()
     params = dict(train.named_parameters())
@@ -60,13 +64,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = [fixture_diffs(p, torch.device(args.device), variant) for variant in VARIANTS for p in FIXTURES]
+    rows = [fixture_diffs(p, torch.device(args.device), variant) for variant in MODEL_VARIANTS for p in FIXTURES]
     cols = list(rows[0])
     _logger.info("device: %s (%s)", args.device, torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
     _logger.info(" | ".join(f"{c:>47s}" if c == "fixture" else f"{c:>9s}" for c in cols))
     for row in rows:
         _logger.info(" | ".join(f"{row[c]:>47s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
-    for variant in VARIANTS:
+    for variant in MODEL_VARIANTS:
         mine = [r for r in rows if r["fixture"].startswith(variant + ":")]
         _logger.info(f"{'max ' + variant:>47s} | " + " | ".join(f"{max(r[c] for r in mine):9.2e}" for c in cols[1:]))
 

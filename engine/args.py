@@ -12,7 +12,7 @@ Differences from the reference (see ``README.md`` "Training" and ``../shared/ref
   STAtten configs set ``attention_mode: STAtten`` explicitly;
 * enumerations have ``choices=``; ``--local-rank`` and ``--local_rank`` are both accepted;
 * new: ``--download``, ``--device``, ``--amp-dtype`` and the speed flags (``--neuron-backend``, ``--encode-once``,
-  ``--torchcompile``; ``--pin-mem`` defaults to on for CUDA).
+  ``--fuse-bn-lif``, ``--torchcompile``, ``--opt-fused``; ``--pin-mem`` defaults to on for CUDA).
 
 Flags that did nothing in the reference either are kept so that old command lines and configs still parse; they are
 listed in :data:`INERT_FLAGS` and a warning is logged when one is set.
@@ -218,6 +218,9 @@ def _speed_group(parser: argparse.ArgumentParser) -> None:
                             "spikingjelly: spikingjelly 2.0's stateful neurons")
     group.add_argument("--encode-once", action=argparse.BooleanOptionalAction, default=True,
                        help="static images: run the first stem conv once instead of on T identical copies")
+    group.add_argument("--fuse-bn-lif", action=argparse.BooleanOptionalAction, default=False,
+                       help="each BatchNorm followed by a LIF as one op: the LIF normalises on the fly, the BN output "
+                            "is neither written nor kept for the backward (needs --neuron-backend fused)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                        help="channels-last memory layout for the convolutions")
     group.add_argument("--torchcompile", nargs="?", type=str, default=None, const="inductor", metavar="BACKEND",

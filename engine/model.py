@@ -53,6 +53,7 @@ def model_kwargs(args: argparse.Namespace) -> dict:
         depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
         dvs_mode=args.dvs_mode, TET=args.TET, attention_mode=args.attention_mode, chunk_size=args.chunk_size,
         reference=args.reference, neuron_backend=args.neuron_backend, encode_once=args.encode_once,
+        fuse_bn_lif=args.fuse_bn_lif,
     )
 
 

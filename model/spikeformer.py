@@ -88,7 +88,9 @@ class SpikeDrivenTransformer(nn.Module):
     auto_reset (reset every neuron at the start of each forward; stateless fused neurons need no reset),
     skip_blocks (blocks whose attention branch is bypassed, ASTER; also settable later through the ``skip_blocks``
     property), neuron_backend ("fused": stateless fused LIF op, the default; "spikingjelly": stateful spikingjelly
-    neurons), encode_once (static input: run the first stem conv once instead of on T identical copies).
+    neurons), encode_once (static input: run the first stem conv once instead of on T identical copies),
+    fuse_bn_lif (each BatchNorm followed by a LIF runs as one op, ``module.bn_lif``; also settable later through
+    the ``fuse_bn_lif`` property).
 
     Input: static images ``[B, C, H, W]`` (repeated over T) or event frames ``[B, T, C, H, W]``.
     Output: logits ``[B, K]`` (mean over T), or ``[T, B, K]`` with TET.
@@ -103,7 +105,7 @@ class SpikeDrivenTransformer(nn.Module):
                  dvs_mode: bool = False, TET: bool = False, cml: bool = False, attention_mode: str = "SDT",
                  chunk_size: int = 2, reference: str | None = None, auto_reset: bool = True,
                  skip_blocks: tuple[int, ...] = (), neuron_backend: str = "fused", encode_once: bool = True,
-                 **kwargs):
+                 fuse_bn_lif: bool = False, **kwargs):
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
@@ -141,6 +143,7 @@ class SpikeDrivenTransformer(nn.Module):
         self.apply(self._init_weights)
         self._neurons = [m for m in self.modules() if is_neuron(m)]
         self.skip_blocks = skip_blocks
+        self.fuse_bn_lif = fuse_bn_lif
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -179,6 +182,20 @@ class SpikeDrivenTransformer(nn.Module):
             raise ValueError(f"skip_blocks={bad} out of range: the model has blocks 0..{self.depths - 1}")
         for i, blk in enumerate(self.block):
             blk.skip_attention = i in blocks
+
+    @property
+    def fuse_bn_lif(self) -> bool:
+        """Run each BatchNorm followed by a LIF as one op (``module.bn_lif``; pairs with hooks stay unfused)."""
+        return self.patch_embed.fuse_bn_lif
+
+    @fuse_bn_lif.setter
+    def fuse_bn_lif(self, value: bool) -> None:
+        if value and self.neuron_backend != "fused":
+            raise ValueError("fuse_bn_lif=True fuses BatchNorms into the fused LIF op; build the model with "
+                             "neuron_backend='fused'")
+        for m in self.modules():
+            if hasattr(m, "fuse_bn_lif") and m is not self:
+                m.fuse_bn_lif = bool(value)
 
     def reset_neurons(self) -> None:
         """Reset the membrane state of every neuron (what ``spikingjelly...functional.reset_net`` does)."""

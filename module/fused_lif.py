@@ -180,9 +180,13 @@ class MultiStepLIF(nn.Module):
         else:
             self.register_buffer("decay", torch.tensor(1.0 / tau), persistent=False)
 
+    def membrane_decay(self) -> Tensor:
+        """``1 / tau`` as a 0-dim tensor (``sigmoid(w)`` for PLIF, differentiable)."""
+        return self.w.sigmoid() if self.parametric else self.decay
+
     def forward(self, x: Tensor, steps: int | None = None) -> Tensor:
         """Spikes of ``x`` (``[T, ...]``), or of ``x`` (``[1, ...]``) repeated over ``steps`` time steps."""
-        return multistep_lif(x, self.w.sigmoid() if self.parametric else self.decay, self.v_threshold, steps)
+        return multistep_lif(x, self.membrane_decay(), self.v_threshold, steps)
 
     def reset(self) -> None:
         """Nothing to reset: each call starts from v = 0."""

@@ -4,7 +4,9 @@ The membrane stays in fp32 registers; spikes are written in the input dtype.  Th
 surrogate-gradient recurrence backwards in time on the membrane recomputed from the saved input: in registers
 from step 0 at every step for short sequences (:func:`recomputes_membrane`), otherwise in a first pass forward in
 time that keeps ``h`` in an fp32 scratch buffer.  A repeated input (``[1, ...]`` over T steps: a static image's
-encoding) is read once and its gradient written summed over time.  Run with ``TRITON_INTERPRET=1`` to execute them on the CPU.
+encoding) is read once and its gradient written summed over time.  Optionally the LIF input is the batch norm of
+the given tensor, applied on the fly (:mod:`module.bn_lif`).  Run with ``TRITON_INTERPRET=1`` to execute them on
+the CPU.
 """
 from __future__ import annotations
 
@@ -19,17 +21,44 @@ BLOCK = 1024
 
 
 @triton.jit
+def _channel_params(bn_ptr, offs, mask, C, S, HAS_BN: tl.constexpr):
+    """``(mean, invstd, weight, bias)`` of each neuron's channel for a batch norm in front of the LIF (``bn_ptr``:
+    fp32 ``[4, C]``, neurons laid out ``[..., C, S]``); unused zeros without one."""
+    if HAS_BN:
+        channel = (offs // S) % C
+        mean = tl.load(bn_ptr + channel, mask=mask, other=0.0)
+        invstd = tl.load(bn_ptr + C + channel, mask=mask, other=0.0)
+        weight = tl.load(bn_ptr + 2 * C + channel, mask=mask, other=0.0)
+        bias = tl.load(bn_ptr + 3 * C + channel, mask=mask, other=0.0)
+    else:
+        mean = tl.zeros(offs.shape, dtype=tl.float32)
+        invstd, weight, bias = mean, mean, mean
+    return mean, invstd, weight, bias
+
+
+@triton.jit
+def _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN: tl.constexpr):
+    """The LIF input at ``idx`` in fp32: ``x``, or the batch norm of ``x`` (ATen's order of operations, rounded to
+    ``x``'s dtype as a BatchNorm's output would be)."""
+    x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BN:
+        x = (weight * (x - mean) * invstd + bias).to(x_ptr.dtype.element_ty).to(tl.float32)
+    return x
+
+
+@triton.jit
 def _run_forward_in_time(x_ptr, out_ptr, offs, mask, k, N, T: tl.constexpr, v_threshold: tl.constexpr,
-                         STORE_MEMBRANE: tl.constexpr, REPEATED_INPUT: tl.constexpr):
+                         STORE_MEMBRANE: tl.constexpr, REPEATED_INPUT: tl.constexpr, mean, invstd, weight, bias,
+                         HAS_BN: tl.constexpr):
     """The LIF recurrence from v = 0; stores the spikes, or the membrane ``h`` (fp32) before the reset.  Returns
     ``offs + T * N`` (int64: advanced by N per step so that it cannot overflow)."""
     v = tl.zeros(offs.shape, dtype=tl.float32)
     idx = offs
     for _ in range(T):
         if REPEATED_INPUT:
-            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            x = _load_input(x_ptr, offs, mask, mean, invstd, weight, bias, HAS_BN)
         else:
-            x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
         h = v + (x - v) * k
         fired = h >= v_threshold
         if STORE_MEMBRANE:
@@ -42,11 +71,14 @@ def _run_forward_in_time(x_ptr, out_ptr, offs, mask, k, N, T: tl.constexpr, v_th
 
 
 @triton.jit
-def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, N, T: tl.constexpr, v_threshold: tl.constexpr,
-                        REPEATED_INPUT: tl.constexpr, BLOCK: tl.constexpr):
+def _lif_forward_kernel(x_ptr, decay_ptr, spike_ptr, bn_ptr, N, C, S, T: tl.constexpr, v_threshold: tl.constexpr,
+                        REPEATED_INPUT: tl.constexpr, HAS_BN: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
-    _run_forward_in_time(x_ptr, spike_ptr, offs, offs < N, k, N, T, v_threshold, False, REPEATED_INPUT)
+    mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
+    _run_forward_in_time(x_ptr, spike_ptr, offs, mask, k, N, T, v_threshold, False, REPEATED_INPUT, mean, invstd,
+                         weight, bias, HAS_BN)
 
 
 @triton.jit
@@ -57,13 +89,15 @@ def _grad_membrane(h, grad_s, grad_v, v_threshold: tl.constexpr, alpha: tl.const
 
 
 @triton.jit
-def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, grad_decay_ptr, N, T: tl.constexpr,
-                         v_threshold: tl.constexpr, alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr,
-                         BLOCK: tl.constexpr):
+def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, h_ptr, grad_x_ptr, grad_decay_ptr, N, C, S,
+                         T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
+                         NEED_DECAY_GRAD: tl.constexpr, HAS_BN: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
-    idx = _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True, False)
+    mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
+    idx = _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True, False, mean, invstd, weight,
+                               bias, HAS_BN)
     grad_v = tl.zeros([BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
@@ -74,7 +108,7 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, gr
         grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
         tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
         if NEED_DECAY_GRAD:
-            x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
             h_prev = tl.load(h_ptr + idx - N, mask=mask & (t > 0), other=0.0)
             v_prev = tl.where(h_prev >= v_threshold, 0.0, h_prev)
             grad_decay += grad_h * (x - v_prev)
@@ -84,28 +118,29 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, h_ptr, grad_x_ptr, gr
 
 
 @triton.jit
-def _lif_backward_recompute_kernel(grad_spike_ptr, x_ptr, decay_ptr, grad_x_ptr, grad_decay_ptr, N,
+def _lif_backward_recompute_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, grad_x_ptr, grad_decay_ptr, N, C, S,
                                    T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
                                    NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr,
-                                   BLOCK: tl.constexpr):
+                                   HAS_BN: tl.constexpr, BLOCK: tl.constexpr):
     """The backward without scratch: at each step (backwards in time) the membrane is recomputed in registers from
     step 0.  A repeated input is read once and its gradient summed over time."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
+    mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
     grad_v = tl.zeros([BLOCK], dtype=tl.float32)
     grad_x_sum = tl.zeros([BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
         idx = offs
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x = _load_input(x_ptr, offs, mask, mean, invstd, weight, bias, HAS_BN)
         v = tl.zeros([BLOCK], dtype=tl.float32)
         h = v + (x - v) * k
         for _ in range(T - 1 - i):  # forward to step T-1-i: h is its membrane, v the one it started from
             v = tl.where(h >= v_threshold, 0.0, h)
             idx += N
             if not REPEATED_INPUT:
-                x = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+                x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
             h = v + (x - v) * k
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
@@ -137,21 +172,35 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, BLOCK),)
 
 
-def forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
-    """Spikes of a stateless multi-step LIF over ``x`` (``[steps, ...]``, or ``[1, ...]`` repeated)."""
+def _batch_norm_args(x: Tensor, batch_norm: Tensor | None, decay: Tensor) -> tuple[Tensor, int, int]:
+    """Kernel arguments ``(bn_ptr, C, S)`` for input ``[T, B, C, *spatial]``; a dummy pointer without a norm."""
+    if batch_norm is None:
+        return decay, 1, 1
+    return batch_norm.contiguous(), x.shape[2], x.shape[3:].numel()
+
+
+def forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int, batch_norm: Tensor | None = None) -> Tensor:
+    """Spikes of a stateless multi-step LIF over ``x`` (``[steps, ...]``, or ``[1, ...]`` repeated).
+
+    With ``batch_norm`` (fp32 ``[4, C]``: mean, invstd, weight, bias), the LIF input is the batch norm of ``x``
+    (``[T, B, C, *spatial]``), computed on the fly.
+    """
     x = x.contiguous()
     spikes = x.new_empty((steps, *x.shape[1:]))
     n = x[0].numel()
     if n:
-        _lif_forward_kernel[_grid(n)](x, decay.contiguous(), spikes, n, steps, v_threshold=v_threshold,
-                                      REPEATED_INPUT=x.shape[0] != steps, BLOCK=BLOCK)
+        bn_ptr, channels, spatial = _batch_norm_args(x, batch_norm, decay)
+        _lif_forward_kernel[_grid(n)](x, decay.contiguous(), spikes, bn_ptr, n, channels, spatial, steps,
+                                      v_threshold=v_threshold, REPEATED_INPUT=x.shape[0] != steps,
+                                      HAS_BN=batch_norm is not None, BLOCK=BLOCK)
     return spikes
 
 
-def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
-             need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, need_decay_grad: bool,
+             batch_norm: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(grad_x, grad_decay)`` of :func:`forward`, with spikingjelly's sigmoid surrogate (alpha 4); for a
-    repeated ``[1, ...]`` input, ``grad_x`` is summed over the time steps of ``grad_spikes``."""
+    repeated ``[1, ...]`` input, ``grad_x`` is summed over the time steps of ``grad_spikes``.  With
+    ``batch_norm``, ``grad_x`` is the gradient w.r.t. the LIF input (the batch norm's output)."""
     from .fused_lif import SURROGATE_ALPHA
 
     x, grad_spikes = x.contiguous(), grad_spikes.contiguous()
@@ -160,6 +209,18 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     if not n:
         return grad_x, grad_decay.sum()
+    bn_ptr, channels, spatial = _batch_norm_args(x, batch_norm, decay)
+    options = dict(v_threshold=v_threshold, alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad,
+                   HAS_BN=batch_norm is not None, BLOCK=BLOCK)
+    repeated = x.shape[0] != steps
+    if repeated or recomputes_membrane(steps, x.element_size()):
+        _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, grad_x, grad_decay, n,
+                                                 channels, spatial, steps, REPEATED_INPUT=repeated, **options)
+    else:
+        h_scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, h_scratch, grad_x, grad_decay,
+                                       n, channels, spatial, steps, **options)
+    return grad_x, grad_decay.sum()
     options = dict(v_threshold=v_threshold, alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad, BLOCK=BLOCK)
     repeated = x.shape[0] != steps
     if repeated or recomputes_membrane(steps, x.element_size()):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bn_lif import bn_lif
 from .instrument import sparsity, timer
 from .neuron import ATTENTION_THRESHOLD, create_lif
 from .probe import Probe
@@ -87,6 +88,7 @@ class MS_SSA_Conv(nn.Module):
             raise ValueError(f"embed_dims={dim} is not divisible by num_heads={num_heads}")
         self.dim, self.num_heads, self.dvs, self.layer = dim, num_heads, dvs, layer
         self.attention_mode, self.chunk_size, self.reference = attention_mode, chunk_size, reference
+        self.fuse_bn_lif = False  # q/k/v BN + LIF as one op (module.bn_lif); set through the model
         attn_spike_mode = spike_mode if reference == "sdt" else "lif"
 
         if dvs:
@@ -115,7 +117,7 @@ class MS_SSA_Conv(nn.Module):
 
     def _spikes(self, x_flat: torch.Tensor, name: str, shape: torch.Size) -> torch.Tensor:
         conv, bn, lif = (getattr(self, f"{name}_{part}") for part in ("conv", "bn", "lif"))
-        return lif(bn(conv(x_flat)).reshape(shape))
+        return bn_lif(bn, lif, conv(x_flat).reshape(shape), self.fuse_bn_lif)
 
     def _sdt_attention(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         if self.dvs:
@@ -203,15 +205,15 @@ class MS_MLP_Conv(nn.Module):
         self.fc2_conv = nn.Conv2d(hidden_features, out_features, kernel_size=1, stride=1)
         self.fc2_bn = nn.BatchNorm2d(out_features)
         self.fc2_lif = create_lif(spike_mode, backend=neuron_backend)
+        self.fuse_bn_lif = False  # fc1_bn + fc2_lif as one op (module.bn_lif); set through the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
         sparsity("MLP x", x)
         x = self.fc1_lif(x)
         sparsity("MLP postLIF x after lif", x)
-        x = _tb_apply(lambda t: self.fc1_bn(self.fc1_conv(t)), x)
-        sparsity("MLP postBN x after fc1", x)
-        x = self.fc2_lif(x)
+        x = bn_lif(self.fc1_bn, self.fc2_lif, _tb_apply(self.fc1_conv, x), self.fuse_bn_lif,
+                   probe="MLP postBN x after fc1")
         sparsity("MLP postLIF x after fc2", x)
         x = _tb_apply(lambda t: self.fc2_bn(self.fc2_conv(t)), x)
         sparsity("MLP postBN x after fc2ConvBn", x)

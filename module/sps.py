@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bn_lif import bn_lif, update_running_stats
 from .fused_lif import MultiStepLIF
 from .instrument import timer
 from .neuron import create_lif
@@ -30,13 +31,8 @@ def batch_norm_of_copies(bn: nn.Module, x: torch.Tensor, copies: int) -> torch.T
         return bn(x.repeat(copies, 1, 1, 1)).unflatten(0, (copies, -1))
     if bn.training and bn.track_running_stats:
         with torch.no_grad():
-            count = x.numel() // x.shape[1] * copies
             var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
-            bn.num_batches_tracked.add_(1)
-            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            bn.running_mean.mul_(1 - momentum).add_(mean.to(bn.running_mean.dtype), alpha=momentum)
-            bn.running_var.mul_(1 - momentum).add_(var.to(bn.running_var.dtype),
-                                                   alpha=momentum * count / max(count - 1, 1))
+            update_running_stats(bn, mean, var, x.numel() // x.shape[1] * copies)
         x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
     else:
         x = bn(x)
@@ -60,6 +56,7 @@ class MS_SPS(nn.Module):
                  spike_mode: str = "lif", neuron_backend: str = "fused"):
         super().__init__()
         self.pooling_stat = pooling_stat
+        self.fuse_bn_lif = False  # stage BN + LIF as one op (module.bn_lif); set through the model
         widths = [in_channels, embed_dims // 8, embed_dims // 4, embed_dims // 2, embed_dims]
         suffixes = ["", "1", "2", "3"]
         for i, suffix in enumerate(suffixes):
@@ -92,7 +89,7 @@ class MS_SPS(nn.Module):
                     raise ValueError("a static [B, C, H, W] input needs the number of time steps T")
                 x, stages = self._encode_static(x, T), stages[1:]
             for conv, bn, lif, pool in stages:
-                x = lif(_tb_apply(lambda t: bn(conv(t)), x))
+                x = bn_lif(bn, lif, _tb_apply(conv, x), self.fuse_bn_lif)
                 if pool is not None:
                     x = _tb_apply(pool, x)
             conv, bn, lif, pool = self._stages[3]

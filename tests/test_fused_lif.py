@@ -102,6 +102,24 @@ for steps in (4, 12):  # the backward recomputes the membrane at T=4 and keeps a
                 assert (gx.float() - rx).abs().max() <= tol * (steps if repeated else 1), (steps, dtype, repeated)
                 if need:
                     assert abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, (gk, rk)
+from module.bn_lif import _normalize, _packed
+C = 6  # the batch-norm prologue: [T, B, C, H, W], per-channel statistics and affine
+stats, weight, bias = torch.stack((torch.randn(C) * 0.2, torch.rand(C) + 0.5)), torch.rand(C) + 0.5, torch.randn(C)
+decay, table = torch.tensor(0.3).sigmoid(), _packed(stats, weight, bias)
+for steps in (4, 12):
+    x = torch.randn(steps, 3, C, 5, 7) * 2
+    g = torch.randn_like(x)
+    y = _normalize(x, stats, weight, bias)
+    assert torch.equal(lif_triton.forward(x, decay, 1.0, steps, batch_norm=table), lif_reference(y, decay, 1.0))
+    gy, gk = lif_triton.backward(g, x, decay, 1.0, True, batch_norm=table)
+    ry, rk = lif_backward_reference(g, y, decay, 1.0, True)
+    assert (gy - ry).abs().max() <= 1e-6 and abs(gk - rk) <= 1e-4 * abs(rk) + 1e-4, steps
+    # bf16: the interpreter rounds fp32 -> bf16 towards zero (compiled Triton and torch to nearest even), so the
+    # normalised input may differ by one bf16 ulp here and flip the odd spike
+    xb = x.bfloat16()
+    spikes = lif_triton.forward(xb, decay, 1.0, steps, batch_norm=table)
+    expected = lif_reference(_normalize(xb, stats, weight, bias), decay, 1.0)
+    assert spikes.dtype == torch.bfloat16 and (spikes != expected).float().mean() < 0.01, steps
 print("ok")
 """
 
@@ -122,17 +140,20 @@ from triton.compiler import ASTSource
 from module import lif_triton as L
 half = {"x_ptr": "*bf16", "spike_ptr": "*bf16", "grad_spike_ptr": "*bf16", "grad_x_ptr": "*bf16"}
 cases = [
-    (L._lif_forward_kernel, half, dict(T=4, v_threshold=1.0, REPEATED_INPUT=True, BLOCK=L.BLOCK)),
-    (L._lif_forward_kernel, {}, dict(T=16, v_threshold=0.5, REPEATED_INPUT=False, BLOCK=L.BLOCK)),
-    (L._lif_backward_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True, BLOCK=L.BLOCK)),
+    (L._lif_forward_kernel, half, dict(T=4, v_threshold=1.0, REPEATED_INPUT=True, HAS_BN=False, BLOCK=L.BLOCK)),
+    (L._lif_forward_kernel, {}, dict(T=16, v_threshold=0.5, REPEATED_INPUT=False, HAS_BN=True, BLOCK=L.BLOCK)),
+    (L._lif_backward_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True, HAS_BN=False,
+                                        BLOCK=L.BLOCK)),
+    (L._lif_backward_kernel, {}, dict(T=12, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True, HAS_BN=True,
+                                      BLOCK=L.BLOCK)),
     (L._lif_backward_recompute_kernel, {}, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
-                                                REPEATED_INPUT=True, BLOCK=L.BLOCK)),
+                                                REPEATED_INPUT=True, HAS_BN=False, BLOCK=L.BLOCK)),
     (L._lif_backward_recompute_kernel, half, dict(T=8, v_threshold=0.5, alpha=4.0, NEED_DECAY_GRAD=True,
-                                                  REPEATED_INPUT=False, BLOCK=L.BLOCK)),
+                                                  REPEATED_INPUT=False, HAS_BN=True, BLOCK=L.BLOCK)),
 ]
 for kernel, types, constants in cases:
-    signature = {name: "constexpr" if name in constants else "i32" if name == "N" else types.get(name, "*fp32")
-                 for name in kernel.arg_names}
+    signature = {name: "constexpr" if name in constants else "i32" if name in ("N", "C", "S")
+                 else types.get(name, "*fp32") for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", 90, 32))
     assert compiled.asm["cubin"], kernel

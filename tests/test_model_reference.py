@@ -99,3 +99,32 @@ def test_train_forward_backward(case):
     for t, per_key in fixture["train_firing_rate"].items():
         for key, value in per_key.items():
             assert rates[t][key] == pytest.approx(value, abs=1e-6), (t, key)
+
+
+def test_train_forward_backward_with_fused_bn_lif(path, monkeypatch):
+    """``fuse_bn_lif``: every BatchNorm + LIF pair as one op reproduces the training step (no hooks attached: the
+    hook dict's hooks on the LIFs would keep the pairs unfused)."""
+    import module.bn_lif
+
+    fixture = load_fixture(path)
+    model = build_seeded(fixture, fuse_bn_lif=True)
+    model.load_state_dict(fixture["state_dict"])
+    model.train()
+    fused_calls = []
+    fused = module.bn_lif.batch_norm_lif
+    monkeypatch.setattr(module.bn_lif, "batch_norm_lif", lambda *args: fused_calls.append(1) or fused(*args))
+    x = fixture["input"].float()
+    out = model(x)
+    # q, k, v and the MLP in every block; stem stages 1 and 2, and stage 0 for event frames (a static image's first
+    # stage runs once, unfused, and is broadcast over T)
+    assert len(fused_calls) == 4 * model.depths + 2 + (x.dim() == 5)
+    loss = reference_loss(fixture, out)
+    loss.backward()
+    torch.testing.assert_close(out, fixture["train_output"], rtol=1e-4, atol=1e-5)
+    assert loss.item() == pytest.approx(fixture["train_loss"], rel=1e-4, abs=1e-5)
+    params = dict(model.named_parameters())
+    for name, grad in fixture["grads"].items():
+        torch.testing.assert_close(params[name].grad, grad, rtol=1e-4, atol=1e-5, msg=name)
+    state = model.state_dict()
+    for name, value in fixture["train_bn_running_stats"].items():
+        torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
