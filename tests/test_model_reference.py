@@ -72,14 +72,9 @@ def test_eval_is_repeatable_without_manual_reset(case):
     assert torch.equal(first, second)
 
 
-def test_train_forward_backward(case):
-    # spikingjelly 2.0's fused CPU LIF kernel and our fused op have their own backward: gradients agree with the
-    # reference's plain-torch loop to rounding (about 1e-7 absolute, 1e-5 relative on PLIF w), inside the tolerances
-    # below.  The encoding conv run once sums its T weight gradients in another order: rounding too.
-    fixture, model = case
-    model.load_state_dict(fixture["state_dict"])
-    model = copy.deepcopy(model).train()
-    out, hook = model(fixture["input"].float(), hook=dict())
+def _check_train_step(fixture: dict, model: torch.nn.Module, out: torch.Tensor) -> None:
+    """Backward of the fixture's loss on the train-mode ``out``; output, loss, gradients and BN statistics against
+    the fixture."""
     loss = reference_loss(fixture, out)
     loss.backward()
     torch.testing.assert_close(out, fixture["train_output"], rtol=1e-4, atol=1e-5)
@@ -95,6 +90,17 @@ def test_train_forward_backward(case):
     state = model.state_dict()
     for name, value in fixture["train_bn_running_stats"].items():
         torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_train_forward_backward(case):
+    # spikingjelly 2.0's fused CPU LIF kernel and our fused op have their own backward: gradients agree with the
+    # reference's plain-torch loop to rounding (about 1e-7 absolute, 1e-5 relative on PLIF w), inside the tolerances
+    # below.  The encoding conv run once sums its T weight gradients in another order: rounding too.
+    fixture, model = case
+    model.load_state_dict(fixture["state_dict"])
+    model = copy.deepcopy(model).train()
+    out, hook = model(fixture["input"].float(), hook=dict())
+    _check_train_step(fixture, model, out)
     rates = _firing_rates(hook)
     for t, per_key in fixture["train_firing_rate"].items():
         for key, value in per_key.items():
@@ -118,13 +124,4 @@ def test_train_forward_backward_with_fused_bn_lif(path, monkeypatch):
     # q, k, v and the MLP in every block; stem stages 1 and 2, and stage 0 for event frames (a static image's first
     # stage runs once, unfused, and is broadcast over T)
     assert len(fused_calls) == 4 * model.depths + 2 + (x.dim() == 5)
-    loss = reference_loss(fixture, out)
-    loss.backward()
-    torch.testing.assert_close(out, fixture["train_output"], rtol=1e-4, atol=1e-5)
-    assert loss.item() == pytest.approx(fixture["train_loss"], rel=1e-4, abs=1e-5)
-    params = dict(model.named_parameters())
-    for name, grad in fixture["grads"].items():
-        torch.testing.assert_close(params[name].grad, grad, rtol=1e-4, atol=1e-5, msg=name)
-    state = model.state_dict()
-    for name, value in fixture["train_bn_running_stats"].items():
-        torch.testing.assert_close(state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    _check_train_step(fixture, model, out)
