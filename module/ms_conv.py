@@ -14,12 +14,12 @@ input, q is max-pooled too.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .bn_lif import bn_lif
 from .instrument import sparsity, timer
 from .neuron import ATTENTION_THRESHOLD, create_lif
+from .pool import max_pool2d
 from .probe import Probe
 from .sps import _tb_apply
 
@@ -39,7 +39,8 @@ class SpatialMaxPool(nn.MaxPool3d):
     On a 5-D tensor MaxPool3d treats axis 0 as batch and axis 1 as channel, so this is a 3x3 max over the last two
     axes, keeping the shape: on ``[T, B, C, H, W]`` a spatial max, on ``[T, B, heads, N, d]`` a max over (token,
     channel within the head).  A 2-D max-pool over the first two axes flattened takes the same windows, so the
-    values, the argmax (the first maximum of the window in ties) and the gradients are the same.  On CUDA the 2-D
+    values, the argmax (the first maximum of the window in ties) and the gradients are the same (through
+    :func:`module.pool.max_pool2d`, which does not keep the input for the backward).  On CUDA the 2-D
     backward gathers each input's gradient, where the 3-D one scatters with atomic adds (contended here: the
     windows overlap and spikes tie) and is therefore nondeterministic (it raises under
     ``torch.use_deterministic_algorithms``).
@@ -51,7 +52,7 @@ class SpatialMaxPool(nn.MaxPool3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 5:
             raise ValueError(f"SpatialMaxPool expects a 5-D tensor; got shape {tuple(x.shape)}")
-        return F.max_pool2d(x.flatten(0, 1), kernel_size=3, stride=1, padding=1).unflatten(0, x.shape[:2])
+        return max_pool2d(x.flatten(0, 1), kernel_size=3, stride=1, padding=1).unflatten(0, x.shape[:2])
 
 
 def dvs_pooling() -> SpatialMaxPool:

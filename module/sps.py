@@ -9,6 +9,7 @@ from .bn_lif import bn_lif, update_running_stats
 from .fused_lif import MultiStepLIF
 from .instrument import timer
 from .neuron import create_lif
+from .pool import MaxPool2d
 
 __all__ = ["MS_SPS", "batch_norm_of_copies"]
 
@@ -63,8 +64,8 @@ class MS_SPS(nn.Module):
             self.add_module(f"proj_conv{suffix}", nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
             self.add_module(f"proj_bn{suffix}", nn.BatchNorm2d(widths[i + 1]))
             self.add_module(f"proj_lif{suffix}", create_lif(spike_mode, backend=neuron_backend))
-            self.add_module(f"maxpool{suffix}", nn.MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1,
-                                                              ceil_mode=False))
+            self.add_module(f"maxpool{suffix}", MaxPool2d(kernel_size=3, stride=2, padding=1, dilation=1,
+                                                           ceil_mode=False))
         self.rpe_conv = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, bias=False)
         self.rpe_bn = nn.BatchNorm2d(embed_dims)
         self.rpe_lif = create_lif(spike_mode, backend=neuron_backend)

@@ -1,0 +1,99 @@
+"""Memory the training step keeps for the backward, counted exactly on the meta device (no data, no compute).
+
+    python benchmarks/saved_memory.py                # every anchor config of issue 10
+    python benchmarks/saved_memory.py --tiny --json out.json
+
+The engine builds each config's model on PyTorch's meta device (shapes and dtypes only) and runs one training
+forward and loss under ``torch.autograd.graph.saved_tensors_hooks``, which sees every tensor autograd keeps for the
+backward.  Tensors are counted once per storage (views share one), parameters apart.  Reported per model path:
+
+* ``saved``: activations kept for the backward at the end of the forward;
+* ``state``: parameters, their gradients and AdamW's two moments (4 x the parameter bytes);
+* ``saved + state`` next to the anchor's peak memory.  The real peak also holds the backward's temporaries, cuDNN
+  workspaces and allocator slack, so the ratio is a lower bound of the measured one.
+
+Counted in fp32: the meta device has no autocast.  Under AMP most activations are kept in half precision, about
+half these bytes.  Paths: ``spikingjelly`` (its neurons, a Python loop over T off CUDA, on T copies of a static
+image), ``default`` (fused neurons, encoding conv once) and ``bn_lif`` (``--fuse-bn-lif`` on top).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_train import ANCHORS, TINY, Case, _random_batch, engine_args  # noqa: E402
+from engine.atomic import write_text_atomic  # noqa: E402
+from engine.losses import build_train_loss  # noqa: E402
+from engine.model import build_model, resolve_model_args  # noqa: E402
+
+__all__ = ["PATHS", "saved_bytes", "measure", "main"]
+
+_logger = logging.getLogger("saved_memory")
+_GIB = 2.0 ** 30
+PATHS = {
+    "spikingjelly": ("--neuron-backend", "spikingjelly", "--no-encode-once"),
+    "default": (),
+    "bn_lif": ("--fuse-bn-lif",),
+}
+
+
+def saved_bytes(model: torch.nn.Module, step) -> int:
+    """Bytes of the distinct non-parameter storages that autograd saves while ``step()`` runs."""
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    saved: dict[int, torch.UntypedStorage] = {}  # holding the storages keeps their ids from being reused
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage._cdata not in params:
+            saved[storage._cdata] = storage
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return sum(s.nbytes() for s in saved.values())
+
+
+def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
+    """``saved`` and ``state`` bytes of one config on one model path (fp32, meta device)."""
+    args = engine_args([*case.flags, *path_flags, "--device", "cpu", "--no-amp"])
+    resolve_model_args(args)
+    with torch.device("meta"):
+        model = build_model(args).train()
+        loss_fn = build_train_loss(args, mixup_active=False)
+        args.device = "meta"
+        inputs, target = _random_batch(args, soft_targets=False)
+    state = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+    saved = saved_bytes(model, lambda: loss_fn(model(inputs), target))
+    return {"saved_gib": saved / _GIB, "state_gib": state / _GIB, "batch_size": args.batch_size}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny CPU configs instead of the anchors")
+    parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cases = TINY if opts.tiny else ANCHORS
+    results = {name: {path: measure(case, flags) for path, flags in PATHS.items()} for name, case in cases.items()}
+    header = f"{'config':30s} {'path':13s} {'saved GiB':>10s} {'state GiB':>10s} {'sum GiB':>8s} {'anchor GiB':>10s}"
+    _logger.info("%s %s", header, "sum / anchor")
+    for name, per_path in results.items():
+        anchor = cases[name].anchor
+        for path, r in per_path.items():
+            total = r["saved_gib"] + r["state_gib"]
+            ratio = f"{total / anchor.peak_gib:.2f}" if anchor else ""
+            _logger.info("%-30s %-13s %10.3f %10.3f %8.3f %10s %s", name, path, r["saved_gib"], r["state_gib"],
+                         total, f"{anchor.peak_gib:g}" if anchor else "", ratio)
+    if opts.json:
+        write_text_atomic(opts.json, json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
