@@ -137,13 +137,23 @@ def _backward(ctx, grad_spikes: Tensor):
 _bn_lif_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("sdt::batch_norm_statistics", mutates_args=())
 def _batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32."""
+    """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32 whatever the input dtype.
+
+    An opaque op: on CUDA it is SyncBatchNorm's one-pass statistics kernel, which has no meta implementation for
+    ``torch.compile`` to trace through.
+    """
     if x_flat.is_cuda:
         mean, invstd = torch.batch_norm_stats(x_flat, eps)
         return mean, invstd.pow(-2) - eps, invstd
     var, mean = torch.var_mean(x_flat.float(), dim=[d for d in range(x_flat.dim()) if d != 1], correction=0)
     return mean, var, torch.rsqrt(var + eps)
+
+
+@_batch_statistics.register_fake
+def _(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    return tuple(x_flat.new_empty(x_flat.shape[1], dtype=torch.float32) for _ in range(3))
 
 
 def batch_norm_lif(bn: nn.BatchNorm2d, lif: MultiStepLIF, x: Tensor) -> Tensor:
