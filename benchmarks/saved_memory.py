@@ -12,8 +12,9 @@ backward.  Tensors are counted once per storage (views share one), parameters ap
 * ``saved + state`` next to the anchor's peak memory.  The real peak also holds the backward's temporaries, cuDNN
   workspaces and allocator slack, so the ratio is a lower bound of the measured one.
 
-Counted in fp32: the meta device has no autocast.  Under AMP most activations are kept in half precision, about
-half these bytes.  Paths: ``spikingjelly`` (its neurons, a Python loop over T off CUDA, on T copies of a static
+The meta device has no autocast, so an AMP config runs with the model and input cast to its half-precision dtype:
+the activations are then half precision as under autocast (which also keeps the loss and a few [C]-sized BatchNorm
+tensors in fp32, a negligible difference).  Paths: ``spikingjelly`` (its neurons, a Python loop over T off CUDA, on T copies of a static
 image), ``default`` (fused neurons, encoding conv once) and ``bn_lif`` (``--fuse-bn-lif`` on top).
 """
 from __future__ import annotations
@@ -60,17 +61,20 @@ def saved_bytes(model: torch.nn.Module, step) -> int:
 
 
 def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
-    """``saved`` and ``state`` bytes of one config on one model path (fp32, meta device)."""
-    args = engine_args([*case.flags, *path_flags, "--device", "cpu", "--no-amp"])
+    """``saved`` and ``state`` bytes of one config on one model path (meta device; AMP configs in half precision)."""
+    args = engine_args([*case.flags, *path_flags, "--device", "cpu"])
     resolve_model_args(args)
+    dtype = (torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16) if args.amp else torch.float32
     with torch.device("meta"):
         model = build_model(args).train()
         loss_fn = build_train_loss(args, mixup_active=False)
         args.device = "meta"
         inputs, target = _random_batch(args, soft_targets=False)
-    state = 4 * sum(p.numel() * p.element_size() for p in model.parameters())
-    saved = saved_bytes(model, lambda: loss_fn(model(inputs), target))
-    return {"saved_gib": saved / _GIB, "state_gib": state / _GIB, "batch_size": args.batch_size}
+    state = 4 * sum(p.numel() * p.element_size() for p in model.parameters())  # fp32 master weights
+    model.to(dtype)
+    saved = saved_bytes(model, lambda: loss_fn(model(inputs.to(dtype)).float(), target))
+    return {"saved_gib": saved / _GIB, "state_gib": state / _GIB, "batch_size": args.batch_size,
+            "dtype": str(dtype).removeprefix("torch.")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -81,15 +85,16 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cases = TINY if opts.tiny else ANCHORS
     results = {name: {path: measure(case, flags) for path, flags in PATHS.items()} for name, case in cases.items()}
-    header = f"{'config':30s} {'path':13s} {'saved GiB':>10s} {'state GiB':>10s} {'sum GiB':>8s} {'anchor GiB':>10s}"
+    header = (f"{'config':30s} {'path':13s} {'dtype':9s} {'saved GiB':>10s} {'state GiB':>10s} {'sum GiB':>8s} "
+              f"{'anchor GiB':>10s}")
     _logger.info("%s %s", header, "sum / anchor")
     for name, per_path in results.items():
         anchor = cases[name].anchor
         for path, r in per_path.items():
             total = r["saved_gib"] + r["state_gib"]
             ratio = f"{total / anchor.peak_gib:.2f}" if anchor else ""
-            _logger.info("%-30s %-13s %10.3f %10.3f %8.3f %10s %s", name, path, r["saved_gib"], r["state_gib"],
-                         total, f"{anchor.peak_gib:g}" if anchor else "", ratio)
+            _logger.info("%-30s %-13s %-9s %10.3f %10.3f %8.3f %10s %s", name, path, r["dtype"], r["saved_gib"],
+                         r["state_gib"], total, f"{anchor.peak_gib:g}" if anchor else "", ratio)
     if opts.json:
         write_text_atomic(opts.json, json.dumps(results, indent=2))
     return results

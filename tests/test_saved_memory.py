@@ -46,3 +46,7 @@ def test_every_tiny_config_and_path(tmp_path):
     for name, r in results.items():
         assert r["bn_lif"]["saved_gib"] < r["default"]["saved_gib"] < r["spikingjelly"]["saved_gib"], name
         assert r["default"]["state_gib"] == pytest.approx(r["bn_lif"]["state_gib"]), name
+    assert results["tiny-sdt-bf16"]["default"]["dtype"] == "bfloat16"
+    fp32, bf16 = (results[f"tiny-sdt-{p}"]["default"]["saved_gib"] for p in ("fp32", "bf16"))
+    # the same tensors in half the bytes, but for the ones that stay as they are (indices, fp32 statistics and loss)
+    assert fp32 / 2 < bf16 < 0.6 * fp32
