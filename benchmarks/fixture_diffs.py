@@ -5,8 +5,8 @@
 The model variants of the fixture tests: ``fused`` (the defaults: our stateless LIF op, whose CUDA kernels are in
 Triton, and the static encoding conv run once), ``spikingjelly`` (spikingjelly 2.0's neurons, Triton on CUDA,
 on T repeated copies) and ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train step runs without the hook dict,
-whose hooks would keep the pairs unfused).  This shows how far each path is from the reference's CPU float32 numbers (eval output, hook
-tensors, train output, loss, gradients, BN running stats).
+whose hooks would keep the pairs unfused).  This shows how far each path is from the reference's CPU float32
+numbers (eval output, hook tensors, train output, loss, gradients, BN running stats).
 """
 from __future__ import annotations
 

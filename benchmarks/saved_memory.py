@@ -14,8 +14,9 @@ backward.  Tensors are counted once per storage (views share one), parameters ap
 
 The meta device has no autocast, so an AMP config runs with the model and input cast to its half-precision dtype:
 the activations are then half precision as under autocast (which also keeps the loss and a few [C]-sized BatchNorm
-tensors in fp32, a negligible difference).  Paths: ``spikingjelly`` (its neurons, a Python loop over T off CUDA, on T copies of a static
-image), ``default`` (fused neurons, encoding conv once) and ``bn_lif`` (``--fuse-bn-lif`` on top).
+tensors in fp32, a negligible difference).  Paths: ``spikingjelly`` (its neurons, a Python loop over T off CUDA,
+on T copies of a static image), ``default`` (fused neurons, encoding conv once) and ``bn_lif``
+(``--fuse-bn-lif`` on top).
 """
 from __future__ import annotations
 

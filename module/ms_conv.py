@@ -19,11 +19,11 @@ from torch import nn
 from .bn_lif import bn_lif
 from .instrument import sparsity, timer
 from .neuron import ATTENTION_THRESHOLD, create_lif
-from .pool import max_pool2d
+from .pool import SpatialMaxPool
 from .probe import Probe
 from .sps import _tb_apply
 
-__all__ = ["ATTENTION_MODES", "REFERENCES", "SpatialMaxPool", "dvs_pooling", "MS_SSA_Conv", "MS_MLP_Conv", "MS_Block_Conv"]
+__all__ = ["ATTENTION_MODES", "REFERENCES", "dvs_pooling", "MS_SSA_Conv", "MS_MLP_Conv", "MS_Block_Conv"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
 REFERENCES = ("sdt", "statten")
@@ -31,28 +31,6 @@ REFERENCES = ("sdt", "statten")
 _QKV = ("q", "k", "v")
 _QKV_CHUNKS = ("Attention q_chunks", "Attention k_chunks", "Attention v_chunks")
 _QKV_MERGED = ("Attention postReshape q_chunks", "Attention postReshape k_chunks", "Attention postReshape v_chunks")
-
-
-class SpatialMaxPool(nn.MaxPool3d):
-    """The reference's ``MaxPool3d(kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))``, computed in 2-D.
-
-    On a 5-D tensor MaxPool3d treats axis 0 as batch and axis 1 as channel, so this is a 3x3 max over the last two
-    axes, keeping the shape: on ``[T, B, C, H, W]`` a spatial max, on ``[T, B, heads, N, d]`` a max over (token,
-    channel within the head).  A 2-D max-pool over the first two axes flattened takes the same windows, so the
-    values, the argmax (the first maximum of the window in ties) and the gradients are the same (through
-    :func:`module.pool.max_pool2d`, which does not keep the input for the backward).  On CUDA the 2-D
-    backward gathers each input's gradient, where the 3-D one scatters with atomic adds (contended here: the
-    windows overlap and spikes tie) and is therefore nondeterministic (it raises under
-    ``torch.use_deterministic_algorithms``).
-    """
-
-    def __init__(self):
-        super().__init__(kernel_size=(1, 3, 3), stride=(1, 1, 1), padding=(0, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 5:
-            raise ValueError(f"SpatialMaxPool expects a 5-D tensor; got shape {tuple(x.shape)}")
-        return max_pool2d(x.flatten(0, 1), kernel_size=3, stride=1, padding=1).unflatten(0, x.shape[:2])
 
 
 def dvs_pooling() -> SpatialMaxPool:

@@ -1,4 +1,4 @@
-"""Max-pooling that keeps only the argmax for the backward, not its input.
+"""Max-pooling that keeps only the argmax for the backward, not its input; the stem's pools and the DVS pooling.
 
 ``max_pool2d``'s backward routes each output gradient to the input position its index names; it reads the input
 only for its shape.  PyTorch's autograd still keeps the whole input alive until the backward, and in SDT the inputs
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-__all__ = ["max_pool2d", "MaxPool2d"]
+__all__ = ["max_pool2d", "MaxPool2d", "SpatialMaxPool"]
 
 
 def _index_dtype(plane_size: int) -> torch.dtype:
@@ -60,3 +60,25 @@ class MaxPool2d(nn.MaxPool2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+
+
+class SpatialMaxPool(nn.MaxPool3d):
+    """The reference's ``MaxPool3d(kernel_size=(1, 3, 3), stride=1, padding=(0, 1, 1))``, computed in 2-D.
+
+    On a 5-D tensor MaxPool3d treats axis 0 as batch and axis 1 as channel, so this is a 3x3 max over the last two
+    axes, keeping the shape: on ``[T, B, C, H, W]`` a spatial max, on ``[T, B, heads, N, d]`` a max over (token,
+    channel within the head).  A 2-D max-pool over the first two axes flattened takes the same windows, so the
+    values, the argmax (the first maximum of the window in ties) and the gradients are the same (through
+    :func:`max_pool2d`, which does not keep the input for the backward).  On CUDA the 2-D
+    backward gathers each input's gradient, where the 3-D one scatters with atomic adds (contended here: the
+    windows overlap and spikes tie) and is therefore nondeterministic (it raises under
+    ``torch.use_deterministic_algorithms``).
+    """
+
+    def __init__(self):
+        super().__init__(kernel_size=(1, 3, 3), stride=(1, 1, 1), padding=(0, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 5:
+            raise ValueError(f"SpatialMaxPool expects a 5-D tensor; got shape {tuple(x.shape)}")
+        return max_pool2d(x.flatten(0, 1), kernel_size=3, stride=1, padding=1).unflatten(0, x.shape[:2])

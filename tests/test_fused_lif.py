@@ -313,25 +313,3 @@ def test_statten_core_without_copies_equals_the_reference_layout(T, chunk_size, 
     theirs = torch.autograd.grad((expected * grad_out).sum(), (q, k, v))
     for a, b in zip(mine, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("layout", ["tbchw", "heads_view"])
-def test_spatial_max_pool_is_the_reference_max_pool_3d(layout):
-    """The 2-D DVS pooling equals the reference's MaxPool3d((1, 3, 3)) on spikes (ties everywhere), gradients too."""
-    from module.ms_conv import SpatialMaxPool, _to_heads
-
-    torch.manual_seed(0)
-    x = (torch.rand(3, 2, 8, 5, 6) < 0.4).float()
-    if layout == "heads_view":
-        x = _to_heads(x, 2)  # [T, B, heads, N, d], a transposed view
-    ours_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()  # clone keeps the view's strides
-    assert ours_in.is_contiguous() == (layout == "tbchw")
-    ours = SpatialMaxPool()(ours_in)
-    expected = torch.nn.MaxPool3d((1, 3, 3), 1, (0, 1, 1))(ref_in)
-    assert torch.equal(ours, expected)
-    grad_out = torch.randn_like(expected)
-    (ours * grad_out).sum().backward()
-    (expected * grad_out).sum().backward()
-    assert torch.equal(ours_in.grad, ref_in.grad)
-    with pytest.raises(ValueError, match="5-D"):
-        SpatialMaxPool()(x[0])

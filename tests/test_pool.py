@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from benchmarks.saved_memory import saved_bytes
-from module.pool import MaxPool2d, max_pool2d
+from module.ms_conv import _to_heads
+from module.pool import MaxPool2d, SpatialMaxPool, max_pool2d
 
 
 @pytest.mark.parametrize("kind", ["spikes", "real", "channels_last"])
@@ -37,3 +38,23 @@ def test_keeps_narrow_indices_instead_of_the_input():
         assert saved_bytes(torch.nn.Identity(), lambda: max_pool2d(x, 3, 2, 1)) == 0
     with pytest.raises(ValueError, match="return_indices"):
         MaxPool2d(3, return_indices=True)
+
+
+@pytest.mark.parametrize("layout", ["tbchw", "heads_view"])
+def test_spatial_max_pool_is_the_reference_max_pool_3d(layout):
+    """The 2-D DVS pooling equals the reference's MaxPool3d((1, 3, 3)) on spikes (ties everywhere), gradients too."""
+    torch.manual_seed(0)
+    x = (torch.rand(3, 2, 8, 5, 6) < 0.4).float()
+    if layout == "heads_view":
+        x = _to_heads(x, 2)  # [T, B, heads, N, d], a transposed view
+    ours_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()  # clone keeps the view's strides
+    assert ours_in.is_contiguous() == (layout == "tbchw")
+    ours = SpatialMaxPool()(ours_in)
+    expected = torch.nn.MaxPool3d((1, 3, 3), 1, (0, 1, 1))(ref_in)
+    assert torch.equal(ours, expected)
+    grad_out = torch.randn_like(expected)
+    (ours * grad_out).sum().backward()
+    (expected * grad_out).sum().backward()
+    assert torch.equal(ours_in.grad, ref_in.grad)
+    with pytest.raises(ValueError, match="5-D"):
+        SpatialMaxPool()(x[0])
