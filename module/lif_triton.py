@@ -23,7 +23,8 @@ BLOCK = 1024
 @triton.jit
 def _channel_params(bn_ptr, offs, mask, C, S, HAS_BN: tl.constexpr):
     """``(mean, invstd, weight, bias)`` of each neuron's channel for a batch norm in front of the LIF (``bn_ptr``:
-    fp32 ``[4, C]``, neurons laid out ``[..., C, S]``); unused zeros without one."""
+    fp32 ``[4, C]``; ``S``: the channel's stride in memory, ``H * W`` in NCHW order, 1 in channels-last); unused
+    zeros without one."""
     if HAS_BN:
         channel = (offs // S) % C
         mean = tl.load(bn_ptr + channel, mask=mask, other=0.0)
@@ -172,25 +173,50 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, BLOCK),)
 
 
+def _is_dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill one block of memory without gaps or overlaps, in any order of the axes."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _time_major(x: Tensor) -> Tensor:
+    """``x`` itself when each time step is one dense block, ``N`` elements apart, in any layout (channels-last
+    conv outputs included), else a contiguous copy.  The kernels index neurons in memory order."""
+    dense = _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
+    return x if dense else x.contiguous()
+
+
+def _like_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tensor:
+    """An empty ``[steps, ...]`` tensor laid out as :func:`_time_major` ``x``."""
+    return torch.empty_strided((steps, *x.shape[1:]), (x[0].numel(), *x.stride()[1:]), dtype=dtype or x.dtype,
+                               device=x.device)
+
+
 def _batch_norm_args(x: Tensor, batch_norm: Tensor | None, decay: Tensor) -> tuple[Tensor, int, int]:
-    """Kernel arguments ``(bn_ptr, C, S)`` for input ``[T, B, C, *spatial]``; a dummy pointer without a norm."""
+    """Kernel arguments ``(bn_ptr, C, channel stride)`` for input ``[T, B, C, *spatial]``; a dummy pointer
+    without a norm."""
     if batch_norm is None:
         return decay, 1, 1
-    return batch_norm.contiguous(), x.shape[2], x.shape[3:].numel()
+    return batch_norm.contiguous(), x.shape[2], x.stride(2)
 
 
 def forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int, batch_norm: Tensor | None = None) -> Tensor:
-    """Spikes of a stateless multi-step LIF over ``x`` (``[steps, ...]``, or ``[1, ...]`` repeated).
+    """Spikes of a stateless multi-step LIF over ``x`` (``[steps, ...]``, or ``[1, ...]`` repeated), in ``x``'s
+    layout.
 
     With ``batch_norm`` (fp32 ``[4, C]``: mean, invstd, weight, bias), the LIF input is the batch norm of ``x``
     (``[T, B, C, *spatial]``), computed on the fly.
     """
-    x = x.contiguous()
-    spikes = x.new_empty((steps, *x.shape[1:]))
+    x = _time_major(x)
+    spikes = _like_steps(x, steps)
     n = x[0].numel()
     if n:
-        bn_ptr, channels, spatial = _batch_norm_args(x, batch_norm, decay)
-        _lif_forward_kernel[_grid(n)](x, decay.contiguous(), spikes, bn_ptr, n, channels, spatial, steps,
+        bn_ptr, channels, channel_stride = _batch_norm_args(x, batch_norm, decay)
+        _lif_forward_kernel[_grid(n)](x, decay.contiguous(), spikes, bn_ptr, n, channels, channel_stride, steps,
                                       v_threshold=v_threshold, REPEATED_INPUT=x.shape[0] != steps,
                                       HAS_BN=batch_norm is not None, BLOCK=BLOCK)
     return spikes
@@ -203,31 +229,24 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
     ``batch_norm``, ``grad_x`` is the gradient w.r.t. the LIF input (the batch norm's output)."""
     from .fused_lif import SURROGATE_ALPHA
 
-    x, grad_spikes = x.contiguous(), grad_spikes.contiguous()
+    x = _time_major(x)
     n, steps = x[0].numel(), grad_spikes.shape[0]
-    grad_x = torch.empty_like(x)
+    if grad_spikes.stride() != _like_steps(x, 0).stride():
+        grad_spikes = _like_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
+    grad_x = _like_steps(x, x.shape[0])
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     if not n:
         return grad_x, grad_decay.sum()
-    bn_ptr, channels, spatial = _batch_norm_args(x, batch_norm, decay)
+    bn_ptr, channels, channel_stride = _batch_norm_args(x, batch_norm, decay)
     options = dict(v_threshold=v_threshold, alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad,
                    HAS_BN=batch_norm is not None, BLOCK=BLOCK)
     repeated = x.shape[0] != steps
     if repeated or recomputes_membrane(steps, x.element_size()):
         _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, grad_x, grad_decay, n,
-                                                 channels, spatial, steps, REPEATED_INPUT=repeated, **options)
+                                                 channels, channel_stride, steps, REPEATED_INPUT=repeated,
+                                                 **options)
     else:
-        h_scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        h_scratch = _like_steps(x, steps, torch.float32)
         _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, h_scratch, grad_x, grad_decay,
-                                       n, channels, spatial, steps, **options)
-    return grad_x, grad_decay.sum()
-    options = dict(v_threshold=v_threshold, alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad, BLOCK=BLOCK)
-    repeated = x.shape[0] != steps
-    if repeated or recomputes_membrane(steps, x.element_size()):
-        _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), grad_x, grad_decay, n, steps,
-                                                 REPEATED_INPUT=repeated, **options)
-    else:
-        h_scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), h_scratch, grad_x, grad_decay, n,
-                                       steps, **options)
+                                       n, channels, channel_stride, steps, **options)
     return grad_x, grad_decay.sum()

@@ -120,6 +120,19 @@ for steps in (4, 12):
     spikes = lif_triton.forward(xb, decay, 1.0, steps, batch_norm=table)
     expected = lif_reference(_normalize(xb, stats, weight, bias), decay, 1.0)
     assert spikes.dtype == torch.bfloat16 and (spikes != expected).float().mean() < 0.01, steps
+# channels-last conv outputs ([T * B, C, H, W] in NHWC order, viewed as [T, B, C, H, W]) keep their layout
+x = torch.randn(4 * 3, C, 5, 7).contiguous(memory_format=torch.channels_last).unflatten(0, (4, 3)) * 2
+g = torch.randn(4, 3, C, 5, 7)  # a gradient in another layout
+for steps in (4, 12):
+    xs, gs = x.repeat(steps // 4, 1, 1, 1, 1), g.repeat(steps // 4, 1, 1, 1, 1)
+    xs = xs.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, xs.shape[:2])
+    ys = _normalize(xs, stats, weight, bias)
+    for batch_norm, lif_input in ((None, xs), (table, ys)):
+        spikes = lif_triton.forward(xs, decay, 1.0, steps, batch_norm=batch_norm)
+        assert spikes.stride() == xs.stride() and torch.equal(spikes, lif_reference(lif_input, decay, 1.0))
+        gx, _ = lif_triton.backward(gs, xs, decay, 1.0, False, batch_norm=batch_norm)
+        rx, _ = lif_backward_reference(gs, lif_input, decay, 1.0, False)
+        assert gx.stride() == xs.stride() and (gx - rx).abs().max() <= 1e-6, steps
 print("ok")
 """
 
