@@ -190,10 +190,14 @@ def _time_major(x: Tensor) -> Tensor:
     return x if dense else x.contiguous()
 
 
+def _step_strides(x: Tensor) -> tuple[int, ...]:
+    """Strides of a ``[steps, ...]`` tensor laid out as :func:`_time_major` ``x``."""
+    return x[0].numel(), *x.stride()[1:]
+
+
 def _like_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tensor:
     """An empty ``[steps, ...]`` tensor laid out as :func:`_time_major` ``x``."""
-    return torch.empty_strided((steps, *x.shape[1:]), (x[0].numel(), *x.stride()[1:]), dtype=dtype or x.dtype,
-                               device=x.device)
+    return torch.empty_strided((steps, *x.shape[1:]), _step_strides(x), dtype=dtype or x.dtype, device=x.device)
 
 
 def _batch_norm_args(x: Tensor, batch_norm: Tensor | None, decay: Tensor) -> tuple[Tensor, int, int]:
@@ -231,7 +235,7 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
 
     x = _time_major(x)
     n, steps = x[0].numel(), grad_spikes.shape[0]
-    if grad_spikes.stride() != _like_steps(x, 0).stride():
+    if grad_spikes.stride() != _step_strides(x):
         grad_spikes = _like_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
     grad_x = _like_steps(x, x.shape[0])
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
