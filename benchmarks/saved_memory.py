@@ -33,6 +33,7 @@ from benchmarks.bench_train import ANCHORS, TINY, Case, _random_batch, engine_ar
 from engine.atomic import write_text_atomic  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.model import build_model, resolve_model_args  # noqa: E402
+from engine.optim import compute_dtype  # noqa: E402
 
 __all__ = ["PATHS", "saved_bytes", "measure", "main"]
 
@@ -65,7 +66,7 @@ def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
     """``saved`` and ``state`` bytes of one config on one model path (meta device; AMP configs in half precision)."""
     args = engine_args([*case.flags, *path_flags, "--device", "cpu"])
     resolve_model_args(args)
-    dtype = (torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16) if args.amp else torch.float32
+    dtype = compute_dtype(args)
     with torch.device("meta"):
         model = build_model(args).train()
         loss_fn = build_train_loss(args, mixup_active=False)

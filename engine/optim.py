@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["uses_fused_optimizer", "build_optimizer", "build_scheduler", "Amp", "build_amp"]
+__all__ = ["uses_fused_optimizer", "build_optimizer", "build_scheduler", "Amp", "compute_dtype", "build_amp"]
 
 
 def uses_fused_optimizer(args: argparse.Namespace) -> bool:
@@ -71,6 +71,13 @@ class Amp:
     loss_scaler: Any = None
 
 
+def compute_dtype(args: argparse.Namespace) -> torch.dtype:
+    """The dtype the forward computes in: ``--amp-dtype`` with ``--amp``, else float32."""
+    if not args.amp:
+        return torch.float32
+    return torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+
+
 def build_amp(args: argparse.Namespace) -> Amp:
     """``torch.autocast`` in ``--amp-dtype`` with ``--amp`` (plus a gradient scaler for float16), else fp32."""
     if not args.amp:
@@ -78,6 +85,6 @@ def build_amp(args: argparse.Namespace) -> Amp:
     from timm.utils import NativeScaler
 
     device_type = torch.device(args.device).type
-    dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+    dtype = compute_dtype(args)
     scaler = NativeScaler(device=device_type) if dtype == torch.float16 else None
     return Amp(lambda: torch.autocast(device_type=device_type, dtype=dtype), scaler)
