@@ -14,14 +14,15 @@ Per config: the model, optimizer, AMP and training loss come from the engine's b
 the device (``[B, C, H, W]`` images or ``[B, T, 2, H, W]`` event frames; soft targets when the config has
 mixup/CutMix); then ``--warmup`` steps (the first, which includes any kernel compilation, is reported on its own),
 one step under ``FlopCounterMode`` (dense FLOPs of forward and backward), ``--steps`` timed steps, each between two
-device synchronisations, and on CUDA ``--profile-steps`` steps under the torch profiler.
+device synchronisations, and ``--profile-steps`` steps under the torch profiler.
 
 Reported: median ms/step with p10/p90, images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset
 intervals, per step), peak memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the
 process's peak RSS), TFLOP per step and model FLOP utilisation (achieved FLOP/s over ``--peak-tflops``, by default
 989 for AMP and 67 for fp32, the dense H100 SXM figures; on the CPU only when ``--peak-tflops`` is given).  Anchor
 speed-ups divide the anchor's fastest ms/step by ours (conservative where the anchor is a range); the memory ratio
-is ours over the anchor's.
+is ours over the anchor's.  Below the table, per config, the kernels that take the most GPU time (on the CPU: the
+operators with the most self time), which say where a config that falls short spends its step.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,13 +54,14 @@ from engine.loop import train_step  # noqa: E402
 from engine.model import build_model, compile_model, prepare_model, resolve_model_args  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
-__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "compare", "speed_path",
-           "table_rows", "log_table", "main"]
+__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "top_ops", "compare", "speed_path",
+           "table_rows", "log_table", "log_top_ops", "main"]
 
 _logger = logging.getLogger("bench_train")
 _GIB = 2.0 ** 30
 # Dense peak TFLOP/s of an H100 SXM: fp16/bf16 tensor cores, and fp32 without tensor cores.
 PEAK_TFLOPS_AMP, PEAK_TFLOPS_FP32 = 989.0, 67.0
+TOP_OPS = 15  # kernels (operators on the CPU) listed per config
 
 
 @dataclass(frozen=True)
@@ -144,18 +147,38 @@ def busy_time(intervals: Sequence[tuple[float, float]]) -> float:
     return total
 
 
-def _gpu_busy_ms(step: Callable[[], object], n: int, sync: Callable[[], None]) -> float:
-    """Mean time per step during which the GPU runs a kernel, memcpy or memset (torch profiler, ``n`` steps)."""
+def top_ops(durations: Iterable[tuple[str, float]], steps: int, top: int = TOP_OPS) -> list[dict]:
+    """The ``top`` names by total time in ``(name, microseconds)`` pairs over ``steps`` steps: per name the calls and
+    milliseconds per step and the share of the total, largest first."""
+    total_us, calls = defaultdict(float), defaultdict(int)
+    for name, us in durations:
+        total_us[name] += us
+        calls[name] += 1
+    grand = sum(total_us.values()) or 1.0
+    ranked = sorted(total_us, key=lambda name: (-total_us[name], name))[:top]
+    return [dict(name=name, calls_per_step=calls[name] / steps, ms_per_step=total_us[name] / 1e3 / steps,
+                 share=total_us[name] / grand) for name in ranked]
+
+
+def _profile(step: Callable[[], object], n: int, sync: Callable[[], None], on_cuda: bool) -> tuple[float | None,
+                                                                                                    list[dict]]:
+    """Run ``n`` steps under the torch profiler: the mean GPU-busy ms per step (the union of the CUDA kernel, memcpy
+    and memset intervals; None off CUDA) and :func:`top_ops` of the CUDA kernels, or off CUDA of the operators'
+    self CPU time."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
         for _ in range(n):
             step()
         sync()
-    intervals = [(e.time_range.start, e.time_range.end) for e in prof.events()
-                 if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
-    return busy_time(intervals) / 1e3 / n
+    if not on_cuda:
+        return None, top_ops(((e.name, e.self_cpu_time_total) for e in prof.events()
+                              if e.device_type == DeviceType.CPU and not e.is_user_annotation), n)
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+    busy_ms = busy_time([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e3 / n
+    return busy_ms, top_ops(((e.name, e.time_range.elapsed_us()) for e in kernels), n)
 
 
 def _step_flops(step: Callable[[], object]) -> int | None:
@@ -184,13 +207,14 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         args: parsed engine arguments (see :func:`engine_args`); ``args.device`` empty means CUDA if available.
         warmup: untimed steps first (at least 1; the first one's time is reported as ``first_step_s``).
         steps: timed steps (at least 2).
-        profile_steps: steps under the torch profiler for the GPU-busy time (CUDA only; 0 skips it).
+        profile_steps: steps under the torch profiler for the GPU-busy time and the top operators (0 skips it).
         peak_tflops: device peak for the model FLOP utilisation; None: the H100 figure on CUDA, none on the CPU.
 
     Returns:
         A JSON-ready dict: the config (model, precision, batch, ...), ``ms_per_step`` (median, p10, p90, min, max),
         ``images_per_s``, ``gpu_busy_ms`` (None off CUDA), ``peak_memory_gib`` and ``peak_memory_kind``,
-        ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown) and ``first_step_s``.
+        ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown), ``first_step_s`` and ``top_ops``
+        (:func:`top_ops` of the CUDA kernels, or off CUDA of the operators' self CPU time: ``top_ops_kind``).
     """
     if warmup < 1 or steps < 2:
         raise ValueError(f"need warmup >= 1 and steps >= 2, got {warmup} and {steps}")
@@ -235,7 +259,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         peak_gib, peak_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
     else:  # ru_maxrss is in KiB on Linux
         peak_gib, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB, "process_peak_rss"
-    busy_ms = _gpu_busy_ms(step, profile_steps, sync) if on_cuda and profile_steps > 0 else None
+    busy_ms, top = _profile(step, profile_steps, sync, on_cuda) if profile_steps > 0 else (None, [])
 
     times_ms.sort()
     median_ms = statistics.median(times_ms)
@@ -258,6 +282,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         peak_memory_gib=peak_gib, peak_memory_kind=peak_kind,
         tflop_per_step=flops / 1e12 if flops is not None else None, tflops=tflops, peak_tflops=peak_tflops,
         mfu=tflops / peak_tflops if tflops is not None and peak_tflops else None,
+        top_ops=top, top_ops_kind="cuda_kernels" if on_cuda else "cpu_self_time",
     )
 
 
@@ -323,6 +348,18 @@ def log_table(results: dict[str, dict]) -> None:
         _logger.info(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
 
 
+def log_top_ops(results: dict[str, dict]) -> None:
+    """Log each result's :func:`top_ops` (kernel names cut to 100 characters; the JSON keeps them whole)."""
+    for name, r in results.items():
+        if not r.get("top_ops"):
+            continue
+        unit = "GPU kernels" if r["top_ops_kind"] == "cuda_kernels" else "CPU operators, self time"
+        _logger.info("%s: top %s (ms/step, share, calls/step)", name, unit)
+        for op in r["top_ops"]:
+            _logger.info("  %8.3f %5.1f%% %7.1f  %s", op["ms_per_step"], 100 * op["share"], op["calls_per_step"],
+                         op["name"][:100])
+
+
 def _environment(results: dict[str, dict]) -> dict:
     env = {"torch": torch.__version__, "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}
     devices = {r["device"] for r in results.values()}
@@ -375,6 +412,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
             write_text_atomic(opts.json, json.dumps({"environment": _environment(results), "results": results},
                                                     indent=2))
     log_table(results)
+    log_top_ops(results)
     if opts.json:
         _logger.info("wrote %s", opts.json)
     return results

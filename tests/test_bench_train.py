@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmarks.bench_train import ANCHORS, TINY, Anchor, bench_step, busy_time, compare, engine_args, main, \
-    table_rows
+    table_rows, top_ops
 
 torch.set_num_threads(1)
 
@@ -25,6 +25,10 @@ def test_tiny_configs_report_every_field(tmp_path):
         assert r["peak_memory_kind"] == "process_peak_rss" and r["peak_memory_gib"] > 0, name
         assert r["tflop_per_step"] > 0 and r["tflops"] > 0 and r["first_step_s"] > 0, name
         assert "anchor" not in r and "speedup" not in r, name
+        assert r["top_ops_kind"] == "cpu_self_time" and 0 < len(r["top_ops"]) <= 15, name
+        times = [op["ms_per_step"] for op in r["top_ops"]]
+        assert times == sorted(times, reverse=True) and 0 < sum(op["share"] for op in r["top_ops"]) <= 1 + 1e-9
+        assert "aten::convolution_backward" in {op["name"] for op in r["top_ops"]}, name
     assert results["tiny-sdt-bf16"]["precision"] == "bfloat16"
     assert results["tiny-statten-dvs"]["chunk_size"] == 2
     assert [len(row) for row in table_rows(results)] == [16] * len(TINY)
@@ -62,3 +66,13 @@ def test_compare_with_anchor_only_on_cuda():
 def test_busy_time_is_the_union_of_intervals():
     assert busy_time([]) == 0
     assert busy_time([(5, 7), (0, 2), (1, 3), (2.5, 2.8), (10, 11)]) == pytest.approx(3 + 2 + 1)
+
+
+def test_top_ops_sums_per_name_and_step():
+    durations = [("conv", 300.0), ("lif", 50.0), ("conv", 100.0), ("bn", 50.0), ("lif", 50.0), ("add", 10.0)]
+    top = top_ops(durations, steps=2, top=3)
+    assert [op["name"] for op in top] == ["conv", "lif", "bn"]
+    assert top[0] == {"name": "conv", "calls_per_step": 1.0, "ms_per_step": 0.2, "share": pytest.approx(400 / 560)}
+    assert top[1]["calls_per_step"] == 1.0 and top[1]["ms_per_step"] == pytest.approx(0.05)
+    assert top[2]["share"] == pytest.approx(50 / 560)
+    assert top_ops([], steps=1) == []
