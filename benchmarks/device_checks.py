@@ -14,8 +14,8 @@ that the ones before it still come back:
 3. ``profiler`` and ``profiler_timers``: the fork's default model, 30 runs with probes and 30 with timers only
    (issue 7), and ``bench_probes``: the cost of the probes when off;
 4. ``bench_train``: every anchor config on the default fast path, ``bench_train_bn_lif`` with ``--fuse-bn-lif``
-   (whether it pays decides its default), then ``bench_train_compiled`` with ``--torchcompile
-   --torchcompile-mode reduce-overhead`` (issue 10).
+   (whether it pays decides its default), ``bench_train_channels_last`` with ``--channels-last`` (likewise), then
+   ``bench_train_compiled`` with ``--torchcompile --torchcompile-mode reduce-overhead`` (issue 10).
 
 ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
 records, benchmark JSON), at most two files in all, as the device tool returns at most eight.  ``--tiny`` runs the
@@ -71,6 +71,10 @@ STEPS = (
                                 "--json", "{files}/bench_train_bn_lif.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--fuse-bn-lif", "--json",
           "{files}/bench_train_bn_lif.json")),
+    Step("bench_train_channels_last", ("benchmarks/bench_train.py", "--all", "--device", "{device}",
+                                       "--channels-last", "--json", "{files}/bench_train_channels_last.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--channels-last", "--json",
+          "{files}/bench_train_channels_last.json")),
     Step("bench_train_compiled", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--torchcompile",
                                   "--torchcompile-mode", "reduce-overhead", "--json",
                                   "{files}/bench_train_compiled.json"),

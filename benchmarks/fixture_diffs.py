@@ -4,8 +4,9 @@
 
 The model variants of the fixture tests: ``fused`` (the defaults: our stateless LIF op, whose CUDA kernels are in
 Triton, and the static encoding conv run once), ``spikingjelly`` (spikingjelly 2.0's neurons, Triton on CUDA,
-on T repeated copies) and ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train step runs without the hook dict,
-whose hooks would keep the pairs unfused).  This shows how far each path is from the reference's CPU float32
+on T repeated copies), ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train step runs without the hook dict,
+whose hooks would keep the pairs unfused) and ``channels_last`` (the defaults with the model and a static input in
+NHWC memory, as ``--channels-last`` trains).  This shows how far each path is from the reference's CPU float32
 numbers (eval output, hook tensors, train output, loss, gradients, BN running stats).
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float().cpu() - b.float()).abs().max().item()
 
 
-MODEL_VARIANTS = {**VARIANTS, "bn_lif": {"fuse_bn_lif": True}}
+MODEL_VARIANTS = {**VARIANTS, "bn_lif": {"fuse_bn_lif": True}, "channels_last": {}}
+MEMORY_FORMATS = {"channels_last": torch.channels_last}  # the other variants: contiguous
 
 
 def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> dict:
@@ -37,8 +39,11 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
     fixture = load_fixture(path)
     net = build_seeded(fixture, **MODEL_VARIANTS[variant])
     net.load_state_dict(fixture["state_dict"])
-    net.to(device).eval()
+    memory_format = MEMORY_FORMATS.get(variant, torch.contiguous_format)
+    net.to(device, memory_format=memory_format).eval()
     x = fixture["input"].float().to(device)
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=memory_format)
     with torch.no_grad():
         out, hook = net(x, hook=dict())
     hook_err = max(_max_abs(hook[k][:, :1], unpack_hook(e)) for k, e in fixture["hook"].items())

@@ -93,6 +93,10 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     model = model.to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+        if torch.device(args.device).type == "cpu":
+            _logger.warning("--channels-last on the CPU: PyTorch's CPU BatchNorm computes the batch statistics of "
+                            "channels-last input about 100x less accurately (5e-5 instead of 6e-7 max error in "
+                            "fp32), enough to flip spikes; it is meant for CUDA (docs/speed.md)")
     if args.distributed and args.sync_bn:
         if torch.device(args.device).type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices: torch's SyncBatchNorm does not run on the CPU")

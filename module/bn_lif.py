@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from . import instrument
-from .fused_lif import MultiStepLIF, lif_backward_reference, lif_reference, triton_available
+from .fused_lif import MultiStepLIF, empty_steps, lif_backward_reference, lif_reference, triton_available
 
 __all__ = ["batch_norm_lif", "bn_lif", "can_fuse", "update_running_stats"]
 
@@ -72,7 +72,7 @@ def _bn_lif_forward(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, deca
 @_bn_lif_forward.register_fake
 def _(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor, v_threshold: float,
       batch_stats: bool) -> Tensor:
-    return torch.empty_like(x)
+    return empty_steps(x, x.shape[0])
 
 
 def _batch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tensor,

@@ -20,49 +20,45 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
-           "triton_available"]
+           "is_time_major", "empty_steps", "triton_available"]
 
 # spikingjelly's default surrogate gradient: surrogate.Sigmoid(alpha=4).
 SURROGATE_ALPHA = 4.0
 
 
+def _is_dense(t: Tensor) -> bool:
+    """Whether ``t``'s elements fill one block of memory without gaps or overlaps, in any order of the axes."""
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def is_time_major(x: Tensor) -> bool:
+    """Whether each time step of ``x`` (``[T, ...]``) is one dense block, ``N`` elements after the previous one, in
+    any layout of the other axes (a channels-last conv output viewed as ``[T, B, C, H, W]`` is one)."""
+    return _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
+
+
+def empty_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tensor:
+    """An empty ``[steps, ...]`` tensor with the layout of :func:`is_time_major` ``x`` (else contiguous): the layout
+    of the LIF ops' outputs and gradients on every device, and of their fake tensors under ``torch.compile``."""
+    shape, dtype = (steps, *x.shape[1:]), dtype or x.dtype
+    if not is_time_major(x):
+        return x.new_empty(shape, dtype=dtype)
+    return torch.empty_strided(shape, (x[0].numel(), *x.stride()[1:]), dtype=dtype, device=x.device)
+
+
 def _membrane_steps(x: Tensor, k: Tensor, v_threshold: float) -> Iterator[tuple[Tensor, Tensor]]:
     """The LIF recurrence from v = 0 in fp32: per time step, the membrane ``h`` before the reset and the ``v`` it
     started from."""
-    v = torch.zeros(x.shape[1:], dtype=torch.float32, device=x.device)
+    v = torch.zeros_like(x[0], dtype=torch.float32)
     for t in range(x.shape[0]):
         h = v + (x[t].float() - v) * k
         yield h, v
         v = torch.where(h >= v_threshold, 0.0, h)
-
-
-def lif_reference(x: Tensor, decay: Tensor, v_threshold: float) -> Tensor:
-    """Spikes of ``[T, ...]`` input ``x``: ``h = v + (x - v) * decay``, spike if ``h >= v_threshold``, then
-    ``v = h (1 - spike)``, from v = 0."""
-    spikes = x.new_empty(x.shape)
-    for t, (h, _) in enumerate(_membrane_steps(x, decay.float(), v_threshold)):
-        spikes[t] = h >= v_threshold
-    return spikes
-
-
-def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
-                           need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    """Gradients of :func:`lif_reference` w.r.t. ``x`` and ``decay`` (surrogate ``sigmoid(alpha (h - theta))``)."""
-    k = decay.float()
-    h_seq, v_prev_seq = zip(*_membrane_steps(x, k, v_threshold))
-    grad_x = x.new_empty(x.shape)
-    grad_v = torch.zeros_like(h_seq[0])
-    grad_decay = torch.zeros((), dtype=torch.float32, device=x.device)
-    for t in reversed(range(x.shape[0])):
-        h = h_seq[t]
-        sg = torch.sigmoid(SURROGATE_ALPHA * (h - v_threshold))
-        grad_h = grad_spikes[t].float() * (SURROGATE_ALPHA * sg * (1.0 - sg)) + torch.where(h >= v_threshold, 0.0,
-                                                                                           grad_v)
-        grad_x[t] = grad_h * k
-        if need_decay_grad:
-            grad_decay = grad_decay + (grad_h * (x[t].float() - v_prev_seq[t])).sum()
-        grad_v = grad_h * (1.0 - k)
-    return grad_x, grad_decay
 
 
 def _over_time(x: Tensor, steps: int) -> Tensor:
@@ -70,37 +66,61 @@ def _over_time(x: Tensor, steps: int) -> Tensor:
     return x.expand(steps, *x.shape[1:])
 
 
-def _torch_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
-    return lif_reference(_over_time(x, steps), decay, v_threshold)
+def lif_reference(x: Tensor, decay: Tensor, v_threshold: float, steps: int | None = None) -> Tensor:
+    """Spikes of ``[T, ...]`` input ``x`` (or ``[1, ...]`` repeated over ``steps``): ``h = v + (x - v) * decay``,
+    spike if ``h >= v_threshold``, then ``v = h (1 - spike)``, from v = 0."""
+    steps = x.shape[0] if steps is None else steps
+    spikes = empty_steps(x, steps)
+    for t, (h, _) in enumerate(_membrane_steps(_over_time(x, steps), decay.float(), v_threshold)):
+        spikes[t] = h >= v_threshold
+    return spikes
 
 
-def _torch_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
-                    need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    grad_x, grad_decay = lif_backward_reference(grad_spikes, _over_time(x, grad_spikes.shape[0]), decay,
-                                                v_threshold, need_decay_grad)
-    return grad_x.sum(0, keepdim=True) if x.shape[0] != grad_spikes.shape[0] else grad_x, grad_decay
+def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
+                           need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`lif_reference` w.r.t. ``x`` and ``decay`` (surrogate ``sigmoid(alpha (h - theta))``);
+    for a repeated ``[1, ...]`` input the gradient is summed over the time steps of ``grad_spikes``."""
+    k = decay.float()
+    steps = grad_spikes.shape[0]
+    x_steps = _over_time(x, steps)
+    h_seq, v_prev_seq = zip(*_membrane_steps(x_steps, k, v_threshold))
+    grad_x = empty_steps(x, steps)
+    grad_v = torch.zeros_like(h_seq[0])
+    grad_decay = torch.zeros((), dtype=torch.float32, device=x.device)
+    for t in reversed(range(steps)):
+        h = h_seq[t]
+        sg = torch.sigmoid(SURROGATE_ALPHA * (h - v_threshold))
+        grad_h = grad_spikes[t].float() * (SURROGATE_ALPHA * sg * (1.0 - sg)) + torch.where(h >= v_threshold, 0.0,
+                                                                                           grad_v)
+        grad_x[t] = grad_h * k
+        if need_decay_grad:
+            grad_decay = grad_decay + (grad_h * (x_steps[t].float() - v_prev_seq[t])).sum()
+        grad_v = grad_h * (1.0 - k)
+    if x.shape[0] != steps:
+        grad_x = empty_steps(x, 1).copy_(grad_x.sum(0, keepdim=True))
+    return grad_x, grad_decay
 
 
 @torch.library.custom_op("sdt::multistep_lif", mutates_args=())
 def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
-    return _torch_forward(x, decay, v_threshold, steps)
+    return lif_reference(x, decay, v_threshold, steps)
 
 
 @_lif_forward.register_fake
 def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
-    return x.new_empty((steps, *x.shape[1:]))
+    return empty_steps(x, steps)
 
 
 @torch.library.custom_op("sdt::multistep_lif_backward", mutates_args=())
 def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
                   need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    return _torch_backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
+    return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
 
 
 @_lif_backward.register_fake
 def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
       need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    return torch.empty_like(x), x.new_empty((), dtype=torch.float32)
+    return empty_steps(x, x.shape[0]), x.new_empty((), dtype=torch.float32)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -132,7 +152,7 @@ def triton_available() -> bool:
 @_lif_forward.register_kernel("cuda")
 def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
     if not triton_available():
-        return _torch_forward(x, decay, v_threshold, steps)
+        return lif_reference(x, decay, v_threshold, steps)
     from . import lif_triton
     return lif_triton.forward(x, decay, v_threshold, steps)
 
@@ -141,7 +161,7 @@ def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
 def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
       need_decay_grad: bool) -> tuple[Tensor, Tensor]:
     if not triton_available():
-        return _torch_backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
+        return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
     from . import lif_triton
     return lif_triton.backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
 

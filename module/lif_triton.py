@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .fused_lif import SURROGATE_ALPHA, empty_steps, is_time_major
+
 __all__ = ["forward", "backward", "recomputes_membrane"]
 
 BLOCK = 1024
@@ -173,31 +175,15 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, BLOCK),)
 
 
-def _is_dense(t: Tensor) -> bool:
-    """Whether ``t``'s elements fill one block of memory without gaps or overlaps, in any order of the axes."""
-    expected = 1
-    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
 def _time_major(x: Tensor) -> Tensor:
-    """``x`` itself when each time step is one dense block, ``N`` elements apart, in any layout (channels-last
-    conv outputs included), else a contiguous copy.  The kernels index neurons in memory order."""
-    dense = _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
-    return x if dense else x.contiguous()
+    """``x`` itself when it is :func:`~module.fused_lif.is_time_major` (channels-last conv outputs included), else
+    a contiguous copy.  The kernels index neurons in memory order."""
+    return x if is_time_major(x) else x.contiguous()
 
 
 def _step_strides(x: Tensor) -> tuple[int, ...]:
     """Strides of a ``[steps, ...]`` tensor laid out as :func:`_time_major` ``x``."""
     return x[0].numel(), *x.stride()[1:]
-
-
-def _like_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tensor:
-    """An empty ``[steps, ...]`` tensor laid out as :func:`_time_major` ``x``."""
-    return torch.empty_strided((steps, *x.shape[1:]), _step_strides(x), dtype=dtype or x.dtype, device=x.device)
 
 
 def _batch_norm_args(x: Tensor, batch_norm: Tensor | None, decay: Tensor) -> tuple[Tensor, int, int]:
@@ -216,7 +202,7 @@ def forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int, batch_norm
     (``[T, B, C, *spatial]``), computed on the fly.
     """
     x = _time_major(x)
-    spikes = _like_steps(x, steps)
+    spikes = empty_steps(x, steps)
     n = x[0].numel()
     if n:
         bn_ptr, channels, channel_stride = _batch_norm_args(x, batch_norm, decay)
@@ -231,13 +217,11 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
     """``(grad_x, grad_decay)`` of :func:`forward`, with spikingjelly's sigmoid surrogate (alpha 4); for a
     repeated ``[1, ...]`` input, ``grad_x`` is summed over the time steps of ``grad_spikes``.  With
     ``batch_norm``, ``grad_x`` is the gradient w.r.t. the LIF input (the batch norm's output)."""
-    from .fused_lif import SURROGATE_ALPHA
-
     x = _time_major(x)
     n, steps = x[0].numel(), grad_spikes.shape[0]
     if grad_spikes.stride() != _step_strides(x):
-        grad_spikes = _like_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
-    grad_x = _like_steps(x, x.shape[0])
+        grad_spikes = empty_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
+    grad_x = empty_steps(x, x.shape[0])
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     if not n:
         return grad_x, grad_decay.sum()
@@ -250,7 +234,7 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
                                                  channels, channel_stride, steps, REPEATED_INPUT=repeated,
                                                  **options)
     else:
-        h_scratch = _like_steps(x, steps, torch.float32)
+        h_scratch = empty_steps(x, steps, torch.float32)
         _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, h_scratch, grad_x, grad_decay,
                                        n, channels, channel_stride, steps, **options)
     return grad_x, grad_decay.sum()

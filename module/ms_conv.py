@@ -38,18 +38,37 @@ def dvs_pooling() -> SpatialMaxPool:
     return SpatialMaxPool()
 
 
+def _token_major(x: torch.Tensor) -> bool:
+    """Whether ``[T, B, C, H, W]`` ``x`` keeps the channels of a token together in memory (channels-last)."""
+    return x.stride(2) < x.stride(-1)
+
+
 def _to_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """``[T, B, C, H, W]`` -> ``[T, B, heads, N, C // heads]``; channel c is head ``c // d``, index ``c % d``.
 
-    A view (no copy): the result is channel-major in memory, so :func:`_from_heads` is a view as well.
+    A view (no copy) in channel-major and in token-major (channels-last) memory alike.
     """
     T, B, C = x.shape[:3]
     return x.reshape(T, B, num_heads, C // num_heads, -1).transpose(-1, -2)
 
 
-def _from_heads(x: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """Inverse of :func:`_to_heads`: ``[T, B, heads, N, d]`` -> ``shape`` (``[T, B, C, H, W]``)."""
-    return x.transpose(3, 4).reshape(shape)
+def _from_heads(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_to_heads`: ``[T, B, heads, N, d]`` -> ``like``'s shape (``[T, B, C, H, W]``) in
+    ``like``'s layout; a view when ``x`` is :func:`_to_heads` of a tensor in that layout."""
+    T, B, C, H, W = like.shape
+    if _token_major(like):
+        return x.permute(0, 1, 3, 2, 4).reshape(T, B, H, W, C).permute(0, 1, 4, 2, 3)
+    return x.transpose(3, 4).reshape(like.shape)
+
+
+def _time_space_merge(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """STAtten's ``[nc, cs, B, heads, d, N]`` output as ``[T, B, C, N]`` for ``like`` (``[T, B, C, H, W]``): a view
+    in channel-major memory; in ``like``'s token-major layout (one copy) when the model runs channels-last."""
+    T, B, C, H, W = like.shape
+    out = out.reshape(T, B, C, H * W)
+    if _token_major(like):
+        return out.transpose(2, 3).contiguous().transpose(2, 3)
+    return out
 
 
 class MS_SSA_Conv(nn.Module):
@@ -120,7 +139,7 @@ class MS_SSA_Conv(nn.Module):
                 out = self.pool(out)
         sparsity("Attention out", out)
         with timer("Heads Transpose"):
-            out = _from_heads(self.x_after_qkv(out), x.shape)
+            out = _from_heads(self.x_after_qkv(out), x)
         return out
 
     def _statten_attention(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
@@ -146,7 +165,7 @@ class MS_SSA_Conv(nn.Module):
             out = kv.transpose(-2, -1) @ q  # (Q KV)^T: [nc, cs, B, heads, d, N]
         sparsity("Attention out", out)
         with timer("Reshape Time-Space"):
-            out = out.reshape(T, B, C, H * W)  # a view: the chunks are already time-major
+            out = _time_space_merge(out, x)  # the chunks are already time-major
         sparsity("Attention postReshape chunk output", out, per_step=True)
         with timer("Transpose and LIF"):
             out = self.attn_lif(out).reshape(T, B, C, H, W)

@@ -53,6 +53,26 @@ def test_custom_op_registration():
         torch.library.opcheck(_bn_lif_forward, (x, stats, weight, bias, decay, 1.0, batch_stats))
 
 
+def test_channels_last_in_real_and_fake_kernels():
+    """Spikes and gradients keep a channels-last input's layout, and the fake kernels (``torch.compile``) agree
+    (``opcheck`` does not compare strides)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from module.bn_lif import _bn_lif_backward
+
+    x = torch.randn(3 * 2, 4, 5, 6).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    stats, weight, bias = torch.stack((torch.randn(4), torch.rand(4) + 0.5)), torch.rand(4), torch.randn(4)
+    args = (stats, weight, bias, torch.tensor(0.5), 1.0)
+    spikes = _bn_lif_forward(x, *args, True)
+    grads = _bn_lif_backward(torch.ones_like(spikes), x, *args, False, True)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_x = mode.from_tensor(x)
+        fake_spikes = _bn_lif_forward(fake_x, *args, True)
+        fake_grads = _bn_lif_backward(torch.ones_like(fake_spikes), fake_x, *args, False, True)
+    assert spikes.stride() == fake_spikes.stride() == x.stride()
+    assert grads[0].stride() == fake_grads[0].stride() == x.stride()
+
+
 def test_pairs_with_hooks_or_recorders_stay_unfused():
     """The hook dict, firing rates, energy and traces hook the LIFs; the profiler probes the BN output."""
     bn, lif = _pair(False)

@@ -73,6 +73,35 @@ def test_custom_op_registration():
     torch.library.opcheck(_lif_forward, (x[:1], torch.tensor(0.6, requires_grad=True), 0.5, 4))  # repeated
 
 
+@pytest.mark.parametrize("layout", ["channels_last", "repeated_channels_last", "batch_major"])
+def test_outputs_keep_the_input_layout_in_real_and_fake_kernels(layout):
+    """Spikes and input gradients come back in the input's layout when each time step is one dense block (else
+    contiguous), and the fake kernels that ``torch.compile`` traces with say the same strides."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from module.fused_lif import _lif_backward
+
+    x = torch.randn(3 * 2, 4, 5, 6).contiguous(memory_format=torch.channels_last).unflatten(0, (3, 2))
+    if layout == "repeated_channels_last":
+        x = x[:1]
+    elif layout == "batch_major":  # [B, T, ...] memory viewed time-major: steps are not dense blocks
+        x = torch.randn(2, 3, 4, 5, 6).transpose(0, 1)
+    decay, steps = torch.tensor(0.5), 3
+    spikes = _lif_forward(x, decay, 1.0, steps)
+    grad_x, _ = _lif_backward(torch.ones_like(spikes), x, decay, 1.0, False)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_x = mode.from_tensor(x)
+        fake_spikes = _lif_forward(fake_x, decay, 1.0, steps)
+        fake_grad_x, _ = _lif_backward(torch.ones_like(fake_spikes), fake_x, decay, 1.0, False)
+    assert fake_spikes.stride() == spikes.stride() and fake_grad_x.stride() == grad_x.stride()
+    if layout == "batch_major":
+        assert spikes.is_contiguous()
+    else:
+        assert spikes[0].stride() == x[0].stride() and grad_x.stride() == x.stride()
+    torch.testing.assert_close(spikes, lif_reference(x.expand(steps, *x.shape[1:]).contiguous(), decay, 1.0))
+    torch.library.opcheck(_lif_forward, (x.requires_grad_(), torch.tensor(0.6, requires_grad=True), 0.5, steps))
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="tau"):
         MultiStepLIF(tau=1.0)

@@ -125,3 +125,55 @@ def test_train_forward_backward_with_fused_bn_lif(path, monkeypatch):
     # stage runs once, unfused, and is broadcast over T)
     assert len(fused_calls) == 4 * model.depths + 2 + (x.dim() == 5)
     _check_train_step(fixture, model, out)
+
+
+def _train_step_in_layout(fixture: dict, memory_format: torch.memory_format, **options):
+    """Output, gradients, BN statistics and the layout of every conv input after the first (True: channels-last)
+    of one float64 training step on the fixture's weights and input, the model and a static input in
+    ``memory_format``."""
+    model = build_seeded(fixture, **options)
+    model.load_state_dict(fixture["state_dict"])
+    model = model.double().to(memory_format=memory_format).train()
+    layouts = {}
+
+    def record_layout(name: str):
+        def hook(module, args):
+            layouts.setdefault(name, args[0].is_contiguous(memory_format=torch.channels_last))
+        return hook
+
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    for name, conv in convs[1:]:
+        conv.register_forward_pre_hook(record_layout(name))
+    x = fixture["input"].double()
+    if x.dim() == 4:
+        x = x.contiguous(memory_format=memory_format)
+    out = model(x)
+    reference_loss(fixture, out).backward()
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    return out.detach(), grads, model.state_dict(), layouts
+
+
+@pytest.mark.parametrize("fuse_bn_lif", [False, True], ids=["unfused", "bn_lif"])
+def test_train_step_in_channels_last(path, fuse_bn_lif):
+    """``--channels-last``: every convolution after the first gets NHWC input (the LIFs, pools, BN + LIF and the
+    attention views keep the layout), and the step computes what it computes in channel-major memory.
+
+    Compared in float64, against the same step in channel-major memory: PyTorch's CPU BatchNorm reduces
+    channels-last input in another order, and in fp32 that rounding flips spikes that sit on a threshold (the
+    fixtures' DVS models amplify it to 0.1 in the output).  On a GPU the fp32 differences come from
+    ``benchmarks/fixture_diffs.py``'s ``channels_last`` variant.
+    """
+    fixture = load_fixture(path)
+    out, grads, state, layouts = _train_step_in_layout(fixture, torch.contiguous_format, fuse_bn_lif=fuse_bn_lif)
+    out_cl, grads_cl, state_cl, layouts_cl = _train_step_in_layout(fixture, torch.channels_last,
+                                                                   fuse_bn_lif=fuse_bn_lif)
+    assert layouts_cl and [name for name, channels_last in layouts_cl.items() if not channels_last] == []
+    assert not any(layouts.values())
+    torch.testing.assert_close(out_cl, out, rtol=0, atol=1e-12)
+    assert grads_cl.keys() == grads.keys()
+    # The LIF and BN + LIF ops compute in fp32 whatever the input dtype, so gradient sums (PLIF decay, batch norm
+    # backward) round as in fp32, in another order per layout: the fixtures' rounding tolerances.
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_cl[name], grad, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+    for name, value in state.items():
+        torch.testing.assert_close(state_cl[name], value, rtol=1e-12, atol=1e-12, msg=lambda m: f"{name}: {m}")
