@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["HwInputError", "CrossbarConfig", "ChipConfig", "TimingConfig", "MemoryConfig", "EnergyConfig",
+__all__ = ["HwInputError", "read_mapping", "CrossbarConfig", "ChipConfig", "TimingConfig", "MemoryConfig", "EnergyConfig",
            "LeakageConfig", "FeatureConfig", "DataflowConfig", "StatisticalConfig", "GpuConfig", "HwConfig",
            "load_config", "load_feature_overrides", "with_features", "CONFIG_DIR"]
 
@@ -184,15 +184,18 @@ class HwConfig:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _read_yaml(path: Path) -> dict:
+def read_mapping(path: str | Path, fmt: str = "YAML", what: str = "a preset") -> dict:
+    """The top-level mapping of a YAML or JSON (``fmt``) file; an unreadable file, a syntax error or another
+    top-level type is one :class:`HwInputError` naming the file and ``what`` it should hold."""
+    loads, syntax_error = (json.loads, json.JSONDecodeError) if fmt == "JSON" else (yaml.safe_load, yaml.YAMLError)
     try:
-        d = yaml.safe_load(path.read_text())
+        d = loads(Path(path).read_text())
     except OSError as e:
-        raise HwInputError(f"{path}: cannot read the preset ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise HwInputError(f"{path}: not valid YAML: {e}") from None
+        raise HwInputError(f"{path}: cannot read {what} ({e.strerror})") from None
+    except syntax_error as e:
+        raise HwInputError(f"{path}: not valid {fmt}: {e}") from None
     if not isinstance(d, dict):
-        raise HwInputError(f"{path}: a preset must be a mapping of sections, got {type(d).__name__}")
+        raise HwInputError(f"{path}: {what} must be a {fmt} mapping, got {type(d).__name__}")
     return d
 
 
@@ -245,7 +248,7 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
         raise HwInputError(f"{path}: 'base' chain loops back to itself")
-    d = _read_yaml(path)
+    d = read_mapping(path)
     base = d.pop("base", None)
     _validate(HwConfig, d, path, require_all=False)
     if base is None:
@@ -276,7 +279,7 @@ def load_feature_overrides(path: str | Path) -> dict:
     path = Path(path)
     if not path.suffix and not path.exists():
         path = CONFIG_DIR / f"{path}.yaml"
-    d = _read_yaml(path)
+    d = read_mapping(path)
     features = d.get("features", {})
     _validate(FeatureConfig, features, path, "features.", require_all=False)
     return features

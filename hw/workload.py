@@ -14,7 +14,6 @@ JSON inputs (docs/hw.md):
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,27 +22,15 @@ import numpy as np
 
 from engine.traces import RawSample, TraceMeta, TraceReader
 
-from .config import HwInputError
+from .config import HwInputError, read_mapping
 
 __all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "exit_weights", "rates_from_traces",
            "nnz_per_t", "and_nnz_per_t", "plane_densities", "silent_fraction"]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise HwInputError(f"{path}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise HwInputError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise HwInputError(f"{path}: expected a JSON object")
-    return d
-
-
 def load_skip_json(path: str | Path, depths: int) -> set[int]:
     """Blocks whose attention branch is skipped; out-of-range or non-integer entries name the file and field."""
-    d = _read_json(path)
+    d = read_mapping(path, "JSON", "the skip file")
     blocks = d.get("skipped_blocks")
     if not isinstance(blocks, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
         raise HwInputError(f"{path}: field 'skipped_blocks' must be a list of block indices, got {blocks!r}")
@@ -55,7 +42,7 @@ def load_skip_json(path: str | Path, depths: int) -> set[int]:
 
 def load_exit_json(path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray | None]:
     """``(exit step per trace sample id, portion [T] or None)`` from an exit JSON."""
-    d = _read_json(path)
+    d = read_mapping(path, "JSON", "the exit file")
     if "T" in d and d["T"] != T:
         raise HwInputError(f"{path}: field 'T' is {d['T']}, the trace has T={T}")
     steps, portion = d.get("exit_steps"), d.get("portion")
@@ -192,7 +179,7 @@ class Rates:
 
     @classmethod
     def load(cls, path: str | Path, meta: TraceMeta) -> "Rates":
-        d = _read_json(path)
+        d = read_mapping(path, "JSON", "the rates")
         if d.get("format") != "hw-rates/1" or d.get("T") != meta.T:
             raise HwInputError(f"{path}: fields 'format'/'T' are {d.get('format')!r}/{d.get('T')!r}; expected "
                                f"'hw-rates/1' and the trace's T={meta.T}")

@@ -14,7 +14,7 @@ from spikingjelly.activation_based import neuron
 
 import model  # noqa: F401  (registers the sdt models)
 from module import MultiStepLIF
-from module.fused_lif import _lif_forward, lif_backward_reference, lif_reference, triton_available
+from module.fused_lif import _lif_forward, lif_reference, triton_available
 from module.sps import batch_norm_of_copies
 
 ROOT = Path(__file__).resolve().parents[1]
