@@ -3,6 +3,7 @@ exact shortcuts of the fast path (encoding conv run once, STAtten attention with
 without graph breaks)."""
 import copy
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -287,6 +288,28 @@ def test_compiles_without_graph_breaks_to_the_same_numbers(attention_mode):
     for (name, p), q in zip(net.named_parameters(), eager.parameters()):
         if q.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor's CPU backend needs g++")
+@pytest.mark.parametrize("attention_mode", ["SDT", "STAtten"])
+def test_inductor_in_channels_last_computes_what_eager_does(attention_mode):
+    """``--torchcompile --channels-last``: inductor trusts the fake kernels' strides, so the LIF ops must declare
+    the layout their real kernels write (a contiguous fake fails inductor's stride assertion).  float64: the
+    eager CPU BatchNorm is not accurate on channels-last fp32 input."""
+    torch.manual_seed(0)
+    net = timm.create_model("sdt_test", attention_mode=attention_mode, chunk_size=1).train().double()
+    net = net.to(memory_format=torch.channels_last)
+    eager = copy.deepcopy(net)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    torch._dynamo.reset()
+    out, expected = torch.compile(net, fullgraph=True)(x), eager(x)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_stateless_neurons_refuse_to_carry_state():
