@@ -1,0 +1,165 @@
+"""Memory traffic and FLOPs of the training step, op by op, and the H100 roofline time they imply (no GPU needed).
+
+    python benchmarks/roofline.py                 # every anchor config of issue 10, default and --fuse-bn-lif
+    python benchmarks/roofline.py --tiny --json out.json
+
+The engine builds each config's model on PyTorch's meta device (shapes only, as ``saved_memory.py`` does; AMP
+configs in their half-precision dtype) and runs the forward, the loss and the backward under a dispatch mode that
+sees every ATen and custom op (our LIF and BN + LIF ops are one op each, as on CUDA).  Per op: the bytes it reads
+(each tensor argument's distinct elements: a broadcast input counts once) and writes (its outputs), and its FLOPs
+(``torch.utils.flop_counter``: convolutions and matmuls).  Views and allocations cost nothing.  The fused AdamW
+step adds 28 bytes per parameter (read weight, gradient and two moments in fp32, write three).
+
+Each op's roofline time is ``max(bytes / bandwidth, FLOPs / peak)`` on an H100 SXM: 3.35 TB/s; 989 TFLOP/s for
+fp16/bf16, 494 for fp32 convolutions (cuDNN's TF32, on by default in PyTorch) and 67 for other fp32 matmuls.  The
+sum is a lower bound of the GPU-busy time: real kernels reach 60-90 % of the bandwidth, cuDNN may add layout
+transposes that no ATen op shows, and launch gaps come on top.  Next to the anchor's measured GPU-busy time it says
+how far the reference ran from the bound, and the anchor's ms/step over the bound is the largest speed-up these
+ops allow without removing traffic.  Below the table, per config, the op kinds with the most roofline time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import flop_registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.bench_train import ANCHORS, TINY, Case, _random_batch, engine_args  # noqa: E402
+from engine.atomic import write_text_atomic  # noqa: E402
+from engine.losses import build_train_loss  # noqa: E402
+from engine.model import build_model, resolve_model_args  # noqa: E402
+from engine.optim import compute_dtype  # noqa: E402
+
+__all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "step_traffic", "roofline", "measure", "main"]
+
+_logger = logging.getLogger("roofline")
+H100 = dict(bandwidth=3.35e12, half=989e12, fp32_conv=494e12, fp32=67e12)
+PATHS = {"default": (), "bn_lif": ("--fuse-bn-lif",)}
+ADAMW_BYTES_PER_PARAM = 28
+# Ops that move no data: allocations, and aliases that the dispatcher does not mark as views.
+_FREE = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_unsafe_view", "detach",
+         "lift_fresh", "alias", "set_", "resize_"}
+
+
+def distinct_bytes(t: torch.Tensor) -> int:
+    """Bytes of the distinct elements a tensor addresses (a broadcast axis, stride 0, counts once)."""
+    return math.prod(size for size, stride in zip(t.shape, t.stride()) if stride != 0) * t.element_size()
+
+
+class OpTraffic(TorchDispatchMode):
+    """Per op kind (``aten.convolution``, ``sdt.multistep_lif``, ...): calls, bytes read, bytes written, FLOPs, and
+    the roofline seconds (:func:`roofline`) summed over the ops it saw."""
+
+    def __init__(self, fp32_peaks: bool):
+        super().__init__()
+        self.fp32_peaks = fp32_peaks
+        self.ops: dict[str, dict[str, float]] = defaultdict(lambda: dict(calls=0, read=0, written=0, flops=0,
+                                                                         seconds=0.0))
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        packet = func._overloadpacket
+        if func.is_view or packet.__name__ in _FREE:
+            return out
+        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        read, written = sum(map(distinct_bytes, inputs)), sum(map(distinct_bytes, outputs))
+        flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
+        record = self.ops[f"{func.namespace}.{packet.__name__}"]
+        record["calls"] += 1
+        record["read"] += read
+        record["written"] += written
+        record["flops"] += flops
+        record["seconds"] += roofline(read + written, flops, self._peak(packet.__name__))
+        return out
+
+    def _peak(self, name: str) -> float:
+        if not self.fp32_peaks:
+            return H100["half"]
+        return H100["fp32_conv"] if "convolution" in name else H100["fp32"]
+
+
+def roofline(nbytes: float, flops: float, peak_flops: float, bandwidth: float = H100["bandwidth"]) -> float:
+    """Seconds of an op bound by memory or by arithmetic, whichever takes longer."""
+    return max(nbytes / bandwidth, flops / peak_flops)
+
+
+def step_traffic(case: Case, path_flags: tuple[str, ...]) -> tuple[dict[str, dict], int, torch.dtype, int]:
+    """``(per-op records, parameter count, dtype, batch size)`` of one training step of a config on the meta
+    device (AMP configs in half precision)."""
+    args = engine_args([*case.flags, *path_flags, "--device", "cpu"])
+    resolve_model_args(args)
+    dtype = compute_dtype(args)
+    with torch.device("meta"):
+        model = build_model(args).train()
+        loss_fn = build_train_loss(args, mixup_active=False)
+        args.device = "meta"
+        inputs, target = _random_batch(args, soft_targets=False)
+    model.to(dtype)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with OpTraffic(fp32_peaks=dtype == torch.float32) as traffic:
+        loss_fn(model(inputs.to(dtype)).float(), target).backward()
+    return dict(traffic.ops), params, dtype, args.batch_size
+
+
+def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
+    """Totals of :func:`step_traffic` with the optimizer step, the roofline time and the top op kinds."""
+    ops, params, dtype, batch = step_traffic(case, path_flags)
+    optimizer_bytes = ADAMW_BYTES_PER_PARAM * params
+    ops["optimizer.adamw_fused"] = dict(calls=1, read=16 * params, written=12 * params, flops=0,
+                                        seconds=optimizer_bytes / H100["bandwidth"])
+    total = {key: sum(op[key] for op in ops.values()) for key in ("calls", "read", "written", "flops", "seconds")}
+    ranked = sorted(ops.items(), key=lambda item: -item[1]["seconds"])
+    result = {"dtype": str(dtype).removeprefix("torch."), "batch_size": batch, "params": params,
+              "ops": total["calls"], "gb_moved": (total["read"] + total["written"]) / 1e9,
+              "tflop": total["flops"] / 1e12, "roofline_ms": 1e3 * total["seconds"],
+              "memory_bound_ms": 1e3 * (total["read"] + total["written"]) / H100["bandwidth"],
+              "top": [dict(op=name, calls=op["calls"], gb=(op["read"] + op["written"]) / 1e9,
+                           tflop=op["flops"] / 1e12, ms=1e3 * op["seconds"],
+                           share=op["seconds"] / total["seconds"]) for name, op in ranked[:10]]}
+    if case.anchor is not None:
+        result["anchor_busy_over_roofline"] = case.anchor.gpu_busy_ms / result["roofline_ms"]
+        result["speedup_bound"] = case.anchor.ms_per_step[0] / result["roofline_ms"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="the tiny CPU configs instead of the anchors")
+    parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
+    opts = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cases = TINY if opts.tiny else ANCHORS
+    results = {name: {path: measure(case, flags) for path, flags in PATHS.items()} for name, case in cases.items()}
+    _logger.info("%-30s %-8s %-9s %6s %9s %8s %11s %12s %11s %13s", "config", "path", "dtype", "ops", "GB moved",
+                 "TFLOP", "roofline ms", "anchor busy", "busy/bound", "speed-up bound")
+    for name, per_path in results.items():
+        anchor = cases[name].anchor
+        for path, r in per_path.items():
+            _logger.info("%-30s %-8s %-9s %6d %9.2f %8.3f %11.2f %12s %11s %13s", name, path, r["dtype"], r["ops"],
+                         r["gb_moved"], r["tflop"], r["roofline_ms"], f"{anchor.gpu_busy_ms:g}" if anchor else "",
+                         f"{r['anchor_busy_over_roofline']:.1f}" if anchor else "",
+                         f"{r['speedup_bound']:.1f}" if anchor else "")
+    for name, per_path in results.items():
+        r = per_path["default"]
+        _logger.info("%s (default path): op kinds by roofline time (ms, share, calls, GB, TFLOP)", name)
+        for op in r["top"]:
+            _logger.info("  %7.2f %5.1f%% %6d %8.2f %7.3f  %s", op["ms"], 100 * op["share"], op["calls"], op["gb"],
+                         op["tflop"], op["op"])
+    if opts.json:
+        write_text_atomic(opts.json, json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
