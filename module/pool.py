@@ -1,53 +1,147 @@
-"""Max-pooling that keeps only the argmax for the backward, not its input; the stem's pools and the DVS pooling.
+"""Max-pooling that keeps only the argmax, one byte per output, for the backward; the stem's pools and the DVS
+pooling.
 
-``max_pool2d``'s backward routes each output gradient to the input position its index names; it reads the input
+``max_pool2d``'s backward routes each output gradient to the input position its argmax names; it needs the input
 only for its shape.  PyTorch's autograd still keeps the whole input alive until the backward, and in SDT the inputs
 of the stem's max-pools are the largest tensors of the model (the first stage's spikes at full resolution: 1.5 GiB
-in fp32 for SDT-8-512 on ImageNet at batch 32, T=4).  :func:`max_pool2d` keeps the indices, narrowed from int64
-to the smallest integer type that holds a position in the input plane (int16 up to 181x181, else int32), and the
-input's shape, and hands the backward kernel an uninitialised tensor of that shape: the same forward and backward
-kernels, so the same values and gradients, bit for bit.
+in fp32 for SDT-8-512 on ImageNet at batch 32, T=4), with an int64 index per output besides.  :func:`max_pool2d`
+keeps, per output, the argmax's position in its window (``r * kernel_w + s``, int8) and the input's shape.  On
+CUDA the Triton kernels of :mod:`module.pool_triton` write and read these offsets directly (9 bytes of index
+traffic less per output and direction than int64 indices); elsewhere ATen's kernels run and the offsets are
+converted from and back to its indices.  The values and the gradients are ATen's, bit for bit: the same argmax (the
+first maximum of the window in row-major order; NaN wins) and, in the backward, the same sums in the same order.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from .fused_lif import triton_available
+
 __all__ = ["max_pool2d", "MaxPool2d", "SpatialMaxPool"]
 
-
-def _index_dtype(plane_size: int) -> torch.dtype:
-    """The narrowest integer type that holds a flat index into an input plane of ``plane_size`` elements."""
-    return torch.int16 if plane_size <= 2 ** 15 else torch.int32
+_MAX_WINDOW = 127  # window positions an int8 offset can name
 
 
-class _MaxPool2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> Tensor:
-        out, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, dilation, ceil_mode)
-        ctx.save_for_backward(indices.to(_index_dtype(x.shape[-2] * x.shape[-1])))
-        ctx.options = kernel_size, stride, padding, dilation, ceil_mode
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-        ctx.input_shape = x.shape
-        ctx.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        return out
+def _channels_last(x: Tensor) -> bool:
+    """Whether the pool's outputs (and its input gradient) are laid out channels-last: iff a 4-D ``x`` is."""
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        indices = ctx.saved_tensors[0].long()
-        shape_only = grad_out.new_empty(ctx.input_shape).contiguous(memory_format=ctx.memory_format)
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad_out, shape_only, *ctx.options, indices)
-        return grad_x, None, None, None, None, None
+
+def _empty(shape, like: Tensor, channels_last: bool, dtype: torch.dtype | None = None) -> Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
+def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _window_starts(out_h: int, out_w: int, stride, padding, device) -> tuple[Tensor, Tensor]:
+    """First input row of each output row (``[OH, 1]``) and first input column of each output column (``[OW]``)."""
+    rows = torch.arange(out_h, device=device).unsqueeze(1) * stride[0] - padding[0]
+    return rows, torch.arange(out_w, device=device) * stride[1] - padding[1]
+
+
+def _aten_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+    """Output and int8 window offsets through ATen's kernel and its int64 indices."""
+    out, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, [1, 1], False)
+    rows, cols = _window_starts(out.shape[2], out.shape[3], stride, padding, x.device)
+    offsets = (indices // x.shape[3] - rows) * kernel_size[1] + indices % x.shape[3] - cols
+    channels_last = _channels_last(x)
+    return (_empty(out.shape, x, channels_last).copy_(out),
+            _empty(out.shape, x, channels_last, torch.int8).copy_(offsets))
+
+
+def _empty_outputs(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+    """Uninitialised output and offsets, laid out as every implementation writes them."""
+    shape = (*x.shape[:2], *(_output_size(x.shape[i + 2], kernel_size[i], stride[i], padding[i]) for i in (0, 1)))
+    channels_last = _channels_last(x)
+    return _empty(shape, x, channels_last), _empty(shape, x, channels_last, torch.int8)
+
+
+@torch.library.custom_op("sdt::max_pool2d", mutates_args=())
+def _max_pool_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor,
+                                                                                                       Tensor]:
+    return _aten_forward(x, kernel_size, stride, padding)
+
+
+_max_pool_forward.register_fake(_empty_outputs)
+
+
+@_max_pool_forward.register_kernel("cuda")
+def _(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
+    if not triton_available():
+        return _aten_forward(x, kernel_size, stride, padding)
+    from . import pool_triton
+
+    out, offsets = _empty_outputs(x, kernel_size, stride, padding)
+    pool_triton.forward(x, out, offsets, kernel_size, stride, padding)
+    return out, offsets
+
+
+def _aten_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
+                   stride: list[int], padding: list[int], channels_last: bool) -> Tensor:
+    """The input gradient through ATen's kernel, the offsets converted back to its int64 indices."""
+    rows, cols = _window_starts(offsets.shape[2], offsets.shape[3], stride, padding, offsets.device)
+    offsets = offsets.long()
+    indices = (rows + offsets // kernel_size[1]) * input_size[3] + cols + offsets % kernel_size[1]
+    shape_only = _empty(input_size, grad_out, channels_last)
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, shape_only, kernel_size, stride, padding,
+                                                           [1, 1], False, indices)
+
+
+@torch.library.custom_op("sdt::max_pool2d_backward", mutates_args=())
+def _max_pool_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
+                       stride: list[int], padding: list[int], channels_last: bool) -> Tensor:
+    return _aten_backward(grad_out, offsets, input_size, kernel_size, stride, padding, channels_last)
+
+
+@_max_pool_backward.register_fake
+def _(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
+      padding: list[int], channels_last: bool) -> Tensor:
+    return _empty(input_size, grad_out, channels_last)
+
+
+@_max_pool_backward.register_kernel("cuda")
+def _(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
+      padding: list[int], channels_last: bool) -> Tensor:
+    if not triton_available():
+        return _aten_backward(grad_out, offsets, input_size, kernel_size, stride, padding, channels_last)
+    from . import pool_triton
+
+    grad_x = _empty(input_size, grad_out, channels_last)
+    pool_triton.backward(grad_out, offsets, grad_x, kernel_size, stride, padding)
+    return grad_x
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, kernel_size, stride, padding = inputs
+    ctx.save_for_backward(output[1])
+    ctx.input_size, ctx.channels_last = list(x.shape), _channels_last(x)
+    ctx.options = kernel_size, stride, padding
+
+
+def _backward(ctx, grad_out: Tensor, grad_offsets):
+    grad_x = _max_pool_backward(grad_out, ctx.saved_tensors[0], ctx.input_size, *ctx.options, ctx.channels_last)
+    return grad_x, None, None, None
+
+
+_max_pool_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
-    """``torch.nn.functional.max_pool2d`` (same values and gradients) without keeping ``x`` for the backward."""
-    stride = kernel_size if stride is None else stride
-    args = (_pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), ceil_mode)
-    if not (torch.is_grad_enabled() and x.requires_grad):
-        return torch.ops.aten.max_pool2d_with_indices(x, *args)[0]
-    return _MaxPool2d.apply(x, *args)
+    """``torch.nn.functional.max_pool2d`` (same values and gradients) that keeps one byte of argmax per output for
+    the backward instead of ``x`` and int64 indices; with ``dilation`` or ``ceil_mode``, or a window of more than
+    127 positions, it is ``F.max_pool2d`` itself."""
+    kernel_size = _pair(kernel_size)
+    stride, padding, dilation = _pair(kernel_size if stride is None else stride), _pair(padding), _pair(dilation)
+    plain = dilation != (1, 1) or ceil_mode or kernel_size[0] * kernel_size[1] > _MAX_WINDOW
+    if plain or not (torch.is_grad_enabled() and x.requires_grad):
+        return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
+    return _max_pool_forward(x, list(kernel_size), list(stride), list(padding))[0]
 
 
 class MaxPool2d(nn.MaxPool2d):

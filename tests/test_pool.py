@@ -1,10 +1,19 @@
-"""module/pool.py: max-pooling that keeps only narrowed indices for the backward, bit-identical to PyTorch's."""
+"""module/pool.py: max-pooling that keeps one byte of argmax per output for the backward, bit-identical to
+PyTorch's."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmarks.saved_memory import saved_bytes
+from module.fused_lif import triton_available
 from module.ms_conv import _to_heads
 from module.pool import MaxPool2d, SpatialMaxPool, max_pool2d
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind", ["spikes", "real", "channels_last"])
@@ -25,19 +34,61 @@ def test_same_values_and_gradients_as_max_pool2d(kind, kernel, stride, padding):
     assert ours_in.grad.is_contiguous(memory_format=torch.channels_last) == (kind == "channels_last")
 
 
-def test_keeps_narrow_indices_instead_of_the_input():
-    """Per output element: 2 bytes of index (the plane has 99 positions) instead of 8 bytes of int64 index plus
-    the input; 4 bytes once the plane has more than 2**15 positions."""
-    for size, index_bytes in ((9, 2), (200, 4)):
+def test_keeps_one_byte_per_output_instead_of_the_input():
+    """Per output element: the argmax's offset in its window, one byte, instead of 8 bytes of int64 index plus
+    the input."""
+    for size in (9, 200):
         x = torch.randn(2, 3, size, size, requires_grad=True)
         outputs = 2 * 3 * ((size - 1) // 2 + 1) ** 2
-        assert saved_bytes(torch.nn.Identity(), lambda: max_pool2d(x, 3, 2, 1)) == outputs * index_bytes
+        assert saved_bytes(torch.nn.Identity(), lambda: max_pool2d(x, 3, 2, 1)) == outputs
         reference = saved_bytes(torch.nn.Identity(), lambda: torch.nn.functional.max_pool2d(x, 3, 2, 1))
         assert reference == x.numel() * 4 + outputs * 8
     with torch.no_grad():
         assert saved_bytes(torch.nn.Identity(), lambda: max_pool2d(x, 3, 2, 1)) == 0
     with pytest.raises(ValueError, match="return_indices"):
         MaxPool2d(3, return_indices=True)
+
+
+def test_ties_infinities_nan_and_the_plain_fallbacks():
+    """ATen's argmax rules (first maximum, an all -inf window keeps its first in-bounds position, NaN wins), and
+    dilation, ceil_mode or a window of more than 127 positions run ``F.max_pool2d`` itself."""
+    x = torch.full((1, 2, 5, 5), float("-inf"))
+    x[0, 1] = 1.0
+    x[0, 1, 2, 3] = float("nan")
+    for options in ((3, 2, 1, 1, False), (3, 1, 1, 2, False), (3, 2, 1, 1, True), (12, 1, 6, 1, False)):
+        ours_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours, expected = max_pool2d(ours_in, *options), torch.nn.functional.max_pool2d(ref_in, *options)
+        torch.testing.assert_close(ours, expected, equal_nan=True)
+        grad_out = torch.arange(float(ours.numel())).view_as(ours)
+        (ours * grad_out).sum().backward()
+        (expected * grad_out).sum().backward()
+        assert torch.equal(ours_in.grad, ref_in.grad), options
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "heads_view"])
+def test_real_and_fake_kernels_agree_on_layout(layout):
+    """The layout the ops write is the one their fake kernels declare (``torch.compile`` relies on it)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from module.pool import _max_pool_backward, _max_pool_forward
+
+    x = torch.randn(2, 6, 7, 9)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "heads_view":
+        x = _to_heads(torch.randn(1, 2, 6, 7, 9), 2).flatten(0, 1)
+    args = ([3, 3], [2, 2], [1, 1])
+    out, offsets = _max_pool_forward(x, *args)
+    grad_x = _max_pool_backward(torch.ones_like(out), offsets, list(x.shape), *args, layout == "channels_last")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake_x = mode.from_tensor(x)
+        fake_out, fake_offsets = _max_pool_forward(fake_x, *args)
+        fake_grad_x = _max_pool_backward(torch.ones_like(fake_out), fake_offsets, list(x.shape), *args,
+                                         layout == "channels_last")
+    assert out.stride() == offsets.stride() == fake_out.stride() == fake_offsets.stride()
+    assert grad_x.stride() == fake_grad_x.stride() and offsets.dtype == torch.int8
+    assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last") or out.is_contiguous()
+    torch.library.opcheck(_max_pool_forward, (x.requires_grad_(), *args))
 
 
 @pytest.mark.parametrize("layout", ["tbchw", "heads_view"])
@@ -58,3 +109,76 @@ def test_spatial_max_pool_is_the_reference_max_pool_3d(layout):
     assert torch.equal(ours_in.grad, ref_in.grad)
     with pytest.raises(ValueError, match="5-D"):
         SpatialMaxPool()(x[0])
+
+
+_TRITON_CHECK = """
+import torch
+from module import pool_triton
+from module.ms_conv import _to_heads
+from module.pool import _aten_backward, _aten_forward, _channels_last, _empty_outputs
+torch.manual_seed(0)
+inputs = {
+    "spikes": (torch.rand(2, 3, 9, 11) < 0.3).float(),
+    "real": torch.randn(2, 3, 9, 11),
+    "channels_last": (torch.rand(2, 5, 8, 7) < 0.5).half().contiguous(memory_format=torch.channels_last),
+    "heads_view": _to_heads((torch.rand(1, 2, 8, 6, 5) < 0.4).bfloat16(), 2).flatten(0, 1),
+    "inf_nan": torch.full((1, 2, 6, 6), float("-inf")),
+}
+inputs["inf_nan"][0, 1, 2:, 2:] = 1.0
+inputs["inf_nan"][0, 1, 3, 4] = float("nan")
+for name, x in inputs.items():
+    for kernel, stride, padding in (([3, 3], [2, 2], [1, 1]), ([3, 3], [1, 1], [1, 1]), ([2, 2], [2, 2], [0, 0]),
+                                    ([3, 2], [2, 1], [1, 0])):
+        out, offsets = _aten_forward(x, kernel, stride, padding)
+        ours, our_offsets = _empty_outputs(x, kernel, stride, padding)
+        pool_triton.forward(x, ours, our_offsets, kernel, stride, padding)
+        assert torch.equal(ours.isnan(), out.isnan()) and torch.equal(ours.nan_to_num(), out.nan_to_num()), name
+        assert torch.equal(our_offsets, offsets) and ours.stride() == out.stride(), (name, kernel, stride)
+        # integer gradients, transposed in memory: exact sums, any strides
+        grad_out = torch.randint(-3, 4, out.shape[::-1]).to(x.dtype).permute(3, 2, 1, 0)
+        expected = _aten_backward(grad_out, offsets, list(x.shape), kernel, stride, padding, _channels_last(x))
+        grad_x = torch.empty_like(expected)
+        pool_triton.backward(grad_out, offsets, grad_x, kernel, stride, padding)
+        assert torch.equal(grad_x, expected) and grad_x.stride() == expected.stride(), (name, kernel, stride)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_triton_kernels_in_the_interpreter():
+    """The CUDA kernels, run by Triton's CPU interpreter: ATen's outputs, argmax offsets and gradients exactly."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+_TRITON_COMPILE = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from module import pool_triton as P
+window = dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK=P.BLOCK)
+cases = [
+    (P._max_pool_forward_kernel, {"x_ptr": "*fp16", "out_ptr": "*fp16"}, dict(window, CHANNELS_LAST=True)),
+    (P._max_pool_forward_kernel, {}, dict(window, SH=1, SW=1, CHANNELS_LAST=False)),
+    (P._max_pool_backward_kernel, {"grad_out_ptr": "*bf16", "grad_x_ptr": "*bf16"}, dict(window, CHANNELS_LAST=True)),
+    (P._max_pool_backward_kernel, {}, dict(window, SH=1, SW=1, CHANNELS_LAST=False)),
+]
+for kernel, types, constants in cases:
+    signature = {name: "constexpr" if name in constants else "*i8" if name == "offset_ptr"
+                 else types.get(name, "*fp32") if name.endswith("_ptr") else "i64" for name in kernel.arg_names}
+    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
+                              target=GPUTarget("cuda", 90, 32))
+    assert compiled.asm["cubin"], kernel
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_triton_kernels_compile_for_hopper(tmp_path):
+    """Triton -> PTX -> cubin for sm_90 without a GPU: what only the compiler rejects."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", _TRITON_COMPILE], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
