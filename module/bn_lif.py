@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from . import instrument
 from .fused_lif import MultiStepLIF, empty_steps, lif_backward_reference, lif_reference, triton_available
 
-__all__ = ["batch_norm_lif", "bn_lif", "can_fuse", "update_running_stats"]
+__all__ = ["batch_norm_lif", "batch_statistics", "bn_lif", "can_fuse", "update_running_stats"]
 
 
 def update_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
@@ -138,7 +138,7 @@ _bn_lif_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
 @torch.library.custom_op("sdt::batch_norm_statistics", mutates_args=())
-def _batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+def batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32 whatever the input dtype.
 
     An opaque op: on CUDA it is SyncBatchNorm's one-pass statistics kernel, which has no meta implementation for
@@ -151,7 +151,7 @@ def _batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tenso
     return mean, var, torch.rsqrt(var + eps)
 
 
-@_batch_statistics.register_fake
+@batch_statistics.register_fake
 def _(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(x_flat.new_empty(x_flat.shape[1], dtype=torch.float32) for _ in range(3))
 
@@ -161,7 +161,7 @@ def batch_norm_lif(bn: nn.BatchNorm2d, lif: MultiStepLIF, x: Tensor) -> Tensor:
     with torch.no_grad():
         if bn.training or not bn.track_running_stats:
             x_flat = x.detach().flatten(0, 1)
-            mean, var, invstd = _batch_statistics(x_flat, bn.eps)
+            mean, var, invstd = batch_statistics(x_flat, bn.eps)
             if bn.training and bn.track_running_stats:
                 update_running_stats(bn, mean, var, x_flat.numel() // x_flat.shape[1])
             batch_stats = True

@@ -122,9 +122,12 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[1])
     ctx.input_size, ctx.channels_last = list(x.shape), _channels_last(x)
     ctx.options = kernel_size, stride, padding
+    ctx.set_materialize_grads(False)  # no zeros for the offsets' gradient
 
 
-def _backward(ctx, grad_out: Tensor, grad_offsets):
+def _backward(ctx, grad_out: Tensor | None, grad_offsets: None):
+    if grad_out is None:
+        return None, None, None, None
     grad_x = _max_pool_backward(grad_out, ctx.saved_tensors[0], ctx.input_size, *ctx.options, ctx.channels_last)
     return grad_x, None, None, None
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bn_lif import bn_lif, update_running_stats
+from .bn_lif import batch_statistics, bn_lif, update_running_stats
 from .fused_lif import MultiStepLIF
 from .instrument import timer
 from .neuron import create_lif
@@ -32,7 +32,7 @@ def batch_norm_of_copies(bn: nn.Module, x: torch.Tensor, copies: int) -> torch.T
         return bn(x.repeat(copies, 1, 1, 1)).unflatten(0, (copies, -1))
     if bn.training and bn.track_running_stats:
         with torch.no_grad():
-            var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
+            mean, var, _ = batch_statistics(x.detach(), bn.eps)
             update_running_stats(bn, mean, var, x.numel() // x.shape[1] * copies)
         x = F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
     else:
