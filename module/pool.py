@@ -6,9 +6,9 @@ only for its shape.  PyTorch's autograd still keeps the whole input alive until 
 of the stem's max-pools are the largest tensors of the model (the first stage's spikes at full resolution: 1.5 GiB
 in fp32 for SDT-8-512 on ImageNet at batch 32, T=4), with an int64 index per output besides.  :func:`max_pool2d`
 keeps, per output, the argmax's position in its window (``r * kernel_w + s``, int8) and the input's shape.  On
-CUDA the Triton kernels of :mod:`module.pool_triton` write and read these offsets directly (9 bytes of index
-traffic less per output and direction than int64 indices); elsewhere ATen's kernels run and the offsets are
-converted from and back to its indices.  The values and the gradients are ATen's, bit for bit: the same argmax (the
+CUDA the Triton kernels of :mod:`module.pool_triton` write and read these offsets directly (7 bytes of index
+traffic less per output and direction than int64 indices, and a conversion pass less than narrowed ones); on the
+CPU, ATen's kernels run and keep their int64 indices, which need no conversion pass.  The values and the gradients are ATen's, bit for bit: the same argmax (the
 first maximum of the window in row-major order; NaN wins) and, in the backward, the same sums in the same order.
 """
 from __future__ import annotations
@@ -45,27 +45,34 @@ def _window_starts(out_h: int, out_w: int, stride, padding, device) -> tuple[Ten
     return rows, torch.arange(out_w, device=device) * stride[1] - padding[1]
 
 
-def _aten_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
-    """Output and int8 window offsets through ATen's kernel and its int64 indices."""
+def _argmax_dtype(x: Tensor) -> torch.dtype:
+    """How the argmax is kept: on the CPU as ATen's int64 flat indices (no conversion passes: CPU time matters more
+    there than memory), elsewhere (CUDA, and the meta device that models it) as int8 window offsets."""
+    return torch.int64 if x.device.type == "cpu" else torch.int8
+
+
+def _aten_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                  argmax_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Output and argmax (int64 indices, or int8 window offsets converted from them) through ATen's kernel."""
     out, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel_size, stride, padding, [1, 1], False)
-    rows, cols = _window_starts(out.shape[2], out.shape[3], stride, padding, x.device)
-    offsets = (indices // x.shape[3] - rows) * kernel_size[1] + indices % x.shape[3] - cols
-    channels_last = _channels_last(x)
-    return (_empty(out.shape, x, channels_last).copy_(out),
-            _empty(out.shape, x, channels_last, torch.int8).copy_(offsets))
+    if argmax_dtype != torch.int64:
+        rows, cols = _window_starts(out.shape[2], out.shape[3], stride, padding, x.device)
+        indices = ((indices // x.shape[3] - rows) * kernel_size[1] + indices % x.shape[3] - cols).to(argmax_dtype)
+    memory_format = torch.channels_last if _channels_last(x) else torch.contiguous_format
+    return out.contiguous(memory_format=memory_format), indices.contiguous(memory_format=memory_format)
 
 
 def _empty_outputs(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
-    """Uninitialised output and offsets, laid out as every implementation writes them."""
+    """Uninitialised output and argmax, laid out as every implementation writes them."""
     shape = (*x.shape[:2], *(_output_size(x.shape[i + 2], kernel_size[i], stride[i], padding[i]) for i in (0, 1)))
     channels_last = _channels_last(x)
-    return _empty(shape, x, channels_last), _empty(shape, x, channels_last, torch.int8)
+    return _empty(shape, x, channels_last), _empty(shape, x, channels_last, _argmax_dtype(x))
 
 
 @torch.library.custom_op("sdt::max_pool2d", mutates_args=())
 def _max_pool_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor,
                                                                                                        Tensor]:
-    return _aten_forward(x, kernel_size, stride, padding)
+    return _aten_forward(x, kernel_size, stride, padding, _argmax_dtype(x))
 
 
 _max_pool_forward.register_fake(_empty_outputs)
@@ -74,7 +81,7 @@ _max_pool_forward.register_fake(_empty_outputs)
 @_max_pool_forward.register_kernel("cuda")
 def _(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
     if not triton_available():
-        return _aten_forward(x, kernel_size, stride, padding)
+        return _aten_forward(x, kernel_size, stride, padding, torch.int8)
     from . import pool_triton
 
     out, offsets = _empty_outputs(x, kernel_size, stride, padding)
@@ -84,10 +91,12 @@ def _(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) 
 
 def _aten_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
                    stride: list[int], padding: list[int], channels_last: bool) -> Tensor:
-    """The input gradient through ATen's kernel, the offsets converted back to its int64 indices."""
-    rows, cols = _window_starts(offsets.shape[2], offsets.shape[3], stride, padding, offsets.device)
-    offsets = offsets.long()
-    indices = (rows + offsets // kernel_size[1]) * input_size[3] + cols + offsets % kernel_size[1]
+    """The input gradient through ATen's kernel, from int64 indices or int8 offsets converted back to them."""
+    indices = offsets
+    if offsets.dtype != torch.int64:
+        rows, cols = _window_starts(offsets.shape[2], offsets.shape[3], stride, padding, offsets.device)
+        offsets = offsets.long()
+        indices = (rows + offsets // kernel_size[1]) * input_size[3] + cols + offsets % kernel_size[1]
     shape_only = _empty(input_size, grad_out, channels_last)
     return torch.ops.aten.max_pool2d_with_indices_backward(grad_out, shape_only, kernel_size, stride, padding,
                                                            [1, 1], False, indices)

@@ -34,13 +34,14 @@ def test_same_values_and_gradients_as_max_pool2d(kind, kernel, stride, padding):
     assert ours_in.grad.is_contiguous(memory_format=torch.channels_last) == (kind == "channels_last")
 
 
-def test_keeps_one_byte_per_output_instead_of_the_input():
-    """Per output element: the argmax's offset in its window, one byte, instead of 8 bytes of int64 index plus
-    the input."""
+def test_keeps_the_argmax_instead_of_the_input():
+    """Per output element, on CUDA (modelled by the meta device): the argmax's offset in its window, one byte; on
+    the CPU: ATen's int64 index.  The reference keeps the input and the int64 index."""
     for size in (9, 200):
-        x = torch.randn(2, 3, size, size, requires_grad=True)
         outputs = 2 * 3 * ((size - 1) // 2 + 1) ** 2
-        assert saved_bytes(torch.nn.Identity(), lambda: max_pool2d(x, 3, 2, 1)) == outputs
+        for device, argmax_bytes in (("meta", 1), ("cpu", 8)):
+            x = torch.randn(2, 3, size, size, device=device, requires_grad=True)
+            assert saved_bytes(torch.nn.Identity(), lambda: max_pool2d(x, 3, 2, 1)) == outputs * argmax_bytes
         reference = saved_bytes(torch.nn.Identity(), lambda: torch.nn.functional.max_pool2d(x, 3, 2, 1))
         assert reference == x.numel() * 4 + outputs * 8
     with torch.no_grad():
@@ -86,7 +87,7 @@ def test_real_and_fake_kernels_agree_on_layout(layout):
         fake_grad_x = _max_pool_backward(torch.ones_like(fake_out), fake_offsets, list(x.shape), *args,
                                          layout == "channels_last")
     assert out.stride() == offsets.stride() == fake_out.stride() == fake_offsets.stride()
-    assert grad_x.stride() == fake_grad_x.stride() and offsets.dtype == torch.int8
+    assert grad_x.stride() == fake_grad_x.stride() and offsets.dtype == fake_offsets.dtype == torch.int64
     assert out.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last") or out.is_contiguous()
     torch.library.opcheck(_max_pool_forward, (x.requires_grad_(), *args))
 
@@ -129,11 +130,12 @@ inputs["inf_nan"][0, 1, 3, 4] = float("nan")
 for name, x in inputs.items():
     for kernel, stride, padding in (([3, 3], [2, 2], [1, 1]), ([3, 3], [1, 1], [1, 1]), ([2, 2], [2, 2], [0, 0]),
                                     ([3, 2], [2, 1], [1, 0])):
-        out, offsets = _aten_forward(x, kernel, stride, padding)
-        ours, our_offsets = _empty_outputs(x, kernel, stride, padding)
+        out, offsets = _aten_forward(x, kernel, stride, padding, torch.int8)
+        ours, our_offsets = torch.empty_like(out), torch.empty_like(offsets)
         pool_triton.forward(x, ours, our_offsets, kernel, stride, padding)
         assert torch.equal(ours.isnan(), out.isnan()) and torch.equal(ours.nan_to_num(), out.nan_to_num()), name
-        assert torch.equal(our_offsets, offsets) and ours.stride() == out.stride(), (name, kernel, stride)
+        assert our_offsets.dtype == torch.int8 and out.stride() == _empty_outputs(x, kernel, stride, padding)[0].stride()
+        assert torch.equal(our_offsets, offsets), (name, kernel, stride)
         # integer gradients, transposed in memory: exact sums, any strides
         grad_out = torch.randint(-3, 4, out.shape[::-1]).to(x.dtype).permute(3, 2, 1, 0)
         expected = _aten_backward(grad_out, offsets, list(x.shape), kernel, stride, padding, _channels_last(x))
@@ -182,3 +184,20 @@ def test_triton_kernels_compile_for_hopper(tmp_path):
     result = subprocess.run([sys.executable, "-c", _TRITON_COMPILE], env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_window_offsets_convert_to_and_from_aten_indices():
+    """The int8 offsets (kept on CUDA) name the same argmax as ATen's indices: through them, ATen's gradient."""
+    from module.pool import _aten_backward, _aten_forward
+
+    torch.manual_seed(0)
+    x = (torch.rand(2, 3, 10, 9) < 0.4).float()
+    for kernel, stride, padding in (([3, 3], [2, 2], [1, 1]), ([3, 2], [1, 2], [1, 0])):
+        out, offsets = _aten_forward(x, kernel, stride, padding, torch.int8)
+        expected, indices = torch.ops.aten.max_pool2d_with_indices(x, kernel, stride, padding)
+        assert torch.equal(out, expected) and offsets.dtype == torch.int8
+        assert 0 <= offsets.min() and offsets.max() < kernel[0] * kernel[1]
+        grad_out = torch.randn_like(out)
+        grad_x = _aten_backward(grad_out, offsets, list(x.shape), kernel, stride, padding, False)
+        assert torch.equal(grad_x, torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, x, kernel, stride, padding, [1, 1], False, indices))
