@@ -7,7 +7,8 @@ The engine builds each config's model on PyTorch's meta device (shapes only, as 
 configs in their half-precision dtype) and runs the forward, the loss and the backward under a dispatch mode that
 sees every ATen and custom op (our LIF and BN + LIF ops are one op each, as on CUDA).  Per op: the bytes it reads
 (each tensor argument's distinct elements: a broadcast input counts once) and writes (its outputs), and its FLOPs
-(``torch.utils.flop_counter``: convolutions and matmuls).  Views and allocations cost nothing.  The fused AdamW
+(``torch.utils.flop_counter``: convolutions and matmuls); BatchNorm and our fused BN + LIF backward also pay the
+extra passes their CUDA kernels make (:func:`extra_reads`).  Views and allocations cost nothing.  The fused AdamW
 step adds 28 bytes per parameter (read weight, gradient and two moments in fp32, write three).
 
 Each op's roofline time is ``max(bytes / bandwidth, FLOPs / peak)`` on an H100 SXM: 3.35 TB/s; 989 TFLOP/s for
@@ -39,7 +40,8 @@ from engine.losses import build_train_loss  # noqa: E402
 from engine.model import build_model, resolve_model_args  # noqa: E402
 from engine.optim import compute_dtype  # noqa: E402
 
-__all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "step_traffic", "roofline", "measure", "main"]
+__all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "extra_reads", "step_traffic", "roofline", "measure",
+           "main"]
 
 _logger = logging.getLogger("roofline")
 H100 = dict(bandwidth=3.35e12, half=989e12, fp32_conv=494e12, fp32=67e12)
@@ -73,7 +75,8 @@ class OpTraffic(TorchDispatchMode):
             return out
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        read, written = sum(map(distinct_bytes, inputs)), sum(map(distinct_bytes, outputs))
+        read = sum(map(distinct_bytes, inputs)) + extra_reads(f"{func.namespace}.{packet.__name__}", args)
+        written = sum(map(distinct_bytes, outputs))
         flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
         record = self.ops[f"{func.namespace}.{packet.__name__}"]
         record["calls"] += 1
@@ -87,6 +90,20 @@ class OpTraffic(TorchDispatchMode):
         if not self.fp32_peaks:
             return H100["half"]
         return H100["fp32_conv"] if "convolution" in name else H100["fp32"]
+
+
+def extra_reads(op: str, args: tuple) -> int:
+    """Bytes that ops known to make more than one pass over their large operands read besides one read of each
+    input (their CUDA kernels): BatchNorm in training computes the batch statistics in a pass before the normalising
+    one; its backward reduces ``grad_out`` and ``input`` in a pass before the elementwise one; our fused BN + LIF
+    backward writes the norm output's gradient (counted as a read of the same size), then runs those two passes."""
+    if op == "aten.native_batch_norm" and args[5]:
+        return distinct_bytes(args[0])
+    if op == "aten.native_batch_norm_backward" and args[7]:
+        return distinct_bytes(args[0]) + distinct_bytes(args[1])
+    if op == "sdt.batch_norm_lif_backward":
+        return 5 * distinct_bytes(args[1])
+    return 0
 
 
 def roofline(nbytes: float, flops: float, peak_flops: float, bandwidth: float = H100["bandwidth"]) -> float:

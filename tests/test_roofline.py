@@ -24,6 +24,22 @@ def test_single_ops_by_hand():
     assert traffic.ops["aten.constant_pad_nd"]["written"] == 2 * 3 * 100 * 4
 
 
+def test_batch_norm_pays_its_second_pass():
+    """Training BatchNorm reads its input twice (statistics, then the norm); its backward reads grad_out and input
+    twice (reduction, then the elementwise pass)."""
+    with torch.device("meta"):
+        x = torch.empty(4, 3, 8, 8, requires_grad=True)
+        bn = torch.nn.BatchNorm2d(3)
+        with OpTraffic(fp32_peaks=True) as traffic:
+            bn(x).backward(torch.empty(4, 3, 8, 8))
+    x_bytes, channel_bytes = 4 * 3 * 64 * 4, 3 * 4
+    forward, backward = traffic.ops["aten.native_batch_norm"], traffic.ops["aten.native_batch_norm_backward"]
+    assert forward["read"] == 2 * x_bytes + 4 * channel_bytes  # input twice; weight, bias, running stats
+    assert forward["written"] == x_bytes + 2 * channel_bytes  # output; saved mean and invstd
+    assert backward["read"] == 4 * x_bytes + 3 * channel_bytes + 2 * channel_bytes  # + weight, running, saved stats
+    assert backward["written"] == x_bytes + 2 * channel_bytes
+
+
 def test_distinct_bytes_and_roofline():
     assert distinct_bytes(torch.empty(3, 1, 5, dtype=torch.float16).expand(3, 7, 5)) == 30
     assert roofline(3.35e12, 0, 1.0) == pytest.approx(1.0)
