@@ -39,6 +39,7 @@ from engine.atomic import write_text_atomic  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.model import build_model, resolve_model_args  # noqa: E402
 from engine.optim import compute_dtype  # noqa: E402
+from module.fused_lif import recomputes_membrane  # noqa: E402
 
 __all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "extra_reads", "step_traffic", "roofline", "measure",
            "main"]
@@ -95,14 +96,17 @@ class OpTraffic(TorchDispatchMode):
 def extra_reads(op: str, args: tuple) -> int:
     """Bytes that ops known to make more than one pass over their large operands read besides one read of each
     input (their CUDA kernels): BatchNorm in training computes the batch statistics in a pass before the normalising
-    one; its backward reduces ``grad_out`` and ``input`` in a pass before the elementwise one; our fused BN + LIF
-    backward writes the norm output's gradient (counted as a read of the same size), then runs those two passes."""
+    one; its backward reduces ``grad_out`` and ``input`` in a pass before the elementwise one.  Our fused BN + LIF
+    backward reads the spike gradient and the input twice (reduction pass, then input-gradient pass) where the LIF
+    backward recomputes the membrane, and otherwise writes the norm output's gradient (counted as a read of its
+    size) and runs BatchNorm's two backward passes on it."""
     if op == "aten.native_batch_norm" and args[5]:
         return distinct_bytes(args[0])
     if op == "aten.native_batch_norm_backward" and args[7]:
         return distinct_bytes(args[0]) + distinct_bytes(args[1])
     if op == "sdt.batch_norm_lif_backward":
-        return 5 * distinct_bytes(args[1])
+        x = args[1]
+        return (2 if recomputes_membrane(x.shape[0], x.element_size()) else 5) * distinct_bytes(x)
     return 0
 
 

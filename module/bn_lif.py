@@ -4,8 +4,11 @@ SDT and STAtten put a BatchNorm right in front of a LIF in q/k/v (conv, BN, LIF)
 fc2 LIF) and in the stem.  Unfused, the BN writes its output, the LIF reads it back, and autograd keeps both the BN
 input and the BN output for the backward.  Fused, the forward is one statistics pass and one LIF pass that applies
 the norm per element (the LIF kernels of :mod:`module.lif_triton` with their batch-norm prologue); only the BN
-input is saved, and the backward recomputes the normalised input inside the LIF backward kernel, then runs the
-BatchNorm backward on the gradient it writes.
+input is saved.  The backward recomputes the normalised input inside the LIF backward kernel.  On CUDA, where the
+LIF backward recomputes the membrane (T <= 5 in fp32, T <= 9 in half precision), it makes two passes over the
+input and the spike gradient: the first reduces the norm's output gradient per channel, the second writes the
+input gradient (:func:`module.lif_triton.batch_norm_backward`); otherwise the LIF backward writes the norm's
+output gradient and SyncBatchNorm's two backward kernels run on it.
 
 The maths is the BatchNorm's: batch statistics in training (with the same running-statistics update), running
 statistics in eval; the normalised value is computed in fp32 in ATen's order of operations and rounded to the
@@ -104,8 +107,13 @@ def _bn_lif_backward(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tens
                      batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if _use_triton(x):
         from . import lif_triton
+        table = _packed(stats, weight, bias)
+        if batch_stats and lif_triton.fuses_batch_norm_backward(x, x.shape[0]):
+            grad_x, grad_weight, grad_bias, grad_decay = lif_triton.batch_norm_backward(
+                grad_spikes, x, decay, v_threshold, need_decay_grad, table)
+            return grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), grad_decay
         grad_y, grad_decay = lif_triton.backward(grad_spikes, x, decay, v_threshold, need_decay_grad,
-                                                 batch_norm=_packed(stats, weight, bias))
+                                                 batch_norm=table)
     else:
         grad_y, grad_decay = lif_backward_reference(grad_spikes, _normalize(x, stats, weight, bias), decay,
                                                     v_threshold, need_decay_grad)

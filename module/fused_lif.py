@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
-           "is_time_major", "empty_steps", "triton_available"]
+           "is_time_major", "empty_steps", "recomputes_membrane", "triton_available"]
 
 # spikingjelly's default surrogate gradient: surrogate.Sigmoid(alpha=4).
 SURROGATE_ALPHA = 4.0
@@ -49,6 +49,17 @@ def empty_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tens
     if not is_time_major(x):
         return x.new_empty(shape, dtype=dtype)
     return torch.empty_strided(shape, (x[0].numel(), *x.stride()[1:]), dtype=dtype, device=x.device)
+
+
+def recomputes_membrane(steps: int, itemsize: int) -> bool:
+    """Whether the Triton backward recomputes the membrane instead of keeping it in an fp32 scratch buffer.
+
+    Recomputing re-reads ``x[0..t]`` at backward step t: ``T (T + 1) / 2`` reads of ``itemsize`` bytes per neuron,
+    against ``T`` reads plus an fp32 write and read (8 bytes) per step through the scratch.  The re-reads are recent
+    and mostly hit the cache, but even when none does recomputing moves no more bytes while
+    ``(T + 1) / 2 * itemsize <= itemsize + 8``: up to T = 5 in fp32 and T = 9 in bf16/fp16.
+    """
+    return (steps + 1) * itemsize <= 2 * (itemsize + 8)
 
 
 def _membrane_steps(x: Tensor, k: Tensor, v_threshold: float) -> Iterator[tuple[Tensor, Tensor]]:

@@ -10,16 +10,28 @@ the CPU.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .fused_lif import SURROGATE_ALPHA, empty_steps, is_time_major
+from .fused_lif import SURROGATE_ALPHA, empty_steps, is_time_major, recomputes_membrane
 
-__all__ = ["forward", "backward", "recomputes_membrane"]
+__all__ = ["forward", "backward", "batch_norm_backward", "fuses_batch_norm_backward", "recomputes_membrane"]
 
 BLOCK = 1024
+
+
+@triton.jit
+def _params_of_channel(bn_ptr, channel, mask, C):
+    """``(mean, invstd, weight, bias)`` of ``channel`` from the fp32 ``[4, C]`` table at ``bn_ptr``."""
+    mean = tl.load(bn_ptr + channel, mask=mask, other=0.0)
+    invstd = tl.load(bn_ptr + C + channel, mask=mask, other=0.0)
+    weight = tl.load(bn_ptr + 2 * C + channel, mask=mask, other=0.0)
+    bias = tl.load(bn_ptr + 3 * C + channel, mask=mask, other=0.0)
+    return mean, invstd, weight, bias
 
 
 @triton.jit
@@ -28,11 +40,7 @@ def _channel_params(bn_ptr, offs, mask, C, S, HAS_BN: tl.constexpr):
     fp32 ``[4, C]``; ``S``: the channel's stride in memory, ``H * W`` in NCHW order, 1 in channels-last); unused
     zeros without one."""
     if HAS_BN:
-        channel = (offs // S) % C
-        mean = tl.load(bn_ptr + channel, mask=mask, other=0.0)
-        invstd = tl.load(bn_ptr + C + channel, mask=mask, other=0.0)
-        weight = tl.load(bn_ptr + 2 * C + channel, mask=mask, other=0.0)
-        bias = tl.load(bn_ptr + 3 * C + channel, mask=mask, other=0.0)
+        mean, invstd, weight, bias = _params_of_channel(bn_ptr, (offs // S) % C, mask, C)
     else:
         mean = tl.zeros(offs.shape, dtype=tl.float32)
         invstd, weight, bias = mean, mean, mean
@@ -121,33 +129,55 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, h_ptr, grad_x
 
 
 @triton.jit
-def _lif_backward_recompute_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, grad_x_ptr, grad_decay_ptr, N, C, S,
-                                   T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
-                                   NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr,
-                                   HAS_BN: tl.constexpr, BLOCK: tl.constexpr):
+def _recompute_membrane(x_ptr, offs, mask, k, N, step, v_threshold: tl.constexpr, REPEATED_INPUT: tl.constexpr,
+                        mean, invstd, weight, bias, HAS_BN: tl.constexpr):
+    """``(h, v, x, idx)`` at time step ``step``, recomputed from v = 0: the membrane before the reset, the one it
+    started from, the step's input and its address."""
+    idx = offs
+    x = _load_input(x_ptr, offs, mask, mean, invstd, weight, bias, HAS_BN)
+    v = tl.zeros(offs.shape, dtype=tl.float32)
+    h = v + (x - v) * k
+    for _ in range(step):
+        v = tl.where(h >= v_threshold, 0.0, h)
+        idx += N
+        if not REPEATED_INPUT:
+            x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
+        h = v + (x - v) * k
+    return h, v, x, idx
+
+
+@triton.jit
+def _lif_backward_recompute_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, grad_x_ptr,
+                                   grad_decay_ptr, N, C, S, T: tl.constexpr, v_threshold: tl.constexpr,
+                                   alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr,
+                                   HAS_BN: tl.constexpr, BN_GRAD: tl.constexpr, BLOCK: tl.constexpr):
     """The backward without scratch: at each step (backwards in time) the membrane is recomputed in registers from
-    step 0.  A repeated input is read once and its gradient summed over time."""
+    step 0.  A repeated input is read once and its gradient summed over time.  With ``BN_GRAD`` the gradient
+    written is the batch norm's input gradient, from the per-channel ``[3, C]`` table at ``bn_grad_ptr`` (mean of
+    the output gradient, projection scale, gradient scale; the terms of ATen's ``batch_norm_backward_elemt``)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
     mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
+    if BN_GRAD:
+        channel = (offs // S) % C
+        mean_dy = tl.load(bn_grad_ptr + channel, mask=mask, other=0.0)
+        proj_scale = tl.load(bn_grad_ptr + C + channel, mask=mask, other=0.0)
+        grad_scale = tl.load(bn_grad_ptr + 2 * C + channel, mask=mask, other=0.0)
     grad_v = tl.zeros([BLOCK], dtype=tl.float32)
     grad_x_sum = tl.zeros([BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
-        idx = offs
-        x = _load_input(x_ptr, offs, mask, mean, invstd, weight, bias, HAS_BN)
-        v = tl.zeros([BLOCK], dtype=tl.float32)
-        h = v + (x - v) * k
-        for _ in range(T - 1 - i):  # forward to step T-1-i: h is its membrane, v the one it started from
-            v = tl.where(h >= v_threshold, 0.0, h)
-            idx += N
-            if not REPEATED_INPUT:
-                x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
-            h = v + (x - v) * k
+        h, v, x, idx = _recompute_membrane(x_ptr, offs, mask, k, N, T - 1 - i, v_threshold, REPEATED_INPUT, mean,
+                                           invstd, weight, bias, HAS_BN)
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
-        if REPEATED_INPUT:
+        if BN_GRAD:  # the LIF input's gradient, rounded as the unfused pair writes it, through the norm
+            grad_y = (grad_h * k).to(grad_x_ptr.dtype.element_ty).to(tl.float32)
+            x_raw = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+            grad_in = (grad_y - mean_dy - (x_raw - mean) * proj_scale) * grad_scale
+            tl.store(grad_x_ptr + idx, grad_in.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        elif REPEATED_INPUT:
             grad_x_sum += grad_h * k
         else:
             tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
@@ -160,15 +190,37 @@ def _lif_backward_recompute_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, gra
         tl.store(grad_decay_ptr + offs, grad_decay, mask=mask)
 
 
-def recomputes_membrane(steps: int, itemsize: int) -> bool:
-    """Whether the backward recomputes the membrane instead of keeping it in an fp32 scratch buffer.
-
-    Recomputing re-reads ``x[0..t]`` at backward step t: ``T (T + 1) / 2`` reads of ``itemsize`` bytes per neuron,
-    against ``T`` reads plus an fp32 write and read (8 bytes) per step through the scratch.  The re-reads are recent
-    and mostly hit the cache, but even when none does recomputing moves no more bytes while
-    ``(T + 1) / 2 * itemsize <= itemsize + 8``: up to T = 5 in fp32 and T = 9 in bf16/fp16.
-    """
-    return (steps + 1) * itemsize <= 2 * (itemsize + 8)
+@triton.jit
+def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_ptr, N, C, J, HW, sB, sS, sC,
+                             T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr, BJ: tl.constexpr,
+                             BC: tl.constexpr):
+    """Per-channel partial sums of the batch norm's output gradient ``dy`` (the LIF backward, recomputed) and of
+    ``dy * (x - mean)`` over a ``[BJ, BC]`` tile of (batch x position, channel), all time steps: the reduction of
+    ATen's ``batch_norm_backward_reduce``, written to ``partial_ptr`` (fp32 ``[2, J blocks, C]``) per tile."""
+    pid_j, pid_c = tl.program_id(0), tl.program_id(1)
+    j = pid_j.to(tl.int64) * BJ + tl.arange(0, BJ)[:, None]
+    channel = pid_c * BC + tl.arange(0, BC)[None, :]
+    mask = (j < J) & (channel < C)
+    offs = (j // HW) * sB + (j % HW) * sS + channel * sC
+    k = tl.load(decay_ptr).to(tl.float32)
+    mean, invstd, weight, bias = _params_of_channel(bn_ptr, channel, channel < C, C)
+    grad_v = tl.zeros([BJ, BC], dtype=tl.float32)
+    sum_dy = tl.zeros([BJ, BC], dtype=tl.float32)
+    sum_dy_xmu = tl.zeros([BJ, BC], dtype=tl.float32)
+    for i in range(T):
+        h, v, x, idx = _recompute_membrane(x_ptr, offs, mask, k, N, T - 1 - i, v_threshold, False, mean, invstd,
+                                           weight, bias, True)
+        grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
+        grad_y = tl.where(mask, (grad_h * k).to(x_ptr.dtype.element_ty).to(tl.float32), 0.0)
+        x_raw = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        sum_dy += grad_y
+        sum_dy_xmu += grad_y * (x_raw - mean)
+        grad_v = grad_h * (1.0 - k)
+    column = pid_j * C + pid_c * BC + tl.arange(0, BC)
+    column_mask = pid_c * BC + tl.arange(0, BC) < C
+    tl.store(partial_ptr + column, tl.sum(sum_dy, axis=0), mask=column_mask)
+    tl.store(partial_ptr + tl.num_programs(0) * C + column, tl.sum(sum_dy_xmu, axis=0), mask=column_mask)
 
 
 def _grid(n: int) -> tuple[int]:
@@ -230,11 +282,60 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
                    HAS_BN=batch_norm is not None, BLOCK=BLOCK)
     repeated = x.shape[0] != steps
     if repeated or recomputes_membrane(steps, x.element_size()):
-        _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, grad_x, grad_decay, n,
-                                                 channels, channel_stride, steps, REPEATED_INPUT=repeated,
-                                                 **options)
+        _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, bn_ptr, grad_x,
+                                                 grad_decay, n, channels, channel_stride, steps,
+                                                 REPEATED_INPUT=repeated, BN_GRAD=False, **options)
     else:
         h_scratch = empty_steps(x, steps, torch.float32)
         _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, h_scratch, grad_x, grad_decay,
                                        n, channels, channel_stride, steps, **options)
     return grad_x, grad_decay.sum()
+
+
+def _positions(x: Tensor) -> tuple[int, int] | None:
+    """``(positions per channel and sample, stride between positions)`` when the spatial axes of ``[T, B, C,
+    *spatial]`` ``x`` merge into one strided axis (NCHW and channels-last do), else None."""
+    spatial = range(3, x.dim())
+    if any(x.stride(i) != x.stride(i + 1) * x.shape[i + 1] for i in spatial[:-1]):
+        return None
+    return math.prod(x.shape[3:]), x.stride(-1) if x.dim() > 3 else 1
+
+
+def fuses_batch_norm_backward(x: Tensor, steps: int) -> bool:
+    """Whether :func:`batch_norm_backward` applies: CUDA, a time-major ``[T, B, C, *spatial]`` input with mergeable
+    spatial axes, and a sequence short enough for the backward to recompute the membrane."""
+    return (x.is_cuda and x.dim() >= 4 and is_time_major(x) and _positions(x) is not None
+            and recomputes_membrane(steps, x.element_size()))
+
+
+def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, need_decay_grad: bool,
+                        batch_norm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(grad_x, grad_weight, grad_bias, grad_decay)`` of ``lif(batch_norm(x))`` with batch statistics, in two
+    passes over ``x`` and the spike gradient instead of four: the first recomputes the LIF backward and reduces the
+    norm's output gradient per channel (ATen's ``batch_norm_backward_reduce``), the second recomputes it again and
+    writes the input gradient (``batch_norm_backward_elemt``).  The output gradient is rounded to ``x``'s dtype in
+    both, as the unfused pair stores it.  ``batch_norm``: fp32 ``[4, C]`` (mean, invstd, weight, bias)."""
+    steps, channels = x.shape[0], x.shape[2]
+    if grad_spikes.stride() != _step_strides(x):
+        grad_spikes = empty_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
+    positions, position_stride = _positions(x)
+    n, samples = x[0].numel(), x.shape[1]
+    per_sample = samples * positions
+    tile_j, tile_c = (32, 64) if x.stride(2) == 1 else (256, 4)
+    grid = (triton.cdiv(per_sample, tile_j), triton.cdiv(channels, tile_c))
+    partials = torch.empty(2, grid[0], channels, dtype=torch.float32, device=x.device)
+    table, decay = batch_norm.contiguous(), decay.contiguous()
+    _bn_lif_grad_sums_kernel[grid](grad_spikes, x, decay, table, partials, n, channels, per_sample, positions,
+                                   x.stride(1), position_stride, x.stride(2), steps, v_threshold=v_threshold,
+                                   alpha=SURROGATE_ALPHA, BJ=tile_j, BC=tile_c)
+    sum_dy, sum_dy_xmu = partials.sum(1)
+    mean, invstd, weight = table[0], table[1], table[2]
+    count = steps * per_sample
+    grad_table = torch.stack((sum_dy / count, sum_dy_xmu / count * invstd * invstd, invstd * weight))
+    grad_x = empty_steps(x, steps)
+    grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
+    _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay, table, grad_table, grad_x, grad_decay, n,
+                                             channels, x.stride(2), steps, v_threshold=v_threshold,
+                                             alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad,
+                                             REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=BLOCK)
+    return grad_x, sum_dy_xmu * invstd, sum_dy, grad_decay.sum()

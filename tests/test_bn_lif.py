@@ -1,5 +1,9 @@
 """BatchNorm + LIF as one op (module/bn_lif.py) against the two modules it replaces."""
 import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
@@ -8,6 +12,9 @@ import torch
 import model  # noqa: F401  (registers the sdt models)
 from module import MultiStepLIF, instrument
 from module.bn_lif import _bn_lif_forward, batch_norm_lif, bn_lif, can_fuse
+from module.fused_lif import triton_available
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pair(parametric: bool, momentum: float | None = 0.1) -> tuple[torch.nn.BatchNorm2d, MultiStepLIF]:
@@ -112,14 +119,64 @@ def test_model_switch_and_compiled_graph():
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
+_TRITON_BACKWARD_CHECK = """
+import torch
+from module import lif_triton
+from module.bn_lif import _batch_norm_backward, _normalize, _packed
+from module.fused_lif import lif_backward_reference
+torch.manual_seed(0)
+C = 6
+stats = torch.stack((torch.randn(C) * 0.2, torch.rand(C) + 0.5))
+weight, bias, decay = torch.rand(C) + 0.5, torch.randn(C) * 0.3, torch.tensor(0.4).sigmoid()
+for steps, dtype, channels_last in ((4, torch.float32, False), (4, torch.float32, True), (5, torch.float32, True),
+                                    (8, torch.bfloat16, False), (3, torch.bfloat16, True)):
+    x = torch.randn(steps * 3, C, 5, 7) * 2
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x = x.unflatten(0, (steps, 3)).to(dtype)
+    grad_spikes = torch.randn(x.shape).to(dtype)
+    assert lif_triton.recomputes_membrane(steps, x.element_size())
+    grad_x, grad_w, grad_b, grad_k = lif_triton.batch_norm_backward(grad_spikes, x, decay, 1.0, True,
+                                                                    _packed(stats, weight, bias))
+    table = _packed(stats, weight, bias)
+    # the reference: the one-pass LIF backward kernel (the same interpreter arithmetic: it rounds fp32 -> bf16
+    # towards zero where torch rounds to nearest even), then the BatchNorm backward; in fp32 also torch's LIF loop
+    grad_y, ref_k = lif_triton.backward(grad_spikes, x, decay, 1.0, True, batch_norm=table)
+    if dtype == torch.float32:
+        torch_y, torch_k = lif_backward_reference(grad_spikes, _normalize(x, stats, weight, bias), decay, 1.0, True)
+        assert (torch_y - grad_y).abs().max() <= 1e-6 and abs(torch_k - ref_k) <= 1e-4 * abs(ref_k)
+    ref_x, ref_w, ref_b = _batch_norm_backward(grad_y, x, stats, weight, True)
+    assert grad_x.dtype == dtype and grad_x.stride() == x.stride(), (steps, dtype, channels_last)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2  # bf16: the input gradient itself is rounded to bf16
+    assert (grad_x.float() - ref_x.float()).abs().max() <= tol * ref_x.float().abs().max(), (steps, dtype)
+    for ours, ref in ((grad_w, ref_w), (grad_b, ref_b), (grad_k, ref_k)):
+        assert (ours - ref).abs().max() <= 1e-5 * (ref.abs().max() + 1), (steps, dtype, channels_last, ours, ref)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_two_pass_backward_in_the_interpreter():
+    """The two-pass BN + LIF backward (reduction in a first LIF-backward pass, input gradient from a second), run by
+    Triton's CPU interpreter, against the LIF backward followed by the BatchNorm backward, in NCHW and
+    channels-last, fp32 and bf16."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _TRITON_BACKWARD_CHECK], env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_kernels_match_the_unfused_pair(dtype):
+def test_cuda_kernels_match_the_unfused_pair(dtype, channels_last):
     """On a GPU: the Triton kernels and SyncBatchNorm's backward kernels against cuDNN's BN and the fused LIF."""
     torch.manual_seed(0)
     bn, lif = (m.cuda() for m in _pair(True))
     bn_ref, lif_ref = copy.deepcopy(bn), copy.deepcopy(lif)
     x = (torch.randn(4, 8, 6, 14, 14, device="cuda") * 2).to(dtype)
+    if channels_last:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, (4, 8))
     grad_out = torch.randn_like(x)
     fused_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()
     spikes = batch_norm_lif(bn, lif, fused_in)

@@ -190,13 +190,17 @@ cases = [
     (L._lif_backward_kernel, {}, dict(T=12, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True, HAS_BN=True,
                                       BLOCK=L.BLOCK)),
     (L._lif_backward_recompute_kernel, {}, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
-                                                REPEATED_INPUT=True, HAS_BN=False, BLOCK=L.BLOCK)),
+                                                REPEATED_INPUT=True, HAS_BN=False, BN_GRAD=False, BLOCK=L.BLOCK)),
     (L._lif_backward_recompute_kernel, half, dict(T=8, v_threshold=0.5, alpha=4.0, NEED_DECAY_GRAD=True,
-                                                  REPEATED_INPUT=False, HAS_BN=True, BLOCK=L.BLOCK)),
+                                                  REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=False, BLOCK=L.BLOCK)),
+    (L._lif_backward_recompute_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
+                                                  REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=L.BLOCK)),
+    (L._bn_lif_grad_sums_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, BJ=32, BC=64)),
+    (L._bn_lif_grad_sums_kernel, {}, dict(T=5, v_threshold=1.0, alpha=4.0, BJ=256, BC=4)),
 ]
 for kernel, types, constants in cases:
-    signature = {name: "constexpr" if name in constants else "i32" if name in ("N", "C", "S")
-                 else types.get(name, "*fp32") for name in kernel.arg_names}
+    signature = {name: "constexpr" if name in constants else types.get(name, "*fp32") if name.endswith("_ptr")
+                 else "i32" if name in ("N", "C", "S") else "i64" for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", 90, 32))
     assert compiled.asm["cubin"], kernel
