@@ -223,6 +223,28 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
     tl.store(partial_ptr + tl.num_programs(0) * C + column, tl.sum(sum_dy_xmu, axis=0), mask=column_mask)
 
 
+@triton.jit
+def _bn_grad_finalize_kernel(partial_ptr, bn_ptr, grad_table_ptr, grad_weight_ptr, grad_bias_ptr, C, inv_count,
+                             JB: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Sums the ``[2, JB, C]`` partials of :func:`_bn_lif_grad_sums_kernel` in order and writes the per-channel
+    terms of the input gradient (``[3, C]``: mean of dy, projection scale, gradient scale, as in ATen's
+    ``batch_norm_backward_elemt``) and the weight and bias gradients (ATen's ``batch_norm_backward_reduce``)."""
+    channel = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = channel < C
+    sum_dy = tl.zeros([BLOCK_C], dtype=tl.float32)
+    sum_dy_xmu = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for block in range(JB):
+        sum_dy += tl.load(partial_ptr + block * C + channel, mask=mask, other=0.0)
+        sum_dy_xmu += tl.load(partial_ptr + (JB + block) * C + channel, mask=mask, other=0.0)
+    invstd = tl.load(bn_ptr + C + channel, mask=mask, other=0.0)
+    weight = tl.load(bn_ptr + 2 * C + channel, mask=mask, other=0.0)
+    tl.store(grad_table_ptr + channel, sum_dy * inv_count, mask=mask)
+    tl.store(grad_table_ptr + C + channel, sum_dy_xmu * inv_count * invstd * invstd, mask=mask)
+    tl.store(grad_table_ptr + 2 * C + channel, invstd * weight, mask=mask)
+    tl.store(grad_weight_ptr + channel, sum_dy_xmu * invstd, mask=mask)
+    tl.store(grad_bias_ptr + channel, sum_dy, mask=mask)
+
+
 def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, BLOCK),)
 
@@ -328,14 +350,15 @@ def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thresho
     _bn_lif_grad_sums_kernel[grid](grad_spikes, x, decay, table, partials, n, channels, per_sample, positions,
                                    x.stride(1), position_stride, x.stride(2), steps, v_threshold=v_threshold,
                                    alpha=SURROGATE_ALPHA, BJ=tile_j, BC=tile_c)
-    sum_dy, sum_dy_xmu = partials.sum(1)
-    mean, invstd, weight = table[0], table[1], table[2]
-    count = steps * per_sample
-    grad_table = torch.stack((sum_dy / count, sum_dy_xmu / count * invstd * invstd, invstd * weight))
+    grad_table = torch.empty(3, channels, dtype=torch.float32, device=x.device)
+    grad_weight, grad_bias = torch.empty_like(grad_table[0]), torch.empty_like(grad_table[0])
+    _bn_grad_finalize_kernel[(triton.cdiv(channels, 128),)](partials, table, grad_table, grad_weight, grad_bias,
+                                                            channels, 1.0 / (steps * per_sample), JB=grid[0],
+                                                            BLOCK_C=128)
     grad_x = empty_steps(x, steps)
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay, table, grad_table, grad_x, grad_decay, n,
                                              channels, x.stride(2), steps, v_threshold=v_threshold,
                                              alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad,
                                              REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=BLOCK)
-    return grad_x, sum_dy_xmu * invstd, sum_dy, grad_decay.sum()
+    return grad_x, grad_weight, grad_bias, grad_decay.sum()

@@ -197,10 +197,12 @@ cases = [
                                                   REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=L.BLOCK)),
     (L._bn_lif_grad_sums_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, BJ=32, BC=64)),
     (L._bn_lif_grad_sums_kernel, {}, dict(T=5, v_threshold=1.0, alpha=4.0, BJ=256, BC=4)),
+    (L._bn_grad_finalize_kernel, {}, dict(JB=98, BLOCK_C=128)),
 ]
 for kernel, types, constants in cases:
     signature = {name: "constexpr" if name in constants else types.get(name, "*fp32") if name.endswith("_ptr")
-                 else "i32" if name in ("N", "C", "S") else "i64" for name in kernel.arg_names}
+                 else "i32" if name in ("N", "C", "S") else "fp32" if name == "inv_count" else "i64"
+                 for name in kernel.arg_names}
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
                               target=GPUTarget("cuda", 90, 32))
     assert compiled.asm["cubin"], kernel
