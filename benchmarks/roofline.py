@@ -20,7 +20,6 @@ ops allow without removing traffic.  Below the table, per config, the op kinds w
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -34,11 +33,9 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_train import ANCHORS, TINY, Case, _random_batch, engine_args  # noqa: E402
+from benchmarks.bench_train import Case  # noqa: E402
+from benchmarks.saved_memory import build_on_meta, measure_all  # noqa: E402
 from engine.atomic import write_text_atomic  # noqa: E402
-from engine.losses import build_train_loss  # noqa: E402
-from engine.model import build_model, resolve_model_args  # noqa: E402
-from engine.optim import compute_dtype  # noqa: E402
 from module.fused_lif import recomputes_membrane  # noqa: E402
 
 __all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "extra_reads", "step_traffic", "roofline", "measure",
@@ -118,19 +115,11 @@ def roofline(nbytes: float, flops: float, peak_flops: float, bandwidth: float = 
 def step_traffic(case: Case, path_flags: tuple[str, ...]) -> tuple[dict[str, dict], int, torch.dtype, int]:
     """``(per-op records, parameter count, dtype, batch size)`` of one training step of a config on the meta
     device (AMP configs in half precision)."""
-    args = engine_args([*case.flags, *path_flags, "--device", "cpu"])
-    resolve_model_args(args)
-    dtype = compute_dtype(args)
-    with torch.device("meta"):
-        model = build_model(args).train()
-        loss_fn = build_train_loss(args, mixup_active=False)
-        args.device = "meta"
-        inputs, target = _random_batch(args, soft_targets=False)
-    model.to(dtype)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with OpTraffic(fp32_peaks=dtype == torch.float32) as traffic:
-        loss_fn(model(inputs.to(dtype)).float(), target).backward()
-    return dict(traffic.ops), params, dtype, args.batch_size
+    step = build_on_meta(case, path_flags)
+    params = sum(p.numel() for p in step.model.parameters() if p.requires_grad)
+    with OpTraffic(fp32_peaks=step.dtype == torch.float32) as traffic:
+        step.loss().backward()
+    return dict(traffic.ops), params, step.dtype, step.batch_size
 
 
 def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
@@ -155,13 +144,7 @@ def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tiny", action="store_true", help="the tiny CPU configs instead of the anchors")
-    parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
-    opts = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cases = TINY if opts.tiny else ANCHORS
-    results = {name: {path: measure(case, flags) for path, flags in PATHS.items()} for name, case in cases.items()}
+    cases, results, json_path = measure_all(__doc__.splitlines()[0], measure, PATHS, argv)
     _logger.info("%-30s %-8s %-9s %6s %9s %8s %11s %12s %11s %13s", "config", "path", "dtype", "ops", "GB moved",
                  "TFLOP", "roofline ms", "anchor busy", "busy/bound", "speed-up bound")
     for name, per_path in results.items():
@@ -177,8 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         for op in r["top"]:
             _logger.info("  %7.2f %5.1f%% %6d %8.2f %7.3f  %s", op["ms"], 100 * op["share"], op["calls"], op["gb"],
                          op["tflop"], op["op"])
-    if opts.json:
-        write_text_atomic(opts.json, json.dumps(results, indent=2))
+    if json_path:
+        write_text_atomic(json_path, json.dumps(results, indent=2))
     return results
 
 

@@ -24,6 +24,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,7 +37,7 @@ from engine.losses import build_train_loss  # noqa: E402
 from engine.model import build_model, resolve_model_args  # noqa: E402
 from engine.optim import compute_dtype  # noqa: E402
 
-__all__ = ["PATHS", "saved_bytes", "measure", "main"]
+__all__ = ["PATHS", "MetaStep", "saved_bytes", "build_on_meta", "measure", "measure_all", "main"]
 
 _logger = logging.getLogger("saved_memory")
 _GIB = 2.0 ** 30
@@ -62,8 +64,20 @@ def saved_bytes(model: torch.nn.Module, step) -> int:
     return sum(s.nbytes() for s in saved.values())
 
 
-def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
-    """``saved`` and ``state`` bytes of one config on one model path (meta device; AMP configs in half precision)."""
+@dataclass
+class MetaStep:
+    """A config's model, loss and batch on the meta device, in the dtype its training step computes in."""
+
+    model: torch.nn.Module
+    loss: Callable[[], torch.Tensor]  # the forward and loss of one training step
+    dtype: torch.dtype
+    batch_size: int
+    fp32_parameter_bytes: int
+
+
+def build_on_meta(case: Case, path_flags: tuple[str, ...]) -> MetaStep:
+    """Build one config on one model path on the meta device (shapes only): an AMP config's model and input are
+    cast to its half-precision dtype, as autocast would compute them (the meta device has no autocast)."""
     args = engine_args([*case.flags, *path_flags, "--device", "cpu"])
     resolve_model_args(args)
     dtype = compute_dtype(args)
@@ -72,21 +86,38 @@ def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
         loss_fn = build_train_loss(args, mixup_active=False)
         args.device = "meta"
         inputs, target = _random_batch(args, soft_targets=False)
-    state = 4 * sum(p.numel() * p.element_size() for p in model.parameters())  # fp32 master weights
+    fp32_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     model.to(dtype)
-    saved = saved_bytes(model, lambda: loss_fn(model(inputs.to(dtype)).float(), target))
-    return {"saved_gib": saved / _GIB, "state_gib": state / _GIB, "batch_size": args.batch_size,
-            "dtype": str(dtype).removeprefix("torch.")}
+    return MetaStep(model, lambda: loss_fn(model(inputs.to(dtype)).float(), target), dtype, args.batch_size,
+                    fp32_bytes)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
+    """``saved`` and ``state`` bytes of one config on one model path (meta device; AMP configs in half precision)."""
+    step = build_on_meta(case, path_flags)
+    saved = saved_bytes(step.model, step.loss)
+    state = 4 * step.fp32_parameter_bytes  # fp32 master weights, gradients, AdamW's two moments
+    return {"saved_gib": saved / _GIB, "state_gib": state / _GIB, "batch_size": step.batch_size,
+            "dtype": str(step.dtype).removeprefix("torch.")}
+
+
+def measure_all(description: str, measure_case: Callable[[Case, tuple[str, ...]], dict], paths: dict,
+                argv: list[str] | None) -> tuple[dict[str, Case], dict, str]:
+    """The command line of the meta-device benchmarks (``--tiny``, ``--json``): ``(cases, {config: {path:
+    measure_case(case, path flags)}}, JSON path)``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU configs instead of the anchors")
     parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cases = TINY if opts.tiny else ANCHORS
-    results = {name: {path: measure(case, flags) for path, flags in PATHS.items()} for name, case in cases.items()}
+    results = {name: {path: measure_case(case, flags) for path, flags in paths.items()}
+               for name, case in cases.items()}
+    return cases, results, opts.json
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cases, results, json_path = measure_all(__doc__.splitlines()[0], measure, PATHS, argv)
     header = (f"{'config':30s} {'path':13s} {'dtype':9s} {'saved GiB':>10s} {'state GiB':>10s} {'sum GiB':>8s} "
               f"{'anchor GiB':>10s}")
     _logger.info("%s %s", header, "sum / anchor")
@@ -97,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
             ratio = f"{total / anchor.peak_gib:.2f}" if anchor else ""
             _logger.info("%-30s %-13s %-9s %10.3f %10.3f %8.3f %10s %s", name, path, r["dtype"], r["saved_gib"],
                          r["state_gib"], total, f"{anchor.peak_gib:g}" if anchor else "", ratio)
-    if opts.json:
-        write_text_atomic(opts.json, json.dumps(results, indent=2))
+    if json_path:
+        write_text_atomic(json_path, json.dumps(results, indent=2))
     return results
 
 

@@ -1,9 +1,5 @@
 """BatchNorm + LIF as one op (module/bn_lif.py) against the two modules it replaces."""
 import copy
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -13,8 +9,8 @@ import model  # noqa: F401  (registers the sdt models)
 from module import MultiStepLIF, instrument
 from module.bn_lif import _bn_lif_forward, batch_norm_lif, bn_lif, can_fuse
 from module.fused_lif import triton_available
+from triton_scripts import run_in_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pair(parametric: bool, momentum: float | None = 0.1) -> tuple[torch.nn.BatchNorm2d, MultiStepLIF]:
@@ -160,10 +156,7 @@ def test_two_pass_backward_in_the_interpreter():
     """The two-pass BN + LIF backward (reduction in a first LIF-backward pass, input gradient from a second), run by
     Triton's CPU interpreter, against the LIF backward followed by the BatchNorm backward, in NCHW and
     channels-last, fp32 and bf16."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", _TRITON_BACKWARD_CHECK], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_in_interpreter(_TRITON_BACKWARD_CHECK)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

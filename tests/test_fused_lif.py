@@ -4,9 +4,6 @@ without graph breaks)."""
 import copy
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import timm
@@ -17,8 +14,8 @@ import model  # noqa: F401  (registers the sdt models)
 from module import MultiStepLIF
 from module.fused_lif import _lif_forward, lif_reference, triton_available
 from module.sps import batch_norm_of_copies
+from triton_scripts import run_compiler, run_in_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _spikingjelly(parametric: bool, v_threshold: float) -> torch.nn.Module:
@@ -170,17 +167,12 @@ print("ok")
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 def test_triton_kernels_in_the_interpreter():
     """The CUDA kernels, run by Triton's CPU interpreter: same spikes, gradients within rounding."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_in_interpreter(_TRITON_CHECK)
 
 
 _TRITON_COMPILE = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from module import lif_triton as L
+from triton_scripts import compile_for_hopper
 half = {"x_ptr": "*bf16", "spike_ptr": "*bf16", "grad_spike_ptr": "*bf16", "grad_x_ptr": "*bf16"}
 cases = [
     (L._lif_forward_kernel, half, dict(T=4, v_threshold=1.0, REPEATED_INPUT=True, HAS_BN=False, BLOCK=L.BLOCK)),
@@ -199,13 +191,7 @@ cases = [
     (L._bn_lif_grad_sums_kernel, {}, dict(T=5, v_threshold=1.0, alpha=4.0, BJ=256, BC=4)),
     (L._bn_grad_finalize_kernel, {}, dict(JB=98, BLOCK_C=128)),
 ]
-for kernel, types, constants in cases:
-    signature = {name: "constexpr" if name in constants else types.get(name, "*fp32") if name.endswith("_ptr")
-                 else "i32" if name in ("N", "C", "S") else "fp32" if name == "inv_count" else "i64"
-                 for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
-                              target=GPUTarget("cuda", 90, 32))
-    assert compiled.asm["cubin"], kernel
+compile_for_hopper(cases, {"N": "i32", "C": "i32", "S": "i32", "inv_count": "fp32"})
 print("ok")
 """
 
@@ -214,10 +200,7 @@ print("ok")
 def test_triton_kernels_compile_for_hopper(tmp_path):
     """The interpreter runs kernels as Python; this compiles them (Triton -> PTX -> cubin for sm_90, no GPU
     needed), which catches what only the compiler rejects."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", _TRITON_COMPILE], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_compiler(_TRITON_COMPILE, tmp_path)
 
 
 @pytest.mark.parametrize("parametric", [False, True], ids=["lif", "plif"])
@@ -277,23 +260,27 @@ def test_batch_norm_of_copies_with_hooks_runs_the_copies():
     assert int(bn.num_batches_tracked) == 0 and torch.equal(bn.running_var, torch.ones(3))
 
 
+def _check_compiled_against_eager(net: torch.nn.Module, x: torch.Tensor, backend: str, rtol: float,
+                                  atol: float) -> None:
+    """One graph (``fullgraph``) whose logits and gradients are eager's within the tolerances."""
+    eager = copy.deepcopy(net)
+    torch._dynamo.reset()
+    out, expected = torch.compile(net, backend=backend, fullgraph=True)(x), eager(x)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(out, expected, rtol=0, atol=atol)
+    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
+        if q.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=rtol, atol=atol, msg=name)
+
+
 @pytest.mark.parametrize("attention_mode", ["SDT", "STAtten"])
 def test_compiles_without_graph_breaks_to_the_same_numbers(attention_mode):
     """The fast path under torch.compile (aot_eager: the graph capture, without code generation): one graph,
     the same logits and gradients as eager."""
     torch.manual_seed(0)
     net = timm.create_model("sdt_test", attention_mode=attention_mode, chunk_size=1).train()
-    eager = copy.deepcopy(net)
-    x = torch.randn(4, 3, 32, 32)
-    torch._dynamo.reset()
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    out, expected = compiled(x), eager(x)
-    out.square().sum().backward()
-    expected.square().sum().backward()
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
-    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
-        if q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    _check_compiled_against_eager(net, torch.randn(4, 3, 32, 32), "aot_eager", rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -305,17 +292,8 @@ def test_inductor_in_channels_last_computes_what_eager_does(attention_mode):
     eager CPU BatchNorm is not accurate on channels-last fp32 input."""
     torch.manual_seed(0)
     net = timm.create_model("sdt_test", attention_mode=attention_mode, chunk_size=1).train().double()
-    net = net.to(memory_format=torch.channels_last)
-    eager = copy.deepcopy(net)
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
-    torch._dynamo.reset()
-    out, expected = torch.compile(net, fullgraph=True)(x), eager(x)
-    out.square().sum().backward()
-    expected.square().sum().backward()
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
-    for (name, p), q in zip(net.named_parameters(), eager.parameters()):
-        if q.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-9, atol=1e-12, msg=name)
+    _check_compiled_against_eager(net.to(memory_format=torch.channels_last), x, "inductor", rtol=1e-9, atol=1e-12)
 
 
 def test_stateless_neurons_refuse_to_carry_state():

@@ -1,9 +1,5 @@
 """module/pool.py: max-pooling that keeps one byte of argmax per output for the backward, bit-identical to
 PyTorch's."""
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +8,8 @@ from benchmarks.saved_memory import saved_bytes
 from module.fused_lif import triton_available
 from module.ms_conv import _to_heads
 from module.pool import MaxPool2d, SpatialMaxPool, max_pool2d
+from triton_scripts import run_compiler, run_in_interpreter
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("kind", ["spikes", "real", "channels_last"])
@@ -149,17 +145,12 @@ print("ok")
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 def test_triton_kernels_in_the_interpreter():
     """The CUDA kernels, run by Triton's CPU interpreter: ATen's outputs, argmax offsets and gradients exactly."""
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", _TRITON_CHECK], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_in_interpreter(_TRITON_CHECK)
 
 
 _TRITON_COMPILE = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 from module import pool_triton as P
+from triton_scripts import compile_for_hopper
 window = dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK=P.BLOCK)
 cases = [
     (P._max_pool_forward_kernel, {"x_ptr": "*fp16", "out_ptr": "*fp16"}, dict(window, CHANNELS_LAST=True)),
@@ -167,12 +158,7 @@ cases = [
     (P._max_pool_backward_kernel, {"grad_out_ptr": "*bf16", "grad_x_ptr": "*bf16"}, dict(window, CHANNELS_LAST=True)),
     (P._max_pool_backward_kernel, {}, dict(window, SH=1, SW=1, CHANNELS_LAST=False)),
 ]
-for kernel, types, constants in cases:
-    signature = {name: "constexpr" if name in constants else "*i8" if name == "offset_ptr"
-                 else types.get(name, "*fp32") if name.endswith("_ptr") else "i64" for name in kernel.arg_names}
-    compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
-                              target=GPUTarget("cuda", 90, 32))
-    assert compiled.asm["cubin"], kernel
+compile_for_hopper(cases, {"offset_ptr": "*i8"})
 print("ok")
 """
 
@@ -180,10 +166,7 @@ print("ok")
 @pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
 def test_triton_kernels_compile_for_hopper(tmp_path):
     """Triton -> PTX -> cubin for sm_90 without a GPU: what only the compiler rejects."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRITON_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", _TRITON_COMPILE], env=env, capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+    run_compiler(_TRITON_COMPILE, tmp_path)
 
 
 def test_window_offsets_convert_to_and_from_aten_indices():
