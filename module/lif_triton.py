@@ -224,18 +224,20 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
 
 
 @triton.jit
-def _bn_grad_finalize_kernel(partial_ptr, bn_ptr, grad_table_ptr, grad_weight_ptr, grad_bias_ptr, C, inv_count,
-                             JB: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bn_grad_finalize_kernel(partial_ptr, bn_ptr, grad_table_ptr, grad_weight_ptr, grad_bias_ptr, C, JB, inv_count,
+                             JB_BOUND: tl.constexpr, BLOCK_C: tl.constexpr):
     """Sums the ``[2, JB, C]`` partials of :func:`_bn_lif_grad_sums_kernel` in order and writes the per-channel
     terms of the input gradient (``[3, C]``: mean of dy, projection scale, gradient scale, as in ATen's
-    ``batch_norm_backward_elemt``) and the weight and bias gradients (ATen's ``batch_norm_backward_reduce``)."""
+    ``batch_norm_backward_elemt``) and the weight and bias gradients (ATen's ``batch_norm_backward_reduce``).
+    ``JB_BOUND``: ``JB`` rounded up to a power of two, a compile-time loop bound (few compiled variants)."""
     channel = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = channel < C
     sum_dy = tl.zeros([BLOCK_C], dtype=tl.float32)
     sum_dy_xmu = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for block in range(JB):
-        sum_dy += tl.load(partial_ptr + block * C + channel, mask=mask, other=0.0)
-        sum_dy_xmu += tl.load(partial_ptr + (JB + block) * C + channel, mask=mask, other=0.0)
+    for block in range(JB_BOUND):
+        inside = mask & (block < JB)
+        sum_dy += tl.load(partial_ptr + block * C + channel, mask=inside, other=0.0)
+        sum_dy_xmu += tl.load(partial_ptr + (JB + block) * C + channel, mask=inside, other=0.0)
     invstd = tl.load(bn_ptr + C + channel, mask=mask, other=0.0)
     weight = tl.load(bn_ptr + 2 * C + channel, mask=mask, other=0.0)
     tl.store(grad_table_ptr + channel, sum_dy * inv_count, mask=mask)
@@ -353,8 +355,8 @@ def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thresho
     grad_table = torch.empty(3, channels, dtype=torch.float32, device=x.device)
     grad_weight, grad_bias = torch.empty_like(grad_table[0]), torch.empty_like(grad_table[0])
     _bn_grad_finalize_kernel[(triton.cdiv(channels, 128),)](partials, table, grad_table, grad_weight, grad_bias,
-                                                            channels, 1.0 / (steps * per_sample), JB=grid[0],
-                                                            BLOCK_C=128)
+                                                            channels, grid[0], 1.0 / (steps * per_sample),
+                                                            JB_BOUND=triton.next_power_of_2(grid[0]), BLOCK_C=128)
     grad_x = empty_steps(x, steps)
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay, table, grad_table, grad_x, grad_decay, n,

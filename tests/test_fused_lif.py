@@ -189,9 +189,9 @@ cases = [
                                                   REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=L.BLOCK)),
     (L._bn_lif_grad_sums_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, BJ=32, BC=64)),
     (L._bn_lif_grad_sums_kernel, {}, dict(T=5, v_threshold=1.0, alpha=4.0, BJ=256, BC=4)),
-    (L._bn_grad_finalize_kernel, {}, dict(JB=98, BLOCK_C=128)),
+    (L._bn_grad_finalize_kernel, {}, dict(JB_BOUND=128, BLOCK_C=128)),
 ]
-compile_for_hopper(cases, {"N": "i32", "C": "i32", "S": "i32", "inv_count": "fp32"})
+compile_for_hopper(cases, {"N": "i32", "C": "i32", "S": "i32", "JB": "i32", "inv_count": "fp32"})
 print("ok")
 """
 
