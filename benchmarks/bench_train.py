@@ -54,8 +54,8 @@ from engine.loop import train_step  # noqa: E402
 from engine.model import build_model, compile_model, prepare_model, resolve_model_args  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
-__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "top_ops", "compare", "speed_path",
-           "table_rows", "log_table", "log_top_ops", "main"]
+__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "top_ops", "compare",
+           "speed_path", "table_rows", "log_table", "log_top_ops", "main"]
 
 _logger = logging.getLogger("bench_train")
 _GIB = 2.0 ** 30

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["HwInputError", "read_mapping", "CrossbarConfig", "ChipConfig", "TimingConfig", "MemoryConfig", "EnergyConfig",
-           "LeakageConfig", "FeatureConfig", "DataflowConfig", "StatisticalConfig", "GpuConfig", "HwConfig",
-           "load_config", "load_feature_overrides", "with_features", "CONFIG_DIR"]
+__all__ = ["HwInputError", "read_mapping", "CrossbarConfig", "ChipConfig", "TimingConfig", "MemoryConfig",
+           "EnergyConfig", "LeakageConfig", "FeatureConfig", "DataflowConfig", "StatisticalConfig", "GpuConfig",
+           "HwConfig", "load_config", "load_feature_overrides", "with_features", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).parent / "config"
 

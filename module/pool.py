@@ -8,8 +8,9 @@ in fp32 for SDT-8-512 on ImageNet at batch 32, T=4), with an int64 index per out
 keeps, per output, the argmax's position in its window (``r * kernel_w + s``, int8) and the input's shape.  On
 CUDA the Triton kernels of :mod:`module.pool_triton` write and read these offsets directly (7 bytes of index
 traffic less per output and direction than int64 indices, and a conversion pass less than narrowed ones); on the
-CPU, ATen's kernels run and keep their int64 indices, which need no conversion pass.  The values and the gradients are ATen's, bit for bit: the same argmax (the
-first maximum of the window in row-major order; NaN wins) and, in the backward, the same sums in the same order.
+CPU, ATen's kernels run and keep their int64 indices, which need no conversion pass.  The values and the gradients
+are ATen's, bit for bit: the same argmax (the first maximum of the window in row-major order; NaN wins) and, in the
+backward, the same sums in the same order.
 """
 from __future__ import annotations
 

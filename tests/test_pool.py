@@ -130,7 +130,8 @@ for name, x in inputs.items():
         ours, our_offsets = torch.empty_like(out), torch.empty_like(offsets)
         pool_triton.forward(x, ours, our_offsets, kernel, stride, padding)
         assert torch.equal(ours.isnan(), out.isnan()) and torch.equal(ours.nan_to_num(), out.nan_to_num()), name
-        assert our_offsets.dtype == torch.int8 and out.stride() == _empty_outputs(x, kernel, stride, padding)[0].stride()
+        layout = _empty_outputs(x, kernel, stride, padding)[0].stride()
+        assert our_offsets.dtype == torch.int8 and out.stride() == ours.stride() == layout
         assert torch.equal(our_offsets, offsets), (name, kernel, stride)
         # integer gradients, transposed in memory: exact sums, any strides
         grad_out = torch.randint(-3, 4, out.shape[::-1]).to(x.dtype).permute(3, 2, 1, 0)
