@@ -52,7 +52,7 @@ _BENCH_TINY = ("--tiny", "--warmup", "1", "--steps", "2", "--profile-steps", "1"
 STEPS = (
     Step("fixture_diffs", ("benchmarks/fixture_diffs.py", "--device", "{device}")),
     Step("cuda_tests", ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py",
-                        "tests/test_bn_lif.py", "tests/test_profiler_instrument.py"),
+                        "tests/test_bn_lif.py", "tests/test_pool.py", "tests/test_profiler_instrument.py"),
          ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py", "-k", "hand_computed")),
     Step("profiler", ("-m", "profiler", "run", "--device", "{device}", "--runs", "30", "--warmup", "3", "--out",
                       "{files}/profiler"),

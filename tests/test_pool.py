@@ -185,3 +185,25 @@ def test_window_offsets_convert_to_and_from_aten_indices():
         grad_x = _aten_backward(grad_out, offsets, list(x.shape), kernel, stride, padding, False)
         assert torch.equal(grad_x, torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out, x, kernel, stride, padding, [1, 1], False, indices))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "heads_view"])
+def test_cuda_kernels_match_aten(dtype, layout):
+    """On a GPU: the Triton pool (one-byte argmax) against ATen's max_pool2d, values and gradients bit for bit."""
+    torch.manual_seed(0)
+    x = (torch.rand(8, 16, 28, 28, device="cuda") < 0.3).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "heads_view":
+        x = _to_heads((torch.rand(2, 4, 16, 14, 14, device="cuda") < 0.3).to(dtype), 4).flatten(0, 1)
+    for kernel, stride, padding in ((3, 2, 1), (3, 1, 1)):
+        ours_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ours = max_pool2d(ours_in, kernel, stride, padding)
+        expected = torch.nn.functional.max_pool2d(ref_in, kernel, stride, padding)
+        assert torch.equal(ours, expected)
+        grad_out = torch.randint(-4, 5, expected.shape, device="cuda").to(dtype)
+        ours.backward(grad_out)
+        expected.backward(grad_out)
+        assert torch.equal(ours_in.grad, ref_in.grad), (kernel, stride)
