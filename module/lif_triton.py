@@ -345,7 +345,7 @@ def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thresho
     positions, position_stride = _positions(x)
     n, samples = x[0].numel(), x.shape[1]
     per_sample = samples * positions
-    tile_j, tile_c = (32, 64) if x.stride(2) == 1 else (256, 4)
+    tile_j, tile_c = (16, 64) if x.stride(2) == 1 else (256, 4)  # 1024 neurons, as BLOCK
     grid = (triton.cdiv(per_sample, tile_j), triton.cdiv(channels, tile_c))
     partials = torch.empty(2, grid[0], channels, dtype=torch.float32, device=x.device)
     table, decay = batch_norm.contiguous(), decay.contiguous()

@@ -126,7 +126,7 @@ stats = torch.stack((torch.randn(C) * 0.2, torch.rand(C) + 0.5))
 weight, bias, decay = torch.rand(C) + 0.5, torch.randn(C) * 0.3, torch.tensor(0.4).sigmoid()
 for steps, dtype, channels_last in ((4, torch.float32, False), (4, torch.float32, True), (5, torch.float32, True),
                                     (8, torch.bfloat16, False), (3, torch.bfloat16, True)):
-    x = torch.randn(steps * 5, C, 5, 7) * 2  # 175 positions per channel: 6 tiles of 32 in channels-last
+    x = torch.randn(steps * 5, C, 5, 7) * 2  # 175 positions per channel: 11 tiles of 16 in channels-last
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x = x.unflatten(0, (steps, 5)).to(dtype)

@@ -187,7 +187,7 @@ cases = [
                                                   REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=False, BLOCK=L.BLOCK)),
     (L._lif_backward_recompute_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
                                                   REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=L.BLOCK)),
-    (L._bn_lif_grad_sums_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, BJ=32, BC=64)),
+    (L._bn_lif_grad_sums_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, BJ=16, BC=64)),
     (L._bn_lif_grad_sums_kernel, {}, dict(T=5, v_threshold=1.0, alpha=4.0, BJ=256, BC=4)),
     (L._bn_grad_finalize_kernel, {}, dict(JB_BOUND=128, BLOCK_C=128)),
 ]
