@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
-           "is_time_major", "empty_steps", "recomputes_membrane", "triton_available"]
+           "is_time_major", "empty_steps", "HISTORY_STEPS", "keeps_membrane_in_memory", "recomputes_membrane",
+           "triton_available"]
 
 # spikingjelly's default surrogate gradient: surrogate.Sigmoid(alpha=4).
 SURROGATE_ALPHA = 4.0
@@ -49,6 +50,16 @@ def empty_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tens
     if not is_time_major(x):
         return x.new_empty(shape, dtype=dtype)
     return torch.empty_strided(shape, (x[0].numel(), *x.stride()[1:]), dtype=dtype, device=x.device)
+
+
+HISTORY_STEPS = 32  # the longest sequence whose membranes the Triton backward keeps in registers
+
+
+def keeps_membrane_in_memory(steps: int, itemsize: int) -> bool:
+    """Whether the Triton backward keeps the membrane in an fp32 scratch buffer (a write and a read of 4 bytes per
+    neuron and step): only when it neither recomputes it (:func:`recomputes_membrane`) nor holds every step's in
+    registers (up to :data:`HISTORY_STEPS` steps)."""
+    return not recomputes_membrane(steps, itemsize) and steps > HISTORY_STEPS
 
 
 def recomputes_membrane(steps: int, itemsize: int) -> bool:

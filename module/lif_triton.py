@@ -2,8 +2,9 @@
 
 The membrane stays in fp32 registers; spikes are written in the input dtype.  The backward runs the
 surrogate-gradient recurrence backwards in time on the membrane recomputed from the saved input: in registers
-from step 0 at every step for short sequences (:func:`recomputes_membrane`), otherwise in a first pass forward in
-time that keeps ``h`` in an fp32 scratch buffer.  A repeated input (``[1, ...]`` over T steps: a static image's
+from step 0 at every step for short sequences (:func:`recomputes_membrane`); up to :data:`HISTORY_STEPS` steps in
+a first pass forward in time that keeps every step's ``h`` in registers; beyond that in a first pass that keeps
+``h`` in an fp32 scratch buffer.  A repeated input (``[1, ...]`` over T steps: a static image's
 encoding) is read once and its gradient written summed over time.  Optionally the LIF input is the batch norm of
 the given tensor, applied on the fly (:mod:`module.bn_lif`).  Run with ``TRITON_INTERPRET=1`` to execute them on
 the CPU.
@@ -17,11 +18,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .fused_lif import SURROGATE_ALPHA, empty_steps, is_time_major, recomputes_membrane
+from .fused_lif import (HISTORY_STEPS, SURROGATE_ALPHA, empty_steps, is_time_major, keeps_membrane_in_memory,
+                        recomputes_membrane)
 
-__all__ = ["forward", "backward", "batch_norm_backward", "fuses_batch_norm_backward", "recomputes_membrane"]
+__all__ = ["forward", "backward", "batch_norm_backward", "fuses_batch_norm_backward", "recomputes_membrane",
+           "HISTORY_STEPS"]
 
 BLOCK = 1024
+HISTORY_BLOCK = 256  # neurons per program when the membranes are kept in registers: 64 a thread at 32 steps
 
 
 @triton.jit
@@ -123,6 +127,45 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, h_ptr, grad_x
             h_prev = tl.load(h_ptr + idx - N, mask=mask & (t > 0), other=0.0)
             v_prev = tl.where(h_prev >= v_threshold, 0.0, h_prev)
             grad_decay += grad_h * (x - v_prev)
+        grad_v = grad_h * (1.0 - k)
+    if NEED_DECAY_GRAD:
+        tl.store(grad_decay_ptr + offs, grad_decay, mask=mask)
+
+
+@triton.jit
+def _lif_backward_history_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, grad_x_ptr, grad_decay_ptr, N, C, S,
+                                 T: tl.constexpr, T_POW2: tl.constexpr, v_threshold: tl.constexpr,
+                                 alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr, HAS_BN: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    """The backward with every step's membrane in registers: a forward pass in time fills a ``[BLOCK, T_POW2]``
+    history, the backward pass reads it (no fp32 scratch in memory, no recomputation)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    k = tl.load(decay_ptr).to(tl.float32)
+    mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
+    step_of = tl.arange(0, T_POW2)[None, :]
+    history = tl.zeros([BLOCK, T_POW2], dtype=tl.float32)
+    v = tl.zeros([BLOCK], dtype=tl.float32)
+    idx = offs
+    for t in tl.static_range(T):
+        x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
+        h = v + (x - v) * k
+        history = tl.where(step_of == t, h[:, None], history)
+        v = tl.where(h >= v_threshold, 0.0, h)
+        idx += N
+    grad_v = tl.zeros([BLOCK], dtype=tl.float32)
+    grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
+    for i in tl.static_range(T):
+        t = T - 1 - i
+        idx -= N
+        h = tl.sum(tl.where(step_of == t, history, 0.0), axis=1)
+        grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
+        tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
+        if NEED_DECAY_GRAD:
+            x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
+            h_prev = tl.sum(tl.where(step_of == t - 1, history, 0.0), axis=1)  # zero at t = 0
+            grad_decay += grad_h * (x - tl.where(h_prev >= v_threshold, 0.0, h_prev))
         grad_v = grad_h * (1.0 - k)
     if NEED_DECAY_GRAD:
         tl.store(grad_decay_ptr + offs, grad_decay, mask=mask)
@@ -309,6 +352,11 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
         _lif_backward_recompute_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, bn_ptr, grad_x,
                                                  grad_decay, n, channels, channel_stride, steps,
                                                  REPEATED_INPUT=repeated, BN_GRAD=False, **options)
+    elif not keeps_membrane_in_memory(steps, x.element_size()):
+        options["BLOCK"] = HISTORY_BLOCK
+        _lif_backward_history_kernel[(triton.cdiv(n, HISTORY_BLOCK),)](
+            grad_spikes, x, decay.contiguous(), bn_ptr, grad_x, grad_decay, n, channels, channel_stride, steps,
+            T_POW2=triton.next_power_of_2(steps), **options)
     else:
         h_scratch = empty_steps(x, steps, torch.float32)
         _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, h_scratch, grad_x, grad_decay,

@@ -112,9 +112,11 @@ import torch
 from module import lif_triton
 from module.fused_lif import lif_backward_reference, lif_reference
 torch.manual_seed(0)
-for steps in (4, 12):  # the backward recomputes the membrane at T=4 and keeps an fp32 scratch at T=12
+# the backward recomputes the membrane at T=4, keeps it in registers at T=12 and T=16, in an fp32 scratch at T=36
+for steps in (4, 12, 16, 36):
     assert lif_triton.recomputes_membrane(steps, 4) == lif_triton.recomputes_membrane(steps, 2) == (steps == 4)
-    x = torch.randn(steps, 3, 700) * 1.5  # 2100 neurons: three blocks of 1024, the last one masked
+    assert (steps <= lif_triton.HISTORY_STEPS) == (steps < 36)
+    x = torch.randn(steps, 3, 700) * 1.5  # 2100 neurons: three blocks of 1024 (nine of 256), the last one masked
     g = torch.randn_like(x)
     for decay, th, need in ((torch.tensor(0.5), 1.0, False), (torch.tensor(0.3).sigmoid(), 0.5, True)):
         for dtype, tol in ((torch.float32, 1e-6), (torch.bfloat16, 1e-2)):
@@ -133,7 +135,7 @@ from module.bn_lif import _normalize, _packed
 C = 6  # the batch-norm prologue: [T, B, C, H, W], per-channel statistics and affine
 stats, weight, bias = torch.stack((torch.randn(C) * 0.2, torch.rand(C) + 0.5)), torch.rand(C) + 0.5, torch.randn(C)
 decay, table = torch.tensor(0.3).sigmoid(), _packed(stats, weight, bias)
-for steps in (4, 12):
+for steps in (4, 12, 36):
     x = torch.randn(steps, 3, C, 5, 7) * 2
     g = torch.randn_like(x)
     y = _normalize(x, stats, weight, bias)
@@ -187,6 +189,10 @@ cases = [
                                                   REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=False, BLOCK=L.BLOCK)),
     (L._lif_backward_recompute_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
                                                   REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=L.BLOCK)),
+    (L._lif_backward_history_kernel, {}, dict(T=16, T_POW2=16, v_threshold=1.0, alpha=4.0, NEED_DECAY_GRAD=True,
+                                              HAS_BN=True, BLOCK=L.HISTORY_BLOCK)),
+    (L._lif_backward_history_kernel, half, dict(T=10, T_POW2=16, v_threshold=0.5, alpha=4.0, NEED_DECAY_GRAD=False,
+                                                HAS_BN=False, BLOCK=L.HISTORY_BLOCK)),
     (L._bn_lif_grad_sums_kernel, half, dict(T=4, v_threshold=1.0, alpha=4.0, BJ=16, BC=64)),
     (L._bn_lif_grad_sums_kernel, {}, dict(T=5, v_threshold=1.0, alpha=4.0, BJ=256, BC=4)),
     (L._bn_grad_finalize_kernel, {}, dict(JB_BOUND=128, BLOCK_C=128)),
