@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import Case  # noqa: E402
 from benchmarks.saved_memory import build_on_meta, measure_all  # noqa: E402
 from engine.atomic import write_text_atomic  # noqa: E402
-from module.fused_lif import keeps_membrane_in_memory, recomputes_membrane  # noqa: E402
+from module.fused_lif import keeps_membrane_in_memory  # noqa: E402
 
 __all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "extra_reads", "step_traffic", "roofline", "measure",
            "main"]
@@ -95,7 +95,7 @@ def extra_reads(op: str, args: tuple) -> int:
     input and one write of each output (their CUDA kernels): BatchNorm in training computes the batch statistics in
     a pass before the normalising one; its backward reduces ``grad_out`` and ``input`` in a pass before the
     elementwise one.  Our fused BN + LIF backward reads the spike gradient and the input twice (reduction pass,
-    then input-gradient pass) where the LIF backward recomputes the membrane, and otherwise writes the norm
+    then input-gradient pass) where the LIF backward keeps the membrane in registers, and otherwise writes the norm
     output's gradient and runs BatchNorm's two backward passes on it.  A LIF backward over a sequence too long for
     registers writes and reads an fp32 membrane scratch.  (Counted as reads: the time is the same.)"""
     if op == "aten.native_batch_norm" and args[5]:
@@ -109,7 +109,7 @@ def extra_reads(op: str, args: tuple) -> int:
     scratch = 8 * grad_spikes.numel() if not repeated and keeps_membrane_in_memory(steps, x.element_size()) else 0
     if op == "sdt.multistep_lif_backward":
         return scratch
-    return scratch + (2 if recomputes_membrane(x.shape[0], x.element_size()) else 5) * distinct_bytes(x)
+    return scratch + (5 if scratch else 2) * distinct_bytes(x)
 
 
 def roofline(nbytes: float, flops: float, peak_flops: float, bandwidth: float = H100["bandwidth"]) -> float:
