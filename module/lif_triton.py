@@ -180,7 +180,7 @@ def _membrane_at(history, x_ptr, offs, mask, k, N, t, T_POW2: tl.constexpr, v_th
     """``(h, v, x, idx)`` of step ``t`` (see :func:`_recompute_membrane`): from the register history, or
     recomputed from step 0."""
     if HISTORY:
-        idx = offs + t * N
+        idx = offs + tl.cast(t, tl.int64) * N  # int64 before the product: T * N may pass 2**31
         x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
         h = _history_at(history, t, T_POW2)
         h_prev = _history_at(history, t - 1, T_POW2)
