@@ -10,7 +10,8 @@ The steps run in order of priority, each with the time that is left, and a step 
 that the ones before it still come back:
 
 1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3);
-2. ``cuda_tests``: the tests that need a GPU or exercise the CUDA kernels;
+2. ``cuda_tests``: the tests that need a GPU (``-k cuda``: the Triton LIF, BN + LIF and pool kernels against
+   their references, CUDA-event timers, the fused optimizer);
 3. ``profiler`` and ``profiler_timers``: the fork's default model, 30 runs with probes and 30 with timers only
    (issue 7), and ``bench_probes``: the cost of the probes when off;
 4. ``bench_train``: every anchor config on the default fast path, ``bench_train_bn_lif`` with ``--fuse-bn-lif``
@@ -51,8 +52,9 @@ _BENCH_TINY = ("--tiny", "--warmup", "1", "--steps", "2", "--profile-steps", "1"
 
 STEPS = (
     Step("fixture_diffs", ("benchmarks/fixture_diffs.py", "--device", "{device}")),
-    Step("cuda_tests", ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py",
-                        "tests/test_bn_lif.py", "tests/test_pool.py", "tests/test_profiler_instrument.py"),
+    Step("cuda_tests", ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "tests/test_fused_lif.py",
+                        "tests/test_bn_lif.py", "tests/test_pool.py", "tests/test_profiler_instrument.py",
+                        "tests/test_train_steps.py"),
          ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py", "-k", "hand_computed")),
     Step("profiler", ("-m", "profiler", "run", "--device", "{device}", "--runs", "30", "--warmup", "3", "--out",
                       "{files}/profiler"),
