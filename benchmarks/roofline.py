@@ -73,10 +73,11 @@ class OpTraffic(TorchDispatchMode):
             return out
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        read = sum(map(distinct_bytes, inputs)) + extra_reads(f"{func.namespace}.{packet.__name__}", args)
+        name = f"{func.namespace}.{packet.__name__}"
+        read = sum(map(distinct_bytes, inputs)) + extra_reads(name, args)
         written = sum(map(distinct_bytes, outputs))
         flops = flop_registry[packet](*args, **kwargs, out_val=out) if packet in flop_registry else 0
-        record = self.ops[f"{func.namespace}.{packet.__name__}"]
+        record = self.ops[name]
         record["calls"] += 1
         record["read"] += read
         record["written"] += written

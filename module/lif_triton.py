@@ -104,35 +104,6 @@ def _grad_membrane(h, grad_s, grad_v, v_threshold: tl.constexpr, alpha: tl.const
 
 
 @triton.jit
-def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, h_ptr, grad_x_ptr, grad_decay_ptr, N, C, S,
-                         T: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
-                         NEED_DECAY_GRAD: tl.constexpr, HAS_BN: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < N
-    k = tl.load(decay_ptr).to(tl.float32)
-    mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
-    idx = _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True, False, mean, invstd, weight,
-                               bias, HAS_BN)
-    grad_v = tl.zeros([BLOCK], dtype=tl.float32)
-    grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(T):
-        t = T - 1 - i
-        idx -= N
-        h = tl.load(h_ptr + idx, mask=mask, other=0.0)
-        grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
-        tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        if NEED_DECAY_GRAD:
-            x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
-            h_prev = tl.load(h_ptr + idx - N, mask=mask & (t > 0), other=0.0)
-            v_prev = tl.where(h_prev >= v_threshold, 0.0, h_prev)
-            grad_decay += grad_h * (x - v_prev)
-        grad_v = grad_h * (1.0 - k)
-    if NEED_DECAY_GRAD:
-        tl.store(grad_decay_ptr + offs, grad_decay, mask=mask)
-
-
-@triton.jit
 def _fill_history(x_ptr, offs, mask, k, N, T: tl.constexpr, T_POW2: tl.constexpr, v_threshold: tl.constexpr, mean,
                   invstd, weight, bias, HAS_BN: tl.constexpr):
     """Every step's membrane ``h`` before the reset, from v = 0: ``offs.shape + [T_POW2]`` fp32 registers."""
@@ -174,35 +145,39 @@ def _recompute_membrane(x_ptr, offs, mask, k, N, step, v_threshold: tl.constexpr
 
 
 @triton.jit
-def _membrane_at(history, x_ptr, offs, mask, k, N, t, T_POW2: tl.constexpr, v_threshold: tl.constexpr,
+def _membrane_at(history, h_ptr, x_ptr, offs, mask, k, N, t, T_POW2: tl.constexpr, v_threshold: tl.constexpr,
                  REPEATED_INPUT: tl.constexpr, mean, invstd, weight, bias, HAS_BN: tl.constexpr,
-                 HISTORY: tl.constexpr):
-    """``(h, v, x, idx)`` of step ``t`` (see :func:`_recompute_membrane`): from the register history, or
-    recomputed from step 0."""
-    if HISTORY:
-        idx = offs + tl.cast(t, tl.int64) * N  # int64 before the product: T * N may pass 2**31
-        x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
-        h = _history_at(history, t, T_POW2)
-        h_prev = _history_at(history, t - 1, T_POW2)
-        v = tl.where(h_prev >= v_threshold, 0.0, h_prev)
-    else:
+                 MEMBRANE: tl.constexpr):
+    """``(h, v, x, idx)`` of step ``t`` (see :func:`_recompute_membrane`), ``MEMBRANE`` saying where ``h`` comes
+    from: ``"registers"`` (the history of :func:`_fill_history`), ``"memory"`` (the fp32 scratch at ``h_ptr``) or
+    ``"recompute"`` (from step 0)."""
+    if MEMBRANE == "recompute":
         h, v, x, idx = _recompute_membrane(x_ptr, offs, mask, k, N, t, v_threshold, REPEATED_INPUT, mean, invstd,
                                            weight, bias, HAS_BN)
+    else:
+        idx = offs + tl.cast(t, tl.int64) * N  # int64 before the product: T * N may pass 2**31
+        x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
+        if MEMBRANE == "registers":
+            h = _history_at(history, t, T_POW2)
+            h_prev = _history_at(history, t - 1, T_POW2)
+        else:
+            h = tl.load(h_ptr + idx, mask=mask, other=0.0)
+            h_prev = tl.load(h_ptr + idx - N, mask=mask & (t > 0), other=0.0)
+        v = tl.where(h_prev >= v_threshold, 0.0, h_prev)
     return h, v, x, idx
 
 
 @triton.jit
-def _lif_backward_registers_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, grad_x_ptr,
-                                   grad_decay_ptr, N, C, S, T: tl.constexpr, T_POW2: tl.constexpr,
-                                   v_threshold: tl.constexpr, alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr,
-                                   REPEATED_INPUT: tl.constexpr, HAS_BN: tl.constexpr, BN_GRAD: tl.constexpr,
-                                   HISTORY: tl.constexpr, BLOCK: tl.constexpr):
-    """The backward without scratch in memory: each step's membrane (backwards in time) comes from a register
-    history filled by a forward pass (``HISTORY``, sequences up to :data:`HISTORY_STEPS`), or is recomputed in
-    registers from step 0 (short sequences).  A repeated input (recomputed only) is read once and its gradient
-    summed over time.  With ``BN_GRAD`` the gradient written is the batch norm's input gradient, from the
-    per-channel ``[3, C]`` table at ``bn_grad_ptr`` (mean of the output gradient, projection scale, gradient
-    scale; the terms of ATen's ``batch_norm_backward_elemt``)."""
+def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, h_ptr, grad_x_ptr, grad_decay_ptr,
+                         N, C, S, T: tl.constexpr, T_POW2: tl.constexpr, v_threshold: tl.constexpr,
+                         alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr,
+                         HAS_BN: tl.constexpr, BN_GRAD: tl.constexpr, MEMBRANE: tl.constexpr, BLOCK: tl.constexpr):
+    """The backward, backwards in time, each step's membrane from :func:`_membrane_at`: recomputed in registers
+    from step 0 (short sequences), from a register history filled by a forward pass (up to
+    :data:`HISTORY_STEPS`), or from an fp32 scratch at ``h_ptr`` written by a forward pass.  A repeated input
+    (recomputed only) is read once and its gradient summed over time.  With ``BN_GRAD`` the gradient written is
+    the batch norm's input gradient, from the per-channel ``[3, C]`` table at ``bn_grad_ptr`` (mean of the output
+    gradient, projection scale, gradient scale; the terms of ATen's ``batch_norm_backward_elemt``)."""
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
@@ -212,15 +187,18 @@ def _lif_backward_registers_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_
         mean_dy = tl.load(bn_grad_ptr + channel, mask=mask, other=0.0)
         proj_scale = tl.load(bn_grad_ptr + C + channel, mask=mask, other=0.0)
         grad_scale = tl.load(bn_grad_ptr + 2 * C + channel, mask=mask, other=0.0)
-    history = mean  # unused unless HISTORY
-    if HISTORY:
+    history = mean  # unused unless the membranes are kept in registers
+    if MEMBRANE == "registers":
         history = _fill_history(x_ptr, offs, mask, k, N, T, T_POW2, v_threshold, mean, invstd, weight, bias, HAS_BN)
+    if MEMBRANE == "memory":
+        _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True, False, mean, invstd, weight, bias,
+                             HAS_BN)
     grad_v = tl.zeros([BLOCK], dtype=tl.float32)
     grad_x_sum = tl.zeros([BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
     for i in range(T):
-        h, v, x, idx = _membrane_at(history, x_ptr, offs, mask, k, N, T - 1 - i, T_POW2, v_threshold,
-                                    REPEATED_INPUT, mean, invstd, weight, bias, HAS_BN, HISTORY)
+        h, v, x, idx = _membrane_at(history, h_ptr, x_ptr, offs, mask, k, N, T - 1 - i, T_POW2, v_threshold,
+                                    REPEATED_INPUT, mean, invstd, weight, bias, HAS_BN, MEMBRANE)
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
         if BN_GRAD:  # the LIF input's gradient, rounded as the unfused pair writes it, through the norm
@@ -244,11 +222,11 @@ def _lif_backward_registers_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_
 @triton.jit
 def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_ptr, N, C, J, HW, sB, sS, sC,
                              T: tl.constexpr, T_POW2: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
-                             HISTORY: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr):
+                             MEMBRANE: tl.constexpr, BJ: tl.constexpr, BC: tl.constexpr):
     """Per-channel partial sums of the batch norm's output gradient ``dy`` (the LIF backward, its membrane from a
-    register history or recomputed) and of ``dy * (x - mean)`` over a ``[BJ, BC]`` tile of (batch x position,
-    channel), all time steps: the reduction of ATen's ``batch_norm_backward_reduce``, written to ``partial_ptr``
-    (fp32 ``[2, J blocks, C]``) per tile."""
+    register history or recomputed: ``MEMBRANE``) and of ``dy * (x - mean)`` over a ``[BJ, BC]`` tile of (batch x
+    position, channel), all time steps: the reduction of ATen's ``batch_norm_backward_reduce``, written to
+    ``partial_ptr`` (fp32 ``[2, J blocks, C]``) per tile."""
     pid_j, pid_c = tl.program_id(0), tl.program_id(1)
     j = pid_j.to(tl.int64) * BJ + tl.arange(0, BJ)[:, None]
     channel = pid_c * BC + tl.arange(0, BC)[None, :]
@@ -256,15 +234,15 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
     offs = (j // HW) * sB + (j % HW) * sS + channel * sC
     k = tl.load(decay_ptr).to(tl.float32)
     mean, invstd, weight, bias = _params_of_channel(bn_ptr, channel, channel < C, C)
-    history = mean  # unused unless HISTORY
-    if HISTORY:
+    history = mean  # unused unless the membranes are kept in registers
+    if MEMBRANE == "registers":
         history = _fill_history(x_ptr, offs, mask, k, N, T, T_POW2, v_threshold, mean, invstd, weight, bias, True)
     grad_v = tl.zeros([BJ, BC], dtype=tl.float32)
     sum_dy = tl.zeros([BJ, BC], dtype=tl.float32)
     sum_dy_xmu = tl.zeros([BJ, BC], dtype=tl.float32)
     for i in range(T):
-        h, v, x, idx = _membrane_at(history, x_ptr, offs, mask, k, N, T - 1 - i, T_POW2, v_threshold, False, mean,
-                                    invstd, weight, bias, True, HISTORY)
+        h, v, x, idx = _membrane_at(history, decay_ptr, x_ptr, offs, mask, k, N, T - 1 - i, T_POW2, v_threshold,
+                                    False, mean, invstd, weight, bias, True, MEMBRANE)
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
         grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
         grad_y = tl.where(mask, (grad_h * k).to(x_ptr.dtype.element_ty).to(tl.float32), 0.0)
@@ -343,6 +321,21 @@ def forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int, batch_norm
     return spikes
 
 
+def _membrane_source(steps: int, itemsize: int, repeated: bool = False) -> str:
+    """Where the backward kernels get each step's membrane (``MEMBRANE``): recomputed for short sequences and for
+    a repeated input, a register history up to :data:`HISTORY_STEPS`, else an fp32 scratch in memory."""
+    if repeated or recomputes_membrane(steps, itemsize):
+        return "recompute"
+    return "memory" if keeps_membrane_in_memory(steps, itemsize) else "registers"
+
+
+def _grad_in_layout_of(grad_spikes: Tensor, x: Tensor) -> Tensor:
+    """The spike gradient laid out as :func:`_time_major` ``x`` (the kernels index both alike)."""
+    if grad_spikes.stride() == _step_strides(x):
+        return grad_spikes
+    return empty_steps(x, grad_spikes.shape[0], grad_spikes.dtype).copy_(grad_spikes)
+
+
 def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, need_decay_grad: bool,
              batch_norm: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(grad_x, grad_decay)`` of :func:`forward`, with spikingjelly's sigmoid surrogate (alpha 4); for a
@@ -350,27 +343,21 @@ def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, 
     ``batch_norm``, ``grad_x`` is the gradient w.r.t. the LIF input (the batch norm's output)."""
     x = _time_major(x)
     n, steps = x[0].numel(), grad_spikes.shape[0]
-    if grad_spikes.stride() != _step_strides(x):
-        grad_spikes = empty_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
+    grad_spikes = _grad_in_layout_of(grad_spikes, x)
     grad_x = empty_steps(x, x.shape[0])
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     if not n:
         return grad_x, grad_decay.sum()
     bn_ptr, channels, channel_stride = _batch_norm_args(x, batch_norm, decay)
-    options = dict(v_threshold=v_threshold, alpha=SURROGATE_ALPHA, NEED_DECAY_GRAD=need_decay_grad,
-                   HAS_BN=batch_norm is not None, BLOCK=BLOCK)
     repeated = x.shape[0] != steps
-    if repeated or not keeps_membrane_in_memory(steps, x.element_size()):
-        history = not repeated and not recomputes_membrane(steps, x.element_size())
-        block = HISTORY_BLOCK if history else BLOCK
-        _lif_backward_registers_kernel[(triton.cdiv(n, block),)](
-            grad_spikes, x, decay.contiguous(), bn_ptr, bn_ptr, grad_x, grad_decay, n, channels, channel_stride,
-            steps, T_POW2=triton.next_power_of_2(steps), REPEATED_INPUT=repeated, BN_GRAD=False, HISTORY=history,
-            **{**options, "BLOCK": block})
-    else:
-        h_scratch = empty_steps(x, steps, torch.float32)
-        _lif_backward_kernel[_grid(n)](grad_spikes, x, decay.contiguous(), bn_ptr, h_scratch, grad_x, grad_decay,
-                                       n, channels, channel_stride, steps, **options)
+    membrane = _membrane_source(steps, x.element_size(), repeated)
+    h_scratch = empty_steps(x, steps, torch.float32) if membrane == "memory" else decay
+    block = HISTORY_BLOCK if membrane == "registers" else BLOCK
+    _lif_backward_kernel[(triton.cdiv(n, block),)](
+        grad_spikes, x, decay.contiguous(), bn_ptr, bn_ptr, h_scratch, grad_x, grad_decay, n, channels,
+        channel_stride, steps, T_POW2=triton.next_power_of_2(steps), v_threshold=v_threshold, alpha=SURROGATE_ALPHA,
+        NEED_DECAY_GRAD=need_decay_grad, REPEATED_INPUT=repeated, HAS_BN=batch_norm is not None, BN_GRAD=False,
+        MEMBRANE=membrane, BLOCK=block)
     return grad_x, grad_decay.sum()
 
 
@@ -395,22 +382,22 @@ def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thresho
     """``(grad_x, grad_weight, grad_bias, grad_decay)`` of ``lif(batch_norm(x))`` with batch statistics, in two
     passes over ``x`` and the spike gradient instead of four: the first runs the LIF backward (the membrane in
     registers) and reduces the norm's output gradient per channel (ATen's ``batch_norm_backward_reduce``), the
-    second runs it again and writes the input gradient (``batch_norm_backward_elemt``).  The output gradient is rounded to ``x``'s dtype in
-    both, as the unfused pair stores it.  ``batch_norm``: fp32 ``[4, C]`` (mean, invstd, weight, bias)."""
+    second runs it again and writes the input gradient (``batch_norm_backward_elemt``).  The output gradient is
+    rounded to ``x``'s dtype in both, as the unfused pair stores it.  ``batch_norm``: fp32 ``[4, C]`` (mean, invstd,
+    weight, bias)."""
     steps, channels = x.shape[0], x.shape[2]
-    if grad_spikes.stride() != _step_strides(x):
-        grad_spikes = empty_steps(x, steps, grad_spikes.dtype).copy_(grad_spikes)
+    grad_spikes = _grad_in_layout_of(grad_spikes, x)
     positions, position_stride = _positions(x)
     n, samples = x[0].numel(), x.shape[1]
     per_sample = samples * positions
-    history = not recomputes_membrane(steps, x.element_size())
-    tile = HISTORY_BLOCK if history else BLOCK  # neurons per program, as in the registers kernel
+    membrane = _membrane_source(steps, x.element_size())
+    tile = HISTORY_BLOCK if membrane == "registers" else BLOCK  # neurons per program, as in the LIF backward
     tile_j, tile_c = (tile // 64, 64) if x.stride(2) == 1 else (tile // 4, 4)
     grid = (triton.cdiv(per_sample, tile_j), triton.cdiv(channels, tile_c))
     partials = torch.empty(2, grid[0], channels, dtype=torch.float32, device=x.device)
     table, decay = batch_norm.contiguous(), decay.contiguous()
     options = dict(T_POW2=triton.next_power_of_2(steps), v_threshold=v_threshold, alpha=SURROGATE_ALPHA,
-                   HISTORY=history)
+                   MEMBRANE=membrane)
     _bn_lif_grad_sums_kernel[grid](grad_spikes, x, decay, table, partials, n, channels, per_sample, positions,
                                    x.stride(1), position_stride, x.stride(2), steps, BJ=tile_j, BC=tile_c, **options)
     grad_table = torch.empty(3, channels, dtype=torch.float32, device=x.device)
@@ -420,7 +407,7 @@ def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thresho
                                                             JB_BOUND=triton.next_power_of_2(grid[0]), BLOCK_C=128)
     grad_x = empty_steps(x, steps)
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
-    _lif_backward_registers_kernel[(triton.cdiv(n, tile),)](
-        grad_spikes, x, decay, table, grad_table, grad_x, grad_decay, n, channels, x.stride(2), steps,
+    _lif_backward_kernel[(triton.cdiv(n, tile),)](
+        grad_spikes, x, decay, table, grad_table, decay, grad_x, grad_decay, n, channels, x.stride(2), steps,
         NEED_DECAY_GRAD=need_decay_grad, REPEATED_INPUT=False, HAS_BN=True, BN_GRAD=True, BLOCK=tile, **options)
     return grad_x, grad_weight, grad_bias, grad_decay.sum()
