@@ -8,6 +8,11 @@ on T repeated copies), ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train 
 whose hooks would keep the pairs unfused) and ``channels_last`` (the defaults with the model and a static input in
 NHWC memory, as ``--channels-last`` trains).  This shows how far each path is from the reference's CPU float32
 numbers (eval output, hook tensors, train output, loss, gradients, BN running stats).
+
+Without a GPU, ``TRITON_INTERPRET=1`` runs our ops' Triton kernels (the CUDA code path) on the CPU in Triton's
+interpreter, slowly (about 20 s per static fixture and variant, ten minutes per event-frame one)::
+
+    TRITON_INTERPRET=1 python benchmarks/fixture_diffs.py --device cpu --variants fused bn_lif channels_last
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from module.fused_lif import runs_triton  # noqa: E402
 from reference_fixtures import FIXTURES, VARIANTS, build_seeded, load_fixture, reference_loss, unpack_hook  # noqa: E402
 
 _logger = logging.getLogger("fixture_diffs")
@@ -67,15 +73,27 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", nargs="+", default=list(MODEL_VARIANTS), choices=list(MODEL_VARIANTS),
+                        help="model variants (default: all)")
+    parser.add_argument("--fixtures", nargs="+", default=None, metavar="NAME",
+                        help="fixture names, e.g. sdt_A_lif_static (default: all)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = [fixture_diffs(p, torch.device(args.device), variant) for variant in MODEL_VARIANTS for p in FIXTURES]
+    device = torch.device(args.device)
+    names = [p.stem for p in FIXTURES]
+    unknown = sorted(set(args.fixtures or ()) - set(names))
+    if unknown:
+        parser.error(f"no fixture named {unknown}; choose from {names}")
+    paths = [p for p in FIXTURES if args.fixtures is None or p.stem in args.fixtures]
+    rows = [fixture_diffs(p, device, variant) for variant in args.variants for p in paths]
     cols = list(rows[0])
-    _logger.info("device: %s (%s)", args.device, torch.cuda.get_device_name() if args.device == "cuda" else "cpu")
+    kernels = "Triton kernels" if runs_triton(torch.empty(0, device=device)) else "PyTorch loops and ATen"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    _logger.info("device: %s (%s; our ops run %s)", args.device, name, kernels)
     _logger.info(" | ".join(f"{c:>47s}" if c == "fixture" else f"{c:>9s}" for c in cols))
     for row in rows:
         _logger.info(" | ".join(f"{row[c]:>47s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
-    for variant in MODEL_VARIANTS:
+    for variant in args.variants:
         mine = [r for r in rows if r["fixture"].startswith(variant + ":")]
         _logger.info(f"{'max ' + variant:>47s} | " + " | ".join(f"{max(r[c] for r in mine):9.2e}" for c in cols[1:]))
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import instrument
-from .fused_lif import MultiStepLIF, empty_steps, lif_backward_reference, lif_reference, triton_available
+from .fused_lif import MultiStepLIF, empty_steps, lif_backward_reference, lif_reference, runs_triton
 
 __all__ = ["batch_norm_lif", "batch_statistics", "bn_lif", "can_fuse", "update_running_stats"]
 
@@ -59,14 +59,10 @@ def _packed(stats: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.cat((stats.float(), weight.detach().float()[None], bias.detach().float()[None]))
 
 
-def _use_triton(x: Tensor) -> bool:
-    return x.is_cuda and triton_available()
-
-
 @torch.library.custom_op("sdt::batch_norm_lif", mutates_args=())
 def _bn_lif_forward(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor, v_threshold: float,
                     batch_stats: bool) -> Tensor:
-    if _use_triton(x):
+    if runs_triton(x):
         from . import lif_triton
         return lif_triton.forward(x, decay, v_threshold, x.shape[0], batch_norm=_packed(stats, weight, bias))
     return lif_reference(_normalize(x, stats, weight, bias), decay, v_threshold)
@@ -105,7 +101,7 @@ def _batch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tenso
 def _bn_lif_backward(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor,
                      v_threshold: float, need_decay_grad: bool,
                      batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    if _use_triton(x):
+    if runs_triton(x):
         from . import lif_triton
         table = _packed(stats, weight, bias)
         if batch_stats and lif_triton.fuses_batch_norm_backward(x, x.shape[0]):

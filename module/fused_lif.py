@@ -1,4 +1,5 @@
-"""Stateless multi-step LIF / PLIF as one opaque op: a Triton kernel per direction on CUDA, a PyTorch loop elsewhere.
+"""Stateless multi-step LIF / PLIF as one opaque op: a Triton kernel per direction on CUDA (:func:`runs_triton`),
+a PyTorch loop elsewhere.
 
 Same maths as the reference neurons (spikingjelly ``MultiStepLIFNode`` / ``MultiStepParametricLIFNode``: decay
 input, hard reset to 0, detached reset, sigmoid surrogate with alpha 4), with two differences that make it fast:
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
            "is_time_major", "empty_steps", "HISTORY_STEPS", "keeps_membrane_in_memory", "recomputes_membrane",
-           "triton_available"]
+           "runs_triton", "triton_available"]
 
 # spikingjelly's default surrogate gradient: surrogate.Sigmoid(alpha=4).
 SURROGATE_ALPHA = 4.0
@@ -123,8 +125,30 @@ def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thre
     return grad_x, grad_decay
 
 
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton can be imported (it ships with the CUDA builds of torch)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def runs_triton(x: Tensor) -> bool:
+    """Whether the ops run their Triton kernels on ``x``: on CUDA, and on the CPU under ``TRITON_INTERPRET=1``,
+    where Triton's interpreter runs them as Python (the GPU code path without a GPU, slowly: ``TRITON_INTERPRET=1
+    python benchmarks/fixture_diffs.py --device cpu``).  Elsewhere the PyTorch loops run."""
+    if x.is_cuda:
+        return triton_available()
+    return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and triton_available()
+
+
 @torch.library.custom_op("sdt::multistep_lif", mutates_args=())
 def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
+    if runs_triton(x):
+        from . import lif_triton
+        return lif_triton.forward(x, decay, v_threshold, steps)
     return lif_reference(x, decay, v_threshold, steps)
 
 
@@ -136,6 +160,9 @@ def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
 @torch.library.custom_op("sdt::multistep_lif_backward", mutates_args=())
 def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
                   need_decay_grad: bool) -> tuple[Tensor, Tensor]:
+    if runs_triton(x):
+        from . import lif_triton
+        return lif_triton.backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
     return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
 
 
@@ -159,33 +186,6 @@ def _backward(ctx, grad_spikes: Tensor):
 
 
 _lif_forward.register_autograd(_backward, setup_context=_setup_context)
-
-
-@functools.cache
-def triton_available() -> bool:
-    """True when Triton can be imported (it ships with the CUDA builds of torch)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@_lif_forward.register_kernel("cuda")
-def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
-    if not triton_available():
-        return lif_reference(x, decay, v_threshold, steps)
-    from . import lif_triton
-    return lif_triton.forward(x, decay, v_threshold, steps)
-
-
-@_lif_backward.register_kernel("cuda")
-def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
-      need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    if not triton_available():
-        return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
-    from . import lif_triton
-    return lif_triton.backward(grad_spikes, x, decay, v_threshold, need_decay_grad)
 
 
 def multistep_lif(x: Tensor, decay: Tensor, v_threshold: float, steps: int | None = None) -> Tensor:

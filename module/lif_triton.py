@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .fused_lif import (HISTORY_STEPS, SURROGATE_ALPHA, empty_steps, is_time_major, keeps_membrane_in_memory,
-                        recomputes_membrane)
+                        recomputes_membrane, runs_triton)
 
 __all__ = ["forward", "backward", "batch_norm_backward", "fuses_batch_norm_backward", "recomputes_membrane",
            "HISTORY_STEPS"]
@@ -371,9 +371,10 @@ def _positions(x: Tensor) -> tuple[int, int] | None:
 
 
 def fuses_batch_norm_backward(x: Tensor, steps: int) -> bool:
-    """Whether :func:`batch_norm_backward` applies: CUDA, a time-major ``[T, B, C, *spatial]`` input with mergeable
-    spatial axes, and a sequence short enough for the backward to keep the membrane in registers."""
-    return (x.is_cuda and x.dim() >= 4 and is_time_major(x) and _positions(x) is not None
+    """Whether :func:`batch_norm_backward` applies: the Triton kernels run on ``x`` (:func:`runs_triton`), a
+    time-major ``[T, B, C, *spatial]`` input with mergeable spatial axes, and a sequence short enough for the
+    backward to keep the membrane in registers."""
+    return (runs_triton(x) and x.dim() >= 4 and is_time_major(x) and _positions(x) is not None
             and not keeps_membrane_in_memory(steps, x.element_size()))
 
 

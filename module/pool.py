@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
-from .fused_lif import triton_available
+from .fused_lif import runs_triton
 
 __all__ = ["max_pool2d", "MaxPool2d", "SpatialMaxPool"]
 
@@ -48,8 +48,9 @@ def _window_starts(out_h: int, out_w: int, stride, padding, device) -> tuple[Ten
 
 def _argmax_dtype(x: Tensor) -> torch.dtype:
     """How the argmax is kept: on the CPU as ATen's int64 flat indices (no conversion passes: CPU time matters more
-    there than memory), elsewhere (CUDA, and the meta device that models it) as int8 window offsets."""
-    return torch.int64 if x.device.type == "cpu" else torch.int8
+    there than memory), elsewhere (CUDA, and the meta device that models it) and wherever the Triton kernels run as
+    int8 window offsets."""
+    return torch.int64 if x.device.type == "cpu" and not runs_triton(x) else torch.int8
 
 
 def _aten_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
@@ -73,21 +74,16 @@ def _empty_outputs(x: Tensor, kernel_size: list[int], stride: list[int], padding
 @torch.library.custom_op("sdt::max_pool2d", mutates_args=())
 def _max_pool_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor,
                                                                                                        Tensor]:
-    return _aten_forward(x, kernel_size, stride, padding, _argmax_dtype(x))
-
-
-_max_pool_forward.register_fake(_empty_outputs)
-
-
-@_max_pool_forward.register_kernel("cuda")
-def _(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor, Tensor]:
-    if not triton_available():
-        return _aten_forward(x, kernel_size, stride, padding, torch.int8)
+    if not runs_triton(x):
+        return _aten_forward(x, kernel_size, stride, padding, _argmax_dtype(x))
     from . import pool_triton
 
     out, offsets = _empty_outputs(x, kernel_size, stride, padding)
     pool_triton.forward(x, out, offsets, kernel_size, stride, padding)
     return out, offsets
+
+
+_max_pool_forward.register_fake(_empty_outputs)
 
 
 def _aten_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
@@ -106,25 +102,19 @@ def _aten_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], ker
 @torch.library.custom_op("sdt::max_pool2d_backward", mutates_args=())
 def _max_pool_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
                        stride: list[int], padding: list[int], channels_last: bool) -> Tensor:
-    return _aten_backward(grad_out, offsets, input_size, kernel_size, stride, padding, channels_last)
-
-
-@_max_pool_backward.register_fake
-def _(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
-      padding: list[int], channels_last: bool) -> Tensor:
-    return _empty(input_size, grad_out, channels_last)
-
-
-@_max_pool_backward.register_kernel("cuda")
-def _(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
-      padding: list[int], channels_last: bool) -> Tensor:
-    if not triton_available():
+    if offsets.dtype != torch.int8 or not runs_triton(grad_out):
         return _aten_backward(grad_out, offsets, input_size, kernel_size, stride, padding, channels_last)
     from . import pool_triton
 
     grad_x = _empty(input_size, grad_out, channels_last)
     pool_triton.backward(grad_out, offsets, grad_x, kernel_size, stride, padding)
     return grad_x
+
+
+@_max_pool_backward.register_fake
+def _(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
+      padding: list[int], channels_last: bool) -> Tensor:
+    return _empty(input_size, grad_out, channels_last)
 
 
 def _setup_context(ctx, inputs, output) -> None:
