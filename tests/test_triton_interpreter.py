@@ -94,8 +94,9 @@ labels = torch.tensor([0, 1, 3])
 
 def step():
     net.zero_grad()
-    out = net(x)
-    torch.nn.functional.cross_entropy(out, labels).backward()
+    with torch.autocast("cpu", dtype=torch.float16, enabled=CASE["fp16"]):
+        out = net(x)
+    torch.nn.functional.cross_entropy(out.float(), labels).backward()
     return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
@@ -105,17 +106,26 @@ os.environ["TRITON_INTERPRET"] = "0"  # the same step through the PyTorch loops 
 calls.clear()
 out_ref, grads_ref = step()
 assert not calls, dict(calls)
-torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-5)
+torch.testing.assert_close(out, out_ref, rtol=0, atol=0 if CASE["fp16"] else 1e-5)
 assert grads.keys() == grads_ref.keys()
 for name, grad in grads.items():
-    torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    if CASE["fp16"]:
+        # fp16 activation gradients round (steps of 2^-11) where fp32 sums differ in order; a conv bias in front
+        # of a BatchNorm has a zero true gradient (rounding noise only), hence the absolute floor
+        assert (grad - grads_ref[name]).abs().max() <= 4e-3 * grads_ref[name].abs().max() + 1e-5, name
+    else:
+        torch.testing.assert_close(grad, grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
 print("ok")
 """
 
 
-@pytest.mark.parametrize("attention_mode, fuse_bn_lif", [("SDT", False), ("STAtten", True)],
-                         ids=["sdt", "statten_bn_lif"])
-def test_triton_kernels_match_pytorch_path_on_event_frames(attention_mode, fuse_bn_lif):
-    """T = 8 in fp32: the LIF backward keeps the membrane history in registers; the DVS max-pools on 5-D views."""
-    case = dict(attention_mode=attention_mode, fuse_bn_lif=fuse_bn_lif)
+@pytest.mark.parametrize("attention_mode, fuse_bn_lif, fp16", [("SDT", False, False), ("STAtten", True, False),
+                                                               ("SDT", True, True)],
+                         ids=["sdt", "statten_bn_lif", "sdt_bn_lif_fp16"])
+def test_triton_kernels_match_pytorch_path_on_event_frames(attention_mode, fuse_bn_lif, fp16):
+    """T = 8: in fp32 the LIF backward keeps the membrane history in registers, under fp16 autocast it recomputes
+    it; the DVS max-pools run on 5-D views.  (Not bf16: Triton's interpreter converts fp32 to bf16 by truncation
+    where the GPU rounds to nearest, so a bf16 BN + LIF input can differ by one ulp from PyTorch's; fp16 it
+    converts as the GPU does.)"""
+    case = dict(attention_mode=attention_mode, fuse_bn_lif=fuse_bn_lif, fp16=fp16)
     run_in_interpreter(f"CASE = {case!r}\n" + _EVENT_FRAMES_CHECK)
