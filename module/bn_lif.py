@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from . import instrument
 from .fused_lif import MultiStepLIF, empty_steps, lif_backward_reference, lif_reference, runs_triton
+from .library import define_op, register_autograd, register_fake
 
 __all__ = ["batch_norm_lif", "batch_statistics", "bn_lif", "can_fuse", "update_running_stats"]
 
@@ -59,7 +60,7 @@ def _packed(stats: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.cat((stats.float(), weight.detach().float()[None], bias.detach().float()[None]))
 
 
-@torch.library.custom_op("sdt::batch_norm_lif", mutates_args=())
+@define_op("batch_norm_lif")
 def _bn_lif_forward(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor, v_threshold: float,
                     batch_stats: bool) -> Tensor:
     if runs_triton(x):
@@ -68,7 +69,7 @@ def _bn_lif_forward(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, deca
     return lif_reference(_normalize(x, stats, weight, bias), decay, v_threshold)
 
 
-@_bn_lif_forward.register_fake
+@register_fake(_bn_lif_forward)
 def _(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor, v_threshold: float,
       batch_stats: bool) -> Tensor:
     return empty_steps(x, x.shape[0])
@@ -97,7 +98,7 @@ def _batch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tenso
     return grad_x.to(x.dtype), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
-@torch.library.custom_op("sdt::batch_norm_lif_backward", mutates_args=())
+@define_op("batch_norm_lif_backward")
 def _bn_lif_backward(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor,
                      v_threshold: float, need_decay_grad: bool,
                      batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -116,7 +117,7 @@ def _bn_lif_backward(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tens
     return *_batch_norm_backward(grad_y, x, stats, weight, batch_stats), grad_decay
 
 
-@_bn_lif_backward.register_fake
+@register_fake(_bn_lif_backward)
 def _(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor,
       v_threshold: float, need_decay_grad: bool, batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), x.new_empty((), dtype=torch.float32)
@@ -138,16 +139,11 @@ def _backward(ctx, grad_spikes: Tensor):
             None)
 
 
-_bn_lif_forward.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(_bn_lif_forward, _backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("sdt::batch_norm_statistics", mutates_args=())
-def batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32 whatever the input dtype.
-
-    An opaque op: on CUDA it is SyncBatchNorm's one-pass statistics kernel, which has no meta implementation for
-    ``torch.compile`` to trace through.
-    """
+@define_op("batch_norm_statistics")
+def _batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     if x_flat.is_cuda:
         mean, invstd = torch.batch_norm_stats(x_flat, eps)
         return mean, invstd.pow(-2) - eps, invstd
@@ -155,9 +151,18 @@ def batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor
     return mean, var, torch.rsqrt(var + eps)
 
 
-@batch_statistics.register_fake
+@register_fake(_batch_statistics)
 def _(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(x_flat.new_empty(x_flat.shape[1], dtype=torch.float32) for _ in range(3))
+
+
+def batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32 whatever the input dtype.
+
+    An opaque op: on CUDA it is SyncBatchNorm's one-pass statistics kernel, which has no meta implementation for
+    ``torch.compile`` to trace through.
+    """
+    return _batch_statistics(x_flat, eps)
 
 
 def batch_norm_lif(bn: nn.BatchNorm2d, lif: MultiStepLIF, x: Tensor) -> Tensor:

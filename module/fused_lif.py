@@ -7,9 +7,9 @@ input, hard reset to 0, detached reset, sigmoid surrogate with alpha 4), with tw
 * the neuron keeps no state between calls: every call starts from v = 0.  In SDT/STAtten each neuron runs once per
   forward and is reset after it, so this is the same computation, and it is what CUDA graphs and ``torch.compile``
   need (no Python-side state, no reset pass);
-* the op is a ``torch.library.custom_op``: one kernel launch per direction whatever T is, the membrane kept in fp32
-  registers, spikes written in the input dtype (so bf16/fp16 autocast stays on the fast path), and the backward
-  saves only the input and recomputes the membrane.
+* the op is an opaque ``sdt::`` op (:mod:`module.library`): one kernel launch per direction whatever T is, the
+  membrane kept in fp32 registers, spikes written in the input dtype (so bf16/fp16 autocast stays on the fast
+  path), and the backward saves only the input and recomputes the membrane.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
+
+from .library import define_op, register_autograd, register_fake
 
 __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
            "is_time_major", "empty_steps", "HISTORY_STEPS", "keeps_membrane_in_memory", "recomputes_membrane",
@@ -144,7 +146,7 @@ def runs_triton(x: Tensor) -> bool:
     return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and triton_available()
 
 
-@torch.library.custom_op("sdt::multistep_lif", mutates_args=())
+@define_op("multistep_lif")
 def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
     if runs_triton(x):
         from . import lif_triton
@@ -152,12 +154,12 @@ def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Te
     return lif_reference(x, decay, v_threshold, steps)
 
 
-@_lif_forward.register_fake
+@register_fake(_lif_forward)
 def _(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
     return empty_steps(x, steps)
 
 
-@torch.library.custom_op("sdt::multistep_lif_backward", mutates_args=())
+@define_op("multistep_lif_backward")
 def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
                   need_decay_grad: bool) -> tuple[Tensor, Tensor]:
     if runs_triton(x):
@@ -166,7 +168,7 @@ def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: fl
     return lif_backward_reference(grad_spikes, x, decay, v_threshold, need_decay_grad)
 
 
-@_lif_backward.register_fake
+@register_fake(_lif_backward)
 def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
       need_decay_grad: bool) -> tuple[Tensor, Tensor]:
     return empty_steps(x, x.shape[0]), x.new_empty((), dtype=torch.float32)
@@ -185,7 +187,7 @@ def _backward(ctx, grad_spikes: Tensor):
     return grad_x, (grad_decay.to(decay.dtype) if need_decay_grad else None), None, None
 
 
-_lif_forward.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(_lif_forward, _backward, setup_context=_setup_context)
 
 
 def multistep_lif(x: Tensor, decay: Tensor, v_threshold: float, steps: int | None = None) -> Tensor:

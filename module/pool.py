@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from .fused_lif import runs_triton
+from .library import define_op, register_autograd, register_fake
 
 __all__ = ["max_pool2d", "MaxPool2d", "SpatialMaxPool"]
 
@@ -71,7 +72,7 @@ def _empty_outputs(x: Tensor, kernel_size: list[int], stride: list[int], padding
     return _empty(shape, x, channels_last), _empty(shape, x, channels_last, _argmax_dtype(x))
 
 
-@torch.library.custom_op("sdt::max_pool2d", mutates_args=())
+@define_op("max_pool2d")
 def _max_pool_forward(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int]) -> tuple[Tensor,
                                                                                                        Tensor]:
     if not runs_triton(x):
@@ -83,7 +84,7 @@ def _max_pool_forward(x: Tensor, kernel_size: list[int], stride: list[int], padd
     return out, offsets
 
 
-_max_pool_forward.register_fake(_empty_outputs)
+register_fake(_max_pool_forward)(_empty_outputs)
 
 
 def _aten_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
@@ -99,7 +100,7 @@ def _aten_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], ker
                                                            [1, 1], False, indices)
 
 
-@torch.library.custom_op("sdt::max_pool2d_backward", mutates_args=())
+@define_op("max_pool2d_backward")
 def _max_pool_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int],
                        stride: list[int], padding: list[int], channels_last: bool) -> Tensor:
     if offsets.dtype != torch.int8 or not runs_triton(grad_out):
@@ -111,7 +112,7 @@ def _max_pool_backward(grad_out: Tensor, offsets: Tensor, input_size: list[int],
     return grad_x
 
 
-@_max_pool_backward.register_fake
+@register_fake(_max_pool_backward)
 def _(grad_out: Tensor, offsets: Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
       padding: list[int], channels_last: bool) -> Tensor:
     return _empty(input_size, grad_out, channels_last)
@@ -132,7 +133,7 @@ def _backward(ctx, grad_out: Tensor | None, grad_offsets: None):
     return grad_x, None, None, None
 
 
-_max_pool_forward.register_autograd(_backward, setup_context=_setup_context)
+register_autograd(_max_pool_forward, _backward, setup_context=_setup_context)
 
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
