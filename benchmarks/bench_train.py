@@ -16,8 +16,10 @@ mixup/CutMix); then ``--warmup`` steps (the first, which includes any kernel com
 one step under ``FlopCounterMode`` (dense FLOPs of forward and backward), ``--steps`` timed steps, each between two
 device synchronisations, and ``--profile-steps`` steps under the torch profiler.
 
-Reported: median ms/step with p10/p90, images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset
-intervals, per step), peak memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the
+Reported: median ms/step with p10/p90, host ms/step (the time until the step returns, before the synchronisation:
+close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
+the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step), peak
+memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the
 process's peak RSS), TFLOP per step and model FLOP utilisation (achieved FLOP/s over ``--peak-tflops``, by default
 989 for AMP and 67 for fp32, the dense H100 SXM figures; on the CPU only when ``--peak-tflops`` is given).  Anchor
 speed-ups divide the anchor's fastest ms/step by ours (conservative where the anchor is a range); the memory ratio
@@ -212,6 +214,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
 
     Returns:
         A JSON-ready dict: the config (model, precision, batch, ...), ``ms_per_step`` (median, p10, p90, min, max),
+        ``host_ms`` (median time until the step returns, before the synchronisation: the host's share of the step),
         ``images_per_s``, ``gpu_busy_ms`` (None off CUDA), ``peak_memory_gib`` and ``peak_memory_kind``,
         ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown), ``first_step_s`` and ``top_ops``
         (:func:`top_ops` of the CUDA kernels, or off CUDA of the operators' self CPU time: ``top_ops_kind``).
@@ -249,10 +252,11 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
     sync()
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    times_ms = []
+    times_ms, host_ms = [], []
     for _ in range(steps):
         start = time.perf_counter()
         step()
+        host_ms.append(1e3 * (time.perf_counter() - start))
         sync()
         times_ms.append(1e3 * (time.perf_counter() - start))
     if on_cuda:
@@ -278,7 +282,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         warmup=warmup, steps=steps, first_step_s=first_step_s,
         ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
                          min=times_ms[0], max=times_ms[-1]),
-        images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
+        host_ms=statistics.median(host_ms), images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
         peak_memory_gib=peak_gib, peak_memory_kind=peak_kind,
         tflop_per_step=flops / 1e12 if flops is not None else None, tflops=tflops, peak_tflops=peak_tflops,
         mfu=tflops / peak_tflops if tflops is not None and peak_tflops else None,
@@ -301,8 +305,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "img/s", "busy ms", "peak GiB", "GFLOP", "TFLOP/s",
-            "MFU %", "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
+_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "host ms", "img/s", "busy ms", "peak GiB", "GFLOP",
+            "TFLOP/s", "MFU %", "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
 
 
 def speed_path(result: dict) -> str:
@@ -327,7 +331,7 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
     for name, r in results.items():
         ms, anchor = r["ms_per_step"], r.get("anchor")
         row = (name, r["precision"], speed_path(r), f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
-               f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"), f"{r['peak_memory_gib']:.2f}",
+               f"{r['host_ms']:.2f}", f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"), f"{r['peak_memory_gib']:.2f}",
                _fmt(None if r["tflop_per_step"] is None else 1e3 * r["tflop_per_step"], ".4g"),
                _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"))
         if anchor is None:
