@@ -44,6 +44,8 @@ def _is_dense(t: Tensor) -> bool:
 def is_time_major(x: Tensor) -> bool:
     """Whether each time step of ``x`` (``[T, ...]``) is one dense block, ``N`` elements after the previous one, in
     any layout of the other axes (a channels-last conv output viewed as ``[T, B, C, H, W]`` is one)."""
+    if x.is_contiguous():
+        return True
     return _is_dense(x[0]) and (x.shape[0] == 1 or x.stride(0) == x[0].numel())
 
 
@@ -51,7 +53,7 @@ def empty_steps(x: Tensor, steps: int, dtype: torch.dtype | None = None) -> Tens
     """An empty ``[steps, ...]`` tensor with the layout of :func:`is_time_major` ``x`` (else contiguous): the layout
     of the LIF ops' outputs and gradients on every device, and of their fake tensors under ``torch.compile``."""
     shape, dtype = (steps, *x.shape[1:]), dtype or x.dtype
-    if not is_time_major(x):
+    if x.is_contiguous() or not is_time_major(x):
         return x.new_empty(shape, dtype=dtype)
     return torch.empty_strided(shape, (x[0].numel(), *x.stride()[1:]), dtype=dtype, device=x.device)
 
