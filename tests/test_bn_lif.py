@@ -48,7 +48,8 @@ def test_same_spikes_gradients_and_running_statistics(parametric, training, mome
         torch.testing.assert_close(bn.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
 
 
-def test_custom_op_registration():
+def test_op_registration():
+    """Schema, fake kernel, autograd kernel and AOT tracing of the op (``torch.library.opcheck``)."""
     x = torch.randn(3, 2, 4, 5, requires_grad=True)
     stats = torch.stack((torch.randn(4), torch.rand(4) + 0.5))
     weight, bias = torch.rand(4, requires_grad=True), torch.randn(4, requires_grad=True)

@@ -64,7 +64,8 @@ def test_is_stateless_and_keeps_the_input_dtype():
     assert half.dtype == torch.bfloat16 and half.flatten().tolist() == [0.0] * 8 + [1.0] * 4
 
 
-def test_custom_op_registration():
+def test_op_registration():
+    """Schema, fake kernel, autograd kernel and AOT tracing of the op (``torch.library.opcheck``)."""
     x = torch.randn(3, 2, 5, requires_grad=True)
     torch.library.opcheck(_lif_forward, (x, torch.tensor(0.5), 1.0, 3))
     torch.library.opcheck(_lif_forward, (x, torch.tensor(0.6, requires_grad=True), 0.5, 3))
