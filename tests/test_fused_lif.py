@@ -12,7 +12,7 @@ from spikingjelly.activation_based import neuron
 
 import model  # noqa: F401  (registers the sdt models)
 from module import MultiStepLIF
-from module.fused_lif import _lif_forward, lif_backward_reference, lif_reference, triton_available
+from module.fused_lif import _lif_forward, lif_backward_reference, lif_reference, runs_triton, triton_available
 from module.sps import batch_norm_of_copies
 from triton_scripts import run_compiler, run_in_interpreter
 
@@ -99,6 +99,18 @@ def test_outputs_keep_the_input_layout_in_real_and_fake_kernels(layout):
         assert spikes[0].stride() == x[0].stride() and grad_x.stride() == x.stride()
     torch.testing.assert_close(spikes, lif_reference(x.expand(steps, *x.shape[1:]).contiguous(), decay, 1.0))
     torch.library.opcheck(_lif_forward, (x.requires_grad_(), torch.tensor(0.6, requires_grad=True), 0.5, steps))
+
+
+def test_where_the_triton_kernels_run(monkeypatch):
+    """CUDA tensors always (with Triton installed); CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
+    interpreter); never the meta device, whose fake kernels stand in."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not runs_triton(torch.empty(1))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert runs_triton(torch.empty(1)) == triton_available()
+    assert not runs_triton(torch.empty(1, device="meta"))
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not runs_triton(torch.empty(1))
 
 
 def test_bad_input():
