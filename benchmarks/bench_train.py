@@ -18,9 +18,9 @@ device synchronisations, and ``--profile-steps`` steps under the torch profiler.
 
 Reported: median ms/step with p10/p90, host ms/step (the time until the step returns, before the synchronisation:
 close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
-the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step), peak
-memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the
-process's peak RSS), TFLOP per step and model FLOP utilisation (achieved FLOP/s over ``--peak-tflops``, by default
+the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step) and
+kernels per step, peak memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the process's
+peak RSS), TFLOP per step and model FLOP utilisation (achieved FLOP/s over ``--peak-tflops``, by default
 989 for AMP and 67 for fp32, the dense H100 SXM figures; on the CPU only when ``--peak-tflops`` is given).  Anchor
 speed-ups divide the anchor's fastest ms/step by ours (conservative where the anchor is a range); the memory ratio
 is ours over the anchor's.  Below the table, per config, the kernels that take the most GPU time (on the CPU: the
@@ -162,11 +162,11 @@ def top_ops(durations: Iterable[tuple[str, float]], steps: int, top: int = TOP_O
                  share=total_us[name] / grand) for name in ranked]
 
 
-def _profile(step: Callable[[], object], n: int, sync: Callable[[], None], on_cuda: bool) -> tuple[float | None,
-                                                                                                    list[dict]]:
+def _profile(step: Callable[[], object], n: int, sync: Callable[[], None],
+             on_cuda: bool) -> tuple[float | None, float | None, list[dict]]:
     """Run ``n`` steps under the torch profiler: the mean GPU-busy ms per step (the union of the CUDA kernel, memcpy
-    and memset intervals; None off CUDA) and :func:`top_ops` of the CUDA kernels, or off CUDA of the operators'
-    self CPU time."""
+    and memset intervals), the kernels (and copies) launched per step (both None off CUDA) and :func:`top_ops` of
+    the CUDA kernels, or off CUDA of the operators' self CPU time."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
@@ -176,11 +176,11 @@ def _profile(step: Callable[[], object], n: int, sync: Callable[[], None], on_cu
             step()
         sync()
     if not on_cuda:
-        return None, top_ops(((e.name, e.self_cpu_time_total) for e in prof.events()
-                              if e.device_type == DeviceType.CPU and not e.is_user_annotation), n)
+        return None, None, top_ops(((e.name, e.self_cpu_time_total) for e in prof.events()
+                                    if e.device_type == DeviceType.CPU and not e.is_user_annotation), n)
     kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
     busy_ms = busy_time([(e.time_range.start, e.time_range.end) for e in kernels]) / 1e3 / n
-    return busy_ms, top_ops(((e.name, e.time_range.elapsed_us()) for e in kernels), n)
+    return busy_ms, len(kernels) / n, top_ops(((e.name, e.time_range.elapsed_us()) for e in kernels), n)
 
 
 def _step_flops(step: Callable[[], object]) -> int | None:
@@ -215,9 +215,10 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
     Returns:
         A JSON-ready dict: the config (model, precision, batch, ...), ``ms_per_step`` (median, p10, p90, min, max),
         ``host_ms`` (median time until the step returns, before the synchronisation: the host's share of the step),
-        ``images_per_s``, ``gpu_busy_ms`` (None off CUDA), ``peak_memory_gib`` and ``peak_memory_kind``,
-        ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown), ``first_step_s`` and ``top_ops``
-        (:func:`top_ops` of the CUDA kernels, or off CUDA of the operators' self CPU time: ``top_ops_kind``).
+        ``images_per_s``, ``gpu_busy_ms`` and ``kernels_per_step`` (None off CUDA), ``peak_memory_gib`` and
+        ``peak_memory_kind``, ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown),
+        ``first_step_s`` and ``top_ops`` (:func:`top_ops` of the CUDA kernels, or off CUDA of the operators' self
+        CPU time: ``top_ops_kind``).
     """
     if warmup < 1 or steps < 2:
         raise ValueError(f"need warmup >= 1 and steps >= 2, got {warmup} and {steps}")
@@ -263,7 +264,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         peak_gib, peak_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
     else:  # ru_maxrss is in KiB on Linux
         peak_gib, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB, "process_peak_rss"
-    busy_ms, top = _profile(step, profile_steps, sync, on_cuda) if profile_steps > 0 else (None, [])
+    busy_ms, kernels, top = _profile(step, profile_steps, sync, on_cuda) if profile_steps > 0 else (None, None, [])
 
     times_ms.sort()
     median_ms = statistics.median(times_ms)
@@ -283,6 +284,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
                          min=times_ms[0], max=times_ms[-1]),
         host_ms=statistics.median(host_ms), images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
+        kernels_per_step=kernels,
         peak_memory_gib=peak_gib, peak_memory_kind=peak_kind,
         tflop_per_step=flops / 1e12 if flops is not None else None, tflops=tflops, peak_tflops=peak_tflops,
         mfu=tflops / peak_tflops if tflops is not None and peak_tflops else None,
@@ -305,8 +307,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "host ms", "img/s", "busy ms", "peak GiB", "GFLOP",
-            "TFLOP/s", "MFU %", "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
+_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "host ms", "img/s", "busy ms", "kernels",
+            "peak GiB", "GFLOP", "TFLOP/s", "MFU %", "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
 
 
 def speed_path(result: dict) -> str:
@@ -331,7 +333,8 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
     for name, r in results.items():
         ms, anchor = r["ms_per_step"], r.get("anchor")
         row = (name, r["precision"], speed_path(r), f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
-               f"{r['host_ms']:.2f}", f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"), f"{r['peak_memory_gib']:.2f}",
+               f"{r['host_ms']:.2f}", f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"),
+               _fmt(r.get("kernels_per_step"), ".0f"), f"{r['peak_memory_gib']:.2f}",
                _fmt(None if r["tflop_per_step"] is None else 1e3 * r["tflop_per_step"], ".4g"),
                _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"))
         if anchor is None:
