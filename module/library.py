@@ -4,10 +4,10 @@ Each op has one implementation for every device (it picks its Triton kernels or 
 :func:`module.fused_lif.runs_triton`), a fake implementation (shapes and layouts, for ``torch.compile`` and the
 meta device) and, for a forward op, an autograd formula.  That is what ``torch.library.custom_op`` registers, and
 the ops behave the same (opaque to ``torch.compile``, one op under dispatch modes and profilers); but custom_op
-also runs generic Python on every call (default filling, alias checks, dynamo guards): about 45 us more per
-forward and backward of an op on the CPU than registering the same directly, about 20 times per SDT-2-512
-training step.  The CIFAR steps are bound by the host, so the ops are registered here (docs/speed.md, "Host
-time").
+also runs generic Python on every call (default filling, alias checks, dynamo guards): about 30 us more per
+forward and backward of an op on the CPU than registering the same directly (benchmarks/op_overhead.py), about
+2 ms per SDT-2-512 training step.  The CIFAR steps are bound by the host, so the ops are registered here
+(docs/speed.md, "Host time").
 """
 from __future__ import annotations
 
