@@ -57,9 +57,7 @@ class _CopyFunction(torch.autograd.Function):
         _save_inputs(ctx, (x, decay, v_threshold, steps), None)
         return _copy_forward(x, decay, v_threshold, steps)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return _backward_through(_copy_backward)(ctx, grad)
+    backward = staticmethod(_backward_through(_copy_backward))
 
 
 @functools.cache

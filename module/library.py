@@ -39,12 +39,13 @@ def register_fake(op: OpOverload) -> Callable[[Callable], Callable]:
 def register_autograd(op: OpOverload, backward: Callable, setup_context: Callable) -> None:
     """Differentiate ``op`` as ``torch.library.register_autograd`` does: ``setup_context(ctx, inputs, output)``
     saves what ``backward(ctx, *grads)`` needs; ``backward`` returns a gradient (or None) per input."""
-    below_autograd = torch._C._after_autograd_keyset
+    def below_autograd(keyset, args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
     def forward(ctx, *inputs):
         *args, keyset = inputs
-        with torch._C._AutoDispatchBelowAutograd():
-            output = op.redispatch(keyset & below_autograd, *args)
+        output = below_autograd(keyset, args)
         setup_context(ctx, tuple(args), output)
         return output
 
@@ -58,7 +59,6 @@ def register_autograd(op: OpOverload, backward: Callable, setup_context: Callabl
     def autograd_kernel(keyset, *args):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):
             return Function.apply(*args, keyset)
-        with torch._C._AutoDispatchBelowAutograd():
-            return op.redispatch(keyset & below_autograd, *args)
+        return below_autograd(keyset, args)
 
     _LIBRARY.impl(op._opname, autograd_kernel, "Autograd", with_keyset=True)
