@@ -136,7 +136,11 @@ def _download(name: str, root: Path, download_dir: Path) -> None:
     for file_name, url, md5 in resources:
         if not (download_dir / file_name).exists():
             _logger.info("Downloading %s from %s to %s", file_name, url, download_dir)
-            download_url(url=url, root=str(download_dir), filename=file_name, md5=md5)
+            try:
+                download_url(url=url, root=str(download_dir), filename=file_name, md5=md5)
+            except (OSError, RuntimeError) as exc:
+                raise DVSDataError(f"{name}: downloading {file_name} from {url} failed ({exc}); check the network, "
+                                   f"or download it yourself into {download_dir}") from None
 
 
 def _extract_archives(name: str, root: Path, download_dir: Path, raw_dir: Path) -> None:

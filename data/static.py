@@ -105,7 +105,12 @@ def _mnist_like(torchvision_name: str) -> Callable:
         if images_path is None and args.download:
             import torchvision.datasets
 
-            getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train", download=True)
+            try:
+                getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train", download=True)
+            except (OSError, RuntimeError) as exc:
+                raise DatasetError(f"{torchvision_name}: downloading to {os.path.abspath(root)} failed "
+                                   f"({' '.join(str(exc).split())}); check the network, or put the IDX files "
+                                   "there yourself") from None
             images_path = _find_idx(folders, f"{prefix}-images-idx3-ubyte")
         labels_path = _find_idx(folders, f"{prefix}-labels-idx1-ubyte")
         if images_path is None or labels_path is None:
@@ -128,8 +133,10 @@ def _cifar(torchvision_name: str, folder: str) -> Callable:
         try:
             return getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train",
                                                                    download=args.download)
-        except RuntimeError as exc:
-            raise DatasetError(f"{torchvision_name} in {os.path.abspath(root)}: {exc}") from None
+        except (OSError, RuntimeError) as exc:
+            action = "downloading to" if args.download else "reading"
+            raise DatasetError(f"{torchvision_name}: {action} {os.path.abspath(root)} failed: "
+                               f"{' '.join(str(exc).split())}") from None
 
     return build
 
@@ -142,7 +149,10 @@ def _build_imagenet(root: str, split: str, kind: str, args: argparse.Namespace) 
     if not any(os.path.isdir(p) for p in expected):
         raise DatasetError(f"ImageNet {kind} split not found: expected the class folders under "
                            f"{os.path.abspath(expected[0])} (set --data-dir to the folder holding train/ and val/)")
-    return create_dataset("", root=root, split=split, is_training=kind == "train")
+    try:
+        return create_dataset("", root=root, split=split, is_training=kind == "train")
+    except RuntimeError as exc:  # timm's ImageFolder: "Found 0 images in subfolders of ..."
+        raise DatasetError(f"ImageNet {kind} split under {os.path.abspath(root)}: {exc}") from None
 
 
 STATIC_DATASETS: dict[str, Callable] = {
@@ -164,4 +174,19 @@ def build_static_dataset(name: str, root: str, split: str, kind: str, args: argp
     if key not in STATIC_DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; static datasets: {sorted(STATIC_DATASETS)} "
                            f"(aliases {sorted(_ALIASES)})")
-    return STATIC_DATASETS[key](root, split, kind, args)
+    dataset = STATIC_DATASETS[key](root, split, kind, args)
+    classes = _class_count(dataset)
+    num_classes = getattr(args, "num_classes", None)
+    if classes is not None and num_classes is not None and classes > num_classes:
+        raise DatasetError(f"{name} {kind} split has labels 0..{classes - 1} but --num-classes is {num_classes}; "
+                           f"set --num-classes {classes} (or more)")
+    return dataset
+
+
+def _class_count(dataset: Dataset) -> int | None:
+    """The number of classes a static dataset's labels need (largest label + 1), or None if it does not say."""
+    reader = getattr(dataset, "reader", None)
+    if getattr(reader, "class_to_idx", None):
+        return max(reader.class_to_idx.values()) + 1
+    targets = getattr(dataset, "targets", None)
+    return max(targets) + 1 if targets is not None and len(targets) else None

@@ -11,7 +11,9 @@ Workers are not persistent, so each epoch's augmentation depends only on the see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +22,8 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from data import build_dataset, is_neuromorphic
+
+from .errors import ConfigError
 
 __all__ = ["Loaders", "allow_zero_bit_posterize", "build_loaders", "mixup_args", "set_loader_epoch"]
 
@@ -108,20 +112,33 @@ def allow_zero_bit_posterize() -> None:
         auto_augment.NAME_TO_OP[name] = _zero_bit_posterize
 
 
+@contextlib.contextmanager
+def _transform_flags() -> Iterator[None]:
+    """Turn timm's asserts and lookups on transform settings (an unknown ``--aa`` policy, a data config that
+    does not fit the input) into one :class:`ConfigError`."""
+    try:
+        yield
+    except (AssertionError, KeyError, ValueError) as exc:
+        raise ConfigError(f"the image transforms cannot be built from these flags (--aa, --input-size/--img-size, "
+                          f"--in-channels, --mean/--std, --crop-pct, interpolation): {exc!r}") from None
+
+
 def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bool) -> Loaders:
     from timm.data import AugMixDataset, FastCollateMixup, Mixup, create_loader, resolve_data_config
 
-    data_config = resolve_data_config(
-        dict(img_size=args.img_size, input_size=args.input_size, in_chans=args.in_channels, crop_pct=args.crop_pct,
-             mean=args.mean, std=args.std, interpolation=args.interpolation), model=model)
+    with _transform_flags():
+        data_config = resolve_data_config(
+            dict(img_size=args.img_size, input_size=args.input_size, in_chans=args.in_channels,
+                 crop_pct=args.crop_pct, mean=args.mean, std=args.std, interpolation=args.interpolation), model=model)
     prefetch = not args.no_prefetcher
     common = dict(input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"],
                   num_workers=args.workers, distributed=args.distributed, pin_memory=pin_memory(args),
                   device=torch.device(args.device), use_prefetcher=prefetch, persistent_workers=False)
     dataset_eval = build_dataset(args.dataset, args.data_dir, args.val_split, args)
-    eval_loader = create_loader(dataset_eval, batch_size=args.val_batch_size, is_training=False,
-                                interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
-                                **common)
+    with _transform_flags():
+        eval_loader = create_loader(dataset_eval, batch_size=args.val_batch_size, is_training=False,
+                                    interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
+                                    **common)
     if not train:
         return Loaders(None, eval_loader, data_config=data_config)
 
@@ -136,12 +153,13 @@ def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bo
         mixup_fn = Mixup(**mix)
     train_interpolation = data_config["interpolation"] if args.no_aug or not args.train_interpolation \
         else args.train_interpolation
-    train_loader = create_loader(
-        dataset_train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
-        re_mode=args.remode, re_count=args.recount, re_split=args.resplit, scale=args.scale, ratio=args.ratio,
-        hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-        num_aug_splits=args.aug_splits, interpolation=train_interpolation, collate_fn=collate_fn,
-        use_multi_epochs_loader=args.use_multi_epochs_loader, **common)
+    with _transform_flags():
+        train_loader = create_loader(
+            dataset_train, batch_size=args.batch_size, is_training=True, no_aug=args.no_aug, re_prob=args.reprob,
+            re_mode=args.remode, re_count=args.recount, re_split=args.resplit, scale=args.scale, ratio=args.ratio,
+            hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
+            num_aug_splits=args.aug_splits, interpolation=train_interpolation, collate_fn=collate_fn,
+            use_multi_epochs_loader=args.use_multi_epochs_loader, **common)
     return Loaders(train_loader, eval_loader, mixup_fn, data_config, mixup_active=mix is not None)
 
 

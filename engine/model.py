@@ -67,8 +67,9 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
     import model as _registers_sdt  # noqa: F401  (registers the sdt models with timm)
 
-    if not timm.is_model(args.model):
-        raise ConfigError(f"unknown model {args.model!r}; registered: {timm.list_models('sdt*')}")
+    if args.model not in timm.list_models(module="spikeformer"):
+        kind = "is not a spiking transformer of this project" if timm.is_model(args.model) else "is unknown"
+        raise ConfigError(f"model {args.model!r} {kind}; choose one of {timm.list_models(module='spikeformer')}")
     try:
         return timm.create_model(args.model, **model_kwargs(args))
     except ValueError as exc:
@@ -76,20 +77,18 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
 
 def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
-    """Move to ``args.device``; apply ``--linear-prob``, ``--split-bn``, ``--sync-bn`` and ``--channels-last``.
+    """Move to ``args.device``; apply ``--linear-prob``, ``--sync-bn`` and ``--channels-last``.
 
     Raises:
-        ConfigError: ``--split-bn`` without augmentation splits, or ``--sync-bn`` in a CPU run.
+        ConfigError: ``--split-bn`` (see the message), or ``--sync-bn`` in a CPU run.
     """
     if args.linear_prob:
         for param in model.patch_embed.parameters():
             param.requires_grad_(False)
     if args.split_bn:
-        from timm.models import convert_splitbn_model
-
-        if args.aug_splits < 2:
-            raise ConfigError("--split-bn needs --aug-splits of 2 or more")
-        model = convert_splitbn_model(model, args.aug_splits)
+        raise ConfigError("--split-bn is not supported: these models' BatchNorms see the time steps and the batch "
+                          "flattened time-major ([T*B, C, H, W]), so timm's split BatchNorm would split the time "
+                          "steps, not the augmentation splits; drop --split-bn (--aug-splits and --jsd work)")
     model = model.to(args.device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)

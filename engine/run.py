@@ -21,13 +21,14 @@ from torch import nn
 from .checkpoint import build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
 from .config import parse_args, warn_inert_flags
 from .distributed import cleanup_distributed, init_distributed, is_primary
-from .errors import SetupError
+from .errors import ConfigError, SetupError
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
 from .losses import build_eval_loss, build_train_loss
 from .model import build_model, build_model_ema, compile_model, distribute_model, prepare_model, resolve_model_args
 from .optim import Amp, build_amp, build_optimizer, build_scheduler
 from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
+from .validate import check_run_args
 
 __all__ = ["RunHooks", "TrainingSetup", "EvalSetup", "setup_training", "setup_evaluation", "run_training",
            "cli_main"]
@@ -75,6 +76,7 @@ class TrainingSetup:
 
 def _build_model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser | None, hooks: RunHooks,
                           train: bool) -> tuple[nn.Module, Loaders]:
+    check_run_args(args, train)
     init_distributed(args)
     setup_console_logging(args.rank)
     if parser is not None and is_primary(args):
@@ -112,6 +114,10 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     model_ema = build_model_ema(args, model)
     restore_model_ema(model_ema, checkpoint, args.resume)
     lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train))
+    if start_epoch >= num_epochs:
+        source = f"the checkpoint {args.resume!r} ends at" if args.resume else "--start-epoch is"
+        raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} epochs "
+                          "(--epochs plus --cooldown-epochs); raise --epochs")
     if start_epoch > 0:
         lr_scheduler.step(start_epoch)
     model = distribute_model(args, compile_model(args, model))

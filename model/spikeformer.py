@@ -39,7 +39,7 @@ __all__ = ["SpikeDrivenTransformer", "validate_config"]
 
 def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed_dims: int, num_heads: int,
                     depths: int, T: int, pooling_stat: str, spike_mode: str, attention_mode: str, chunk_size: int,
-                    reference: str, neuron_backend: str = "fused") -> None:
+                    reference: str, neuron_backend: str = "fused", mlp_ratios: float = 4) -> None:
     """Raise ``ValueError`` naming the first argument that the model cannot be built with."""
     if neuron_backend not in NEURON_BACKENDS:
         raise ValueError(f"neuron_backend={neuron_backend!r} is not supported; choose one of {NEURON_BACKENDS}")
@@ -55,6 +55,12 @@ def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed
         raise ValueError(f"T={T!r} must be a positive int (the number of time steps)")
     if in_channels < 1:
         raise ValueError(f"in_channels={in_channels} must be positive")
+    if embed_dims < 8:
+        raise ValueError(f"embed_dims={embed_dims} must be a positive multiple of 8 (the stem widths are D/8, D/4, "
+                         "D/2)")
+    if mlp_ratios <= 0 or int(embed_dims * mlp_ratios) < 1:
+        raise ValueError(f"mlp_ratios={mlp_ratios} must be positive (the MLP's hidden width is embed_dims * "
+                         "mlp_ratios)")
     if num_heads < 1 or embed_dims % num_heads:
         raise ValueError(f"embed_dims={embed_dims} must be divisible by num_heads={num_heads}")
     if embed_dims % 8:
@@ -115,7 +121,7 @@ class SpikeDrivenTransformer(nn.Module):
         validate_config(img_size_h=img_size_h, img_size_w=img_size_w, in_channels=in_channels,
                         embed_dims=embed_dims, num_heads=num_heads, depths=depths, T=T, pooling_stat=pooling_stat,
                         spike_mode=spike_mode, attention_mode=attention_mode, chunk_size=chunk_size,
-                        reference=reference, neuron_backend=neuron_backend)
+                        reference=reference, neuron_backend=neuron_backend, mlp_ratios=mlp_ratios)
         self.num_classes = num_classes
         self.depths = depths
         self.T = T

@@ -76,3 +76,40 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     resolve_model_args(args)
     with pytest.raises(ConfigError, match="SyncBatchNorm"):
         prepare_model(args, build_model(args))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--sched", "foo"], r"--sched 'foo' is not a scheduler"),
+    (["--device", "foo"], r"--device 'foo' is not a device"),
+    (["-b", "0"], r"-b/--batch-size 0 must be at least 1"),
+    (["--log-interval", "0"], r"--log-interval 0 must be at least 1"),
+    (["--checkpoint-hist", "0"], r"--checkpoint-hist 0 must be at least 1"),
+    (["--lr", "-1"], r"--lr -1.0 must be positive"),
+    (["--smoothing", "1.5"], r"--smoothing 1.5 must be in \[0, 1\)"),
+    (["--scale", "0.1", "0.2", "0.3"], r"--scale 0.1 0.2 0.3: expected two values"),
+    (["--opt-betas", "0.9"], r"--opt-betas 0.9: expected two values"),
+    (["--mean", "0.5", "0.5"], r"--mean has 2 values but the input has 3 channels"),
+    (["--interpolation", "foo"], r"--interpolation 'foo'"),
+    (["--aa", "foo"], r"image transforms .*Unknown AA policy foo"),
+    (["--dim", "0"], r"embed_dims=0 must be a positive multiple of 8"),
+    (["--mlp-ratio", "0"], r"mlp_ratios=0 must be positive"),
+    (["--model", "resnet18"], r"'resnet18' is not a spiking transformer of this project"),
+    (["--num-classes", "5"], r"labels 0..9 but --num-classes is 5; set --num-classes 10"),
+    (["--split-bn", "--aug-splits", "2"], r"--split-bn is not supported"),
+    (["--start-epoch", "5"], r"nothing to train: --start-epoch is epoch 5, and the run has 1 epochs"),
+])
+def test_bad_flag_is_one_line_before_anything_is_written(tmp_path, capfd, flags, message):
+    """Values the libraries would reject with a traceback (or only mid-run) are one line naming the flag."""
+    argv = [*TINY_FLAGS, "--output", str(tmp_path / "out"), "--epochs", "1", "--cooldown-epochs", "0", *flags]
+    status, error_lines, err = _run_cli(argv, capfd)
+    assert status == 2
+    assert len(error_lines) == 1 and "Traceback" not in err, err
+    assert re.search(message, error_lines[0]), error_lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_that_is_a_file_is_refused(tmp_path, capfd):
+    (tmp_path / "out").write_text("results of something else\n")
+    status, error_lines, _ = _run_cli([*TINY_FLAGS, "--output", str(tmp_path / "out")], capfd)
+    assert status == 2 and "--output" in error_lines[0] and "is a file" in error_lines[0]
+    assert (tmp_path / "out").read_text() == "results of something else\n"

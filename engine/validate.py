@@ -1,0 +1,100 @@
+"""Checks of the run flags that the libraries would otherwise reject with a traceback, or only mid-run.
+
+:func:`check_run_args` runs first in every setup (training and evaluation), before the process group, the model,
+the data or any output folder, so a bad value is one :class:`~engine.errors.ConfigError` line and writes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from .errors import ConfigError
+
+__all__ = ["SCHEDULERS", "INTERPOLATIONS", "check_run_args"]
+
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt")
+INTERPOLATIONS = ("", "random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+def _check_device(device: str) -> None:
+    if not device:
+        return
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        raise ConfigError(f"--device {device!r} is not a device; use cpu, cuda or cuda:N") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu, or leave "
+                          "--device empty to pick CUDA when there is one")
+
+
+def _check_positive(args: argparse.Namespace, names: dict[str, str]) -> None:
+    for attr, flag in names.items():
+        value = getattr(args, attr, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value} must be at least 1")
+
+
+def _check_pair(args: argparse.Namespace, attr: str, flag: str, low: float = 0.0) -> None:
+    value = getattr(args, attr, None)
+    if value is None:
+        return
+    if len(value) != 2 or not low < value[0] <= value[1]:
+        raise ConfigError(f"{flag} {' '.join(map(str, value))}: expected two values MIN MAX with "
+                          f"{low} < MIN <= MAX")
+
+
+def _check_normalisation(args: argparse.Namespace) -> None:
+    channels = args.input_size[0] if getattr(args, "input_size", None) else getattr(args, "in_channels", None)
+    for flag, value in (("--mean", getattr(args, "mean", None)), ("--std", getattr(args, "std", None))):
+        if value is None:
+            continue
+        if channels is not None and len(value) not in (1, channels):
+            raise ConfigError(f"{flag} has {len(value)} values but the input has {channels} channels; give one "
+                              "value per channel (or one for all)")
+        if flag == "--std" and min(value) <= 0:
+            raise ConfigError(f"--std {' '.join(map(str, value))}: every value must be positive")
+
+
+def _check_training(args: argparse.Namespace) -> None:
+    _check_positive(args, {"batch_size": "-b/--batch-size", "log_interval": "--log-interval",
+                           "checkpoint_hist": "--checkpoint-hist"})
+    if getattr(args, "sched", None) is not None and args.sched not in SCHEDULERS:
+        raise ConfigError(f"--sched {args.sched!r} is not a scheduler; choose one of {SCHEDULERS}")
+    if getattr(args, "lr", None) is not None and args.lr <= 0:
+        raise ConfigError(f"--lr {args.lr} must be positive")
+    if getattr(args, "recovery_interval", 0) < 0:
+        raise ConfigError(f"--recovery-interval {args.recovery_interval} must be 0 (off) or positive")
+    if not 0 <= getattr(args, "smoothing", 0.0) < 1:
+        raise ConfigError(f"--smoothing {args.smoothing} must be in [0, 1)")
+    betas = getattr(args, "opt_betas", None)
+    if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
+        raise ConfigError(f"--opt-betas {' '.join(map(str, betas))}: expected two values in [0, 1), e.g. 0.9 0.999")
+    _check_pair(args, "scale", "--scale")
+    _check_pair(args, "ratio", "--ratio")
+    if getattr(args, "train_interpolation", "") not in INTERPOLATIONS:
+        raise ConfigError(f"--train-interpolation {args.train_interpolation!r}: choose one of {INTERPOLATIONS[1:]}")
+
+
+def check_run_args(args: argparse.Namespace, train: bool) -> None:
+    """Reject flag values that cannot make a run, each with one message naming the flag.
+
+    Args:
+        args: parsed arguments (training or evaluation parser; flags a parser lacks are not checked).
+        train: also check the training-only flags (batch size, schedule, optimizer, augmentation).
+
+    Raises:
+        ConfigError: the first bad value.
+    """
+    _check_device(getattr(args, "device", ""))
+    output = getattr(args, "output", "")
+    if output and os.path.exists(output) and not os.path.isdir(output):
+        raise ConfigError(f"--output {output!r} is a file; give a folder (it is created if missing)")
+    _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
+    if getattr(args, "interpolation", "") not in INTERPOLATIONS:
+        raise ConfigError(f"--interpolation {args.interpolation!r}: choose one of {INTERPOLATIONS}")
+    _check_normalisation(args)
+    if train:
+        _check_training(args)
