@@ -2,14 +2,17 @@
 
 Every preset lives in ``hw/config/*.yaml`` with the source of each constant in a comment next to it.  A preset may
 start from another with ``base: other.yaml`` (path relative to the file) and override any subset of fields; the
-merged result must define every field.  Errors (:class:`HwInputError`) name the file and the dotted field: an
-unknown key, a missing field, a negative or non-numeric constant, a value outside its choices.
+merged result must define every field.  Numbers are finite; energies, leakage and the fields marked
+``_zero_ok`` may be 0, every other number (geometry, lanes, bandwidths, clock, times) must be positive.  Errors
+(:class:`HwInputError`) name the file and the dotted field: an unknown key, a missing field, a zero, negative,
+infinite or non-numeric constant, a value outside its choices.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,6 +32,11 @@ class HwInputError(ValueError):
 
 def _choice(*options: str):
     return field(metadata={"choices": options})
+
+
+def _zero_ok():
+    """A numeric field that may be 0 (an energy, a leakage, an optional cost); other numbers must be positive."""
+    return field(metadata={"zero_ok": True})
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class ChipConfig:
 @dataclass(frozen=True)
 class TimingConfig:
     read_ns: float  # one crossbar read (wordline pulse + settle)
-    conversion_ns: float  # one ADC conversion; a read converts its columns in ``mux`` rounds
+    conversion_ns: float = _zero_ok()  # one ADC conversion; a read converts its columns in ``mux`` rounds
     cell_write_ns: float  # one row write (attention on crossbars)
 
 
@@ -73,48 +81,48 @@ class MemoryConfig:
     residual_bits: int
     psum_bits: int
     count_bits: int  # bits per DVS event count in an input frame
-    state_kib_per_tile: float  # membrane + residual SRAM per tile
-    spike_kib_per_tile: float
-    global_buffer_kib: float
+    state_kib_per_tile: float = _zero_ok()  # membrane + residual SRAM per tile
+    spike_kib_per_tile: float = _zero_ok()
+    global_buffer_kib: float = _zero_ok()
 
 
 @dataclass(frozen=True)
 class EnergyConfig:
     """Energy per action in pJ (docs/hw.md lists which count each one multiplies)."""
 
-    wl_drive: float  # per driven wordline per crossbar read
-    cell_read: float  # per cell on a driven wordline
-    xbar_read: float  # per crossbar read, array-level (precharge, reference)
-    read_overhead: float  # per crossbar read, lumped data movement (SpikeSim-style presets)
-    adc: float  # per conversion
-    mux: float  # per conversion
-    shift_add: float  # per bit-slice shift-add
-    psum_add: float  # per partial-sum add across row blocks / input bit planes
-    lif: float  # per LIF update (logic; membrane traffic is charged to the buffer)
-    residual_add: float  # per residual or token-mean add
-    attn_gate: float  # per 1-bit AND/OR in the attention unit
-    attn_inc: float  # per counter increment in the attention unit
-    attn_add: float  # per multi-bit add in the attention unit
-    pool_or: float  # per output of a 3x3 max-pool on spikes (9-input OR)
-    pool_cmp: float  # per output of a 3x3 max-pool on real values (8 compares)
-    sram_read_bit: float
-    sram_write_bit: float
-    gb_read_bit: float
-    gb_write_bit: float
-    noc_bit_hop: float
-    bus_bit: float
-    dram_bit: float
-    cell_write: float  # per RRAM cell written (attention on crossbars; weight programming)
-    ctrl_step: float  # controller, per executed layer per time step
-    exit_check_class: float  # early-exit check, per class per time step (accumulate + compare)
-    sop: float  # paper convention: per synaptic accumulate (0 in PIM presets)
-    mac: float  # paper convention: per MAC of the analog first layer (0 in PIM presets)
+    wl_drive: float = _zero_ok()  # per driven wordline per crossbar read
+    cell_read: float = _zero_ok()  # per cell on a driven wordline
+    xbar_read: float = _zero_ok()  # per crossbar read, array-level (precharge, reference)
+    read_overhead: float = _zero_ok()  # per crossbar read, lumped data movement (SpikeSim-style presets)
+    adc: float = _zero_ok()  # per conversion
+    mux: float = _zero_ok()  # per conversion
+    shift_add: float = _zero_ok()  # per bit-slice shift-add
+    psum_add: float = _zero_ok()  # per partial-sum add across row blocks / input bit planes
+    lif: float = _zero_ok()  # per LIF update (logic; membrane traffic is charged to the buffer)
+    residual_add: float = _zero_ok()  # per residual or token-mean add
+    attn_gate: float = _zero_ok()  # per 1-bit AND/OR in the attention unit
+    attn_inc: float = _zero_ok()  # per counter increment in the attention unit
+    attn_add: float = _zero_ok()  # per multi-bit add in the attention unit
+    pool_or: float = _zero_ok()  # per output of a 3x3 max-pool on spikes (9-input OR)
+    pool_cmp: float = _zero_ok()  # per output of a 3x3 max-pool on real values (8 compares)
+    sram_read_bit: float = _zero_ok()
+    sram_write_bit: float = _zero_ok()
+    gb_read_bit: float = _zero_ok()
+    gb_write_bit: float = _zero_ok()
+    noc_bit_hop: float = _zero_ok()
+    bus_bit: float = _zero_ok()
+    dram_bit: float = _zero_ok()
+    cell_write: float = _zero_ok()  # per RRAM cell written (attention on crossbars; weight programming)
+    ctrl_step: float = _zero_ok()  # controller, per executed layer per time step
+    exit_check_class: float = _zero_ok()  # early-exit check, per class per time step (accumulate + compare)
+    sop: float = _zero_ok()  # paper convention: per synaptic accumulate (0 in PIM presets)
+    mac: float = _zero_ok()  # paper convention: per MAC of the analog first layer (0 in PIM presets)
 
 
 @dataclass(frozen=True)
 class LeakageConfig:
-    tile_mw: float  # per used tile
-    global_buffer_mw: float
+    tile_mw: float = _zero_ok()  # per used tile
+    global_buffer_mw: float = _zero_ok()
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,7 @@ class FeatureConfig:
 class DataflowConfig:
     order: str = _choice("timestep_major", "layer_major")
     pipelining: bool  # latency, leakage and throughput use the pipelined figure (both are reported)
-    layer_major_chunk: int  # time steps per layer pass in layer_major (early exit only at its ends); 0 = all T
+    layer_major_chunk: int = _zero_ok()  # steps per layer pass in layer_major (exits only at its ends); 0 = all T
 
 
 @dataclass(frozen=True)
@@ -152,8 +160,8 @@ class GpuConfig:
     peak_tops: float
     efficiency: float
     bandwidth_gbps: float
-    launch_us: float
-    kernels_per_op: float
+    launch_us: float = _zero_ok()
+    kernels_per_op: float = _zero_ok()
     bytes_per_value: float
 
 
@@ -199,18 +207,33 @@ def read_mapping(path: str | Path, fmt: str = "YAML", what: str = "a preset") ->
     return d
 
 
+def _number(value, hint):
+    """``value`` as a finite number of type ``hint``, or None.  A float field also takes a numeric string: YAML 1.1
+    reads ``16e-3`` (no dot) as one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    if hint is int:
+        return value if isinstance(value, int) else None
+    try:
+        value = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
 def _check_value(path: Path, key: str, f: dataclasses.Field, hint, value) -> None:
     """Type, sign and choice check of one leaf value."""
+    zero_ok = f.metadata.get("zero_ok", False)
     if hint is bool:
         ok = isinstance(value, bool)
-    elif hint is int:
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    elif hint is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    elif hint in (int, float):
+        number = _number(value, hint)
+        ok = number is not None and (number >= 0 if zero_ok else number > 0)
     else:
         ok = isinstance(value, str) and value in f.metadata.get("choices", (value,))
     if not ok:
-        want = {bool: "true or false", int: "a non-negative integer", float: "a non-negative number"}.get(
+        sign = "a non-negative" if zero_ok else "a positive"
+        want = {bool: "true or false", int: f"{sign} integer", float: f"{sign} finite number"}.get(
             hint, f"one of {f.metadata.get('choices')}" if f.metadata.get("choices") else "a string")
         raise HwInputError(f"{path}: field '{key}' is {value!r}; it must be {want}")
 

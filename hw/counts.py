@@ -21,7 +21,7 @@ ACTIONS = ("wl_rows", "cell_reads", "xbar_reads", "adc_conv", "shift_adds", "psu
            "attn_gates", "attn_incs", "attn_adds", "pool_or", "pool_cmp", "spike_rd_bits", "spike_wr_bits",
            "state_rd_bits", "state_wr_bits", "gb_rd_bits", "gb_wr_bits", "noc_bit_hops", "bus_bits", "dram_bits",
            "cell_writes", "ctrl_steps", "exit_checks", "sops", "macs")
-INFO_COUNTS = ("serial_reads", "write_rows", "in_nnz", "row_block_reads")
+INFO_COUNTS = ("serial_reads", "write_rows", "in_nnz", "in_numel", "row_block_reads")
 ALL_COUNTS = ACTIONS + INFO_COUNTS
 
 
@@ -97,8 +97,9 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     c["bus_bits"][:] = psum_bits
     c["serial_reads"][:] = run * (act.serial if f.read_skipping else positions * planes)
     c["row_block_reads"][:] = run * reads
-    c["in_nnz"][:] = run * act.in_nnz
     in_numel = col("in_numel")
+    c["in_nnz"][:] = run * act.in_nnz
+    c["in_numel"][:] = run * in_numel  # inputs presented (a reused static encoding: at t = 0 only)
     value_bits = np.where(planes > 1, planes, 0)
     in_bits = run * _transfer_bits(in_numel * planes, act.in_nnz * (_addr_bits(in_numel) + value_bits),
                                    f.spike_encoding)

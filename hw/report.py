@@ -1,5 +1,6 @@
 """Stage 6: report.  ``summary.json``, ``layers.csv``, ``components.csv``, ``timesteps.csv``, ``ablations.csv`` and
-PNG bar charts, all from one :class:`hw.pipeline.Results`; every file is written atomically.
+PNG bar charts, all from one :class:`hw.pipeline.Results`; the whole report replaces the previous one in
+its folder only once it is complete (:func:`write_report`).
 
 Energies are per inference (mean over samples in exact mode, the expectation in statistical mode), in pJ in the
 CSV files and in uJ in the summary.  Every table repeats the preset name and technology node.
@@ -10,6 +11,9 @@ import csv
 import io
 import json
 import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +21,18 @@ import numpy as np
 from engine.atomic import atomic_open, write_text_atomic
 
 from .baselines import gpu_measured
+from .config import HwInputError
 from .counts import ALL_COUNTS
 from .energy import COMPONENTS
 from .pipeline import ABLATIONS, BASELINES, Results
 
-__all__ = ["summarize", "write_report"]
+__all__ = ["REPORT_FILES", "check_out_dir", "summarize", "write_report"]
 
 _logger = logging.getLogger(__name__)
 _C = {name: i for i, name in enumerate(ALL_COUNTS)}
+
+REPORT_FILES = ("summary.json", "layers.csv", "components.csv", "timesteps.csv", "ablations.csv",
+                "energy_by_component.png", "energy_by_layer.png", "energy_per_timestep.png", "rates.json")
 
 TOPS_PER_W_DEFINITION = ("(SOPs + 2 * MACs) / energy: one SOP is one synaptic accumulate of the paper convention "
                          "(input spikes x nominal fan-out), a MAC of the analog first layer counts as 2 ops")
@@ -115,11 +123,11 @@ def _layer_rows(res: Results) -> list[dict]:
     for i, r in enumerate(m.rows):
         k = counts[i]
         steps = 0.0 if r.skipped else steps_run
-        numel = m.vec["in_numel"][i] * steps
+        presented = k[_C["in_numel"]]  # inputs the crossbars saw (a reused static encoding: one step)
         rows.append({
             "preset": cfg.name, "node_nm": cfg.technology_nm, "layer": r.name, "kind": r.kind, "block": r.block,
             "sdsa": r.sdsa, "skipped": r.skipped, "stage": m.rows[r.stage].name, "steps": steps,
-            "in_nnz": k[_C["in_nnz"]], "in_density": k[_C["in_nnz"]] / numel if r.geom and numel else "",
+            "in_nnz": k[_C["in_nnz"]], "in_density": k[_C["in_nnz"]] / presented if r.geom and presented else "",
             "row_block_reads": k[_C["row_block_reads"]], "crossbar_reads": k[_C["xbar_reads"]],
             "wordlines": k[_C["wl_rows"]], "adc_conversions": k[_C["adc_conv"]], "shift_adds": k[_C["shift_adds"]],
             "psum_adds": k[_C["psum_adds"]], "lif_updates": k[_C["lif_updates"]],
@@ -158,13 +166,32 @@ def _plots(out: Path, res: Results, layers: list[dict], components: list[dict], 
         plt.close(fig)
 
 
-def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None, plots: bool = True) -> dict:
-    """Write every output file into ``out_dir`` and return the summary."""
+def check_out_dir(out_dir: str | Path) -> Path:
+    """``out_dir`` as a path; a file in its place or above it, or a folder we cannot write, is an
+    :class:`HwInputError` (the CLI checks this before simulating)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise HwInputError(f"--out {out}: {existing} is a file, not a folder; choose a folder path for the report")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise HwInputError(f"--out {out}: cannot write into {existing} (permission denied); choose another folder")
+    return out
+
+
+def _dumps(obj, name: str, **kwargs) -> str:
+    """JSON text of ``obj``; a NaN or infinity is an error (it would be invalid JSON and a silent wrong number)."""
+    try:
+        return json.dumps(obj, default=float, allow_nan=False, **kwargs)
+    except ValueError:
+        raise ValueError(f"{name}: the results hold NaN or infinity (check the preset's constants); the report was "
+                         "not written") from None
+
+
+def _write_files(res: Results, out: Path, gpu_json: str | None, plots: bool) -> dict:
+    """Write every report file into the (empty) folder ``out`` and return the summary."""
     cfg, tally, n = res.main.config, res.tally, res.n
     summary = summarize(res, gpu_json)
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=float))
+    write_text_atomic(out / "summary.json", _dumps(summary, "summary.json", indent=2))
     layers = _layer_rows(res)
     _write_csv(out / "layers.csv", layers)
     total = tally.energy.sum() / n
@@ -182,6 +209,29 @@ def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None,
     if plots:
         _plots(out, res, layers, components, steps)
     if res.rates is not None:
-        write_text_atomic(out / "rates.json", json.dumps(res.rates.to_json()))
+        write_text_atomic(out / "rates.json", _dumps(res.rates.to_json(), "rates.json"))
+    return summary
+
+
+def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None, plots: bool = True) -> dict:
+    """Write the report into ``out_dir`` and return the summary.
+
+    The files are written into a temporary folder inside ``out_dir`` and moved into place only once all are
+    complete; then the report files of an earlier run that this run did not write are removed.  The folder so
+    holds one run's report, a failing run leaves the previous one intact, and other files in it are not touched.
+    """
+    out = check_out_dir(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    try:
+        summary = _write_files(res, tmp, gpu_json, plots)
+        written = {p.name for p in tmp.iterdir()}
+        for name in sorted(written):
+            os.replace(tmp / name, out / name)
+        for name in REPORT_FILES:
+            if name not in written:
+                (out / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     _logger.info("wrote the hardware report to %s", out)
     return summary

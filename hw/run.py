@@ -10,11 +10,10 @@ import dataclasses
 import logging
 import os
 import sys
-from pathlib import Path
 
 from .config import HwInputError, load_config
 from .pipeline import simulate
-from .report import write_report
+from .report import check_out_dir, write_report
 from .workload import Rates, Workload
 
 _logger = logging.getLogger("hw.run")
@@ -43,13 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s: %(message)s")
     try:
+        out = check_out_dir(args.out)
         config = load_config(args.hw_config)
         overrides = {k: v for k, v in (("order", args.dataflow), ("pipelining", args.pipelining)) if v is not None}
         config = dataclasses.replace(config, dataflow=dataclasses.replace(config.dataflow, **overrides))
+        if args.rates and args.mode != "statistical":
+            raise HwInputError(f"--rates {args.rates}: rates apply only to --mode statistical (exact mode reads every "
+                               "trace sample); add --mode statistical or drop --rates")
         workload = Workload.open(args.trace, args.skip_json, args.exit_json, check_crc=args.verify_traces)
+        if args.mode == "exact" and workload.exit_portion is not None and not workload.exit_steps:
+            raise HwInputError(f"{args.exit_json}: field 'portion' applies only to --mode statistical; exact mode "
+                               "needs per-sample 'exit_steps' (exit_steps.json of main.py), or add --mode statistical")
         rates = Rates.load(args.rates, workload.meta) if args.rates else None
         results = simulate(workload, config, args.mode, rates, workers=args.workers)
-        summary = write_report(results, Path(args.out), args.gpu_json, plots=not args.no_plots)
+        summary = write_report(results, out, args.gpu_json, plots=not args.no_plots)
     except (HwInputError, ValueError) as e:
         _logger.error("%s", e)
         return 2

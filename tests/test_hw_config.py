@@ -44,12 +44,29 @@ def _preset(tmp_path, text: str):
     ("features:\n  spike_encoding: morse\n", "field 'features.spike_encoding'"),
     ("crossbar:\n  rows: 12.5\n", "field 'crossbar.rows'"),
     ("chip: 3\n", "field 'chip' must be a mapping"),
+    ("crossbar:\n  rows: 0\n", "field 'crossbar.rows' is 0; it must be a positive integer"),
+    ("crossbar:\n  cell_bits: 0\n", "field 'crossbar.cell_bits' is 0; it must be a positive integer"),
+    ("crossbar:\n  mux: 0\n", "field 'crossbar.mux' is 0; it must be a positive integer"),
+    ("chip:\n  subarrays_per_tile: 0\n", "field 'chip.subarrays_per_tile' is 0"),
+    ("chip:\n  clock_ghz: 0\n", "field 'chip.clock_ghz' is 0; it must be a positive finite number"),
+    ("chip:\n  attention_lanes: 0\n", "field 'chip.attention_lanes' is 0"),
+    ("chip:\n  global_buffer_bits_per_cycle: 0\n", "field 'chip.global_buffer_bits_per_cycle' is 0"),
+    ("energy:\n  adc: .inf\n", "field 'energy.adc' is inf; it must be a non-negative finite number"),
+    ("energy:\n  adc: .nan\n", "field 'energy.adc' is nan"),
+    ("energy:\n  adc: '1e999'\n", "field 'energy.adc' is '1e999'"),
 ])
 def test_bad_preset_names_file_and_field(tmp_path, text, message):
     path = _preset(tmp_path, text)
     with pytest.raises(HwInputError, match=re.escape(message)) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+def test_zero_energies_and_numeric_strings_load(tmp_path):
+    """Energies and optional costs may be 0; YAML 1.1 reads 16e-3 (no dot) as a string, taken as the number."""
+    config = load_config(_preset(tmp_path, "energy:\n  adc: 0\n  cell_read: 16e-3\ntiming:\n  conversion_ns: 0\n"))
+    assert (config.energy.adc, config.energy.cell_read, config.timing.conversion_ns) == (0.0, 0.016, 0.0)
+    assert isinstance(config.energy.cell_read, float)
 
 
 def test_missing_constant_names_the_field(tmp_path):

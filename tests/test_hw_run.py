@@ -8,9 +8,11 @@ import logging
 
 import pytest
 
+import hw.run
 from hw.config import load_config
 from hw.energy import COMPONENTS
 from hw.pipeline import simulate
+from hw.report import REPORT_FILES, write_report
 from hw.run import main
 from hw.workload import Workload
 from hw_helpers import tiny_capture, write
@@ -97,3 +99,63 @@ def test_cli_reports_bad_input(tmp_path, trace, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(["--trace", str(trace), "--skip-json", str(tmp_path / "skip.json"), "--out", str(tmp_path)]) == 2
     assert "skipped_blocks" in caplog.text and "skip.json" in caplog.text
+
+
+def test_out_that_is_a_file_fails_before_simulating(tmp_path, trace, caplog, monkeypatch):
+    monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite a bad --out"))
+    (tmp_path / "taken").write_text("keep me")
+    for out in (tmp_path / "taken", tmp_path / "taken" / "sub"):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main(["--trace", str(trace), "--out", str(out)]) == 2
+        assert len(caplog.records) == 1 and "is a file, not a folder" in caplog.text
+    assert (tmp_path / "taken").read_text() == "keep me"
+
+
+def test_rerun_leaves_one_report_and_other_files(tmp_path, trace):
+    out = tmp_path / "out"
+    run = lambda *extra: main(["--trace", str(trace), "--workers", "1", "--out", str(out), *extra])  # noqa: E731
+    assert run() == 0
+    (out / "notes.txt").write_text("mine")
+    assert run("--mode", "statistical", "--no-plots") == 0
+    files = {p.name for p in out.iterdir()}
+    assert files == {"notes.txt", "summary.json", "layers.csv", "components.csv", "timesteps.csv", "ablations.csv",
+                     "rates.json"}
+    assert run("--no-plots") == 0
+    assert {p.name for p in out.iterdir()} == files - {"rates.json"}
+    assert set(REPORT_FILES) >= files - {"notes.txt"}
+
+
+def test_failing_report_keeps_the_previous_one(tmp_path, trace):
+    res = simulate(Workload.open(trace), load_config("aster_default"), progress=False)
+    out = tmp_path / "out"
+    write_report(res, out, plots=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res.tally.totals["aster_default"] = [(float("nan"), 1.0)] * res.n
+    with pytest.raises(ValueError, match="summary.json: the results hold NaN or infinity"):
+        write_report(res, out, plots=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_exact_mode_rejects_statistical_inputs(tmp_path, trace, caplog, monkeypatch):
+    monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    (tmp_path / "portion.json").write_text(json.dumps({"portion": [0.5, 0.5, 0.0, 0.0]}))
+    (tmp_path / "rates.json").write_text("{}")
+    for extra, message in ((["--exit-json", str(tmp_path / "portion.json")], "portion.json: field 'portion' applies"),
+                           (["--rates", str(tmp_path / "rates.json")], "rates apply only to --mode statistical")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main(["--trace", str(trace), *extra, "--out", str(tmp_path / "o")]) == 2
+        assert len(caplog.records) == 1 and message in caplog.text and "--mode statistical" in caplog.text
+
+
+def test_reused_static_encoding_reports_the_density_of_the_inputs_presented(tmp_path):
+    captures = [tiny_capture("SDT", False, T=2, seed=s)[0] for s in range(2)]
+    trace = write(tmp_path / "static", captures, tiny_capture("SDT", False, T=2)[1])
+    density = {}
+    for preset in ("aster_default", "dense_pim"):  # static reuse on / off
+        assert main(["--trace", str(trace), "--hw-config", preset, "--workers", "1", "--no-plots",
+                     "--out", str(tmp_path / preset)]) == 0
+        first = next(r for r in _rows(tmp_path / preset / "layers.csv") if r["kind"] == "conv")
+        density[preset] = float(first["in_density"])
+    assert density == {"aster_default": 1.0, "dense_pim": 1.0}  # a random image: every pixel non-zero
