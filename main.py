@@ -22,10 +22,10 @@ import sys
 import torch.distributed as dist
 
 from engine.args import get_args_parser
-from engine.aster import HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, evaluate_aster, \
+from engine.aster import HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, check_exit_args, evaluate_aster, \
     read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
 from engine.checkpoint import load_checkpoint_file, load_model_weights
-from engine.evaluate import export_model_traces
+from engine.evaluate import check_export_traces, export_model_traces
 from engine.distributed import is_primary
 from engine.errors import ConfigError
 from engine.model import unwrap
@@ -47,15 +47,18 @@ def _exit_options(args: argparse.Namespace) -> dict:
 
 
 def _evaluate_best(args: argparse.Namespace, setup, output_dir: str, skip: dict) -> None:
-    """After training: skip.json, and with --early-exit/--exit-sweep the evaluation of ``model_best.pth.tar``."""
+    """After training: skip.json, and with --early-exit/--exit-sweep the evaluation of ``model_best.pth.tar``
+    (its EMA weights with --model-ema, which ranked the checkpoints)."""
     result = None
     if args.early_exit or args.exit_sweep:
         if args.distributed:
             dist.barrier()  # the primary process has written the last checkpoint
         best = os.path.join(output_dir, "model_best.pth.tar")
         if os.path.isfile(best):
-            load_model_weights(unwrap(setup.model), load_checkpoint_file(best), best)
-            _logger.info("Early exit: evaluating %s", best)
+            checkpoint = load_checkpoint_file(best)
+            key = "state_dict_ema" if args.model_ema and "state_dict_ema" in checkpoint else "state_dict"
+            load_model_weights(unwrap(setup.model), checkpoint, best, key=key)
+            _logger.info("Early exit: evaluating %s (%s)", best, key)
         result = evaluate_aster(setup.model, setup.loaders.eval, setup.eval_loss_fn, args, amp=setup.amp,
                                 **_exit_options(args))
     if is_primary(args):
@@ -71,7 +74,10 @@ def _validate_only(args: argparse.Namespace, parser: argparse.ArgumentParser, ho
             raise ConfigError("--study needs --log-file (firing rates of the un-skipped model) to rank the blocks")
         if skip["rule"] != "none":
             raise ConfigError("--study chooses the skipped blocks itself; drop --auto-skip/--skip-lowest/--skip-blocks")
-        rates = read_firing_rates(args.log_file)
+        if args.study_max_skip is not None and not 0 <= args.study_max_skip <= args.layer:
+            raise ConfigError(f"--study-max-skip {args.study_max_skip} must be between 0 and the number of blocks "
+                              f"({args.layer})")
+        rates = read_firing_rates(args.log_file, args.layer, args.time_steps)
     s = setup_evaluation(args, parser, hooks)
     args.output = args.output or os.path.join("output", "aster")
     output_dir = resolve_output_dir(args)
@@ -115,11 +121,11 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     Returns:
         ``run_training``'s result, or ``{"output_dir", "result"}`` (``{"output_dir", "study"}`` for --study).
     """
+    check_exit_args(args)
     skip, hooks = skip_hooks(args)
     if args.export_traces and (args.study or not args.validate_only):
         raise ConfigError("--export-traces works with --validate-only (and not with --study)")
-    if args.export_traces and os.path.exists(os.path.join(args.export_traces, "meta.json")):
-        raise ConfigError(f"--export-traces {args.export_traces} already holds a trace; choose a new folder")
+    check_export_traces(args)
     if args.validate_only or args.study:
         return _validate_only(args, parser, hooks, skip)
     hooks.after_training = lambda a, setup, output_dir: _evaluate_best(a, setup, output_dir, skip)

@@ -12,7 +12,7 @@ sweep of thresholds.
 Artefacts (JSON schemas in ``docs/aster.md``): ``skip.json`` (``skip-blocks/1``), ``exit_steps.json``
 (``early-exit/1``), ``early_exit_class_stats.json``, ``aster_eval.json`` (``aster-eval/1``),
 ``fixed_step_accuracy.csv``, ``exit_sweep.csv`` + ``exit_sweep_portion.csv`` + ``exit_sweep.png``, and for the
-study ``aster_heatmap.csv`` + ``aster_heatmap.png``.
+study ``aster_heatmap.csv`` + ``aster_heatmap.png``.  The JSON is strict: non-finite numbers are written as text.
 """
 from __future__ import annotations
 
@@ -35,10 +35,10 @@ from .firing import load_firing_rates
 from .loop import validate
 from .model import unwrap
 from .optim import Amp
-from .skip import SkipDecision, select_skip_blocks
+from .skip import SkipDecision, block_attention_rates, select_skip_blocks
 
-__all__ = ["HEATMAP_THRESHOLDS", "aster_skip_parser", "aster_eval_parser", "read_firing_rates", "resolve_skip",
-           "skip_record", "AsterResult", "evaluate_aster", "write_aster_outputs", "run_study",
+__all__ = ["HEATMAP_THRESHOLDS", "aster_skip_parser", "aster_eval_parser", "check_exit_args", "read_firing_rates",
+           "resolve_skip", "skip_record", "AsterResult", "evaluate_aster", "write_aster_outputs", "run_study",
            "write_study"]
 
 _logger = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def _float_list(text) -> list[float]:
 
 
 _int_list.__name__, _float_list.__name__ = "comma-separated list of ints", "comma-separated list of floats"
+# A YAML config (e.g. a run's args.yaml) may also give these flags as lists of this type (engine.config).
+_int_list.element_type, _float_list.element_type = int, float
 
 
 def aster_skip_parser(add_help: bool = False) -> argparse.ArgumentParser:
@@ -107,14 +109,35 @@ def aster_eval_parser(add_help: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def check_exit_args(args: argparse.Namespace) -> None:
+    """Reject NaN exit thresholds (no score exceeds NaN, so it would silently mean "never exit early").
+
+    Raises:
+        ConfigError: a NaN --exit-threshold or --exit-sweep value.
+    """
+    if math.isnan(args.exit_threshold):
+        raise ConfigError("--exit-threshold nan is not a threshold; give a number (inf: never exit early)")
+    if any(math.isnan(t) for t in args.exit_sweep or []):
+        raise ConfigError("--exit-sweep holds nan, which is not a threshold; give numbers (inf: never exit early)")
+
+
 # --------------------------------------------------------------------------------------------------------- skip
-def read_firing_rates(path: str) -> dict[str, dict[str, float]]:
-    """:func:`engine.firing.load_firing_rates`, with every failure as a :class:`ConfigError` naming the file."""
+def read_firing_rates(path: str, depths: int, T: int) -> dict[str, dict[str, float]]:
+    """:func:`engine.firing.load_firing_rates`, checked against a model of ``depths`` blocks and ``T`` steps.
+
+    Raises:
+        ConfigError: naming the file, for every problem with it.
+    """
     try:
-        return load_firing_rates(Path(path))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        message = str(exc) if str(path) in str(exc) else f"{path}: {exc!r}"
+        rates = load_firing_rates(Path(path))
+        block_attention_rates(rates, depths)
+    except (OSError, ValueError) as exc:
+        message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         raise ConfigError(f"--log-file: {message}") from None
+    if len(rates) != T:
+        raise ConfigError(f"--log-file: {path} holds the rates of {len(rates)} time steps, the model runs "
+                          f"--time-steps {T}; measure them with firing_num.py at the same T")
+    return rates
 
 
 def resolve_skip(args: argparse.Namespace) -> SkipDecision | None:
@@ -137,7 +160,9 @@ def resolve_skip(args: argparse.Namespace) -> SkipDecision | None:
     if given[0] != "--skip-blocks" and not args.log_file:
         raise ConfigError(f"{given[0]} needs --log-file (firing.json or sdt.log of the un-skipped model, written "
                           f"by firing_num.py)")
-    rates = read_firing_rates(args.log_file) if args.log_file else None
+    if args.auto_skip and math.isnan(args.skip_threshold):
+        raise ConfigError("--skip-threshold nan is not a threshold; give a number")
+    rates = read_firing_rates(args.log_file, args.layer, args.time_steps) if args.log_file else None
     try:
         return select_skip_blocks(args.layer, rates, threshold=args.skip_threshold if args.auto_skip else None,
                                   lowest=args.skip_lowest, explicit=args.skip_blocks)
@@ -246,12 +271,26 @@ def _write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
+def _finite_or_text(value):
+    """``value`` with every non-finite float replaced by its text (``"inf"``, ``"-inf"``, ``"nan"``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite_or_text(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_text(v) for v in value]
+    return value
+
+
 def _write_json(path: Path, content: dict, compact_values: bool = False) -> None:
-    """Indented JSON; with ``compact_values`` each top-level value stays on one line (long per-sample lists)."""
+    """Strict, indented JSON (non-finite floats as text, see :func:`_finite_or_text`); with ``compact_values``
+    each top-level value stays on one line (long per-sample lists)."""
+    content = _finite_or_text(content)
     if compact_values:
-        text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in content.items()) + "\n}\n"
+        text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, allow_nan=False)}"
+                                   for k, v in content.items()) + "\n}\n"
     else:
-        text = json.dumps(content, indent=2) + "\n"
+        text = json.dumps(content, indent=2, allow_nan=False) + "\n"
     write_text_atomic(path, text)
 
 
@@ -338,20 +377,20 @@ def run_study(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Names
               metric: str = "confidence") -> list[dict]:
     """Accuracy and average time steps for k = 0..max_skip lowest-rate blocks skipped x each threshold.
 
-    Every row set also holds threshold ``inf`` (no early exit: all T steps).  The model's skip list is restored.
+    Every row set also holds threshold ``inf`` (no early exit: all T steps), once.  The model's skip list is
+    restored.  ``max_skip`` must be in 0..depths (checked up front by ``main.py``).
 
     Returns:
         Long-format rows: skipped_layers, skipped_blocks (space-separated), threshold, accuracy, avg_timesteps.
     """
     bare = unwrap(model)
-    if not 0 <= max_skip <= bare.depths:
-        raise ConfigError(f"--study-max-skip {max_skip} must be between 0 and the number of blocks ({bare.depths})")
+    thresholds = list(dict.fromkeys([*thresholds, NO_EXIT]))
     before, rows = bare.skip_blocks, []
     try:
         for k in range(max_skip + 1):
             blocks = select_skip_blocks(bare.depths, rates, lowest=k).blocks
             bare.skip_blocks = blocks
-            result = evaluate_aster(model, loader, loss_fn, args, amp=amp, thresholds=[*thresholds, NO_EXIT],
+            result = evaluate_aster(model, loader, loss_fn, args, amp=amp, thresholds=thresholds,
                                     metric=metric, log_suffix=f" (skip {k})")
             rows += [{"skipped_layers": k, "skipped_blocks": " ".join(map(str, blocks)), "threshold": r["threshold"],
                       "accuracy": r["accuracy"], "avg_timesteps": r["avg_timesteps"]} for r in result.sweep.rows()]

@@ -8,7 +8,9 @@ killed run never leaves a truncated ``last.pth.tar``; it keeps the best ``--chec
 and resuming steps the scheduler to the resumed epoch.
 
 Loading checks every key and shape first and raises :class:`~engine.errors.CheckpointError` with a one-line
-summary, so a checkpoint of another architecture is rejected before anything is written.
+summary, so a checkpoint of another architecture is rejected before anything is written; a checkpoint whose
+``args`` differ in a field that keeps the shapes but changes the computation (e.g. ``attention_mode``) loads with a
+warning.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import argparse
 import logging
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -32,22 +34,37 @@ _logger = logging.getLogger(__name__)
 
 _ARCH_ARGS = ("model", "dim", "layer", "num_heads", "mlp_ratio", "num_classes", "in_channels", "pooling_stat",
               "spike_mode")
+_UNPICKLER_MARK = "WeightsUnpickler error:"
+
+
+def _load_error_detail(exc: Exception) -> str:
+    """The informative line of a ``torch.load`` error (past PyTorch's ``weights_only`` preamble)."""
+    text = str(exc)
+    if _UNPICKLER_MARK in text:
+        text = text.split(_UNPICKLER_MARK, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if isinstance(exc, (KeyError, IndexError)) else lines[0]
 
 
 def load_checkpoint_file(path: str) -> dict:
     """Load a checkpoint on the CPU with ``weights_only=True`` (``argparse.Namespace`` allowed for ``args``).
 
     Raises:
-        CheckpointError: the file is missing or is not a readable checkpoint.
+        CheckpointError: the path is missing or a directory, or the file is not a readable checkpoint.
     """
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory; expected a checkpoint file (e.g. "
+                              f"{os.path.join(path, 'model_best.pth.tar')})")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} not found")
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot read checkpoint {path!r}: {first_line}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path!r}: not a checkpoint file readable by torch.load "
+                              f"({_load_error_detail(exc)})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of tensors")
     return checkpoint
@@ -59,6 +76,47 @@ def _trained_with(checkpoint: dict) -> str:
         return ""
     values = ", ".join(f"{k}={getattr(ckpt_args, k)!r}" for k in _ARCH_ARGS if hasattr(ckpt_args, k))
     return f"; it was trained with {values}"
+
+
+def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module) -> list[tuple[str, Any, Any]]:
+    """``(field, trained with, this model)`` of the fields that change the computation but not the weights."""
+    bare = unwrap(model)
+    mode = getattr(ckpt_args, "attention_mode", None)
+    reference = getattr(ckpt_args, "reference", None) or (mode and ("statten" if mode == "STAtten" else "sdt"))
+    pairs = [("attention_mode", mode, getattr(bare, "attention_mode", None)),
+             ("reference", reference, getattr(bare, "reference", None)),
+             ("dvs_mode", getattr(ckpt_args, "dvs_mode", None), getattr(bare, "dvs", None)),
+             ("pooling_stat", getattr(ckpt_args, "pooling_stat", None),
+              getattr(getattr(bare, "patch_embed", None), "pooling_stat", None))]
+    if "STAtten" in (mode, getattr(bare, "attention_mode", None)):  # only STAtten chunks the time steps
+        pairs.append(("chunk_size", getattr(ckpt_args, "chunk_size", None), getattr(bare, "chunk_size", None)))
+    return [(k, trained, now) for k, trained, now in pairs if trained is not None and now is not None]
+
+
+def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str) -> None:
+    """Warn when the checkpoint's ``args`` differ from the model in a field that keeps the weights' shapes but
+    changes the computation (attention mode, reference variant, DVS attention, pooling stages, STAtten chunks)."""
+    ckpt_args = checkpoint.get("args")
+    if not isinstance(ckpt_args, argparse.Namespace):
+        return
+    changed = [f"{k}={trained!r} (this model: {now!r})" for k, trained, now in _computation_args(ckpt_args, model)
+               if trained != now]
+    if changed:
+        _logger.warning("checkpoint %r was trained with %s: the weights fit but the model computes something else; "
+                        "pass the training values to evaluate it as trained", path, ", ".join(changed))
+
+
+def _state_dict_of(checkpoint: dict, key: str, path: str) -> Mapping:
+    """``checkpoint[key]``, or the checkpoint itself when it is a bare state dict (parameter names -> tensors)."""
+    state_dict = checkpoint.get(key, checkpoint)
+    if isinstance(state_dict, Mapping) and all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        return state_dict
+    if key in checkpoint:
+        kind = "has non-tensor values" if isinstance(state_dict, Mapping) else f"is a {type(state_dict).__name__}"
+        raise CheckpointError(f"checkpoint {path!r}: {key!r} is not a state dict (parameter names -> tensors); it "
+                              f"{kind}")
+    raise CheckpointError(f"checkpoint {path!r} has no {key!r} and is not a bare state dict (parameter names -> "
+                          f"tensors); its keys: {_listing([str(k) for k in checkpoint])}")
 
 
 def _listing(items: list[str], limit: int = 8) -> str:
@@ -80,11 +138,12 @@ def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str =
         ``(ignored unexpected keys, tolerated missing keys)``; both empty for a strict load.
 
     Raises:
-        CheckpointError: missing or unexpected keys (beyond the tolerated ones) or shape mismatches, in one line.
+        CheckpointError: not a state dict, missing or unexpected keys (beyond the tolerated ones) or shape
+            mismatches, in one line.
     """
     from timm.models import clean_state_dict
 
-    state_dict = clean_state_dict(checkpoint[key] if key in checkpoint else checkpoint)
+    state_dict = clean_state_dict(_state_dict_of(checkpoint, key, path))
     expected = unwrap(model).state_dict()
     all_missing = [k for k in expected if k not in state_dict]
     all_unexpected = [k for k in state_dict if k not in expected]
@@ -101,6 +160,7 @@ def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str =
     if all_unexpected:
         state_dict = {k: v for k, v in state_dict.items() if k in expected}
     unwrap(model).load_state_dict(state_dict, strict=not all_missing)
+    _warn_on_changed_computation(model, checkpoint, path)
     return all_unexpected, all_missing
 
 

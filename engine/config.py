@@ -39,9 +39,21 @@ def _closest(key: str, known: Sequence[str]) -> str:
     return ", ".join(matches) if matches else "none (see --help)"
 
 
+def _convert_list_type(key: str, action: argparse.Action, value: list) -> list:
+    """A YAML list for a flag whose type parses a comma-separated list (``type.element_type`` names its elements)."""
+    element = action.type.element_type
+    allowed = (int, float) if element is float else (int,)
+    if not all(isinstance(v, allowed) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"config key {key!r}: expected a {action.type.__name__} or a list of {element.__name__}s, "
+                          f"got {value!r}")
+    return [element(v) for v in value]
+
+
 def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
     if value is None:
         return None
+    if isinstance(value, list) and hasattr(action.type, "element_type"):
+        return _convert_list_type(key, action, value)
     if action.type is not None:
         if isinstance(value, (list, dict, bool)):
             raise ConfigError(f"config key {key!r}: expected a {action.type.__name__}, got {value!r}")

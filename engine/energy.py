@@ -5,7 +5,9 @@ For every ``nn.Conv2d`` / ``nn.Linear`` that runs, the ANN FLOPs of one time ste
 tensor that actually feeds the layer (read by a forward-pre hook, so a max-pool between a LIF and a conv is
 respected) is its mean value over all samples and time steps: the fraction of ones for spikes, and the mean event
 count for non-binary inputs (DVS counts, STAtten's {0, 1, 2} DVS attention output), each count being one
-accumulate.  Then::
+accumulate.  An analog input charged as accumulates (a static image with ``first_layer_as_mac=False``, or any input
+with negative values) costs one accumulate per non-zero value: its rate is the fraction of non-zero values, never
+negative.  Then::
 
     SOPs_l = R_l * T * FLOPs_l                    (synaptic accumulates, charged E_AC = 0.9 pJ)
     MACs   = FLOPs_enc * encoding_steps           (first conv on analog static images, charged E_MAC = 4.6 pJ)
@@ -71,6 +73,8 @@ class _LayerCount:
     flops: int = 0
     output_size: str = ""
     input_sum: torch.Tensor | None = None
+    input_nonzero: torch.Tensor | None = None
+    input_min: torch.Tensor | None = None
     input_elements: int = 0  # elements of one time step of one image
     samples: int = 0
     steps: int = 0
@@ -114,6 +118,7 @@ class EnergyMeter:
                  first_layer_as_mac: bool | None = None, encoding_steps: int = 1):
         self.T = T
         self.constants = constants or EnergyConstants()
+        self.dvs_input = dvs_input
         self.first_layer_as_mac = (not dvs_input) if first_layer_as_mac is None else first_layer_as_mac
         self.encoding_steps = encoding_steps
         self._layers: dict[str, _LayerCount] = {}
@@ -134,9 +139,13 @@ class EnergyMeter:
             if count.input_sum is None:
                 count.flops, count.input_elements, count.output_size = _layer_flops(module, x)
                 count.input_sum = torch.zeros((), dtype=torch.float64, device=x.device)
+                count.input_nonzero = torch.zeros((), dtype=torch.int64, device=x.device)
+                count.input_min = torch.full((), float("inf"), dtype=torch.float64, device=x.device)
                 self._order.append(name)
             rows = x.numel() // count.input_elements  # image-steps: T * B
             count.input_sum += x.sum(dtype=torch.float64)
+            count.input_nonzero += torch.count_nonzero(x)
+            torch.minimum(count.input_min, x.min().double(), out=count.input_min)
             count.samples += rows // self.T
             count.steps += rows
         return hook
@@ -160,7 +169,9 @@ class EnergyMeter:
         for i, name in enumerate(self._order):
             count = self._layers[name]
             module = count.module
-            rate = count.input_sum.item() / (count.steps * count.input_elements)
+            analog = (i == 0 and not self.dvs_input) or count.input_min.item() < 0
+            ops = count.input_nonzero if analog else count.input_sum  # analog: one accumulate per non-zero value
+            rate = ops.item() / (count.steps * count.input_elements)
             if i == 0 and self.first_layer_as_mac:  # dense analog input: every value is multiplied
                 rate, macs, sops = 1.0, float(count.flops * self.encoding_steps), 0.0
             else:

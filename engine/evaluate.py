@@ -3,7 +3,9 @@
 ``firing_num.py`` (SDT) and ``test.py`` (STAtten) call :func:`run_evaluation`.  One pass over the validation set
 gives top-1/top-5, the firing rate and non-zero ratio of every hook key at every time step (any T, averaged exactly
 over all samples, :mod:`engine.firing`) and the energy of every Conv2d/Linear (:mod:`engine.energy`).  Outputs go to
-``output/valid/<experiment>/`` (a new folder per run, never an earlier one): ``<model>.log`` with the reference's
+``<--output>/<experiment>/`` (a new folder per run, never an earlier one nor the folder of the checkpoint; the root
+is ``output/valid`` unless ``--output`` is given on the command line: an ``output`` read from the ``-c`` config, such
+as a training run's ``args.yaml``, is that run's training root): ``<model>.log`` with the reference's
 ``non_zero:`` / ``firing_rate:`` blocks, ``args.yaml``, ``firing.json`` (with an ``energy`` section),
 ``firing.csv``, ``firing.png`` and ``energy.csv``; optionally ``qkv_<batch>.pkl`` (``--save-qkv``) and a trace
 folder for ``hw/`` (``--export-traces DIR --trace-samples N``, format in docs/traces.md).
@@ -13,13 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["add_eval_arguments", "export_model_traces", "run_evaluation"]
+__all__ = ["add_eval_arguments", "check_eval_args", "check_export_traces", "export_model_traces", "run_evaluation"]
 
 _logger = logging.getLogger(__name__)
 DEFAULT_VALID_ROOT = os.path.join("output", "valid")
@@ -42,6 +45,55 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--encoding-steps", type=int, default=1, metavar="N",
                        help="time steps of the encoding conv charged as MACs (1 = the papers' recipe)")
     return parser
+
+
+def check_export_traces(args: argparse.Namespace) -> None:
+    """With ``--export-traces DIR``: DIR must be a new or trace-free folder and ``--trace-samples`` at least 1.
+
+    Raises:
+        ConfigError: before anything is built or written.
+    """
+    from .errors import ConfigError
+    from .traces import META_FILE
+
+    target = args.export_traces
+    if not target:
+        return
+    if args.trace_samples < 1:
+        raise ConfigError(f"--trace-samples {args.trace_samples}: export at least 1 sample")
+    existing = os.path.abspath(target)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(f"--export-traces {target}: {existing} is a file, not a folder; choose a new folder")
+    if os.path.exists(os.path.join(target, META_FILE)):
+        raise ConfigError(f"--export-traces {target} already holds a trace ({META_FILE}); choose a new folder")
+
+
+def check_eval_args(args: argparse.Namespace) -> None:
+    """The energy constants, ``--encoding-steps`` and the trace flags, checked before anything is built.
+
+    Raises:
+        ConfigError: a value out of range, naming the flag.
+    """
+    from .errors import ConfigError
+
+    for flag, value in (("--e-mac", args.e_mac), ("--e-ac", args.e_ac)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} {value}: an energy per operation must be a non-negative number of pJ")
+    if not 1 <= args.encoding_steps <= args.time_steps:
+        raise ConfigError(f"--encoding-steps {args.encoding_steps}: charge between 1 and T={args.time_steps} "
+                          f"time steps of the encoding conv (1: the papers' recipe, T: every repeated copy)")
+    check_export_traces(args)
+
+
+def _output_root(args: argparse.Namespace, parser: argparse.ArgumentParser | None) -> str:
+    """``--output`` from the command line, else ``output/valid``; an ``output`` from the config is a training root."""
+    if args.output and parser is not None and args.output == parser.get_default("output"):
+        _logger.info("Writing under %s, not under the config's (training) output root %s; give another --output "
+                     "on the command line to choose the root.", DEFAULT_VALID_ROOT, args.output)
+        return DEFAULT_VALID_ROOT
+    return args.output or DEFAULT_VALID_ROOT
 
 
 def _checkpoint_path(args: argparse.Namespace) -> str:
@@ -104,12 +156,12 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     from .outputs import RunOutputs, resolve_output_dir
     from .run import RunHooks, setup_evaluation
 
+    check_eval_args(args)
     setup = setup_evaluation(args, parser, RunHooks(configure_model=_apply_large_valid, load_weights=_load_weights))
     model, loaders, amp = setup.model.eval(), setup.loaders, setup.amp
 
-    if not args.output:
-        args.output = DEFAULT_VALID_ROOT
-    output_dir = resolve_output_dir(args)
+    args.output = _output_root(args, parser)
+    output_dir = resolve_output_dir(args, reuse_resume_dir=False)
     outputs = RunOutputs(args, output_dir, log_name=f"{args.model}.log") if is_primary(args) else None
 
     rates = FiringRateMeter()

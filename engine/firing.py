@@ -18,6 +18,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import reprlib
 from pathlib import Path
 
 import torch
@@ -140,7 +142,7 @@ def parse_firing_log(path: Path) -> dict[str, dict[str, float]]:
     writes the block last).  Raises ``ValueError`` naming the file when the block
     is missing or not valid JSON (the reference printed the error and carried on with an empty skip list).
     """
-    text = Path(path).read_text()
+    text = _read_text(Path(path))
     start = text.rfind("firing_rate: \n")
     if start < 0:
         raise ValueError(f"{path}: no 'firing_rate: ' block; expected a log written by firing_num.py or test.py")
@@ -154,19 +156,51 @@ def parse_firing_log(path: Path) -> dict[str, dict[str, float]]:
         table, _ = json.JSONDecoder().raw_decode(body)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: the firing_rate JSON block does not parse ({err})") from err
-    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
-        raise ValueError(f'{path}: the firing_rate block is not shaped {{"t0": {{key: rate}}, ...}}')
+    return _checked_rates(path, table, "the firing_rate block")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text file (byte {err.start} is not UTF-8); expected a firing.json or a "
+                         f"log written by firing_num.py") from None
+
+
+def _checked_rates(path: Path, table, what: str) -> dict[str, dict[str, float]]:
+    """``table`` if it is shaped ``{"t0": {key: finite number}, ...}``, else a ``ValueError`` naming the file."""
+    if not isinstance(table, dict) or not table or not all(isinstance(v, dict) for v in table.values()):
+        raise ValueError(f'{path}: {what} is not shaped {{"t0": {{key: rate}}, ...}}; rerun firing_num.py')
+    for step, per_key in table.items():
+        for key, rate in per_key.items():
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+                raise ValueError(f"{path}: the rate of {key[:80]!r} at {step[:20]!r} is {reprlib.repr(rate)}, not a "
+                                 f"finite number; rerun firing_num.py")
     return table
 
 
 def load_firing_rates(path: Path) -> dict[str, dict[str, float]]:
-    """Firing rates ``{"t0": {key: rate}}`` from our ``firing.json`` or from a reference-format log file."""
+    """Firing rates ``{"t0": {key: rate}}`` from our ``firing.json`` or from a reference-format log file.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: no such file.
+        ValueError: anything else wrong with the file (naming it).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"firing-rate file {path} is a directory; give the firing.json or sdt.log in it")
     if not path.is_file():
         raise FileNotFoundError(f"firing-rate file {path} does not exist; run firing_num.py (or test.py) first")
-    if path.suffix == ".json":
-        content = json.loads(path.read_text())
-        if content.get("format") != FORMAT:
-            raise ValueError(f"{path}: not a firing.json (format {content.get('format')!r}, expected {FORMAT!r})")
-        return content["firing_rate"]
-    return parse_firing_log(path)
+    if path.suffix != ".json":
+        return parse_firing_log(path)
+    try:
+        content = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    found = content.get("format") if isinstance(content, dict) else type(content).__name__
+    if found != FORMAT:
+        raise ValueError(f"{path}: not a firing.json (format {reprlib.repr(found)}, expected {FORMAT!r})")
+    rates = _checked_rates(path, content.get("firing_rate"), "its firing_rate")
+    if "T" in content and content["T"] != len(rates):
+        raise ValueError(f"{path}: T is {reprlib.repr(content['T'])} but firing_rate has {len(rates)} time steps")
+    return rates

@@ -43,15 +43,16 @@ def _default_experiment(args: argparse.Namespace) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-data-{dataset}-t-{args.time_steps}-spike-{args.spike_mode}"
 
 
-def resolve_output_dir(args: argparse.Namespace) -> str:
+def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True) -> str:
     """``<--output or output/train>/<--experiment or a timestamped name>``, without creating it.
 
-    An existing folder is reused only when ``--resume`` points into it; otherwise ``-1``, ``-2``, ... is appended, so
-    a new run never overwrites an earlier one.
+    An existing folder is reused only when ``--resume`` points into it and ``reuse_resume_dir`` (a resumed training
+    run; never an evaluation); otherwise ``-1``, ``-2``, ... is appended, so a new run never overwrites an earlier
+    one.
     """
     base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
                                         _default_experiment(args)))
-    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else None
+    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume and reuse_resume_dir else None
     path, suffix = base, 1
     while os.path.exists(path) and path != resume_dir:
         path, suffix = f"{base}-{suffix}", suffix + 1

@@ -9,15 +9,26 @@ blocks (the paper's heat map axis), or an explicit list.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 __all__ = ["SkipDecision", "block_attention_rates", "select_skip_blocks"]
 
 _logger = logging.getLogger(__name__)
+_ATTENTION_KEY = re.compile(r"MS_SSA_Conv(\d+)_")
 
 
 def block_attention_rates(rates: dict[str, dict[str, float]], depths: int) -> list[float]:
-    """Mean over the time steps present of each block's attention-output firing rate."""
+    """Mean over the time steps present of each block's attention-output firing rate.
+
+    Raises:
+        ValueError: the rates lack a block of the model, or hold a block it does not have (a deeper model's).
+    """
+    deepest = max((int(m.group(1)) for per_key in rates.values() for k in per_key
+                   if (m := _ATTENTION_KEY.match(k))), default=-1)
+    if deepest >= depths:
+        raise ValueError(f"the firing rates hold MS_SSA_Conv{deepest}_* keys, so they come from a model with at "
+                         f"least {deepest + 1} blocks, not {depths}; measure this model's rates with firing_num.py")
     per_block = []
     for layer in range(depths):
         keys = (f"MS_SSA_Conv{layer}_x_after_qkv", f"MS_SSA_Conv{layer}_after_qkv")

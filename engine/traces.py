@@ -368,7 +368,7 @@ class TraceWriter:
         if (self.dir / META_FILE).exists():
             if not overwrite:
                 raise FileExistsError(f"{self.dir} already holds a trace ({META_FILE}); pass overwrite=True "
-                                      f"(--overwrite) or choose another folder")
+                                      f"or choose another folder")
             for old in self.dir.glob("sample_*.npz"):
                 old.unlink()
             (self.dir / META_FILE).unlink()
@@ -557,9 +557,13 @@ class TraceReader:
             if key not in arrays:
                 raise TraceFormatError(f"{path}: member {key!r} is missing")
         try:
-            index = json.loads(str(arrays.pop(INDEX_KEY)[()]))["tensors"]
+            stored = json.loads(str(arrays.pop(INDEX_KEY)[()]))
+            index, stored_id = stored["tensors"], stored["sample_id"]
         except (ValueError, KeyError, TypeError) as e:
             raise TraceFormatError(f"{path}: member {INDEX_KEY!r} is not the tensor index: {e}") from None
+        if stored_id != sample_id:
+            raise TraceFormatError(f"{path}: holds sample {stored_id!r}, but meta.json lists it as sample {sample_id} "
+                                   f"(a sample file copied or renamed?)")
         for name, spec in self.meta.tensors.items():
             entry = index.get(name)
             if entry is None or entry.get("encoding") not in ENCODINGS:

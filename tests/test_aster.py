@@ -1,12 +1,18 @@
-"""ASTER: attention-skip selection and model bypass; early exit, sweeps and the SEENN oracle."""
+"""ASTER: attention-skip selection and model bypass; early exit, sweeps and the SEENN oracle; rate files, strict
+JSON artefacts."""
+import argparse
+import json
 import math
+import re
 
 import pytest
 import timm
 import torch
 
 import model  # noqa: F401
+from engine.aster import AsterResult, check_exit_args, read_firing_rates, write_aster_outputs
 from engine.early_exit import EarlyExitMeter, EarlyExitSweep, exit_decisions, exit_scores, oracle_aet
+from engine.errors import ConfigError
 from engine.skip import select_skip_blocks
 from reference_fixtures import FIXTURE_DIR, build_seeded, load_fixture
 
@@ -143,3 +149,88 @@ def test_skip_blocks_validated_on_the_model():
     net = timm.create_model("sdt_test", depths=2)
     with pytest.raises(ValueError, match="skip_blocks"):
         net.skip_blocks = [2]
+
+
+def test_rates_of_a_deeper_model_are_rejected():
+    with pytest.raises(ValueError, match="MS_SSA_Conv2_\\* keys, so they come from a model with at least 3 blocks"):
+        select_skip_blocks(2, RATES, lowest=1)
+
+
+def _firing_json(path, rates, T=None):
+    path.write_text(json.dumps({"format": "firing-rates/1", "T": len(rates) if T is None else T,
+                                "firing_rate": rates}))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text rate", "rate of 'MS_SSA_Conv0_x_after_qkv' at 't0' is 'n/a', not a finite number"),
+    ("null rate", "is None, not a finite number"),
+    ("nan rate", "is nan, not a finite number"),
+    ("nan in log", "is nan, not a finite number"),
+    ("list table", "its firing_rate is not shaped"),
+    ("T disagrees", "T is 5 but firing_rate has 2 time steps"),
+    ("other T", "holds the rates of 2 time steps, the model runs --time-steps 3"),
+    ("binary", "not a text file (byte 0 is not UTF-8)"),
+    ("directory", "is a directory"),
+    ("not a mapping", "not a firing.json (format 'list'"),
+])
+def test_bad_rate_files_are_one_short_error_naming_the_file(tmp_path, case, message):
+    two = {t: dict(RATES[t]) for t in RATES}
+    path = tmp_path / "firing.json"
+    depths, T = 3, 2
+    if case in ("text rate", "null rate", "nan rate"):
+        two["t0"]["MS_SSA_Conv0_x_after_qkv"] = {"text rate": "n/a", "null rate": None, "nan rate": math.nan}[case]
+        _firing_json(path, two)
+    elif case == "nan in log":
+        path = tmp_path / "sdt.log"
+        path.write_text("x INFO: firing_rate: \nx INFO: " + json.dumps(two).replace("0.3", "NaN") + "\n")
+    elif case == "list table":
+        path.write_text(json.dumps({"format": "firing-rates/1", "T": 2, "firing_rate": [0.1, 0.2]}))
+    elif case == "T disagrees":
+        _firing_json(path, two, T=5)
+    elif case == "other T":
+        _firing_json(path, two)
+        T = 3
+    elif case == "binary":
+        path = tmp_path / "sdt.log"
+        path.write_bytes(bytes(range(255, 0, -1)) * 30)
+    elif case == "directory":
+        path = tmp_path
+    else:
+        path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        read_firing_rates(str(path), depths, T)
+    assert str(path) in str(err.value) and len(str(err.value)) < 300
+
+
+def test_nan_thresholds_are_rejected():
+    args = argparse.Namespace(exit_threshold=math.inf, exit_sweep=[0.5, math.inf, -1.0, 2.0])
+    check_exit_args(args)
+    with pytest.raises(ConfigError, match="--exit-threshold nan"):
+        check_exit_args(argparse.Namespace(exit_threshold=math.nan, exit_sweep=None))
+    with pytest.raises(ConfigError, match="--exit-sweep holds nan"):
+        check_exit_args(argparse.Namespace(exit_threshold=0.9, exit_sweep=[0.5, math.nan]))
+
+
+def test_artefacts_are_strict_json_with_infinite_thresholds_as_text(tmp_path):
+    from hw.workload import load_exit_json
+
+    per_step, labels = torch.randn(3, 20, 4), torch.randint(0, 4, (20,))
+    sweep, meter = EarlyExitSweep([0.5, math.inf, -math.inf], T=3), EarlyExitMeter(T=3, threshold=math.inf)
+    sweep.update(per_step, labels)
+    meter.update(per_step, labels)
+    result = AsterResult(T=3, metric="confidence", skipped_blocks=[], sweep=sweep, meter=meter,
+                         validation={"loss": math.nan, "top1": 50.0, "top5": 90.0})
+    write_aster_outputs(tmp_path, result, {"reasons": [], "skipped_blocks": [], "block_rates": [None]})
+
+    def reject(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    content = {name: json.loads((tmp_path / name).read_text(), parse_constant=reject)
+               for name in ("aster_eval.json", "exit_steps.json", "early_exit_class_stats.json", "skip.json")}
+    assert [row["threshold"] for row in content["aster_eval.json"]["sweep"]] == [0.5, "inf", "-inf"]
+    assert content["aster_eval.json"]["validation"]["loss"] == "nan"
+    assert content["exit_steps.json"]["threshold"] == "inf" == content["early_exit_class_stats.json"]["overall"][
+        "threshold"]
+    assert content["exit_steps.json"]["exit_steps"] == [3] * 20
+    steps, portion = load_exit_json(tmp_path / "exit_steps.json", 3)  # what hw/ reads is unchanged
+    assert list(steps.values()) == [3] * 20 and portion.tolist() == [0.0, 0.0, 1.0]

@@ -62,6 +62,30 @@ def test_dvs_first_layer_is_charged_as_accumulates():
     assert first.macs == 0 and first.sops == pytest.approx(2 * 2 * 288)
 
 
+def test_static_image_charged_as_accumulates_counts_non_zero_values():
+    """--no-first-layer-as-mac on a normalised image: one accumulate per non-zero pixel, never a negative rate."""
+    toy = _Toy()
+    image = torch.zeros(2, 1, 4, 4)  # T=2 copies of 16 pixels: 8 at -1.5, 4 at 0.5, 20 zeros; mean -0.3125
+    image.view(2, -1)[:, :4] = -1.5
+    image.view(2, -1)[:, 4:6] = 0.5
+    with EnergyMeter(toy, T=2, first_layer_as_mac=False) as meter:
+        toy(image)
+    first = meter.rows()[0]
+    # 12 of 32 values are non-zero: rate 0.375; SOPs = 0.375 * T(2) * 288 FLOPs = 216 -> 216 * 0.9 = 194.4 pJ
+    assert first.macs == 0 and first.rate == pytest.approx(0.375)
+    assert first.sops == pytest.approx(216) and first.energy_pj == pytest.approx(194.4)
+
+
+def test_event_counts_are_still_charged_by_count():
+    """DVS input: a count of 3 is three accumulates (the documented recipe), zeros none."""
+    toy = _Toy()
+    events = torch.zeros(2, 1, 4, 4)
+    events.view(2, -1)[:, :8] = 3.0  # mean count 1.5, non-zero fraction 0.5
+    with EnergyMeter(toy, T=2, dvs_input=True) as meter:
+        toy(events)
+    assert meter.rows()[0].rate == pytest.approx(1.5) and meter.rows()[0].sops == pytest.approx(1.5 * 2 * 288)
+
+
 @pytest.fixture(scope="module")
 def fixture_model():
     fixture = load_fixture(FIXTURE_DIR / "sdt_A_lif_static.pt")

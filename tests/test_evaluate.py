@@ -11,6 +11,7 @@ import torch
 from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
 from engine.args import get_args_parser
 from engine.config import parse_args
+from engine.errors import ConfigError
 from engine.evaluate import add_eval_arguments, run_evaluation
 from engine.firing import load_firing_rates
 from engine.skip import select_skip_blocks
@@ -35,8 +36,12 @@ def _checkpoint(tmp_path, T, **model_kwargs):
     return path
 
 
+def _eval_parser():
+    return add_eval_arguments(argparse.ArgumentParser(parents=[get_args_parser()]))
+
+
 def _evaluate(tmp_path, T, *extra):
-    parser = add_eval_arguments(argparse.ArgumentParser(parents=[get_args_parser()]))
+    parser = _eval_parser()
     args = parse_args(parser, [*TINY_FLAGS, "--time-steps", str(T), "--output", str(tmp_path / "valid"),
                                "--resume", str(_checkpoint(tmp_path, T)), *extra])
     return run_evaluation(args, parser)
@@ -111,3 +116,74 @@ def test_checkpoint_of_another_architecture_is_one_clear_error(tmp_path):
     errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "does not fit this model" in errors[0] and "shape mismatches" in errors[0]
     assert not any((tmp_path / "valid").iterdir())
+
+
+def test_evaluating_a_training_run_leaves_it_untouched(tmp_path, monkeypatch):
+    """``-c <run>/args.yaml --resume <run>/model_best.pth.tar``: output/valid/<experiment>, not the training root."""
+    run = tmp_path / "train" / "d"
+    run.mkdir(parents=True)
+    _checkpoint(tmp_path, 2).rename(run / "model_best.pth.tar")
+    (run / "args.yaml").write_text(f"output: {tmp_path / 'train'}\nexperiment: d\ntime_steps: 2\n")
+    before = snapshot(tmp_path / "train")
+    monkeypatch.chdir(tmp_path)
+    parser = _eval_parser()
+    args = parse_args(parser, ["-c", str(run / "args.yaml"), *TINY_FLAGS, "--time-steps", "2",
+                               "--resume", str(run / "model_best.pth.tar")])
+    run_evaluation(args, parser)
+    assert snapshot(tmp_path / "train") == before
+    assert (tmp_path / "output" / "valid" / "d" / "firing.json").is_file()
+    # --output on the command line still chooses the root
+    args = parse_args(parser, ["-c", str(run / "args.yaml"), *TINY_FLAGS, "--time-steps", "2",
+                               "--resume", str(run / "model_best.pth.tar"), "--output", str(tmp_path / "mine")])
+    run_evaluation(args, parser)
+    assert (tmp_path / "mine" / "d" / "firing.json").is_file() and snapshot(tmp_path / "train") == before
+
+
+def _existing_trace(tmp_path):
+    (tmp_path / "old_trace").mkdir()
+    (tmp_path / "old_trace" / "meta.json").write_text("{}")
+    return str(tmp_path / "old_trace")
+
+
+def _a_file(tmp_path):
+    (tmp_path / "file.txt").write_text("keep me")
+    return str(tmp_path / "file.txt")
+
+
+@pytest.mark.parametrize("flags,message", [
+    (lambda p: ["--e-ac", "-0.9"], "--e-ac -0.9: an energy per operation must be a non-negative"),
+    (lambda p: ["--e-mac", "nan"], "--e-mac nan"),
+    (lambda p: ["--encoding-steps", "0"], "--encoding-steps 0: charge between 1 and T=2"),
+    (lambda p: ["--encoding-steps", "3"], "--encoding-steps 3: charge between 1 and T=2"),
+    (lambda p: ["--export-traces", _existing_trace(p)], "already holds a trace"),
+    (lambda p: ["--export-traces", _a_file(p)], "is a file, not a folder"),
+    (lambda p: ["--export-traces", str(p / "new"), "--trace-samples", "0"], "--trace-samples 0"),
+    (lambda p: ["--export-traces", str(p / "new"), "--trace-samples", "-3"], "--trace-samples -3"),
+])
+def test_bad_evaluation_flags_fail_before_anything_is_written(tmp_path, flags, message):
+    with pytest.raises(ConfigError, match=message):
+        _evaluate(tmp_path, 2, *flags(tmp_path))
+    assert not (tmp_path / "valid").exists() and not (tmp_path / "new").exists()
+    assert not (tmp_path / "old_trace").exists() or [p.name for p in (tmp_path / "old_trace").iterdir()] == \
+        ["meta.json"]
+
+
+def test_existing_trace_folder_is_one_error_line_from_the_script(tmp_path):
+    cmd = [sys.executable, "firing_num.py", *TINY_FLAGS, "--resume", str(_checkpoint(tmp_path, 1)),
+           "--output", str(tmp_path / "valid"), "--export-traces", _existing_trace(tmp_path)]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "already holds a trace" in errors[0] and "--overwrite" not in errors[0]
+    assert not (tmp_path / "valid").exists()
+
+
+def test_main_validate_only_uses_the_same_trace_check(tmp_path):
+    import main
+
+    args = parse_args(main.make_parser(), [*TINY_FLAGS, "--validate-only", "--initial-checkpoint",
+                                           str(_checkpoint(tmp_path, 1)), "--output", str(tmp_path / "aster"),
+                                           "--export-traces", str(tmp_path / "t"), "--trace-samples", "0"])
+    with pytest.raises(ConfigError, match="--trace-samples 0"):
+        main.run(args)
+    assert not (tmp_path / "aster").exists()

@@ -98,8 +98,9 @@ def test_storage_is_compact(tmp_path):
 def test_writer_refuses_an_existing_trace(tmp_path):
     capture, _ = tiny_capture()
     write(tmp_path / "t", [capture])
-    with pytest.raises(FileExistsError, match="already holds a trace"):
+    with pytest.raises(FileExistsError, match="already holds a trace") as info:
         TraceWriter(tmp_path / "t", "test")
+    assert "--overwrite" not in str(info.value)  # no such flag
     TraceWriter(tmp_path / "t", "test", overwrite=True)
     assert not list((tmp_path / "t").glob("sample_*.npz"))
 
@@ -146,6 +147,18 @@ def test_bad_files_raise_one_clear_error(tmp_path, how, where, what):
     with pytest.raises(TraceFormatError, match=what) as info:
         TraceReader(trace).load(0)
     assert where in str(info.value)
+
+
+def test_sample_file_copied_over_another_is_detected(tmp_path):
+    """sample_00001.npz copied over sample_00002.npz: the stored sample id no longer matches meta.json."""
+    capture, _ = tiny_capture()
+    trace = write(tmp_path / "t", [capture] * 3)
+    (trace / "sample_00002.npz").write_bytes((trace / "sample_00001.npz").read_bytes())
+    reader = TraceReader(trace)
+    reader.load_raw(1)
+    with pytest.raises(TraceFormatError, match="holds sample 1, but meta.json lists it as sample 2") as info:
+        reader.load_raw(2)
+    assert "sample_00002.npz" in str(info.value)
 
 
 def test_missing_folder(tmp_path):

@@ -1,0 +1,67 @@
+"""main.py: EMA weights after training, checks before any output, the study's thresholds, args.yaml reuse."""
+import csv
+import json
+
+import pytest
+from _aster_helpers import ASTER_FLAGS, T, error_lines, reference_log, run_main, trained_run
+from _engine_helpers import read_summary, snapshot
+
+import main
+from engine.config import parse_args
+
+pytestmark = pytest.mark.slow
+
+RATES = {f"t{t}": {"MS_SSA_Conv0_x_after_qkv": 0.2, "MS_SSA_Conv1_x_after_qkv": 0.004} for t in range(T)}
+
+
+def test_early_exit_after_training_evaluates_the_ema_weights(tmp_path):
+    """model_best is ranked by the EMA's accuracy, so its EMA weights are the ones evaluated."""
+    status, run_dir = run_main(tmp_path, "--model-ema", "--early-exit", experiment="ema")
+    assert status == 0
+    best = max(float(row["eval_top1"]) for row in read_summary(run_dir / "summary.csv"))
+    assert json.loads((run_dir / "aster_eval.json").read_text())["validation"]["top1"] == pytest.approx(best)
+    assert "model_best.pth.tar (state_dict_ema)" in (run_dir / "train.log").read_text()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--skip-lowest", "1", "--log-file", "{tmp}/deep.json"], "come from a model with at least 3 blocks, not 2"),
+    (["--study", "--initial-checkpoint", "{tmp}/any.pth.tar", "--log-file", "{tmp}/deep.json"], "at least 3 blocks"),
+    (["--study", "--initial-checkpoint", "{tmp}/any.pth.tar", "--log-file", "{tmp}/sdt.log", "--study-max-skip", "5"],
+     "--study-max-skip 5 must be between 0 and the number of blocks (2)"),
+    (["--skip-lowest", "1", "--log-file", "{tmp}/na.log"], "is 'n/a', not a finite number"),
+    (["--early-exit", "--exit-threshold", "nan"], "--exit-threshold nan is not a threshold"),
+    (["--exit-sweep", "nan,0.5,inf"], "--exit-sweep holds nan"),
+    (["--epochs", "0"], "--epochs 0: training needs at least 1 epoch"),
+])
+def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, message):
+    deep = {t: {**rates, "MS_SSA_Conv2_x_after_qkv": 0.1} for t, rates in RATES.items()}
+    (tmp_path / "deep.json").write_text(json.dumps({"format": "firing-rates/1", "T": T, "firing_rate": deep}))
+    (tmp_path / "sdt.log").write_text(reference_log(RATES))
+    (tmp_path / "na.log").write_text(reference_log(RATES).replace("0.004", '"n/a"'))
+    before = snapshot(tmp_path)
+    status, _ = run_main(tmp_path, *[f.format(tmp=tmp_path) for f in flags])
+    err = capfd.readouterr().err
+    lines = error_lines(err)
+    assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert message in lines[0], lines[0]
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "na.log",
+                                                                                             "sdt.log"]
+
+
+def test_study_lists_no_exit_once(tmp_path):
+    log = tmp_path / "sdt.log"
+    log.write_text(reference_log(RATES))
+    status, run_dir = run_main(tmp_path, "--study", "--initial-checkpoint", str(trained_run() / "model_best.pth.tar"),
+                               "--log-file", str(log), "--exit-sweep", "0.9,inf", "--study-max-skip", "1")
+    assert status == 0
+    with open(run_dir / "aster_heatmap.csv") as f:
+        rows = [(r["skipped_layers"], r["threshold"]) for r in csv.DictReader(f)]
+    assert rows == [("0", "0.9"), ("0", "inf"), ("1", "0.9"), ("1", "inf")]
+
+
+def test_a_runs_args_yaml_parses_back():
+    """README: a run's args.yaml can be passed back with -c (it holds exit_sweep: [0.5, 0.9] as a YAML list)."""
+    args = parse_args(main.make_parser(), ["-c", str(trained_run() / "args.yaml")])
+    direct = parse_args(main.make_parser(), [*ASTER_FLAGS, "--early-exit", "--exit-sweep", "0.5,0.9"])
+    assert args.exit_sweep == [0.5, 0.9] and args.early_exit
+    assert (args.layer, args.time_steps, args.mean) == (direct.layer, direct.time_steps, direct.mean)

@@ -1,0 +1,74 @@
+"""engine.checkpoint: one clear error for a wrong path or file, a warning for a computation-changing mismatch."""
+import argparse
+import json
+import logging
+
+import pytest
+import timm
+import torch
+
+from engine.checkpoint import load_checkpoint_file, load_model_weights
+from engine.errors import CheckpointError
+
+
+def _tiny(**kwargs):
+    import model  # noqa: F401  (registers the sdt models)
+
+    torch.manual_seed(0)
+    return timm.create_model("sdt", img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32,
+                             num_heads=4, mlp_ratios=2, depths=1, T=2, pooling_stat="1111", **kwargs)
+
+
+def test_directory_is_not_reported_as_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory; expected a checkpoint file") as info:
+        load_checkpoint_file(str(tmp_path))
+    assert "not found" not in str(info.value)
+
+
+def test_file_torch_cannot_read_says_so_first(tmp_path):
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"lr": 0.1}))
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint_file(str(path))
+    message = str(info.value)
+    assert message.startswith(f"cannot read checkpoint {str(path)!r}: not a checkpoint file readable by torch.load")
+    assert "Weights only load failed" not in message and "\n" not in message
+    (tmp_path / "text.pth").write_text("hello")  # torch.load raises KeyError on this one
+    with pytest.raises(CheckpointError, match="not a checkpoint file readable by torch.load"):
+        load_checkpoint_file(str(tmp_path / "text.pth"))
+
+
+@pytest.mark.parametrize("content,what", [({"state_dict": [1, 2]}, "'state_dict' is not a state dict"),
+                                          ({"state_dict": {"w": 1}}, "has non-tensor values"),
+                                          ({"epoch": 3}, "has no 'state_dict' and is not a bare state dict")])
+def test_not_a_state_dict_is_one_clear_error(tmp_path, content, what):
+    path = tmp_path / "odd.pth.tar"
+    torch.save(content, path)
+    with pytest.raises(CheckpointError, match=what):
+        load_model_weights(_tiny(), load_checkpoint_file(str(path)), str(path))
+
+
+def _trained_args(**fields):
+    base = dict(attention_mode="SDT", reference=None, chunk_size=2, dvs_mode=False, pooling_stat="1111")
+    return argparse.Namespace(**{**base, **fields})
+
+
+def test_attention_mode_mismatch_warns(tmp_path, caplog):
+    checkpoint = {"state_dict": _tiny().state_dict(), "args": _trained_args()}
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        load_model_weights(_tiny(attention_mode="STAtten"), checkpoint, "sdt.pth.tar")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "attention_mode='SDT' (this model: 'STAtten')" in warnings[0]
+    assert "reference='sdt' (this model: 'statten')" in warnings[0]
+
+
+def test_chunk_size_mismatch_warns_and_matching_args_do_not(tmp_path, caplog):
+    statten = _tiny(attention_mode="STAtten", chunk_size=1)
+    state = statten.state_dict()
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        load_model_weights(statten, {"state_dict": state, "args": _trained_args(attention_mode="STAtten",
+                                                                                chunk_size=1)}, "same")
+        assert not caplog.records
+        load_model_weights(statten, {"state_dict": state, "args": _trained_args(attention_mode="STAtten")}, "c2")
+    assert len(caplog.records) == 1 and "chunk_size=2 (this model: 1)" in caplog.records[0].getMessage()
