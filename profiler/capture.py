@@ -8,19 +8,23 @@ How the text is cut into runs and blocks (the fork prints no block or run number
 * a block line whose position within the block is not after the previous block line starts the next block;
   a run line that is not after the previous one, or a block line after the model total, starts the next run;
   a "Run i" line closes its run and numbers it (runs without one are numbered on from the previous run);
-* a run is **complete** when it has ``num_layers`` blocks and, if the capture has "Run i" lines, ends with one;
-  the block index within a complete run is its **layer**.  Incomplete runs (a truncated capture, a run with a
-  missing or extra block) are kept apart with their line range and left out of every table;
+* a run is **complete** when it has ``num_layers`` blocks, each with the capture's last block label (the closing
+  probe: ``MLP``, or ``MLP x after identity final`` without timers), and, if the capture has "Run i" lines, ends
+  with one; the block index within a complete run is its **layer**.  Incomplete runs (a truncated capture, a
+  run with a missing, extra or cut-off block) are kept apart with their line range and left out of every table;
 * a stretch of blocks without any run line (the old cap8 layout: sparsity only) is cut into runs of
   ``num_layers`` consecutive blocks; blocks left over when the count is not a multiple are an incomplete run.
 
 The reference profiler script instead grouped *consecutive* block executions in tens (executions 1-10 =
 "Encoder 1"), which mixes layers; grouping the k-th block of every run is what "by layer" means.
 
-Lines that are not measurements are skipped and reported with their line numbers, never fatal.
+Lines that are not measurements, and a last line without a line end (cut off), are skipped and reported with
+their line numbers, never fatal.  UTF-16 files (with a byte-order mark) are decoded; a capture in which nothing is
+found is logged as a warning with what its first bytes suggest (empty, gzip, binary).
 """
 from __future__ import annotations
 
+import codecs
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -34,6 +38,8 @@ __all__ = ["DEFAULT_LAYERS", "Capture", "Run", "capture_from_records", "load_cap
 _logger = logging.getLogger(__name__)
 
 DEFAULT_LAYERS = 8  # the fork's model; used when a capture has no run lines to infer the layer count from
+_NOT_A_CAPTURE = ("is it the fork's output or a capture of 'python -m profiler run' (capture.txt, records.jsonl)? "
+                  "UTF-16 files need a byte-order mark or a conversion to UTF-8")
 
 
 @dataclass
@@ -67,23 +73,30 @@ class Run:
 
 @dataclass
 class Capture:
-    """A parsed capture: complete runs (the tables use only these), incomplete runs and skipped lines."""
+    """A parsed capture: complete runs (the tables use only these), incomplete runs and skipped lines.
+
+    ``note`` says what the file looks like when that explains finding nothing in it (empty, gzip, binary).
+    """
 
     source: str
     num_layers: int
     runs: list[Run]
     incomplete: list[Run] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    note: str = ""
 
     def records(self) -> list[Record]:
         """The records of the complete runs."""
         return [record for run in self.runs for record in run.records]
 
     def log_summary(self) -> None:
-        """Log the run count, every incomplete run and the skipped line numbers."""
-        blocks = sorted({run.blocks for run in self.runs})
-        _logger.info("%s: %d complete runs of %s blocks (%d layers)", self.source, len(self.runs),
-                     "/".join(map(str, blocks)) or "-", self.num_layers)
+        """Log the run count (a warning if nothing was found), every incomplete run and the skipped line numbers."""
+        if not self.runs and not self.incomplete:
+            _logger.warning("%s: no capture lines found: %s", self.source, self.note or _NOT_A_CAPTURE)
+        else:
+            blocks = sorted({run.blocks for run in self.runs})
+            _logger.info("%s: %d complete runs of %s blocks (%d layers)", self.source, len(self.runs),
+                         "/".join(map(str, blocks)) or "-", self.num_layers)
         for run in self.incomplete:
             _logger.warning("%s: lines %d-%d: incomplete run left out (%s)", self.source, run.first_line,
                             run.last_line, run.problem)
@@ -131,11 +144,14 @@ class _Segment:
         return Run(self.run, self.records, self.lines)
 
 
-def _text_runs(path: Path) -> tuple[list[Run], list[Skipped]]:
+def _text_runs(path: Path, encoding: str) -> tuple[list[Run], list[Skipped]]:
     """Cut a text capture into runs (numbered only where a "Run i" line closes them) and skipped lines."""
     runs, skipped, current = [], [], _Segment()
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding=encoding, errors="replace") as f:
         for number, text in enumerate(f, 1):
+            if not text.endswith("\n") and text.strip():  # the writer was stopped in the middle of this line
+                skipped.append(Skipped(number, "cut off: the last line has no line end", text))
+                continue
             try:
                 parsed = parse_line(text)
             except LineError as exc:
@@ -169,6 +185,12 @@ def _split(run: Run, num_layers: int) -> list[Run]:
     return out
 
 
+def _unclosed_block(run: Run, closing: str | None) -> int | None:
+    """The first block of ``run`` without the ``closing`` label (a block cut off), or None."""
+    closed = {record.block for record in run.records if record.label == closing}
+    return next((block for block in range(run.blocks) if block not in closed), None)
+
+
 def _layer_count(runs: list[Run]) -> int:
     counts = Counter(run.blocks for run in runs if run.has_run_lines and run.blocks)
     if counts:
@@ -182,12 +204,17 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
     layers = _layer_count(runs) if num_layers is None else num_layers
     runs = [part for run in runs for part in _split(run, layers)]
     needs_total = any(record.label == RUN_TOTAL for run in runs for record in run.records)
+    # every whole block ends with the last block label (in print order) that the capture has
+    closing = max({r.label for run in runs for r in run.records if r.block is not None},
+                  key=lambda label: LABELS[label].order, default=None)
     complete, incomplete, last = [], [], 0
     for run in runs:
         run.number = last = run.number if run.number is not None else last + 1
         run.records = [replace(record, run=run.number) for record in run.records]
         if run.problem is None and run.blocks != layers:
             run.problem = f"{run.blocks} blocks, expected {layers}"
+        elif run.problem is None and (cut := _unclosed_block(run, closing)) is not None:
+            run.problem = f"block {cut} has no closing {closing!r} line (cut off?)"
         elif run.problem is None and needs_total and not any(r.label == RUN_TOTAL for r in run.records):
             run.problem = "no closing 'Run i - Tempo totale' line (truncated?)"
         (complete if run.problem is None else incomplete).append(run)
@@ -205,6 +232,19 @@ def capture_from_records(source: str, records: list[Record], num_layers: int | N
     return _finish(source, list(by_run.values()), [], num_layers)
 
 
+def _sniff(path: Path) -> tuple[str | None, str]:
+    """The text encoding of a capture (None: not text), and what its first bytes say if nothing is found in it."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"\x1f\x8b"):
+        return None, "the file is gzip-compressed: decompress it first (gunzip)"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16", ""
+    if b"\0" in head:
+        return "utf-8-sig", "the file holds NUL bytes: binary, or UTF-16 without a byte-order mark (convert to UTF-8)"
+    return "utf-8-sig", "" if head.strip() else "the file is empty"
+
+
 def load_capture(path: Path, num_layers: int | None = None, source: str | None = None) -> Capture:
     """Parse a capture file: ``*.jsonl`` as our JSON-lines stream, anything else as the fork's text.
 
@@ -215,12 +255,17 @@ def load_capture(path: Path, num_layers: int | None = None, source: str | None =
     """
     path = Path(path)
     source = source or path.name
-    if path.suffix != ".jsonl":
-        runs, skipped = _text_runs(path)
-        return _finish(source, runs, skipped, num_layers)
-    numbered, skipped = read_jsonl(path)
-    skipped += [Skipped(n, f"unknown label {r.label!r}", r.to_json()) for n, r in numbered if r.label not in LABELS]
-    known = [(n, r) for n, r in numbered if r.label in LABELS]
-    capture = capture_from_records(source, [r for _, r in known], num_layers, [n for n, _ in known])
-    capture.skipped = sorted(skipped, key=lambda s: s.line)
+    encoding, note = _sniff(path)
+    if encoding is None:
+        capture = _finish(source, [], [], num_layers)
+    elif path.suffix != ".jsonl":
+        capture = _finish(source, *_text_runs(path, encoding), num_layers)
+    else:
+        numbered, skipped = read_jsonl(path, encoding)
+        skipped += [Skipped(n, f"unknown label {r.label!r}", r.to_json()) for n, r in numbered
+                    if r.label not in LABELS]
+        known = [(n, r) for n, r in numbered if r.label in LABELS]
+        capture = capture_from_records(source, [r for _, r in known], num_layers, [n for n, _ in known])
+        capture.skipped = sorted(skipped, key=lambda s: s.line)
+    capture.note = note
     return capture

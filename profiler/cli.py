@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from .capture import load_capture
 from .config import load_config
 from .plots import plot_tables
-from .run import add_run_arguments, build_model, make_inputs, run_profile
+from .run import add_run_arguments, build_model, int_at_least, make_inputs, output_folder, run_profile
 from .tables import write_tables
 
 __all__ = ["build_parser", "main"]
@@ -36,7 +37,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                                 description="Parse captures into CSV tables (profiler.tables).")
     parse.add_argument("captures", nargs="+", type=Path, help="capture files: the fork's text, or *.jsonl")
     parse.add_argument("--out", type=Path, required=True, help="folder for the CSV tables")
-    parse.add_argument("--layers", type=int, help="encoder blocks per run (default: inferred, else 8)")
+    parse.add_argument("--layers", type=int_at_least(1), help="encoder blocks per run (default: inferred, else 8)")
 
     plot = commands.add_parser("plot", help="CSV tables -> the six PNG figures",
                                description="Draw the six figures from the tables of 'parse'.")
@@ -62,6 +63,7 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         if args.config is not None:
             run_parser.set_defaults(**load_config(args.config, run_parser, args.ignore_unknown_keys))
             args = parser.parse_args(argv)
+        args.out = output_folder(args.out)
         device = _device(args.device)
         net = build_model(args)
         inputs = make_inputs(args, device)
@@ -88,12 +90,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _source_names(paths: list[Path]) -> list[str]:
+    """Each capture's name in the tables: the shortest end of its path that no other capture's path ends with.
+
+    Raises:
+        ValueError: a file is given twice (its rows would be counted twice).
+    """
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        first = seen.setdefault(path.resolve(), path)
+        if first is not path:
+            raise ValueError(f"{path} is the same file as {first}: give each capture once")
+    parts = [Path(os.path.abspath(path)).parts for path in paths]
+    names = []
+    for i, own in enumerate(parts):
+        others = parts[:i] + parts[i + 1:]
+        k = next(k for k in range(1, len(own) + 1) if all(other[-k:] != own[-k:] for other in others))
+        names.append(Path(*own[-k:]).as_posix())
+    return names
+
+
 def _parse(args: argparse.Namespace) -> None:
-    names = [path.name for path in args.captures]
     captures = []
-    for path in args.captures:
-        # the file name tells the captures apart, or folder/name where two files share a name (records.jsonl)
-        source = path.name if names.count(path.name) == 1 else f"{path.parent.name}/{path.name}"
+    for path, source in zip(args.captures, _source_names(args.captures)):
         capture = load_capture(path, args.layers, source)
         capture.log_summary()
         captures.append(capture)

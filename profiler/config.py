@@ -27,6 +27,8 @@ def _convert(action: argparse.Action, key: str, value):
     if action.type is not None and value is not None:
         try:
             value = action.type(value)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(f"config key {key!r}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise ValueError(f"config key {key!r}: {value!r} is not a valid {action.type.__name__}") from exc
     if action.choices is not None and value not in action.choices:
@@ -38,10 +40,14 @@ def load_config(path: Path, parser: argparse.ArgumentParser, ignore_unknown: boo
     """Read ``path`` and return ``{dest: value}`` for ``parser.set_defaults``.
 
     Raises:
-        ValueError: the file is not a mapping, a key is unknown (unless ``ignore_unknown``) or a value is invalid.
+        ValueError: the file is not YAML or not a mapping, a key is unknown (unless ``ignore_unknown``) or a value is
+            invalid.
     """
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:  # the engine's message (engine.config.load_config)
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}

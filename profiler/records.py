@@ -87,10 +87,10 @@ class JsonlWriter:
         self.stream.writelines(record.to_json() + "\n" for record in records)
 
 
-def read_jsonl(path: Path) -> tuple[list[tuple[int, Record]], list[Skipped]]:
+def read_jsonl(path: Path, encoding: str = "utf-8") -> tuple[list[tuple[int, Record]], list[Skipped]]:
     """``(line number, record)`` pairs of a JSON-lines file, and the lines that are not valid records."""
     records, skipped = [], []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding=encoding, errors="replace") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

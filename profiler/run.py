@@ -7,6 +7,10 @@ autograd on, without resetting the neurons between runs.  Writes into ``--out``:
 * ``capture.txt``: the fork's text lines (``profiler.fork_format``), readable by ``python -m profiler parse``;
 * ``records.jsonl``: the same measurements as JSON lines (``profiler.records``);
 * ``args.yaml`` (the resolved options) and ``meta.json`` (versions, device).
+
+The four files are written as temporary files and renamed together at the end, so an interrupted run leaves
+none; a folder that already holds a capture is kept, and the run goes to ``DIR-1``, ``DIR-2``, ... instead
+(as ``engine.outputs.resolve_output_dir`` does for training runs).
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -34,9 +38,25 @@ from .records import JsonlWriter
 from .session import ProfileSession
 from .tables import summary_lines
 
-__all__ = ["add_run_arguments", "build_model", "make_inputs", "run_profile"]
+__all__ = ["add_run_arguments", "build_model", "int_at_least", "make_inputs", "output_folder", "run_profile"]
 
 _logger = logging.getLogger(__name__)
+
+_OUTPUTS = ("capture.txt", "records.jsonl", "args.yaml", "meta.json")
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (the config reader reports its message too)."""
+    def convert(text) -> int:
+        try:
+            value = int(text)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+        return value
+
+    return convert
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,12 +82,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a fresh torch.randn batch per run, or batches of a dataset through engine/")
     group.add_argument("--dataset", default="", help="dataset name for --input dataset")
     group.add_argument("--data-dir", default="", help="dataset folder for --input dataset")
-    group.add_argument("-b", "--batch-size", type=int, default=1)
+    group.add_argument("-b", "--batch-size", type=int_at_least(1), default=1)
     group.add_argument("--seed", type=int, default=0, help="seeds the weights and the random inputs")
 
     group = parser.add_argument_group("Execution")
-    group.add_argument("--runs", type=int, default=30, help="recorded forward passes (default: 30)")
-    group.add_argument("--warmup", type=int, default=0, help="unrecorded forward passes first (default: 0)")
+    group.add_argument("--runs", type=int_at_least(1), default=30, help="recorded forward passes (default: 30)")
+    group.add_argument("--warmup", type=int_at_least(0), default=0, help="unrecorded forward passes first (default: 0)")
     group.add_argument("--mode", default="train", choices=("train", "eval"),
                        help="train: BN batch statistics and autograd, as the fork; eval: eval() + inference_mode")
     group.add_argument("--reset", action=argparse.BooleanOptionalAction, default=False,
@@ -83,7 +103,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "--no-sparsity for the cleanest times")
     group.add_argument("--text-units", default="fork", choices=("fork", "ns"),
                        help="fork: the fork's units and 4 decimals of a second; ns: every timer in ns (lossless)")
-    group.add_argument("--out", type=Path, required=True, help="output folder")
+    group.add_argument("--out", type=Path, required=True,
+                       help="output folder; one that holds a capture is kept and DIR-1, DIR-2, ... used instead")
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
@@ -138,6 +159,22 @@ def make_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[torc
     return _dataset_inputs(args, device, build_eval_loader)
 
 
+def output_folder(out: Path) -> Path:
+    """``out``, or ``out-1``, ``out-2``, ... (the first that is free) if ``out`` already holds a capture.
+
+    Raises:
+        ValueError: ``out`` is a file.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: give a folder")
+    path, suffix = out, 1
+    while path.exists() and (not path.is_dir() or any((path / name).exists() for name in _OUTPUTS)):
+        path, suffix = Path(f"{out}-{suffix}"), suffix + 1
+    if path != out:
+        _logger.warning("%s already holds a capture; writing to %s", out, path)
+    return path
+
+
 def _meta(device: torch.device) -> dict:
     return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
@@ -147,32 +184,33 @@ def _meta(device: torch.device) -> dict:
 
 
 def run_profile(args: argparse.Namespace, net: nn.Module, inputs: Iterator[torch.Tensor]) -> Capture:
-    """Run ``args.warmup`` unrecorded and ``args.runs`` recorded forward passes; write the outputs."""
+    """Run ``args.warmup`` unrecorded and ``args.runs`` recorded forward passes; write the outputs into
+    ``args.out`` (see :func:`output_folder`), all four files at the end."""
     device = torch.device(args.device)
     net.to(device).train(args.mode == "train")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out / "args.yaml") as f:
-        yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, f, sort_keys=False)
-    with atomic_open(out / "meta.json") as f:
-        json.dump(_meta(device), f, indent=2)
     grad_mode = torch.inference_mode() if args.mode == "eval" else nullcontext()
     autocast = torch.autocast(device.type, dtype=getattr(torch, args.amp_dtype), enabled=args.amp)
     records = []
-    with atomic_open(out / "capture.txt") as text, atomic_open(out / "records.jsonl") as jsonl, grad_mode, \
-            autocast, ProfileSession(net, device, timers=args.timers, probes=args.sparsity) as session:
-        writers = [ForkTextWriter(text, args.text_units), JsonlWriter(jsonl)]
-        for number in range(1 - args.warmup, args.runs + 1):  # warm-up runs are numbered <= 0, not written
-            if args.reset:
-                net.reset_neurons()
-            x = next(inputs)
-            run_records = session.run(number, lambda: net(x))
-            if number > 0:
-                for writer in writers:
-                    writer.write(run_records)
-                records += run_records
-                _logger.debug("run %d done", number)
+    with (atomic_open(out / "capture.txt") as text, atomic_open(out / "records.jsonl") as jsonl,
+          atomic_open(out / "args.yaml") as args_file, atomic_open(out / "meta.json") as meta_file):
+        yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, args_file,
+                       sort_keys=False)
+        json.dump(_meta(device), meta_file, indent=2)
+        with grad_mode, autocast, ProfileSession(net, device, timers=args.timers, probes=args.sparsity) as session:
+            writers = [ForkTextWriter(text, args.text_units), JsonlWriter(jsonl)]
+            for number in range(1 - args.warmup, args.runs + 1):  # warm-up runs are numbered <= 0, not written
+                if args.reset:
+                    net.reset_neurons()
+                x = next(inputs)
+                run_records = session.run(number, lambda: net(x))
+                if number > 0:
+                    for writer in writers:
+                        writer.write(run_records)
+                    records += run_records
+                    _logger.debug("run %d done", number)
     capture = capture_from_records("records.jsonl", records, num_layers=args.layer)
-    _logger.info("%d runs on %s written to %s; means over the runs:\n%s", len(capture.runs), device, out,
+    _logger.info("%d runs on %s written to %s; means over the runs:\n%s", args.runs, device, out,
                  "\n".join(summary_lines(capture)))
     return capture

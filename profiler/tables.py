@@ -152,9 +152,18 @@ def write_csv(path: Path, rows: Iterable[dict], fieldnames: list[str]) -> None:
 
 
 def read_csv(path: Path) -> list[dict]:
-    """Rows of a CSV file as dicts of strings."""
+    """Rows of a CSV file as dicts of strings; a row with missing or extra fields is skipped with a warning."""
+    rows = []
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        for row in reader:
+            if None in row or None in row.values():  # DictReader's fill for extra and missing fields
+                fields = len(reader.fieldnames) - list(row.values()).count(None) + len(row.get(None, ()))
+                _logger.warning("%s: line %d skipped: %d fields, the header has %d (cut off or edited? write the "
+                                "tables again with 'parse')", path, reader.line_num, fields, len(reader.fieldnames))
+                continue
+            rows.append(row)
+    return rows
 
 
 def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:

@@ -1,15 +1,20 @@
 """Bad captures: whatever is valid is parsed, the rest is reported with line numbers, nothing raises."""
+import gzip
 import json
+import logging
+
+import pytest
 
 from profiler.capture import load_capture
+from profiler.cli import main
 from profiler.tables import read_csv, write_tables
 from profiler_helpers import CAPTURE_DIR, cap8_lines, needs_captures
 
 LINES_PER_RUN = 348
 
 
-def _fork_lines():
-    return (CAPTURE_DIR / "capcifar3.txt").read_text().splitlines()
+def _fork_lines(name="capcifar3.txt"):
+    return (CAPTURE_DIR / name).read_text().splitlines()
 
 
 @needs_captures
@@ -76,6 +81,108 @@ def test_empty_and_garbage_files(tmp_path):
     empty.write_text("")
     assert load_capture(empty).runs == []
     garbage = tmp_path / "garbage.txt"
-    garbage.write_bytes(b"\xff\xfe binary \x00 junk\n[Time] - MLP: 0.00\n")
+    garbage.write_bytes(b"\x80\xfe binary \x00 junk\n[Time] - MLP: 0.00\n")  # not UTF-8, NUL bytes
     capture = load_capture(garbage)
     assert capture.runs == [] and [s.line for s in capture.skipped] == [1, 2]
+
+
+def _no_run_lines():
+    """capcifar.txt without its timer and "Run i" lines: the cap8 layout, 36 lines (18 probes) per block."""
+    lines = [line for line in _fork_lines("capcifar.txt") if not line.startswith(("[Time]", "Run "))]
+    assert len(lines) == 30 * 8 * 36
+    return lines
+
+
+@needs_captures
+def test_capture_without_run_lines_cut_inside_a_block(tmp_path):
+    path = tmp_path / "cut.txt"
+    path.write_text("\n".join(_no_run_lines()[:1986]) + "\n")  # run 7, block 7: 6 of its 36 lines
+    capture = load_capture(path)
+    assert [run.number for run in capture.runs] == list(range(1, 7))
+    (cut,) = capture.incomplete
+    assert (cut.number, cut.first_line, cut.last_line, cut.blocks) == (7, 1729, 1985, 8)
+    assert cut.problem == "block 7 has no closing 'MLP x after identity final' line (cut off?)"
+    rows = read_csv(write_tables([capture], tmp_path / "tables")["layer_sparsity"])
+    assert {row["runs"] for row in rows} == {"6"}
+
+
+def test_cap8_layout_cut_inside_the_last_block(tmp_path):
+    path = tmp_path / "cap8_cut.txt"
+    path.write_text("\n".join(cap8_lines(16)[:-1]) + "\n")  # block 7 of run 2 lacks its last probe
+    capture = load_capture(path)
+    assert [run.number for run in capture.runs] == [1]
+    assert capture.incomplete[0].problem == "block 7 has no closing 'MLP x after identity final' line (cut off?)"
+
+
+@needs_captures
+def test_last_line_without_a_line_end_is_cut_off(tmp_path):
+    path = tmp_path / "cut.txt"
+    lines = _no_run_lines()[:8 * 36 + 4] + ["sparsity k: 0.96"]  # run 2: x_for_qkv, q, then k written up to 0.96
+    path.write_text("\n".join(lines))
+    capture = load_capture(path)
+    assert len(capture.runs) == 1 and capture.incomplete[0].blocks == 1
+    (skipped,) = capture.skipped
+    assert (skipped.line, skipped.reason, skipped.text) == (len(lines), "cut off: the last line has no line end",
+                                                            "sparsity k: 0.96")
+    assert [r.label for r in capture.incomplete[0].records] == ["x_for_qkv", "q"]
+
+
+@needs_captures
+def test_utf16_capture_is_decoded(tmp_path):
+    text = "\n".join(_fork_lines()[:LINES_PER_RUN]) + "\n"
+    path = tmp_path / "powershell.txt"
+    path.write_text(text, encoding="utf-16")  # with a byte-order mark, as PowerShell's redirection writes
+    capture = load_capture(path)
+    assert len(capture.runs) == 1 and not capture.incomplete and not capture.skipped
+
+
+def test_nothing_found_is_a_warning_with_the_likely_cause(tmp_path, caplog):
+    files = {"empty.txt": b"", "cap.txt.gz": gzip.compress(b"sparsity q: 0.5\n"), "bin.txt": b"\x00\x01\x02\n",
+             "notes.txt": b"hello\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        load_capture(tmp_path / name).log_summary()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "no capture" in r.message]
+    assert warnings == ["empty.txt: no capture lines found: the file is empty",
+                        "cap.txt.gz: no capture lines found: the file is gzip-compressed: decompress it first (gunzip)",
+                        "bin.txt: no capture lines found: the file holds NUL bytes: binary, or UTF-16 without a "
+                        "byte-order mark (convert to UTF-8)",
+                        "notes.txt: no capture lines found: is it the fork's output or a capture of 'python -m "
+                        "profiler run' (capture.txt, records.jsonl)? UTF-16 files need a byte-order mark or a "
+                        "conversion to UTF-8"]
+
+
+def test_sources_named_by_the_shortest_distinct_path_end(tmp_path, capsys):
+    paths = [tmp_path / "A" / "gpu" / "cap8.txt", tmp_path / "B" / "gpu" / "cap8.txt", tmp_path / "other.txt"]
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(cap8_lines(16)) + "\n")
+    main(["parse", *map(str, paths), "--out", str(tmp_path / "tables")])
+    runs = read_csv(tmp_path / "tables" / "runs.csv")
+    assert [(r["source"], r["run"]) for r in runs] == [
+        ("A/gpu/cap8.txt", "1"), ("A/gpu/cap8.txt", "2"), ("B/gpu/cap8.txt", "1"), ("B/gpu/cap8.txt", "2"),
+        ("other.txt", "1"), ("other.txt", "2")]
+    same = tmp_path / "A" / "gpu" / ".." / "gpu" / "cap8.txt"
+    with pytest.raises(SystemExit):
+        main(["parse", str(paths[0]), str(same), "--out", str(tmp_path / "twice")])
+    assert f"{same} is the same file as {paths[0]}: give each capture once" in capsys.readouterr().err
+    assert not (tmp_path / "twice").exists()
+
+
+@pytest.mark.parametrize("layers", ["0", "-1"])
+def test_layers_below_one_is_an_error(tmp_path, capsys, layers):
+    (tmp_path / "cap8.txt").write_text("\n".join(cap8_lines(8)) + "\n")
+    with pytest.raises(SystemExit):
+        main(["parse", str(tmp_path / "cap8.txt"), f"--layers={layers}", "--out", str(tmp_path / "tables")])
+    assert f"argument --layers: {layers} is less than 1" in capsys.readouterr().err
+
+
+def test_plot_skips_a_cut_off_table_row(tmp_path, caplog):
+    (tmp_path / "cap8.txt").write_text("\n".join(cap8_lines(16)) + "\n")
+    main(["parse", str(tmp_path / "cap8.txt"), "--out", str(tmp_path / "tables")])
+    table = tmp_path / "tables" / "layer_sparsity.csv"
+    lines = table.read_text().splitlines()
+    table.write_text("\n".join(lines[:-1] + [",".join(lines[-1].split(",")[:3])]))  # the last row cut off
+    main(["plot", str(tmp_path / "tables"), "--out", str(tmp_path / "plots")])
+    assert f"{table}: line {len(lines)} skipped: 3 fields, the header has 7" in caplog.text
+    assert (tmp_path / "plots" / "cap8_layer_sparsity.png").is_file()

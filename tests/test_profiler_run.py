@@ -1,10 +1,12 @@
 """``python -m profiler run/parse/plot`` on a tiny model, on the CPU."""
+import logging
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from profiler.capture import load_capture
@@ -98,3 +100,55 @@ def test_parse_and_plot_our_capture(tmp_path):
                                                         "stem_times", "layer_sparsity", "step_sparsity"])]
     with pytest.raises(SystemExit):
         main(["parse", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "tables")])
+
+
+def _outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_path, monkeypatch, caplog):
+    out = tmp_path / "run"
+    main(["run", *TINY_RUN, "--runs", "1", "--out", str(out)])
+    before = _outputs(out)
+
+    def interrupted(args, device):  # one input, then Ctrl-C
+        yield torch.randn(1, 3, 32, 32)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr("profiler.cli.make_inputs", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            main(["run", *TINY_RUN, "--runs", "2", "--out", str(out)])
+    assert _outputs(out) == before and list((tmp_path / "run-1").iterdir()) == []
+    assert f"{out} already holds a capture; writing to {out}-1" in caplog.text
+    main(["run", *TINY_RUN, "--runs", "2", "--out", str(out)])  # run-1 holds no capture: used
+    assert _outputs(out) == before and set(_outputs(tmp_path / "run-1")) == set(before)
+    assert len(load_capture(tmp_path / "run-1" / "records.jsonl").runs) == 2
+
+
+@pytest.mark.parametrize("argv, config, message", [
+    (["-b", "0"], None, "argument -b/--batch-size: 0 is less than 1"),
+    (["--runs", "0"], None, "argument --runs: 0 is less than 1"),
+    (["--runs", "-1"], None, "argument --runs: -1 is less than 1"),
+    (["--warmup", "-1"], None, "argument --warmup: -1 is less than 0"),
+    ([], "batch_size: 0\n", "config key 'batch_size': 0 is less than 1"),
+    ([], "dim: [32\nlayer: 1\n", "is not valid YAML: while parsing a flow sequence"),
+    (["--out", "FILE"], None, "is a file: give a folder"),
+])
+def test_bad_run_options_are_one_error_before_anything_is_written(tmp_path, capsys, argv, config, message):
+    (tmp_path / "FILE").write_text("keep me")
+    argv = [str(tmp_path / "FILE") if arg == "FILE" else arg for arg in argv]
+    if config is not None:
+        (tmp_path / "c.yml").write_text(config)
+        argv += ["-c", str(tmp_path / "c.yml")]
+    with pytest.raises(SystemExit):
+        main(["run", *TINY_RUN, "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and (tmp_path / "FILE").read_text() == "keep me"
+
+
+def test_run_count_without_timers_or_probes(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="profiler.run")
+    main(["run", *TINY_RUN, "--runs", "3", "--no-timers", "--no-sparsity", "--out", str(tmp_path)])
+    assert f"3 runs on cpu written to {tmp_path}" in caplog.text
