@@ -164,6 +164,30 @@ def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str =
     return all_unexpected, all_missing
 
 
+_OPTIMIZER_ARGS = ("lr", "weight_decay", "momentum", "opt_betas", "opt_eps")
+
+
+def _restore_optimizer(args: argparse.Namespace, optimizer: torch.optim.Optimizer, checkpoint: dict) -> None:
+    """Load the optimizer state of a checkpoint made by the same optimizer; warn that it brings back its own
+    learning rate and hyper-parameters (timm's schedule starts from the restored ``initial_lr``)."""
+    trained = checkpoint.get("args")
+    trained_opt = getattr(trained, "opt", None)
+    if trained_opt is not None and trained_opt.lower() != args.opt.lower():
+        raise CheckpointError(f"checkpoint {args.resume!r} holds the state of optimizer {trained_opt!r}, this run "
+                              f"uses --opt {args.opt!r}; pass --opt {trained_opt} to continue, or --no-resume-opt to "
+                              "restore the weights only")
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"checkpoint {args.resume!r}: optimizer state does not fit ({exc}); "
+                              f"pass --no-resume-opt to restore the weights only") from None
+    changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (checkpoint: {getattr(trained, k)})"
+               for k in _OPTIMIZER_ARGS if hasattr(trained, k) and getattr(trained, k) != getattr(args, k, None)]
+    if changed:
+        _logger.warning("resuming restores the optimizer's own learning rate and hyper-parameters, so %s will not "
+                        "take effect; pass --no-resume-opt to start the optimizer afresh with them", ", ".join(changed))
+
+
 def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                       loss_scaler: Any = None) -> tuple[int, dict]:
     """Restore model weights, optimizer and AMP scaler state from ``args.resume``.
@@ -177,11 +201,7 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
     load_model_weights(model, checkpoint, args.resume)
     if not args.no_resume_opt:
         if optimizer is not None and "optimizer" in checkpoint:
-            try:
-                optimizer.load_state_dict(checkpoint["optimizer"])
-            except (ValueError, KeyError) as exc:
-                raise CheckpointError(f"checkpoint {args.resume!r}: optimizer state does not fit ({exc}); "
-                                      f"pass --no-resume-opt to restore the weights only") from None
+            _restore_optimizer(args, optimizer, checkpoint)
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
     epoch = checkpoint.get("epoch")

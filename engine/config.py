@@ -50,8 +50,8 @@ def _convert_list_type(key: str, action: argparse.Action, value: list) -> list:
 
 
 def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
-    if value is None:
-        return None
+    if action.type is int and isinstance(value, float) and not value.is_integer():
+        raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
     if isinstance(value, list) and hasattr(action.type, "element_type"):
         return _convert_list_type(key, action, value)
     if action.type is not None:
@@ -73,9 +73,12 @@ def _convert(key: str, action: argparse.Action, value: Any) -> Any:
         if not isinstance(value, bool) and not (value is None and action.default is None):
             raise ConfigError(f"config key {key!r}: expected true or false, got {value!r}")
         return value
+    if value is None:
+        if action.default is not None:
+            raise ConfigError(f"config key {key!r}: null is not a value here; give a value (default "
+                              f"{action.default!r}) or leave the key out")
+        return None
     if action.nargs in ("+", "*") or isinstance(action.nargs, int):
-        if value is None:
-            return None
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
         if isinstance(action.nargs, int) and len(value) != action.nargs:
@@ -150,8 +153,11 @@ def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) 
 
 
 def dump_args(args: argparse.Namespace, path: str) -> None:
-    """Write the resolved arguments as YAML (atomically)."""
+    """Write the resolved arguments as YAML (atomically); ``device`` as asked for (``--device``, often empty), not
+    as resolved for this process, so the file runs on another machine or under another launcher."""
     from .atomic import atomic_open
 
+    values = dict(vars(args))
+    values["device"] = values.pop("requested_device", values.get("device"))
     with atomic_open(path) as f:
-        yaml.safe_dump(dict(sorted(vars(args).items())), f, default_flow_style=False, sort_keys=False)
+        yaml.safe_dump(dict(sorted(values.items())), f, default_flow_style=False, sort_keys=False)

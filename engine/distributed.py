@@ -28,6 +28,7 @@ def init_distributed(args: argparse.Namespace) -> None:
     args.rank = int(os.environ.get("RANK", 0))
     args.local_rank = int(os.environ.get("LOCAL_RANK", args.local_rank))
     args.distributed = args.world_size > 1
+    args.requested_device = getattr(args, "requested_device", args.device)
     if not args.device:
         args.device = f"cuda:{args.local_rank}" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)

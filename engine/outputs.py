@@ -2,16 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import logging
 import os
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
+from .atomic import write_text_atomic
 from .config import dump_args
 
-__all__ = ["LOG_FORMAT", "setup_console_logging", "resolve_output_dir", "RunOutputs"]
+__all__ = ["LOG_FORMAT", "setup_console_logging", "start_run_log", "resolve_output_dir", "RunOutputs"]
 
+_logger = logging.getLogger(__name__)
 LOG_FORMAT = "%(asctime)s %(levelname)s: %(message)s"
 DEFAULT_OUTPUT_ROOT = os.path.join("output", "train")
 
@@ -38,6 +42,25 @@ def setup_console_logging(rank: int = 0) -> None:
     root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
 
 
+class _EarlyRecords(logging.Handler):
+    """Keeps the records logged before the run folder exists, for :class:`RunOutputs` to put into its log file."""
+
+    def __init__(self, limit: int = 10_000):
+        super().__init__(logging.INFO)
+        self.records: deque[logging.LogRecord] = deque(maxlen=limit)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def start_run_log() -> None:
+    """Start keeping this run's log records (setup warnings, the resume line) until its log file is opened."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _EarlyRecords)]:
+        root.removeHandler(handler)
+    root.addHandler(_EarlyRecords())
+
+
 def _default_experiment(args: argparse.Namespace) -> str:
     dataset = args.dataset.split("/")[-1]
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-data-{dataset}-t-{args.time_steps}-spike-{args.spike_mode}"
@@ -48,11 +71,14 @@ def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True) 
 
     An existing folder is reused only when ``--resume`` points into it and ``reuse_resume_dir`` (a resumed training
     run; never an evaluation); otherwise ``-1``, ``-2``, ... is appended, so a new run never overwrites an earlier
-    one.
+    one.  A resumed training run without ``--experiment`` continues in the run folder of its checkpoint (a folder
+    holding a ``summary.csv``).
     """
+    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume and reuse_resume_dir else None
+    if resume_dir and not args.experiment and os.path.isfile(os.path.join(resume_dir, "summary.csv")):
+        return resume_dir
     base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
                                         _default_experiment(args)))
-    resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume and reuse_resume_dir else None
     path, suffix = base, 1
     while os.path.exists(path) and path != resume_dir:
         path, suffix = f"{base}-{suffix}", suffix + 1
@@ -63,12 +89,17 @@ class RunOutputs:
     """Creates the run folder and records a run into it.
 
     Args:
-        args: resolved arguments, dumped to ``args.yaml``.
+        args: resolved arguments, dumped to ``args.yaml`` (``args-resume-N.yaml`` when resuming into a folder that
+            has one, so the original run's arguments are kept).
         output_dir: the run folder (see :func:`resolve_output_dir`).
-        log_name: file name of the log, e.g. ``train.log``.
+        log_name: file name of the log, e.g. ``train.log``; it starts with the records kept since
+            :func:`start_run_log`.
+        resume_epoch: the first epoch of a resumed run: ``summary.csv`` rows and TensorBoard scalars of this epoch
+            and later ones (left by the run that is resumed from an earlier checkpoint) are dropped.
     """
 
-    def __init__(self, args: argparse.Namespace, output_dir: str, log_name: str = "train.log"):
+    def __init__(self, args: argparse.Namespace, output_dir: str, log_name: str = "train.log",
+                 resume_epoch: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         os.makedirs(output_dir, exist_ok=True)
@@ -76,9 +107,34 @@ class RunOutputs:
         self.summary_path = os.path.join(output_dir, "summary.csv")
         self._file_handler = logging.FileHandler(os.path.join(output_dir, log_name))
         self._file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
-        logging.getLogger().addHandler(self._file_handler)
-        dump_args(args, os.path.join(output_dir, "args.yaml"))
-        self.writer = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"))
+        root = logging.getLogger()
+        for early in [h for h in root.handlers if isinstance(h, _EarlyRecords)]:
+            for record in early.records:
+                self._file_handler.handle(record)
+            root.removeHandler(early)
+        root.addHandler(self._file_handler)
+        dump_args(args, self._args_path())
+        if resume_epoch is not None:
+            self._drop_summary_rows_from(resume_epoch)
+        self.writer = SummaryWriter(log_dir=os.path.join(output_dir, "tensorboard"), purge_step=resume_epoch)
+
+    def _args_path(self) -> str:
+        path, n = os.path.join(self.output_dir, "args.yaml"), 1
+        while os.path.exists(path):
+            path, n = os.path.join(self.output_dir, f"args-resume-{n}.yaml"), n + 1
+        return path
+
+    def _drop_summary_rows_from(self, epoch: int) -> None:
+        if not os.path.isfile(self.summary_path):
+            return
+        with open(self.summary_path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < epoch]
+        if len(kept) < len(rows):
+            buffer = io.StringIO()
+            csv.writer(buffer).writerows(kept)
+            write_text_atomic(self.summary_path, buffer.getvalue())
+            _logger.info("summary.csv: dropped the rows of epoch %d and later, which this run trains again.", epoch)
 
     def log_epoch(self, epoch: int, train_metrics: OrderedDict, eval_metrics: OrderedDict, lr: float) -> None:
         """Append a ``summary.csv`` row (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr) and TB scalars."""

@@ -27,7 +27,7 @@ from .loop import seed_epoch, train_one_epoch, validate
 from .losses import build_eval_loss, build_train_loss
 from .model import build_model, build_model_ema, compile_model, distribute_model, prepare_model, resolve_model_args
 from .optim import Amp, build_amp, build_optimizer, build_scheduler
-from .outputs import RunOutputs, resolve_output_dir, setup_console_logging
+from .outputs import RunOutputs, resolve_output_dir, setup_console_logging, start_run_log
 from .validate import check_run_args
 
 __all__ = ["RunHooks", "TrainingSetup", "EvalSetup", "setup_training", "setup_evaluation", "run_training",
@@ -77,6 +77,7 @@ class TrainingSetup:
 def _build_model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser | None, hooks: RunHooks,
                           train: bool) -> tuple[nn.Module, Loaders]:
     check_run_args(args, train)
+    start_run_log()
     init_distributed(args)
     setup_console_logging(args.rank)
     if parser is not None and is_primary(args):
@@ -195,7 +196,7 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     output_dir = resolve_output_dir(args)
     outputs = saver = None
     if is_primary(args):
-        outputs = RunOutputs(args, output_dir)
+        outputs = RunOutputs(args, output_dir, resume_epoch=s.start_epoch if args.resume else None)
         saver = build_saver(args, s.model, s.optimizer, output_dir, model_ema=s.model_ema,
                             loss_scaler=s.amp.loss_scaler, resume_checkpoint_dict=s.checkpoint)
         _logger.info("Model %s: %.2fM parameters; %d processes on %s; output in %s.", args.model,

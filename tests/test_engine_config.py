@@ -52,6 +52,9 @@ def test_unknown_key_names_key_and_closest(tmp_path):
     ("mean: 0.5\n", "expected a list"),
     ("model-ema: true\nmodel_ema: false\n", "given twice"),
     ("- a\n- b\n", "must hold a mapping"),
+    ("epochs: 1.7\n", "'epochs': expected an int, got 1.7"),
+    ("lr: null\n", "'lr': null is not a value here"),
+    ("scale: null\n", "'scale': null is not a value here"),
 ])
 def test_bad_values_are_errors(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match):
@@ -111,3 +114,19 @@ def test_args_yaml_round_trip(tmp_path):
     dump_args(args, str(tmp_path / "args.yaml"))
     again = parse_args(_parser(), ["-c", str(tmp_path / "args.yaml")])
     assert vars(again) == {**vars(args), "config": str(tmp_path / "args.yaml")}
+
+
+def test_whole_float_is_an_int_and_null_keeps_a_none_default(tmp_path):
+    cfg = load_config(_yaml(tmp_path, "epochs: 3.0\naa: null\n"), _parser())
+    assert cfg == {"epochs": 3, "aa": None} and isinstance(cfg["epochs"], int)
+
+
+def test_args_yaml_records_the_device_asked_for(tmp_path):
+    """A resolved device (cpu here, cuda:0 on a GPU) would pin a reused args.yaml to one machine and one rank."""
+    from engine.distributed import init_distributed
+
+    args = parse_args(_parser(), [])
+    init_distributed(args)
+    assert args.device == "cpu" or args.device.startswith("cuda")
+    dump_args(args, str(tmp_path / "args.yaml"))
+    assert parse_args(_parser(), ["-c", str(tmp_path / "args.yaml")]).device == ""

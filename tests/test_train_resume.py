@@ -42,3 +42,36 @@ def test_resume_in_place_continues_history(tmp_path):
     assert (run_dir / "checkpoint-0.pth.tar").read_bytes() == before  # history restored, not rewritten
     assert {p.name for p in tmp_path.iterdir()} == {"run"}  # same folder, no "run-1"
     assert load_checkpoint_file(str(run_dir / "last.pth.tar"))["epoch"] == 1
+
+
+def test_resume_from_an_earlier_checkpoint_replaces_the_later_epochs(tmp_path):
+    """summary.csv holds each epoch once, the original args.yaml is kept and train.log says it resumed."""
+    run_training(tiny_args(tmp_path, "--epochs", "2", "--checkpoint-hist", "3", "--experiment", "run"))
+    run_dir = tmp_path / "run"
+    original_args = (run_dir / "args.yaml").read_text()
+    run_training(tiny_args(tmp_path, "--epochs", "2", "--checkpoint-hist", "3", "--experiment", "run",
+                           "--resume", str(run_dir / "checkpoint-0.pth.tar")))
+    assert [row["epoch"] for row in read_summary(run_dir / "summary.csv")] == ["0", "1"]
+    assert (run_dir / "args.yaml").read_text() == original_args
+    assert "resume: " + str(run_dir / "checkpoint-0.pth.tar") in (run_dir / "args-resume-1.yaml").read_text()
+    assert "Resumed from " + str(run_dir / "checkpoint-0.pth.tar") in (run_dir / "train.log").read_text()
+
+
+def test_resume_without_experiment_continues_in_the_checkpoint_folder(tmp_path):
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "run"))
+    result = run_training(tiny_args(tmp_path, "--epochs", "2", "--experiment", "",
+                                    "--resume", str(tmp_path / "run" / "last.pth.tar")))
+    assert result["output_dir"] == str(tmp_path / "run")
+    assert [row["epoch"] for row in read_summary(tmp_path / "run" / "summary.csv")] == ["0", "1"]
+
+
+def test_resume_with_another_optimizer_is_refused_and_a_new_lr_warned(tmp_path, caplog):
+    from engine.errors import CheckpointError
+
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "run"))
+    last = str(tmp_path / "run" / "last.pth.tar")
+    with pytest.raises(CheckpointError, match="optimizer 'adamw', this run uses --opt 'sgd'.*--no-resume-opt"):
+        run_training(tiny_args(tmp_path, "--epochs", "2", "--experiment", "run", "--opt", "sgd", "--resume", last))
+    assert [row["epoch"] for row in read_summary(tmp_path / "run" / "summary.csv")] == ["0"]
+    run_training(tiny_args(tmp_path, "--epochs", "2", "--experiment", "run", "--lr", "0.5", "--resume", last))
+    assert "--lr 0.5 (checkpoint: 0.003) will not take effect" in caplog.text
