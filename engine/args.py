@@ -201,7 +201,8 @@ def _batchnorm_ema_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dist-bn", default="", choices=("", "broadcast", "reduce"),
                        help="distribute BatchNorm stats between nodes after each epoch")
     group.add_argument("--split-bn", action=argparse.BooleanOptionalAction, default=False,
-                       help="separate BatchNorm per augmentation split")
+                       help="separate BatchNorm per augmentation split (refused: these models' BatchNorms see "
+                            "the time steps and the batch flattened time-major)")
     group.add_argument("--linear-prob", action=argparse.BooleanOptionalAction, default=False,
                        help="freeze the patch-embedding stem")
     group.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False,
