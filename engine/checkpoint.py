@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import pickle
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -192,7 +193,8 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
                       loss_scaler: Any = None) -> tuple[int, dict]:
     """Restore model weights, optimizer and AMP scaler state from ``args.resume``.
 
-    With ``--no-resume-opt`` only the weights (and the epoch) are restored.
+    With ``--no-resume-opt`` only the weights (and the epoch) are restored.  A recovery checkpoint resumes its
+    unfinished epoch (see :func:`batches_done`).
 
     Returns:
         ``(start_epoch, checkpoint)``; ``--start-epoch`` overrides the epoch found in the checkpoint.
@@ -205,14 +207,31 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
     epoch = checkpoint.get("epoch")
+    done = batches_done(args.resume, checkpoint)
     if epoch is None:  # a bare state dict: weights only
         start_epoch = 0
+    elif done:  # a recovery checkpoint: its epoch is unfinished
+        start_epoch = epoch
     else:  # version 2 stores the finished epoch; older checkpoints stored the next one
         start_epoch = epoch + 1 if checkpoint.get("version", 1) > 1 else epoch
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
-    _logger.info("Resumed from %s (epoch %s); continuing at epoch %d.", args.resume, epoch, start_epoch)
+    within = f" after batch {done - 1} of it" if done and args.start_epoch is None else ""
+    _logger.info("Resumed from %s (epoch %s); continuing at epoch %d%s.", args.resume, epoch, start_epoch, within)
     return start_epoch, checkpoint
+
+
+_RECOVERY_NAME = re.compile(r"recovery-(\d+)-(\d+)\.pth\.tar")
+
+
+def batches_done(path: str, checkpoint: dict) -> int:
+    """How many batches of its epoch a checkpoint has trained: 0 for an end-of-epoch checkpoint, ``b + 1`` for
+    a ``--recovery-interval`` checkpoint ``recovery-<epoch>-<b>.pth.tar`` (timm's saver names them so; the file
+    does not store it), whose epoch a resumed run finishes from batch ``b + 1``."""
+    match = _RECOVERY_NAME.fullmatch(os.path.basename(path))
+    if match is None or checkpoint.get("epoch") != int(match.group(1)) or checkpoint.get("version", 1) < 2:
+        return 0
+    return int(match.group(2)) + 1
 
 
 def load_initial_checkpoint(args: argparse.Namespace, model: nn.Module) -> None:

@@ -116,7 +116,7 @@ def train_step(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, opt
 
 def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     args: argparse.Namespace, *, amp: Amp, lr_scheduler=None, model_ema=None, mixup_fn=None,
-                    saver=None) -> OrderedDict:
+                    saver=None, start_batch: int = 0) -> OrderedDict:
     """Train ``model`` for one epoch with :func:`train_step`.
 
     The losses are summed on the device; the host reads them only on log lines and at the end of the epoch.
@@ -134,6 +134,9 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
         model_ema: timm ``ModelEmaV3`` to update after every step.
         mixup_fn: timm ``Mixup`` applied to each batch (None when mixup happens in the collate function).
         saver: timm ``CheckpointSaver`` for recovery checkpoints every ``--recovery-interval`` batches.
+        start_batch: batches of this epoch trained before (resuming a recovery checkpoint): they are drawn from
+            the loader (and mixed) but not trained on, so every later batch, and the random numbers, are those of
+            an uninterrupted epoch; the mean loss is over the batches trained here.
 
     Returns:
         ``OrderedDict(loss=...)``: the mean training loss over all processes (weighted by batch size).
@@ -143,12 +146,17 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
     model.train()
     losses_m, batch_time_m = _DeviceMean(), AverageMeter()
     num_batches = len(loader)
-    num_updates = epoch * num_batches
+    num_updates = epoch * num_batches + start_batch
+    if start_batch and lr_scheduler is not None:
+        lr_scheduler.step_update(num_updates=num_updates)
     end = time.time()
     for batch_idx, (inputs, target) in enumerate(_progress(loader, args, f"train {epoch}")):
         inputs, target = _to_device(inputs, target, args)
         if mixup_fn is not None:
             inputs, target = mixup_fn(inputs, target)
+        if batch_idx < start_batch:
+            end = time.time()
+            continue
         loss = train_step(model, inputs, target, optimizer, loss_fn, args, amp)
         if model_ema is not None:
             model_ema.update(model, step=num_updates)

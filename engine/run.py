@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
+from .checkpoint import batches_done, build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
 from .config import parse_args, warn_inert_flags
 from .distributed import cleanup_distributed, init_distributed, is_primary
 from .errors import ConfigError, SetupError
@@ -72,6 +72,7 @@ class TrainingSetup:
     num_epochs: int
     start_epoch: int
     checkpoint: dict | None
+    start_batch: int = 0
 
 
 def _build_model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser | None, hooks: RunHooks,
@@ -122,10 +123,11 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     if start_epoch > 0:
         lr_scheduler.step(start_epoch)
     model = distribute_model(args, compile_model(args, model))
+    start_batch = batches_done(args.resume, checkpoint) if args.resume and args.start_epoch is None else 0
     return TrainingSetup(model=model, model_ema=model_ema, optimizer=optimizer, amp=amp, loaders=loaders,
                          train_loss_fn=build_train_loss(args, loaders.mixup_active), eval_loss_fn=build_eval_loss(),
                          lr_scheduler=lr_scheduler, num_epochs=num_epochs, start_epoch=start_epoch,
-                         checkpoint=checkpoint)
+                         checkpoint=checkpoint, start_batch=start_batch)
 
 
 @dataclass
@@ -159,7 +161,8 @@ def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutput
             s.loaders.disable_mixup()
         train_metrics = train_one_epoch(epoch, s.model, s.loaders.train, s.optimizer, s.train_loss_fn, args,
                                         amp=s.amp, lr_scheduler=s.lr_scheduler, model_ema=s.model_ema,
-                                        mixup_fn=s.loaders.mixup_fn, saver=saver)
+                                        mixup_fn=s.loaders.mixup_fn, saver=saver,
+                                        start_batch=s.start_batch if epoch == s.start_epoch else 0)
         if args.distributed and args.dist_bn in ("broadcast", "reduce"):
             from timm.utils import distribute_bn
 

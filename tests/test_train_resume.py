@@ -75,3 +75,24 @@ def test_resume_with_another_optimizer_is_refused_and_a_new_lr_warned(tmp_path, 
     assert [row["epoch"] for row in read_summary(tmp_path / "run" / "summary.csv")] == ["0"]
     run_training(tiny_args(tmp_path, "--epochs", "2", "--experiment", "run", "--lr", "0.5", "--resume", last))
     assert "--lr 0.5 (checkpoint: 0.003) will not take effect" in caplog.text
+
+
+@pytest.mark.parametrize("loader", [[], ["--no-prefetcher"]], ids=["mixup_in_collate", "mixup_in_loop"])
+def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, loader):
+    """A run killed mid-epoch resumes after the last recovery batch: same weights as the uninterrupted run."""
+    recovery = [*RUN, *loader, "--epochs", "2", "--recovery-interval", "4"]
+    full = run_training(tiny_args(tmp_path, *recovery, "--experiment", "full"))
+    kept = sorted(p.name for p in (tmp_path / "full").glob("recovery-*.pth.tar"))
+    assert "recovery-1-7.pth.tar" in kept, kept
+    killed = tmp_path / "killed"  # what a run killed in epoch 1 after batch 7 leaves behind
+    killed.mkdir()
+    (killed / "recovery-1-7.pth.tar").write_bytes((tmp_path / "full" / "recovery-1-7.pth.tar").read_bytes())
+    resumed = run_training(tiny_args(tmp_path, *recovery, "--experiment", "resumed",
+                                     "--resume", str(killed / "recovery-1-7.pth.tar")))
+    assert [r["epoch"] for r in read_summary(tmp_path / "resumed" / "summary.csv")] == ["1"]
+    assert resumed["eval_metrics"] == full["eval_metrics"]
+    last_full = load_checkpoint_file(str(tmp_path / "full" / "last.pth.tar"))
+    last_resumed = load_checkpoint_file(str(tmp_path / "resumed" / "last.pth.tar"))
+    for key in ("state_dict", "state_dict_ema"):
+        for name, value in last_full[key].items():
+            torch.testing.assert_close(last_resumed[key][name], value, rtol=0, atol=0, msg=f"{key} {name}")
