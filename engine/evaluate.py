@@ -122,6 +122,10 @@ def _apply_large_valid(args: argparse.Namespace, _model: torch.nn.Module) -> Non
     ``configure_model`` hook), so the model keeps its constructor size: the convolutional stem and blocks accept
     the larger token grid."""
     if args.large_valid:
+        if args.img_size is not None and args.img_size < 224:
+            _logger.warning("--large-valid evaluates ImageNet-sized models at 288 px; this model was built for %d px "
+                            "images, which it will see upsampled to 288 (more tokens, another accuracy)",
+                            args.img_size)
         args.img_size, args.input_size, args.crop_pct, args.interpolation = 288, None, 288 / 320, "bilinear"
 
 

@@ -187,3 +187,17 @@ def test_main_validate_only_uses_the_same_trace_check(tmp_path):
     with pytest.raises(ConfigError, match="--trace-samples 0"):
         main.run(args)
     assert not (tmp_path / "aster").exists()
+
+
+def test_large_valid_warns_for_a_model_built_for_small_images(caplog):
+    import argparse
+
+    from engine.evaluate import _apply_large_valid
+
+    args = argparse.Namespace(large_valid=True, img_size=32, input_size=None, crop_pct=1.0, interpolation="")
+    _apply_large_valid(args, None)
+    assert args.img_size == 288 and "built for 32 px" in caplog.text
+    caplog.clear()
+    _apply_large_valid(argparse.Namespace(large_valid=True, img_size=224, input_size=None, crop_pct=0.875,
+                                          interpolation=""), None)
+    assert caplog.text == ""
