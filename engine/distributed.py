@@ -8,6 +8,7 @@ processes use CUDA devices, gloo otherwise.  Multi-node runs need only torchrun'
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 
@@ -48,7 +49,16 @@ def is_primary(args: argparse.Namespace) -> bool:
     return getattr(args, "rank", 0) == 0
 
 
-def cleanup_distributed() -> None:
-    """Leave the process group, if one was joined."""
+def cleanup_distributed(wait_for_peers: bool = False) -> None:
+    """Leave the process group, if one was joined.
+
+    ``wait_for_peers`` (after a run that ended normally on every process): a barrier first, so no process tears
+    its connections down while another still uses them.  Objects that still hold the group (a DDP reducer kept by
+    a reference cycle) are collected first, while the interpreter is fully alive: gloo's worker threads destroyed
+    during interpreter shutdown abort the process.
+    """
     if dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
+        gc.collect()
         dist.destroy_process_group()

@@ -226,11 +226,13 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     """
     setup_console_logging(int(os.environ.get("RANK", 0)))
     parser = make_parser()
+    finished = False
     try:
         run(parse_args(parser, argv), parser)
+        finished = True
     except SetupError as exc:
         _logger.error("%s", exc)
         return 2
     finally:
-        cleanup_distributed()
+        cleanup_distributed(wait_for_peers=finished)
     return 0
