@@ -13,6 +13,15 @@ RUN = ["--epochs", "3", "--checkpoint-hist", "5", "--mixup", "0.2", "--reprob", 
        "--model-ema-decay", "0.9"]
 
 
+def _assert_same_last_weights(run_a, run_b) -> None:
+    """The weights and EMA weights of two runs' last.pth.tar are bit-identical."""
+    last_a = load_checkpoint_file(str(run_a / "last.pth.tar"))
+    last_b = load_checkpoint_file(str(run_b / "last.pth.tar"))
+    for key in ("state_dict", "state_dict_ema"):
+        for name, value in last_a[key].items():
+            torch.testing.assert_close(last_b[key][name], value, rtol=0, atol=0, msg=f"{key} {name}")
+
+
 def test_resume_repeats_uninterrupted_run(tmp_path):
     full = run_training(tiny_args(tmp_path, *RUN, "--experiment", "full"))
     rows = read_summary(tmp_path / "full" / "summary.csv")
@@ -25,11 +34,7 @@ def test_resume_repeats_uninterrupted_run(tmp_path):
     assert read_summary(tmp_path / "resumed" / "summary.csv") == [rows[2]]
     assert resumed["eval_metrics"] == full["eval_metrics"]
 
-    last_full = load_checkpoint_file(str(tmp_path / "full" / "last.pth.tar"))
-    last_resumed = load_checkpoint_file(str(tmp_path / "resumed" / "last.pth.tar"))
-    for key in ("state_dict", "state_dict_ema"):
-        for name, value in last_full[key].items():
-            torch.testing.assert_close(last_resumed[key][name], value, rtol=0, atol=0, msg=f"{key} {name}")
+    _assert_same_last_weights(tmp_path / "full", tmp_path / "resumed")
 
 
 def test_resume_in_place_continues_history(tmp_path):
@@ -91,8 +96,4 @@ def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, 
                                      "--resume", str(killed / "recovery-1-7.pth.tar")))
     assert [r["epoch"] for r in read_summary(tmp_path / "resumed" / "summary.csv")] == ["1"]
     assert resumed["eval_metrics"] == full["eval_metrics"]
-    last_full = load_checkpoint_file(str(tmp_path / "full" / "last.pth.tar"))
-    last_resumed = load_checkpoint_file(str(tmp_path / "resumed" / "last.pth.tar"))
-    for key in ("state_dict", "state_dict_ema"):
-        for name, value in last_full[key].items():
-            torch.testing.assert_close(last_resumed[key][name], value, rtol=0, atol=0, msg=f"{key} {name}")
+    _assert_same_last_weights(tmp_path / "full", tmp_path / "resumed")
