@@ -52,15 +52,9 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
 
     Returns:
         ``(scheduler, num_epochs)``; ``num_epochs`` includes the cooldown epochs (``epochs + cooldown_epochs``).
-
-    Raises:
-        ConfigError: ``--epochs`` below 1 (timm's schedules assert on it).
     """
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
-    if args.epochs < 1:
-        raise ConfigError(f"--epochs {args.epochs}: training needs at least 1 epoch (to evaluate a checkpoint "
-                          f"without training, use test.py or main.py --validate-only)")
     return create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
 
 

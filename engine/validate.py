@@ -59,6 +59,9 @@ def _check_normalisation(args: argparse.Namespace) -> None:
 
 
 def _check_training(args: argparse.Namespace) -> None:
+    if getattr(args, "epochs", 1) < 1:  # timm's schedules assert on it
+        raise ConfigError(f"--epochs {args.epochs}: training needs at least 1 epoch (to evaluate a checkpoint "
+                          f"without training, use test.py or main.py --validate-only)")
     _check_positive(args, {"batch_size": "-b/--batch-size", "log_interval": "--log-interval",
                            "checkpoint_hist": "--checkpoint-hist"})
     if getattr(args, "sched", None) is not None and args.sched not in SCHEDULERS:

@@ -1,12 +1,11 @@
 """A run's ``args.yaml`` (written by ``dump_args``) parses back with ``-c`` to the same arguments; --epochs checks."""
 import pytest
-import torch
 
 import finetune
 import main
 from engine.config import dump_args, parse_args
 from engine.errors import ConfigError
-from engine.optim import build_scheduler
+from engine.validate import check_run_args
 
 # Every list-typed flag of finetune.py (main.py also has --exit-sweep), set away from its default.
 LIST_FLAGS = ["--skip-blocks", "0,3", "--mean", "0.1", "0.2", "0.3", "--std", "1", "2", "3", "--input-size", "3", "32",
@@ -48,6 +47,5 @@ def test_yaml_lists_and_strings_both_work(tmp_path):
 @pytest.mark.parametrize("epochs", [0, -1])
 def test_fewer_than_one_epoch_is_a_config_error(epochs):
     args = parse_args(main.make_parser(), ["--sched", "cosine", "--epochs", str(epochs)])
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with pytest.raises(ConfigError, match=f"--epochs {epochs}: training needs at least 1 epoch"):
-        build_scheduler(args, optimizer, updates_per_epoch=10)
+        check_run_args(args, train=True)
