@@ -190,14 +190,15 @@ def _restore_optimizer(args: argparse.Namespace, optimizer: torch.optim.Optimize
 
 
 def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                      loss_scaler: Any = None) -> tuple[int, dict]:
+                      loss_scaler: Any = None) -> tuple[int, int, dict]:
     """Restore model weights, optimizer and AMP scaler state from ``args.resume``.
 
     With ``--no-resume-opt`` only the weights (and the epoch) are restored.  A recovery checkpoint resumes its
     unfinished epoch (see :func:`batches_done`).
 
     Returns:
-        ``(start_epoch, checkpoint)``; ``--start-epoch`` overrides the epoch found in the checkpoint.
+        ``(start_epoch, start_batch, checkpoint)``: ``start_batch`` batches of ``start_epoch`` are already trained
+        (:func:`batches_done`; 0 when ``--start-epoch`` overrides the epoch found in the checkpoint).
     """
     checkpoint = load_checkpoint_file(args.resume)
     load_model_weights(model, checkpoint, args.resume)
@@ -207,7 +208,7 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
     epoch = checkpoint.get("epoch")
-    done = batches_done(args.resume, checkpoint)
+    done = 0 if args.start_epoch is not None else batches_done(args.resume, checkpoint)
     if epoch is None:  # a bare state dict: weights only
         start_epoch = 0
     elif done:  # a recovery checkpoint: its epoch is unfinished
@@ -216,9 +217,9 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
         start_epoch = epoch + 1 if checkpoint.get("version", 1) > 1 else epoch
     if args.start_epoch is not None:
         start_epoch = args.start_epoch
-    within = f" after batch {done - 1} of it" if done and args.start_epoch is None else ""
+    within = f" after batch {done - 1} of it" if done else ""
     _logger.info("Resumed from %s (epoch %s); continuing at epoch %d%s.", args.resume, epoch, start_epoch, within)
-    return start_epoch, checkpoint
+    return start_epoch, done, checkpoint
 
 
 _RECOVERY_NAME = re.compile(r"recovery-(\d+)-(\d+)\.pth\.tar")

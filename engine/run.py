@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import batches_done, build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
+from .checkpoint import build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
 from .config import parse_args, warn_inert_flags
 from .distributed import cleanup_distributed, init_distributed, is_primary
 from .errors import ConfigError, SetupError
@@ -110,9 +110,9 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=True)
     optimizer = build_optimizer(args, model)
     amp = build_amp(args)
-    start_epoch, checkpoint = args.start_epoch or 0, None
+    start_epoch, start_batch, checkpoint = args.start_epoch or 0, 0, None
     if args.resume:
-        start_epoch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
+        start_epoch, start_batch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
     model_ema = build_model_ema(args, model)
     restore_model_ema(model_ema, checkpoint, args.resume)
     lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train))
@@ -123,7 +123,6 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     if start_epoch > 0:
         lr_scheduler.step(start_epoch)
     model = distribute_model(args, compile_model(args, model))
-    start_batch = batches_done(args.resume, checkpoint) if args.resume and args.start_epoch is None else 0
     return TrainingSetup(model=model, model_ema=model_ema, optimizer=optimizer, amp=amp, loaders=loaders,
                          train_loss_fn=build_train_loss(args, loaders.mixup_active), eval_loss_fn=build_eval_loss(),
                          lr_scheduler=lr_scheduler, num_epochs=num_epochs, start_epoch=start_epoch,

@@ -42,8 +42,8 @@ def test_steps_lower_loss_and_checkpoint_round_trips(tmp_path):
 
     resumed_args = tiny_args(tmp_path, "--smoothing", "0", "--lr", "1e-2", "--resume", str(tmp_path / "last.pth.tar"))
     model2, optimizer2 = _setup(resumed_args)
-    start_epoch, checkpoint = resume_checkpoint(resumed_args, model2, optimizer2)
-    assert start_epoch == 5 and checkpoint["arch"] == "sdt" and checkpoint["args"].dim == 32
+    start_epoch, start_batch, checkpoint = resume_checkpoint(resumed_args, model2, optimizer2)
+    assert start_epoch == 5 and start_batch == 0 and checkpoint["arch"] == "sdt" and checkpoint["args"].dim == 32
     for (name, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert optimizer2.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
