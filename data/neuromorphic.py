@@ -295,6 +295,9 @@ def build_dvs_dataset(name: str, root: str | os.PathLike, split: str, args=None)
             raise DVSDataError(f"{name}: {events} has no samples for the classes {', '.join(empty)}; delete {events} "
                                f"to rebuild it from the raw files")
         mode = getattr(args, "dvs_split", None) or "stratified"
+        if mode == "official":
+            raise DVSConfigError(f"dvs_split='official': {name} has no official train/test split; choose one of "
+                                 f"{', '.join(SPLIT_MODES)} (--dvs-split)")
         ratio = getattr(args, "dvs_split_ratio", None)
         ratio = 0.9 if ratio is None else float(ratio)
         split_seed = getattr(args, "dvs_split_seed", None)

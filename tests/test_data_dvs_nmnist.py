@@ -17,6 +17,8 @@ from data.dvs_args import add_dvs_arguments
 from data.dvs_augment import Cutout, FlipRoll, NCaltechAugment, SNNAugmentWide
 from data.dvs_build import load_events
 from data.neuromorphic import DVS_DATASETS, DVS_INFO, NUM_CLASSES, build_dvs_dataset
+from engine.args import get_args_parser
+from engine.config import dump_args, parse_args
 from test_data_dvs_formats import dvs_args, make_cifar10_dvs, numpy_frames
 
 NMNIST = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "events" / "nmnist"
@@ -48,6 +50,9 @@ def test_real_nmnist_loads_through_the_ncaltech101_reader(tmp_path):
     train = build_dvs_dataset("nmnist", tmp_path / "nmnist", "train", args)
     test = build_dvs_dataset("nmnist", tmp_path / "nmnist", "val", args)
     assert len(train) == 60 and len(test) == 20 and args.dvs_split == "official"
+    recorded = argparse.Namespace(device="", **{k: v for k, v in vars(args).items() if k.startswith("dvs_split")})
+    dump_args(recorded, tmp_path / "args.yaml")  # what the run records reads back with -c (it once was refused)
+    assert parse_args(get_args_parser(), ["-c", str(tmp_path / "args.yaml")]).dvs_split == "official"
     labels = dict(train_rows)
     assert [labels[s.rsplit("/", 1)[1]] for s in train.sample_ids] == train.targets
     frames, label = train[0]

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from data.dvs_raw import CIFAR10_DVS_CLASSES
-from data.neuromorphic import DVSDataError, DVSFrameDataset, build_dvs_dataset
+from data.neuromorphic import DVSConfigError, DVSDataError, DVSFrameDataset, build_dvs_dataset
 from data.splits import compute_split, default_split_path, n_train
 from test_data_dvs_formats import dvs_args, make_cifar10_dvs, make_ncaltech101
 
@@ -109,6 +109,8 @@ def test_reference_modes_first_and_published(tmp_path):
     assert all(int(s.rsplit("_", 1)[1]) >= 100 for s in train.sample_ids)
     assert not (tmp_path / "events_np" / "train").exists()  # no TEBN symlink folders
     assert sorted({t for t in val.targets}) == list(range(10))
+    with pytest.raises(DVSConfigError, match="cifar10-dvs has no official train/test split"):
+        build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args(dvs_split="official"))
 
 
 def test_ncaltech_split_saved_and_targets_without_loading(tmp_path, monkeypatch):
