@@ -152,6 +152,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     """Evaluate a checkpoint; returns the content of ``firing.json`` (accuracy, rates, energy, paths)."""
     from timm.utils import accuracy
 
+    from data import is_neuromorphic
+
     from .atomic import write_text_atomic
     from .distributed import is_primary
     from .energy import EnergyConstants, EnergyMeter, write_energy_csv
@@ -169,7 +171,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     outputs = RunOutputs(args, output_dir, log_name=f"{args.model}.log") if is_primary(args) else None
 
     rates = FiringRateMeter()
-    energy = EnergyMeter(model, T=model.T, dvs_input=bool(args.dvs_mode),
+    energy = EnergyMeter(model, T=model.T, dvs_input=is_neuromorphic(args.dataset),  # not dvs_mode (attention)
                          constants=EnergyConstants(e_mac_pj=args.e_mac, e_ac_pj=args.e_ac),
                          first_layer_as_mac=args.first_layer_as_mac, encoding_steps=args.encoding_steps)
     correct = torch.zeros(2, dtype=torch.float64, device=args.device)

@@ -46,8 +46,27 @@ def _check_pair(args: argparse.Namespace, attr: str, flag: str, low: float = 0.0
                           f"{low} < MIN <= MAX")
 
 
+def _input_channels(args: argparse.Namespace) -> int | None:
+    return args.input_size[0] if getattr(args, "input_size", None) else getattr(args, "in_channels", None)
+
+
+def _check_input_channels(args: argparse.Namespace) -> None:
+    """The data's channels: 2 for event frames (OFF, ON), 3 for images (grey datasets are loaded as RGB)."""
+    dataset, channels = getattr(args, "dataset", None), _input_channels(args)
+    if not dataset or channels is None:
+        return
+    from data import is_neuromorphic
+
+    expected = 2 if is_neuromorphic(dataset) else 3
+    if channels != expected:
+        what = "event frames with 2 channels (OFF, ON)" if expected == 2 else "images with 3 channels (RGB)"
+        flag = "--input-size" if getattr(args, "input_size", None) else "--in-channels"
+        raise ConfigError(f"{flag}: the model is built for {channels} input channels but --dataset {dataset} gives "
+                          f"{what}; use --in-channels {expected} (in_channels: {expected})")
+
+
 def _check_normalisation(args: argparse.Namespace) -> None:
-    channels = args.input_size[0] if getattr(args, "input_size", None) else getattr(args, "in_channels", None)
+    channels = _input_channels(args)
     for flag, value in (("--mean", getattr(args, "mean", None)), ("--std", getattr(args, "std", None))):
         if value is None:
             continue
@@ -98,6 +117,7 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
     _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
     if getattr(args, "interpolation", "") not in INTERPOLATIONS:
         raise ConfigError(f"--interpolation {args.interpolation!r}: choose one of {INTERPOLATIONS}")
+    _check_input_channels(args)
     _check_normalisation(args)
     if train:
         _check_training(args)

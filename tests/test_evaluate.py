@@ -9,6 +9,7 @@ import timm
 import torch
 
 from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
+from test_data_dvs_nmnist import _subset as nmnist_subset, needs_nmnist
 from engine.args import get_args_parser
 from engine.config import parse_args
 from engine.errors import ConfigError
@@ -201,3 +202,18 @@ def test_large_valid_warns_for_a_model_built_for_small_images(caplog):
     _apply_large_valid(argparse.Namespace(large_valid=True, img_size=224, input_size=None, crop_pct=0.875,
                                           interpolation=""), None)
     assert caplog.text == ""
+
+
+@needs_nmnist
+def test_event_input_is_charged_as_accumulates_whatever_dvs_mode_says(tmp_path):
+    """Gesture's configs (and the reference's) build the model with dvs_mode off; its input is still events."""
+    raw, _, _ = nmnist_subset(tmp_path, n_train=4, n_test=8)
+    parser = _eval_parser()
+    args = parse_args(parser, ["--dataset", "nmnist", "--data-dir", str(tmp_path / "nmnist"), "--dvs-raw-dir",
+                               str(raw), "--no-dvs-mode", "--time-steps", "2", "--img-size", "32", "--in-channels",
+                               "2", "--dim", "32", "--layer", "1", "--num-heads", "2", "--mlp-ratio", "2",
+                               "--pooling-stat", "1111", "--num-classes", "10", "-vb", "8", "-j", "0", "--device",
+                               "cpu", "--output", str(tmp_path / "valid")])
+    first = run_evaluation(args, parser)["energy"]["layers"][0]
+    assert first["layer"] == "patch_embed.proj_conv" and first["macs"] == 0
+    assert first["sops"] == pytest.approx(first["rate"] * first["flops"] * 2)  # event counts at T=2 steps
