@@ -33,11 +33,14 @@ from .atomic import atomic_open
 from .energy import conv_output_hw
 
 __all__ = ["FORMAT_VERSION", "TraceFormatError", "TensorSpec", "OpMeta", "SampleMeta", "TraceMeta", "Capture",
-           "RawSample", "TraceSample", "capture_sample", "model_summary", "TraceWriter", "TraceReader", "export_traces"]
+           "RawSample", "TraceSample", "capture_sample", "fixed_point_scale", "model_summary", "TraceWriter",
+           "TraceReader", "export_traces"]
 
 _logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: uint8 tensors may carry "fraction_bits" (fixed point); version 1 files read as before
+READABLE_VERSIONS = (1, 2)
+MAX_FRACTION_BITS = 4
 META_FILE = "meta.json"
 INDEX_KEY = "__index__"
 ENCODINGS = ("bits", "uint8", "float32", "alias")
@@ -121,9 +124,9 @@ class TraceMeta:
         """Parse and validate; errors name ``path`` and the field."""
         if d.get("format") != "spike-trace":
             raise TraceFormatError(f"{path}: field 'format' is {d.get('format')!r}, expected 'spike-trace'")
-        if d.get("format_version") != FORMAT_VERSION:
+        if d.get("format_version") not in READABLE_VERSIONS:
             raise TraceFormatError(f"{path}: field 'format_version' is {d.get('format_version')!r}; this reader "
-                                   f"reads version {FORMAT_VERSION}")
+                                   f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
         try:
             return cls(
                 T=int(d["T"]), dataset=str(d["dataset"]), input_kind=str(d["input_kind"]), model=dict(d["model"]),
@@ -312,8 +315,24 @@ def capture_sample(model: nn.Module, x: torch.Tensor) -> Capture:
 
 
 # ---------------------------------------------------------------------------------------------------------- encoding
+def _fraction_bits(x: torch.Tensor) -> int | None:
+    """The fewest fraction bits f (0..MAX_FRACTION_BITS) that make ``x * 2**f`` integers in 0..255, or None."""
+    if not x.numel() or x.min() < 0:
+        return None
+    if not x.is_floating_point():
+        return 0 if x.max() <= 255 else None
+    for bits in range(MAX_FRACTION_BITS + 1):
+        scaled = x * 2 ** bits
+        if scaled.max() > 255:
+            return None
+        if bool((scaled == scaled.round()).all()):
+            return bits
+    return None
+
+
 def _encode(x: torch.Tensor) -> tuple[np.ndarray, dict]:
-    """Stored array and index entry: channels (axis 1) last, binary -> packed bits, small counts -> uint8."""
+    """Stored array and index entry: channels (axis 1) last, binary -> packed bits, small counts (or fixed-point
+    values such as DVS counts averaged 2x2 by a bilinear halving: multiples of 1/4) -> uint8."""
     entry = {"encoding": "float32", "repeat_t": False}
     if x.shape[0] > 1 and bool((x == x[:1]).all()):
         x, entry["repeat_t"] = x[:1], True
@@ -321,11 +340,18 @@ def _encode(x: torch.Tensor) -> tuple[np.ndarray, dict]:
     if _is_binary(x):
         entry["encoding"] = "bits"
         return np.packbits(arr.to(torch.uint8).numpy(), axis=-1), entry
-    if not x.is_floating_point() or bool((x == x.round()).all()):
-        if x.numel() and x.min() >= 0 and x.max() <= 255:
-            entry["encoding"] = "uint8"
-            return arr.to(torch.uint8).numpy(), entry
+    bits = _fraction_bits(x)
+    if bits is not None:
+        entry["encoding"] = "uint8"
+        if bits:
+            entry["fraction_bits"] = bits
+        return (arr * 2 ** bits).to(torch.uint8).numpy(), entry
     return arr.float().numpy(), entry
+
+
+def fixed_point_scale(entry: dict) -> float:
+    """The value of one stored unit of a uint8 tensor: ``2 ** -fraction_bits`` (1 for counts)."""
+    return 2.0 ** -entry.get("fraction_bits", 0)
 
 
 def _stored_shape(spec: TensorSpec, entry: dict) -> tuple[int, ...]:
@@ -340,7 +366,10 @@ def _decode(arr: np.ndarray, spec: TensorSpec, entry: dict) -> torch.Tensor:
     """Inverse of :func:`_encode`: the logical ``[T, C, ...]`` tensor in its original dtype."""
     if entry["encoding"] == "bits":
         arr = np.unpackbits(arr, axis=-1, count=spec.shape[1])
-    x = torch.from_numpy(np.moveaxis(arr, -1, 1).copy()).to(getattr(torch, spec.dtype))
+    x = torch.from_numpy(np.moveaxis(arr, -1, 1).copy())
+    if entry.get("fraction_bits"):
+        x = x.float() * fixed_point_scale(entry)
+    x = x.to(getattr(torch, spec.dtype))
     return x.expand(spec.shape[0], *x.shape[1:]).contiguous() if entry["repeat_t"] else x
 
 
@@ -401,6 +430,8 @@ class TraceWriter:
                 index[name] = {"encoding": "alias", "repeat_t": False, "alias": twin}
                 continue
             arrays[name], index[name] = _encode(x)
+        if sample_id == 0:
+            _warn_analog_events(self.meta, index)
         arrays["logits"] = capture.logits.cpu().numpy().astype(np.float32)
         arrays["lif_nnz"] = capture.lif_nnz.cpu().numpy().astype(np.int64)
         arrays[INDEX_KEY] = np.array(json.dumps({"format_version": FORMAT_VERSION, "sample_id": sample_id,
@@ -422,6 +453,16 @@ class TraceWriter:
             diff = next((f"{a} vs {b}" for a, b in zip(expected, got) if a != b), f"{len(expected)} vs {len(got)} ops")
             raise ValueError(f"sample {len(self.meta.samples)} does not have the structure of the first sample of "
                              f"{self.dir} (first difference: {diff}); one trace folder holds one model and input size")
+
+
+def _warn_analog_events(meta: TraceMeta, index: dict) -> None:
+    """Event frames that are neither counts nor fixed point (a resize by a factor other than a power of two)."""
+    first = next((op.tensor for op in meta.ops if op.kind in CROSSBAR_KINDS), None)
+    if meta.input_kind == "events" and first is not None and index[first]["encoding"] == "float32":
+        _logger.warning("The event frames are not event counts (nor multiples of 1/%d): a resize by a factor other "
+                        "than a power of two (e.g. N-MNIST 34 -> 32) interpolates them. The trace stores them as "
+                        "float32 and hw.run charges the first layer as an analog input; give --img-size the sensor "
+                        "size (or a power-of-two fraction of it) to keep counts.", 2 ** MAX_FRACTION_BITS)
 
 
 def export_traces(model: nn.Module, samples: Iterable[tuple[torch.Tensor, int | None]], out_dir: str | Path,
@@ -568,6 +609,10 @@ class TraceReader:
             entry = index.get(name)
             if entry is None or entry.get("encoding") not in ENCODINGS:
                 raise TraceFormatError(f"{path}: tensor {name!r} of meta.json is missing or has no valid encoding")
+            bits = entry.get("fraction_bits", 0)
+            if bits and (entry["encoding"] != "uint8" or bits not in range(1, MAX_FRACTION_BITS + 1)):
+                raise TraceFormatError(f"{path}: tensor {name!r} has fraction_bits {bits!r}; expected 1.."
+                                       f"{MAX_FRACTION_BITS} on a uint8 tensor")
             source = entry.get("alias") if entry["encoding"] == "alias" else name
             if source not in arrays or index.get(source, {}).get("encoding") in (None, "alias"):
                 raise TraceFormatError(f"{path}: tensor {name!r} has no stored data (member {source!r})")

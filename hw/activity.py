@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.traces import RawSample
+from engine.traces import RawSample, fixed_point_scale
 
 from .config import HwConfig
 from .mapping import CrossbarGeometry, Mapping
@@ -121,7 +121,7 @@ def crossbar_maps(arr: np.ndarray, entry: dict, geom: CrossbarGeometry, config: 
     elif enc == "uint8":  # bit planes stacked along time: plane b of step t is row b * T' + t
         n_planes = max(1, int(x.max(initial=0)).bit_length())
         plane = np.concatenate([(x >> b) & 1 for b in range(n_planes)]) if n_planes > 1 else x
-        total = _row_sums(x)
+        total = _row_sums(x) * fixed_point_scale(entry)  # sum of the values (fixed point: units of 2**-f)
     else:  # analog: every non-zero pixel drives its row in each of the analog_input_bits bit-serial passes
         plane = (x != 0).view(np.uint8)
         weight = config.crossbar.analog_input_bits
@@ -177,7 +177,7 @@ def exact_activity(raw: RawSample, mapping: Mapping, config: HwConfig) -> Activi
 
 
 def _per_t_sum(arr: np.ndarray, entry: dict, T: int) -> np.ndarray:
-    sums = arr.reshape(arr.shape[0], -1).sum(1, dtype=np.int64).astype(float)
+    sums = arr.reshape(arr.shape[0], -1).sum(1, dtype=np.int64) * fixed_point_scale(entry)
     return np.broadcast_to(sums, (T,)) if entry["repeat_t"] else sums
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.traces import RawSample, TraceMeta, TraceReader
+from engine.traces import RawSample, TraceMeta, TraceReader, fixed_point_scale
 
 from .config import HwInputError, read_mapping
 
@@ -131,17 +131,17 @@ def and_nnz_per_t(a: np.ndarray, ea: dict, b: np.ndarray, eb: dict, T: int) -> n
     return _per_t(counts, repeat, T)
 
 
-def plane_densities(arr: np.ndarray, entry: dict, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(density of each bit plane [T, P], mean value [T])``; analog values give one plane of non-zeros."""
+def plane_densities(arr: np.ndarray, entry: dict, T: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(density of each bit plane [T, P], mean value [T])`` of a stored tensor of ``numel`` elements per step;
+    analog values give one plane of non-zeros."""
     flat = arr.reshape(arr.shape[0], -1)
-    if entry["encoding"] == "bits":
-        numel = flat.shape[1] * 8  # packed padding bits are zero, so this only matters when C % 8 != 0
+    if entry["encoding"] == "bits":  # the packing's padding bits (C % 8 != 0) are zero and not elements
         dens = (np.bitwise_count(flat).sum(1, dtype=np.int64) / numel)[:, None]
         mean = dens[:, 0]
     elif entry["encoding"] == "uint8":
         bits = max(1, int(flat.max(initial=0)).bit_length())
         dens = np.stack([((flat >> b) & 1).mean(1) for b in range(bits)], axis=1)
-        mean = flat.mean(1)
+        mean = flat.mean(1) * fixed_point_scale(entry)
     else:
         dens = (flat != 0).mean(1)[:, None]
         mean = dens[:, 0]
@@ -202,8 +202,9 @@ def _sample_rates(raw: RawSample, meta: TraceMeta) -> Rates:
     planes, means, nonzero, kv, silent = {}, {}, {}, {}, {}
     for name, spec in meta.tensors.items():
         arr, entry = raw.arrays[name], raw.index[name]
-        planes[name], means[name] = plane_densities(arr, entry, T)
-        nonzero[name] = nnz_per_t(arr, entry, T) / math.prod(spec.shape[1:])
+        numel = math.prod(spec.shape[1:])
+        planes[name], means[name] = plane_densities(arr, entry, T, numel)
+        nonzero[name] = nnz_per_t(arr, entry, T) / numel
         silent[name] = silent_fraction(arr, entry, T)
     for op in meta.ops:
         if op.kind == "attention":

@@ -133,15 +133,24 @@ def test_per_layer_counts_match_a_hand_calculation(tmp_path, model_2_256):
     assert dense[1, C["xbar_reads"]] == 4096 * 3 * 2 and dense[1, C["wl_rows"]] == 4096 * 288 * 2
 
 
-@pytest.mark.parametrize("mode,dvs", [("SDT", False), ("SDT", True), ("STAtten", True)])
+@pytest.mark.parametrize("mode,dvs", [("SDT", False), ("SDT", True), ("STAtten", True), ("SDT", "halved")])
 def test_sop_calibration_reproduces_the_firing_rate_report(tmp_path, mode, dvs):
     """sop45 (E_AC 0.9 pJ per SOP, E_MAC 4.6 pJ, everything else 0) == E_MAC * MACs + E_AC * sum_l R_l T FLOPs_l,
-    computed directly from the stored layer inputs, and == engine.energy.EnergyMeter on the same forward."""
-    net = firing_model(T=4, embed_dims=64, img_size=32, in_channels=2 if dvs else 3, dvs=dvs, attention_mode=mode)
-    x = dvs_events(4, 32, seed=5) if dvs else torch.randn(1, 3, 32, 32)
-    with EnergyMeter(net, T=4, dvs_input=dvs) as meter:
+    computed directly from the stored layer inputs, and == engine.energy.EnergyMeter on the same forward.
+    "halved": 64x64 event counts resized bilinearly to 32x32 (as CIFAR10-DVS 128 -> 64), multiples of 1/4."""
+    net = firing_model(T=4, embed_dims=64, img_size=32, in_channels=2 if dvs else 3, dvs=bool(dvs),
+                       attention_mode=mode)
+    x = dvs_events(4, 32, seed=5) if dvs is True else torch.randn(1, 3, 32, 32)
+    if dvs == "halved":
+        x = F.interpolate(dvs_events(4, 64, seed=5)[0], size=32, mode="bilinear")[None]
+        assert not torch.equal(x, x.round()) and torch.equal(x * 4, (x * 4).round())
+    with EnergyMeter(net, T=4, dvs_input=bool(dvs)) as meter:
         capture = capture_sample(net, x)
     reader = TraceReader(write(tmp_path / "t", [capture]))
+    first = reader.meta.layers()[0].tensor
+    raw_entry = reader.load_raw(0).index[first]
+    assert raw_entry["encoding"] == ("float32" if not dvs else "uint8")
+    assert raw_entry.get("fraction_bits", 0) == (2 if dvs == "halved" else 0)
     sample = reader.load(0)
     direct = 0.0
     for op in reader.meta.layers():

@@ -164,3 +164,17 @@ def test_exact_and_statistical_agree_on_a_dvs_trace(tmp_path):
     exact = np.mean([e for e, _ in simulate(workload, config, progress=False).tally.totals[config.name]])
     stat = _stat_energy(workload, config, rates_from_traces(workload.reader))
     assert abs(stat / exact - 1) < 0.25
+
+
+def test_rates_of_spike_tensors_count_channels_not_packed_bits(tmp_path):
+    """Width 32: proj_conv1 reads 4 channels, packed into one byte with 4 padding bits.  For a 0/1 tensor the
+    density of its single bit plane and its mean both equal its non-zero fraction (they were half of it)."""
+    net = firing_model(T=2, embed_dims=32, depths=1, img_size=32)
+    workload = Workload.open(write(tmp_path / "t", [capture_sample(net, dvs_events(2, 32, seed=2))]))
+    rates = rates_from_traces(workload.reader)
+    binary = [name for name, spec in workload.meta.tensors.items()
+              if workload.reader.load_raw(0).index[name]["encoding"] == "bits"]
+    assert any(workload.meta.tensors[name].shape[1] % 8 for name in binary)
+    for name in binary:
+        np.testing.assert_allclose(rates.planes[name][:, 0], rates.nonzero[name], rtol=1e-12, err_msg=name)
+        np.testing.assert_allclose(rates.means[name], rates.nonzero[name], rtol=1e-12, err_msg=name)

@@ -164,3 +164,22 @@ def test_sample_file_copied_over_another_is_detected(tmp_path):
 def test_missing_folder(tmp_path):
     with pytest.raises(TraceFormatError, match="meta.json"):
         TraceReader(tmp_path / "nope")
+
+
+def test_resized_event_frames_are_stored_as_fixed_point_or_warned(tmp_path, caplog):
+    """Counts halved bilinearly (CIFAR10-DVS 128 -> 64) are multiples of 1/4: uint8 with 2 fraction bits, read back
+    exactly; a 34 -> 32 resize (N-MNIST's demo) gives arbitrary fractions: float32, with a warning."""
+    import torch.nn.functional as F
+
+    net = firing_model(T=2, embed_dims=32, depths=1, img_size=32)
+    halved = F.interpolate(dvs_events(2, 64, seed=4)[0], size=32, mode="bilinear")[None]
+    shrunk = F.interpolate(dvs_events(2, 34, seed=4)[0], size=32, mode="bilinear")[None]
+    for name, x, encoding, bits in (("halved", halved, "uint8", 2), ("shrunk", shrunk, "float32", 0)):
+        caplog.clear()
+        capture = capture_sample(net, x)
+        reader = TraceReader(write(tmp_path / name, [capture]))
+        first = reader.meta.layers()[0].tensor
+        entry = reader.load_raw(0).index[first]
+        assert (entry["encoding"], entry.get("fraction_bits", 0)) == (encoding, bits), name
+        assert torch.equal(reader.load(0).tensors[first], capture.tensors[first]), name
+        assert ("not event counts" in caplog.text) == (name == "shrunk"), name
