@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -37,6 +38,7 @@ __all__ = ["root_lock", "clear_stale", "atomic_dir", "prepare_events", "build_fr
            "load_events", "integrate_frames"]
 
 EVENTS_DIR = "events_np"
+SOURCE_FILE = ".source.json"  # in events_np: the raw folder it was converted from
 
 
 def _workers() -> int:
@@ -174,6 +176,7 @@ def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download:
     default_raw = raw_dir is None
     raw_dir = root / "extract" if default_raw else Path(raw_dir).expanduser()
     if root.is_dir() and _events_ready(root):
+        _warn_other_source(root / EVENTS_DIR, raw_dir)
         return root / EVENTS_DIR
     if root.exists() and not root.is_dir():
         raise DVSDataError(f"{name}: the dataset root {root} is a file, expected a directory")
@@ -209,7 +212,20 @@ def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download:
                     for label in range(11):
                         (tmp / split / str(label)).mkdir(parents=True)
             _run_parallel(lambda job: run_job(job, tmp), jobs)
+            (tmp / SOURCE_FILE).write_text(json.dumps({"raw_dir": str(raw_dir.resolve()), "files": len(jobs)}) + "\n")
     return root / EVENTS_DIR
+
+
+def _warn_other_source(events: Path, raw_dir: Path) -> None:
+    """Warn when ``events`` was converted from another raw folder than ``raw_dir``, which holds files too: the
+    conversion is kept (it is trusted, not re-scanned), so new or other raw files would be silently ignored."""
+    try:
+        source = json.loads((events / SOURCE_FILE).read_text())["raw_dir"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # converted before the source was recorded, or by spikingjelly
+    if raw_dir.is_dir() and Path(source) != raw_dir.resolve():
+        _logger.warning("%s was converted from %s, not from %s; using it as it is. Delete %s to convert the raw "
+                        "files of %s instead.", events, source, raw_dir, events, raw_dir)
 
 
 # --------------------------------------------------------------------------------------------- frames

@@ -187,3 +187,19 @@ def test_flip_roll_and_ncaltech_augment_keep_the_events():
     assert all(o.shape == x.shape for o in outs)
     rolled = [o for o in outs if torch.isclose(o.sum(), x.sum())]
     assert rolled and len(rolled) < len(outs)  # rolls keep every count; rotations/shears crop some
+
+
+@needs_nmnist
+def test_events_converted_from_another_raw_folder_are_warned_about(tmp_path, caplog):
+    """The demo's conversion of the fixture files is kept when the full dataset is pointed at later: say so."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    small, _, _ = _subset(tmp_path / "a", n_train=10, n_test=5)
+    large, _, _ = _subset(tmp_path / "b", n_train=20, n_test=5)
+    root = tmp_path / "nmnist"
+    assert len(build_dvs_dataset("nmnist", root, "train", dvs_args(dvs_raw_dir=str(small), time_steps=2))) == 10
+    caplog.clear()
+    build_dvs_dataset("nmnist", root, "train", dvs_args(dvs_raw_dir=str(small), time_steps=2))
+    assert "was converted from" not in caplog.text
+    again = build_dvs_dataset("nmnist", root, "train", dvs_args(dvs_raw_dir=str(large), time_steps=2))
+    assert len(again) == 10  # kept as it is ...
+    assert f"was converted from {small.resolve()}, not from {large}" in caplog.text  # ... and said
