@@ -150,6 +150,19 @@ class EnergyMeter:
             count.steps += rows
         return hook
 
+    def all_reduce(self) -> None:
+        """Combine the counts of every process (``torch.distributed``), in place."""
+        import torch.distributed as dist
+
+        for name in self._order:
+            count = self._layers[name]
+            dist.all_reduce(count.input_sum)
+            dist.all_reduce(count.input_nonzero)
+            dist.all_reduce(count.input_min, op=dist.ReduceOp.MIN)
+            sizes = torch.tensor([count.samples, count.steps], dtype=torch.int64, device=count.input_sum.device)
+            dist.all_reduce(sizes)
+            count.samples, count.steps = sizes.tolist()
+
     def remove(self) -> None:
         """Detach the hooks."""
         for handle in self._handles:

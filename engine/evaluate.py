@@ -191,9 +191,11 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             rates.update(hook)
             if args.save_qkv and is_primary(args):
                 torch.save(hook, os.path.join(output_dir, f"qkv_{batch_idx}.pkl"))
-    if args.distributed:
-        for tensor in (correct, seen, *rates.totals()):
+    if args.distributed:  # every process saw its share of the samples
+        for tensor in (correct, seen):
             dist.all_reduce(tensor)
+        rates.all_reduce()
+        energy.all_reduce()
     top1, top5 = (100.0 * correct / seen).tolist()
     if not is_primary(args):
         return {}

@@ -57,9 +57,17 @@ class FiringRateMeter:
             batch = value.shape[1]
         self.samples += batch or 0
 
-    def totals(self) -> list[torch.Tensor]:
-        """The running per-step sums and non-zero counts (e.g. to all-reduce them across processes in place)."""
-        return [*self._sums.values(), *self._nonzero.values()]
+    def all_reduce(self) -> None:
+        """Sum the counts of every process (``torch.distributed``), in place: sums, non-zeros, elements, samples."""
+        import torch.distributed as dist
+
+        for tensor in (*self._sums.values(), *self._nonzero.values()):
+            dist.all_reduce(tensor)
+        device = next(iter(self._sums.values())).device if self._sums else "cpu"
+        sizes = torch.tensor([*self._elements.values(), self.samples], dtype=torch.int64, device=device)
+        dist.all_reduce(sizes)
+        *elements, self.samples = sizes.tolist()
+        self._elements = dict(zip(self._elements, elements))
 
     @property
     def keys(self) -> list[str]:

@@ -24,3 +24,28 @@ def test_two_process_run(tmp_path, launcher):
     assert (recorded["world_size"], recorded["distributed"], recorded["rank"]) == (2, True, 0)
     assert [row["epoch"] for row in read_summary(run_dir / "summary.csv")] == ["0"]
     assert "2 processes" in (run_dir / "train.log").read_text()
+
+
+def test_two_process_evaluation_equals_one(tmp_path):
+    """Each process evaluates half of the 360 images; the rates, sample count and energy are those of one process
+    (they were doubled: the sums were all-reduced but not the element counts)."""
+    import json
+
+    from test_evaluate import _checkpoint
+
+    checkpoint = _checkpoint(tmp_path, 2)
+    flags = [*TINY_FLAGS, "--time-steps", "2", "--resume", str(checkpoint), "--output", str(tmp_path / "valid")]
+    runs = {"one": [sys.executable, "firing_num.py"],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                    f"--master_port={free_port()}", "firing_num.py"]}
+    for name, launch in runs.items():
+        result = subprocess.run([*launch, *flags, "--experiment", name], cwd=REPO, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads((tmp_path / "valid" / name / "firing.json").read_text()) for name in runs)
+    assert one["samples"] == two["samples"] == 360 and two["top1"] == pytest.approx(one["top1"])
+    for step, rates in one["firing_rate"].items():
+        assert two["firing_rate"][step] == pytest.approx(rates, rel=1e-9), step
+        assert two["non_zero"][step] == pytest.approx(one["non_zero"][step], rel=1e-9), step
+    assert any(value > 0 for value in one["firing_rate"]["t1"].values())
+    assert two["energy"]["energy_mj"] == pytest.approx(one["energy"]["energy_mj"], rel=1e-9)
