@@ -43,6 +43,8 @@ def test_config_parses_and_builds(path):
         assert model.chunk_size == args.chunk_size and args.time_steps % args.chunk_size == 0
     params = sum(p.numel() for p in model.parameters())
     assert params > 0 and all(p.device.type == "meta" for p in model.parameters())
+    if family in ("sdt", "statten") and args.dataset in STATIC_DATASETS:  # every reference image config sets both
+        assert (args.interpolation, args.train_interpolation) == ("bicubic", "bicubic")
 
 
 def test_paper_sizes():
