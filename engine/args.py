@@ -45,7 +45,7 @@ INERT_FLAGS = {
     "tta": "test-time augmentation is not part of training",
     "torchscript": "the spiking neurons are not scriptable",
     "log_wandb": "Weights & Biases is not a dependency; use the TensorBoard scalars",
-    "apex_amp": "apex is not used; --amp selects torch.amp",
+    "apex_amp": "apex is not used, so (as in the reference without apex) it stays float32; --amp selects torch.amp",
 }
 
 
@@ -208,7 +208,7 @@ def _batchnorm_ema_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False,
                        help="keep an exponential moving average of the weights (timm ModelEmaV3)")
     group.add_argument("--model-ema-force-cpu", action=argparse.BooleanOptionalAction, default=False,
-                       help="keep the EMA on the CPU")
+                       help="keep the EMA on the CPU; as in the reference it is then not validated (but saved)")
     group.add_argument("--model-ema-decay", type=float, default=0.9998, help="EMA decay")
 
 

@@ -139,7 +139,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if known.config:
         parser.set_defaults(**load_config(known.config, parser))
     args = parser.parse_args(argv)
-    if args.native_amp or args.apex_amp:
+    if args.native_amp:  # the reference's torch.amp switch; --apex-amp without apex left it in float32
         args.amp = True
     return args
 

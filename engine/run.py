@@ -167,7 +167,7 @@ def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutput
 
             distribute_bn(s.model, args.world_size, args.dist_bn == "reduce")
         eval_metrics = validate(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp)
-        if s.model_ema is not None:
+        if s.model_ema is not None and not args.model_ema_force_cpu:  # the reference skips a CPU EMA
             eval_metrics = validate(s.model_ema.module, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp,
                                     log_suffix=" (EMA)")
         lr = s.optimizer.param_groups[0]["lr"]

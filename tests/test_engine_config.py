@@ -29,6 +29,12 @@ def test_reference_defaults():
     assert (args.chunk_size, args.attention_mode, args.TET, args.model_ema_decay) == (2, "SDT", False, 0.9998)
 
 
+def test_amp_switches_as_the_reference_without_apex():
+    """--native-amp is torch.amp (--amp); --apex-amp without apex left the reference in float32 (it warns)."""
+    assert parse_args(_parser(), ["--native-amp"]).amp is True
+    assert parse_args(_parser(), ["--apex-amp"]).amp is False
+
+
 def test_precedence_cli_over_yaml_over_default(tmp_path):
     cfg = _yaml(tmp_path, "lr: 3e-4\nepochs: 7\nmodel-ema: true\n")
     args = parse_args(_parser(), ["-c", cfg, "--epochs", "9"])

@@ -98,3 +98,17 @@ def test_fused_optimizer_is_the_default_on_cuda_only_and_changes_no_number(tmp_p
         runs.append(model.state_dict())
     for name, value in runs[0].items():
         torch.testing.assert_close(runs[1][name], value, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.mark.parametrize("force_cpu", [False, True])
+def test_ema_on_the_cpu_is_not_validated_as_in_the_reference(tmp_path, force_cpu):
+    """``--model-ema-force-cpu`` keeps the EMA on the CPU, and the reference then skipped its validation (on a GPU
+    the CPU weights would meet CUDA inputs); the EMA weights are still saved."""
+    from engine.run import run_training
+
+    args = tiny_args(tmp_path, "--epochs", "1", "--cooldown-epochs", "0", "--model-ema", "--experiment", "ema",
+                     *(["--model-ema-force-cpu"] if force_cpu else []))
+    run_training(args)
+    log = (tmp_path / "ema" / "train.log").read_text()
+    assert ("(EMA)" in log) is not force_cpu
+    assert "state_dict_ema" in torch.load(tmp_path / "ema" / "last.pth.tar", weights_only=False)
