@@ -59,7 +59,7 @@ def _evaluate_best(args: argparse.Namespace, setup, output_dir: str, skip: dict)
             key = "state_dict_ema" if args.model_ema and "state_dict_ema" in checkpoint else "state_dict"
             load_model_weights(unwrap(setup.model), checkpoint, best, key=key)
             _logger.info("Early exit: evaluating %s (%s)", best, key)
-        result = evaluate_aster(setup.model, setup.loaders.eval, setup.eval_loss_fn, args, amp=setup.amp,
+        result = evaluate_aster(setup.model, setup.loaders.eval, setup.eval_loss_fn, args,
                                 **_exit_options(args))
     if is_primary(args):
         write_aster_outputs(output_dir, result, skip)
@@ -84,13 +84,13 @@ def _validate_only(args: argparse.Namespace, parser: argparse.ArgumentParser, ho
     outputs = RunOutputs(args, output_dir, log_name="aster.log") if is_primary(args) else None
     try:
         if args.study:
-            rows = run_study(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp, rates=rates,
+            rows = run_study(s.model, s.loaders.eval, s.eval_loss_fn, args, rates=rates,
                              max_skip=args.layer if args.study_max_skip is None else args.study_max_skip,
                              thresholds=args.exit_sweep or list(HEATMAP_THRESHOLDS), metric=args.exit_metric)
             if outputs is not None:
                 write_study(output_dir, rows, args.time_steps)
             return {"output_dir": output_dir, "study": rows}
-        result = evaluate_aster(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp, **_exit_options(args))
+        result = evaluate_aster(s.model, s.loaders.eval, s.eval_loss_fn, args, **_exit_options(args))
         if outputs is not None:
             write_aster_outputs(output_dir, result, skip)
             if args.export_traces:

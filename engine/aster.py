@@ -17,6 +17,7 @@ study ``aster_heatmap.csv`` + ``aster_heatmap.png``.  The JSON is strict: non-fi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import json
@@ -45,6 +46,7 @@ _logger = logging.getLogger(__name__)
 
 # The exit thresholds of the paper's heat map (plot_heatmap.py), used by --study when --exit-sweep is not given.
 HEATMAP_THRESHOLDS = (0.1, 0.3, 0.5, 0.6, 0.8, 0.9)
+FLOAT32 = Amp(contextlib.nullcontext)
 NO_EXIT = math.inf  # a threshold no score exceeds: every sample runs all T steps
 
 
@@ -207,15 +209,17 @@ class AsterResult:
                 "sweep": [{k: v for k, v in row.items() if k != "metric"} for row in self.sweep.rows()]}
 
 
-def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *, amp: Amp,
+def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *,
                    thresholds: list[float], metric: str = "confidence", exit_threshold: float | None = None,
                    log_suffix: str = "") -> AsterResult:
-    """One validation pass with per-step logits feeding the early-exit meters.
+    """One validation pass with per-step logits feeding the early-exit meters, in float32 whatever ``--amp`` says
+    (the reference's ``early_exit_inference`` ran without autocast; near a threshold, half-precision logits would
+    move exits).
 
     Args:
         model: the (possibly distributed) model; its ``TET`` flag is set for the pass and restored.
         loader: validation batches, in a fixed order (sample i of ``exit_steps.json`` is the i-th sample).
-        loss_fn, args, amp: as for :func:`engine.loop.validate`.
+        loss_fn, args: as for :func:`engine.loop.validate`.
         thresholds: sweep thresholds (may be empty: the fixed-t accuracies and the oracle are always computed).
         metric: ``confidence`` or ``entropy``.
         exit_threshold: the threshold with per-sample records (``--early-exit``), or None.
@@ -227,12 +231,17 @@ def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.
     if bare.attention_mode == "STAtten" and bare.chunk_size > 1 and is_primary(args):
         _logger.warning("STAtten attention mixes the %d steps of a chunk: an exit inside a chunk is not the same as "
                         "a shorter run (exact only at chunk boundaries)", bare.chunk_size)
+    if args.amp and is_primary(args):
+        _logger.info("Early exit: this validation pass runs in float32, as the reference's (--amp is for training)")
     sweep = EarlyExitSweep(list(thresholds), bare.T, metric)
-    meter = EarlyExitMeter(T=bare.T, threshold=exit_threshold, metric=metric) if exit_threshold is not None else None
+    meter = None
+    if exit_threshold is not None:
+        meter = EarlyExitMeter(T=bare.T, threshold=exit_threshold, metric=metric,
+                               confidence_samples=10 if args.dataset.lower() == "imagenet" else 100)
     observers = [sweep.update] + ([meter.update] if meter is not None else [])
     was_tet, bare.TET = bare.TET, True
     try:
-        metrics = validate(model, loader, loss_fn, args, amp=amp, log_suffix=log_suffix, observers=observers)
+        metrics = validate(model, loader, loss_fn, args, amp=FLOAT32, log_suffix=log_suffix, observers=observers)
     finally:
         bare.TET = was_tet
     result = AsterResult(T=bare.T, metric=metric, skipped_blocks=bare.skip_blocks, validation=dict(metrics),
@@ -260,7 +269,7 @@ def _log_result(res: AsterResult) -> None:
                  res.meter.threshold)
     for label, e in res.meter.per_class().items():
         _logger.info(f"  {label:>5}: {e['samples']:>6d}  {e['accuracy']:7.2f}%  {e['avg_timestep']:.3f}  "
-                     f"{e['std_timestep']:.3f}")
+                     f"{e['std_dev']:.3f}")
 
 
 def _write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
@@ -372,7 +381,7 @@ def _plot_exit_curve(result: AsterResult, path: Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- study
-def run_study(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *, amp: Amp,
+def run_study(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *,
               rates: dict[str, dict[str, float]], max_skip: int, thresholds: list[float],
               metric: str = "confidence") -> list[dict]:
     """Accuracy and average time steps for k = 0..max_skip lowest-rate blocks skipped x each threshold.
@@ -390,7 +399,7 @@ def run_study(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Names
         for k in range(max_skip + 1):
             blocks = select_skip_blocks(bare.depths, rates, lowest=k).blocks
             bare.skip_blocks = blocks
-            result = evaluate_aster(model, loader, loss_fn, args, amp=amp, thresholds=thresholds,
+            result = evaluate_aster(model, loader, loss_fn, args, thresholds=thresholds,
                                     metric=metric, log_suffix=f" (skip {k})")
             rows += [{"skipped_layers": k, "skipped_blocks": " ".join(map(str, blocks)), "threshold": r["threshold"],
                       "accuracy": r["accuracy"], "avg_timesteps": r["avg_timesteps"]} for r in result.sweep.rows()]

@@ -111,21 +111,22 @@ class EarlyExitMeter:
     T: int
     threshold: float = 0.9
     metric: str = "confidence"
-    confidence_samples: int = 100
+    confidence_samples: int = 100  # the reference: 10 on ImageNet, 100 elsewhere
     exit_steps: list[int] = field(default_factory=list)
     predictions: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
-    _confidence: list[list[float]] = field(default_factory=list)
+    _confidence: list[list[float]] = field(default_factory=list)  # per sample, the scores of the steps it ran
 
     def update(self, per_step_logits: torch.Tensor, labels: torch.Tensor) -> None:
         scores, cumulative = exit_scores(per_step_logits, self.metric)
         steps, predictions = exit_decisions(scores, cumulative, self.threshold)
+        room = self.confidence_samples - len(self._confidence)
+        if room > 0:
+            self._confidence += [row[:t] for row, t in zip(scores[:, :room].transpose(0, 1).tolist(),
+                                                           steps[:room].tolist())]
         self.exit_steps += steps.tolist()
         self.predictions += predictions.tolist()
         self.labels += labels.tolist()
-        room = self.confidence_samples - len(self._confidence)
-        if room > 0:
-            self._confidence += scores[:, :room].transpose(0, 1).tolist()
 
     @property
     def total(self) -> int:
@@ -145,7 +146,8 @@ class EarlyExitMeter:
                 f"Acc: {o['accuracy']:.4f}, Portion: {[round(r, 4) for r in o['exit_timestep_ratio']]}")
 
     def per_class(self) -> dict:
-        """Per class: samples, accuracy (%), mean and std of the exit step; the steps themselves if <= 100."""
+        """Per class: samples, accuracy (%), mean and std of the exit step; the steps themselves if <= 100 (the
+        reference's keys, ``std_dev`` and ``"too many to store"`` included)."""
         stats = {}
         for c in sorted(set(self.labels)):
             idx = [i for i, y in enumerate(self.labels) if y == c]
@@ -153,19 +155,20 @@ class EarlyExitMeter:
             entry = {"samples": len(idx),
                      "accuracy": 100.0 * sum(self.predictions[i] == c for i in idx) / len(idx),
                      "avg_timestep": steps.mean().item(),
-                     "std_timestep": steps.std(unbiased=False).item()}
-            if len(idx) <= 100:
-                entry["exit_timesteps"] = steps.long().tolist()
+                     "std_dev": steps.std(unbiased=False).item(),
+                     "exit_timesteps": steps.long().tolist() if len(idx) <= 100 else "too many to store"}
             stats[str(c)] = entry
         return stats
 
     def confidence_summary(self) -> dict:
-        """Score statistics per step over the first ``confidence_samples`` samples."""
+        """Score statistics per step over the first ``confidence_samples`` samples, each while it still ran (as the
+        reference: a step no sample reached is left out)."""
         summary = {}
         for t in range(self.T):
-            values = [row[t] for row in self._confidence]
-            summary[f"timestep_{t + 1}"] = {"avg": sum(values) / len(values), "min": min(values),
-                                            "max": max(values), "values": values[:20]}
+            values = [row[t] for row in self._confidence if len(row) > t]
+            if values:
+                summary[f"timestep_{t + 1}"] = {"avg": sum(values) / len(values), "min": min(values),
+                                                "max": max(values), "values": values[:20]}
         return summary
 
     def class_stats(self) -> dict:

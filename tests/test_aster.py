@@ -138,11 +138,24 @@ def test_class_stats_and_exit_record():
     meter.update(per_step, torch.tensor([0, 1]))
     stats = meter.class_stats()
     assert stats["overall"]["exit_timestep_ratio"] == [0.5, 0.0, 0.5]
-    assert stats["per_class"]["0"] == {"samples": 1, "accuracy": 100.0, "avg_timestep": 1.0, "std_timestep": 0.0,
+    assert stats["per_class"]["0"] == {"samples": 1, "accuracy": 100.0, "avg_timestep": 1.0, "std_dev": 0.0,
                                        "exit_timesteps": [1]}
     assert stats["confidence"]["timestep_1"]["values"][0] == pytest.approx(torch.tensor([5.0, 0]).softmax(0)[0])
+    # as the reference: a sample's score is recorded only at the steps it ran (sample 0 left at step 1)
+    assert [len(stats["confidence"][f"timestep_{t}"]["values"]) for t in (1, 2, 3)] == [2, 1, 1]
     assert meter.exit_record()["exit_steps"] == [1, 3]
     assert meter.log_line().startswith("[Early Exit] Threshold: 0.9, Avg Time: 2.0000, Acc: 100.0000, Portion:")
+
+
+def test_class_stats_of_large_classes_and_confidence_sample_count():
+    """The reference writes "too many to store" for a class of more than 100 samples, and scores of the first
+    10 samples only on ImageNet (``confidence_samples``)."""
+    meter = EarlyExitMeter(T=2, threshold=2.0, confidence_samples=10)  # nobody exits early: both steps run
+    meter.update(torch.randn(2, 101, 3), torch.zeros(101, dtype=torch.long))
+    stats = meter.class_stats()
+    assert stats["per_class"]["0"]["exit_timesteps"] == "too many to store"
+    assert stats["per_class"]["0"]["samples"] == 101
+    assert [len(stats["confidence"][f"timestep_{t}"]["values"]) for t in (1, 2)] == [10, 10]
 
 
 def test_skip_blocks_validated_on_the_model():

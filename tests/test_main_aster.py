@@ -172,7 +172,9 @@ def _direct_exits(s, skipped, threshold):
 
 
 def test_early_exit_equals_a_direct_per_sample_computation(tmp_path):
-    """main.py --validate-only --early-exit with block 1 skipped, against runs of 1..T steps of the same model."""
+    """main.py --validate-only --early-exit with block 1 skipped, against runs of 1..T steps of the same model.
+    With --amp too: the exit pass runs in float32, as the reference's (bfloat16 logits move exits near a
+    threshold)."""
     _, s = _evaluation_setup(tmp_path / "direct", "--skip-blocks", "1")
     # A threshold between two neighbouring scores near the median at the first step where the scores differ (at
     # step 1 the head neurons may not fire yet, leaving every sample with the bias alone), so that samples exit
@@ -184,7 +186,7 @@ def test_early_exit_equals_a_direct_per_sample_computation(tmp_path):
 
     status, run_dir = run_main(tmp_path, "--validate-only", "--initial-checkpoint", _checkpoint(), "--skip-blocks",
                                "1", "--early-exit", "--exit-threshold", repr(threshold), "--exit-sweep",
-                               f"0,{threshold!r},1.01")
+                               f"0,{threshold!r},1.01", "--amp", "--amp-dtype", "bfloat16")
     assert status == 0
     record = json.loads((run_dir / "exit_steps.json").read_text())
     assert record["exit_steps"] == steps and record["predictions"] == predictions and record["labels"] == labels
