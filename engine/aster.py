@@ -136,6 +136,8 @@ def read_firing_rates(path: str, depths: int, T: int) -> dict[str, dict[str, flo
     except (OSError, ValueError) as exc:
         message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         raise ConfigError(f"--log-file: {message}") from None
+    while len(rates) > T and not rates[f"t{len(rates) - 1}"]:  # the reference's firing_num.py always wrote
+        del rates[f"t{len(rates) - 1}"]  # "t0".."t3", leaving the steps of a T < 4 model empty
     if len(rates) != T:
         raise ConfigError(f"--log-file: {path} holds the rates of {len(rates)} time steps, the model runs "
                           f"--time-steps {T}; measure them with firing_num.py at the same T")

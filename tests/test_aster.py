@@ -215,6 +215,21 @@ def test_bad_rate_files_are_one_short_error_naming_the_file(tmp_path, case, mess
     assert str(path) in str(err.value) and len(str(err.value)) < 300
 
 
+def test_reference_log_of_a_short_model_reads_its_steps(tmp_path):
+    """The reference's firing_num.py always wrote t0..t3, leaving the steps beyond T empty: a T=2 model's log is
+    read as 2 steps; a log with rates at step 3 is still another T."""
+    from _aster_helpers import reference_log
+
+    key = "MS_SSA_Conv0_x_after_qkv"
+    path = tmp_path / "sdt.log"
+    path.write_text(reference_log({"t0": {key: 0.1}, "t1": {key: 0.2}, "t2": {}, "t3": {}}))
+    assert read_firing_rates(str(path), 1, 2) == {"t0": {key: 0.1}, "t1": {key: 0.2}}
+    path.write_text(reference_log({"t0": {key: 0.1}, "t1": {key: 0.2}, "t2": {key: 0.3}, "t3": {}}))
+    assert read_firing_rates(str(path), 1, 3) == {"t0": {key: 0.1}, "t1": {key: 0.2}, "t2": {key: 0.3}}
+    with pytest.raises(ConfigError, match="holds the rates of 3 time steps"):
+        read_firing_rates(str(path), 1, 2)
+
+
 def test_nan_thresholds_are_rejected():
     args = argparse.Namespace(exit_threshold=math.inf, exit_sweep=[0.5, math.inf, -1.0, 2.0])
     check_exit_args(args)
