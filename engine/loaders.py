@@ -72,20 +72,38 @@ def pin_memory(args: argparse.Namespace) -> bool:
     return args.pin_mem if args.pin_mem is not None else torch.device(args.device).type == "cuda"
 
 
-def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
+def _event_mixup(mix: dict):
+    """timm's ``Mixup`` for event clips ``[B, T, C, H, W]``: timm cuts its CutMix box from axes 2 and 3 (here C
+    and H, with the box drawn for H x W), so the clip is viewed as ``[B, T*C, H, W]``: the same H x W box at every
+    step and polarity, and targets weighted by the box's true area.  (The reference cut the wrong axes.)"""
     from timm.data import Mixup
+
+    class EventMixup(Mixup):
+        def __call__(self, x, target):
+            if x.dim() != 5:
+                return super().__call__(x, target)
+            b, t, c, h, w = x.shape
+            mixed, target = super().__call__(x.reshape(b, t * c, h, w), target)
+            return mixed.reshape(b, t, c, h, w), target
+
+    return EventMixup(**mix)
+
+
+def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
+    mix = mixup_args(args) if train else None
 
     def loader(split: str, batch_size: int, is_training: bool) -> DataLoader:
         dataset = build_dataset(args.dataset, args.data_dir, split, args)
         sampler = DistributedSampler(dataset, shuffle=is_training, seed=args.seed) if args.distributed else None
+        # The reference kept the last, short training batch; timm's Mixup needs an even one.
         return DataLoader(dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
-                          num_workers=args.workers, pin_memory=pin_memory(args), drop_last=is_training)
+                          num_workers=args.workers, pin_memory=pin_memory(args),
+                          drop_last=is_training and mix is not None)
 
     eval_loader = loader(args.val_split, args.val_batch_size, False)
     if not train:
         return Loaders(None, eval_loader)
-    mix = mixup_args(args)
-    return Loaders(loader(args.train_split, args.batch_size, True), eval_loader, Mixup(**mix) if mix else None,
+    return Loaders(loader(args.train_split, args.batch_size, True), eval_loader, _event_mixup(mix) if mix else None,
                    mixup_active=mix is not None)
 
 

@@ -98,18 +98,19 @@ def train_step(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, opt
     Returns:
         The loss of the batch, a 0-d tensor on the device (not detached).
     """
+    from timm.models import model_parameters
     from timm.utils import dispatch_clip_grad
 
     with amp.autocast():
         loss = loss_fn(model(inputs), target)
     optimizer.zero_grad(set_to_none=True)
+    clipped = model_parameters(model, exclude_head="agc" in args.clip_mode)  # AGC leaves the head alone, as timm's
     if amp.loss_scaler is not None:
-        amp.loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                        parameters=model.parameters())
+        amp.loss_scaler(loss, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode, parameters=clipped)
     else:
         loss.backward()
         if args.clip_grad is not None:
-            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+            dispatch_clip_grad(clipped, args.clip_grad, mode=args.clip_mode)
         optimizer.step()
     return loss
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["TETLoss", "build_train_loss", "build_eval_loss"]
 
@@ -43,8 +46,8 @@ class TETLoss(nn.Module):
 def build_train_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     """The training criterion, chosen as in the reference.
 
-    JSD (``--jsd``) > BCE (``--bce-loss``) > soft-target CE (mixup/CutMix) > label smoothing (``--smoothing``) > CE;
-    wrapped in :class:`TETLoss` with ``--TET``.
+    JSD (``--jsd``) > BCE (``--bce-loss``, with mixup/CutMix or ``--smoothing``) > soft-target CE (mixup/CutMix) >
+    label smoothing (``--smoothing``) > CE; wrapped in :class:`TETLoss` with ``--TET``.
     """
     from timm.loss import BinaryCrossEntropy, JsdCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
@@ -52,7 +55,7 @@ def build_train_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
         if args.aug_splits < 2:
             raise ConfigError("--jsd needs --aug-splits of 2 or more")
         criterion = JsdCrossEntropy(num_splits=args.aug_splits, smoothing=args.smoothing)
-    elif args.bce_loss:
+    elif args.bce_loss and (mixup_active or args.smoothing):  # as in the reference: else plain CE below
         criterion = BinaryCrossEntropy(smoothing=0.0 if mixup_active else args.smoothing,
                                        target_threshold=args.bce_target_thresh)
     elif mixup_active:
@@ -60,6 +63,9 @@ def build_train_loss(args: argparse.Namespace, mixup_active: bool) -> nn.Module:
     elif args.smoothing:
         criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
+        if args.bce_loss:
+            _logger.warning("--bce-loss applies with mixup/CutMix or --smoothing, as in the reference; without "
+                            "them the loss is cross-entropy")
         criterion = nn.CrossEntropyLoss()
     if args.TET:
         return TETLoss(criterion, means=args.TET_means, lamb=args.TET_lamb)

@@ -129,3 +129,22 @@ def test_digits_loaders_with_prefetcher_and_mixup():
     assert loaders.mixup_active and loaders.mixup_fn is None  # mixup in the collate function
     x, y = next(iter(loaders.eval))
     assert x.shape == (32, 3, 32, 32) and y.dtype == torch.int64 and abs(x.mean().item()) < 1.0
+
+
+def test_event_cutmix_cuts_height_and_width_at_every_step():
+    """CutMix on [B, T, C, H, W] clips: one H x W box, the same at every step and polarity, and targets weighted
+    by its area (timm alone cuts axes 2 and 3, the steps' channels and the height, with a box drawn for H x W)."""
+    from engine.loaders import _event_mixup
+
+    mixup = _event_mixup(dict(mixup_alpha=0.0, cutmix_alpha=1.0, prob=1.0, switch_prob=0.0, mode="batch",
+                              label_smoothing=0.0, num_classes=2))
+    torch.manual_seed(3)
+    for _ in range(5):
+        clips = torch.stack([torch.zeros(4, 2, 16, 12), torch.ones(4, 2, 16, 12)])  # sample 0 gets sample 1's box
+        mixed, target = mixup(clips.clone(), torch.tensor([0, 1]))
+        box = mixed[0] == 1  # [T, C, H, W]
+        assert mixed.shape == clips.shape and torch.equal(box, box[:1, :1].expand_as(box))
+        rows, cols = box[0, 0].any(1).nonzero(), box[0, 0].any(0).nonzero()
+        if len(rows):  # a rectangle
+            assert int(box[0, 0].sum()) == len(rows) * len(cols)
+        assert float(target[0, 1]) == pytest.approx(float(box[0, 0].float().mean()))

@@ -4,7 +4,7 @@ import argparse
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from engine.args import get_args_parser
 from engine.config import parse_args
@@ -44,3 +44,11 @@ def test_loss_selection():
     assert isinstance(tet, TETLoss) and isinstance(tet.criterion, SoftTargetCrossEntropy) and tet.lamb == 0.001
     with pytest.raises(ConfigError, match="aug-splits"):
         build_train_loss(_args("--jsd"), mixup_active=False)
+
+
+def test_bce_loss_applies_with_mixup_or_smoothing_as_in_the_reference(caplog):
+    assert isinstance(build_train_loss(_args("--bce-loss"), mixup_active=True), BinaryCrossEntropy)
+    smoothed = build_train_loss(_args("--bce-loss", "--smoothing", "0.2"), mixup_active=False)
+    assert isinstance(smoothed, BinaryCrossEntropy) and smoothed.smoothing == 0.2
+    plain = build_train_loss(_args("--bce-loss", "--smoothing", "0"), mixup_active=False)
+    assert type(plain) is torch.nn.CrossEntropyLoss and "--bce-loss applies with mixup" in caplog.text

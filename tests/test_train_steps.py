@@ -1,4 +1,6 @@
 """A few training steps lower the loss; a checkpoint round-trips; AMP steps run on the CPU."""
+import contextlib
+
 import pytest
 import torch
 from _engine_helpers import tiny_args
@@ -112,3 +114,24 @@ def test_ema_on_the_cpu_is_not_validated_as_in_the_reference(tmp_path, force_cpu
     log = (tmp_path / "ema" / "train.log").read_text()
     assert ("(EMA)" in log) is not force_cpu
     assert "state_dict_ema" in torch.load(tmp_path / "ema" / "last.pth.tar", weights_only=False)
+
+
+def test_agc_clipping_leaves_the_head_alone_as_timm_does(tmp_path):
+    """``--clip-mode agc`` clips every parameter's gradient but the classifier head's (timm's train.py)."""
+    from engine.loop import train_step
+    from engine.optim import Amp
+
+    grads = {}
+    for mode in ("none", "agc"):
+        flags = ["--clip-grad", "1e-4", "--clip-mode", "agc"] if mode == "agc" else []
+        args = tiny_args(tmp_path, "--opt", "sgd", "--lr", "1e-9", "--weight-decay", "0", *flags)
+        model, optimizer = _setup(args)
+        torch.manual_seed(0)
+        batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+        train_step(model, *batch, optimizer, torch.nn.CrossEntropyLoss(), args, Amp(contextlib.nullcontext))
+        grads[mode] = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    for name in ("head.weight", "head.bias"):
+        torch.testing.assert_close(grads["agc"][name], grads["none"][name], rtol=0, atol=0)
+    clipped = [n for n in grads["none"] if not n.startswith("head.")
+               and not torch.equal(grads["agc"][n], grads["none"][n])]
+    assert clipped  # the other gradients were clipped
