@@ -206,6 +206,11 @@ def simulate(workload: Workload, config: HwConfig, mode: str = "exact", rates: R
         progress: tqdm bar over samples.
         chunk: samples per worker task.
     """
+    if workload.meta.skipped_blocks:
+        _logger.warning("The trace comes from a model that skips the attention of blocks %s: it holds no data for "
+                        "them, so the baselines (dense_pim, prior_pim, GPU) leave them out too and no "
+                        "attention_skipping ablation is made. For baselines of the full model, export the trace "
+                        "without skipping and pass --skip-json.", workload.meta.skipped_blocks)
     variants = build_variants(workload, config)
     main = variants[0]
     tally = Tally.empty(main)

@@ -178,3 +178,11 @@ def test_rates_of_spike_tensors_count_channels_not_packed_bits(tmp_path):
     for name in binary:
         np.testing.assert_allclose(rates.planes[name][:, 0], rates.nonzero[name], rtol=1e-12, err_msg=name)
         np.testing.assert_allclose(rates.means[name], rates.nonzero[name], rtol=1e-12, err_msg=name)
+
+
+def test_trace_of_a_skipping_model_warns_that_baselines_skip_too(tmp_path, caplog):
+    capture, config = tiny_capture("SDT", False, skip=(1,))
+    workload = Workload.open(write(tmp_path / "t", [capture], config))
+    res = simulate(workload, load_config("aster_default"), progress=False)
+    assert "skips the attention of blocks [1]" in caplog.text and "--skip-json" in caplog.text
+    assert "no_attention_skipping" not in [v.name for v in res.variants]
