@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from engine.errors import SetupError
+
 from .capture import load_capture
 from .config import load_config
 from .plots import plot_tables
@@ -67,7 +69,7 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         device = _device(args.device)
         net = build_model(args)
         inputs = make_inputs(args, device)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SetupError) as exc:
         run_parser.error(str(exc))
     run_profile(args, net, inputs)
     return 0

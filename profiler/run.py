@@ -137,26 +137,41 @@ def _random_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[t
         yield torch.randn(shape, generator=generator).to(device)
 
 
-def _dataset_inputs(args: argparse.Namespace, device: torch.device, build_eval_loader) -> Iterator[torch.Tensor]:
+def _dataset_loader(args: argparse.Namespace, device: torch.device):
+    """The validation loader of ``--dataset`` from the training engine (its normalisation and resize)."""
+    from engine.args import get_args_parser
+    from engine.config import parse_args
+    from engine.loaders import build_loaders
+    from engine.model import resolve_model_args
+
+    engine_args = parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), [
+        "--dataset", args.dataset, "--data-dir", args.data_dir, "--img-size", str(args.img_size), "--in-channels",
+        str(args.in_channels), "--time-steps", str(args.time_steps), "--num-classes", str(args.num_classes),
+        "-vb", str(args.batch_size), "--workers", "0", "--device", str(device), "--seed", str(args.seed)])
+    engine_args.distributed, engine_args.world_size, engine_args.rank = False, 1, 0
+    resolve_model_args(engine_args)
+    return build_loaders(engine_args, train=False).eval
+
+
+def _cycle(loader, device: torch.device) -> Iterator[torch.Tensor]:
     while True:
-        for images, _ in build_eval_loader(args):
+        for images, _ in loader:
             yield images.to(device)
 
 
 def make_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[torch.Tensor]:
-    """An endless stream of input batches.
+    """An endless stream of input batches: ``torch.randn`` (``--input randn``), or the validation batches of
+    ``--dataset`` (``--input dataset``, through the training engine's loader, cycled).
 
     Raises:
-        ValueError: ``--input dataset`` without the training engine's ``engine.build_eval_loader(args)``.
+        ValueError: ``--input dataset`` without ``--dataset``.
+        engine.errors.DatasetError, ConfigError: the dataset cannot be read (missing folder, ...).
     """
     if args.input == "randn":
         return _random_inputs(args, device)
-    try:
-        from engine import build_eval_loader  # optional: the training engine's data pipeline
-    except ImportError as exc:
-        raise ValueError(f"--input dataset needs engine.build_eval_loader(args) from the training engine, "
-                         f"which is not available ({exc}); use --input randn") from exc
-    return _dataset_inputs(args, device, build_eval_loader)
+    if not args.dataset:
+        raise ValueError("--input dataset needs --dataset NAME (and --data-dir DIR)")
+    return _cycle(_dataset_loader(args, device), device)
 
 
 def output_folder(out: Path) -> Path:

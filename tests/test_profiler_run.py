@@ -79,11 +79,19 @@ def test_config_file_is_strict_and_cli_wins(tmp_path, capsys):
     assert "'sideways' is not one of" in capsys.readouterr().err
 
 
-def test_dataset_input_needs_the_engine(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "engine", None)  # not importable, whatever the checkout holds
-    with pytest.raises(SystemExit):
-        main(["run", *TINY_RUN, "--input", "dataset", "--out", str(tmp_path)])
-    assert "engine.build_eval_loader" in capsys.readouterr().err
+def test_dataset_input_runs_on_validation_batches(tmp_path, capsys):
+    """``--input dataset``: the engine's validation loader, cycled (digits: 360 images, no download)."""
+    assert main(["run", *TINY_RUN, "--runs", "2", "-b", "4", "--input", "dataset", "--dataset", "digits",
+                 "--out", str(tmp_path / "run")]) == 0
+    capture = load_capture(tmp_path / "run" / "records.jsonl")
+    assert len(capture.runs) == 2 and not capture.skipped
+    for argv, message in ((["--input", "dataset"], "--input dataset needs --dataset"),
+                          (["--input", "dataset", "--dataset", "torch/cifar10", "--data-dir", str(tmp_path / "none")],
+                           "cifar-10-batches-py")):
+        with pytest.raises(SystemExit):
+            main(["run", *TINY_RUN, *argv, "--out", str(tmp_path / "bad")])
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_parse_and_plot_our_capture(tmp_path):
