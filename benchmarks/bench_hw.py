@@ -6,7 +6,7 @@ Workloads (synthetic firing models, hw.synthetic; traces are cached under output
 
 * ``dvs_2_256``: CIFAR10-DVS-shaped SDT-2-256, 64x64 event frames, T=16 (the throughput goal: >= 200 samples/s in
   exact mode on 2 CPU cores; on a shared machine the last column, from CPU time, is the fairer figure);
-* ``digits_1_64``: the digits demo's shape (conf/digits/sdt_1_64_t2.yml: 1 block, width 64, T=2, 32x32 static
+* ``digits_1_64``: the digits demo's shape (conf/digits/sdt_digits.yml: 1 block, width 64, T=2, 32x32 static
   images of scikit-learn digits).
 
 Few distinct captures are written many times (a T=16 capture takes seconds on a CPU); the model's cost does

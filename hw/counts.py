@@ -118,6 +118,7 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     c["lif_updates"][:] = lif * out_numel
     out_bits = lif * _transfer_bits(out_numel, act.out_nnz * _addr_bits(out_numel), f.spike_encoding)
     c["gb_wr_bits" if staged else "spike_wr_bits"][:] = out_bits
+    c["gb_wr_bits"] += (xbar & once & t0) * positions * cout * mem.psum_bits  # the reused encoding, stored once
     spill = mapping.memory["state_spill_fraction"]
     state_rd = lif * out_numel * mem.membrane_bits + res * (in_numel + out_numel) * mem.residual_bits
     state_wr = lif * out_numel * mem.membrane_bits + res * out_numel * mem.residual_bits
@@ -127,7 +128,7 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     c["res_adds"][:] = res * in_numel
 
     # ---- attention cores
-    _attention(c, act, mapping, config)
+    _attention(c, act, mapping, config, staged)
 
     # ---- frames into the chip, controller
     inp = col("input")
@@ -153,8 +154,9 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     return out
 
 
-def _attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig) -> None:
-    """Attention-core counts (digital event-driven, dense digital, or crossbars rewritten every step)."""
+def _attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig, staged: bool) -> None:
+    """Attention-core counts (digital event-driven, dense digital, or crossbars rewritten every step); q, k, v and
+    the output move through the global buffer in the layer-major dataflow (``staged``), as the LIF spikes do."""
     v, f = mapping.vec, config.features
     a = v["attention"][:, None]
     if not a.any():
@@ -189,5 +191,6 @@ def _attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig) -> No
     c["attn_incs"] += a * (incs + extra * nd)
     c["attn_adds"] += a * adds
     addr = _addr_bits(nd)
-    c["spike_rd_bits"] += a * _transfer_bits(3 * nd, (act.q + act.k + act.v) * addr, f.spike_encoding)
-    c["spike_wr_bits"] += a * _transfer_bits(nd, act.out_nnz * addr, f.spike_encoding)
+    c["gb_rd_bits" if staged else "spike_rd_bits"] += a * _transfer_bits(3 * nd, (act.q + act.k + act.v) * addr,
+                                                                          f.spike_encoding)
+    c["gb_wr_bits" if staged else "spike_wr_bits"] += a * _transfer_bits(nd, act.out_nnz * addr, f.spike_encoding)

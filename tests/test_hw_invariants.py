@@ -186,3 +186,24 @@ def test_trace_of_a_skipping_model_warns_that_baselines_skip_too(tmp_path, caplo
     res = simulate(workload, load_config("aster_default"), progress=False)
     assert "skips the attention of blocks [1]" in caplog.text and "--skip-json" in caplog.text
     assert "no_attention_skipping" not in [v.name for v in res.variants]
+
+
+def test_layer_major_attention_and_static_reuse_use_the_global_buffer(tmp_path):
+    """Layer-major: q, k, v and the attention output move through the global buffer like the LIF spikes; a reused
+    static encoding is written there once (t = 0) and read at every later step."""
+    capture, config = tiny_capture("SDT", False)
+    workload = Workload.open(write(tmp_path / "t", [capture], config))
+    preset = load_config("aster_default")
+    staged = dataclasses.replace(preset, dataflow=dataclasses.replace(preset.dataflow, order="layer_major"))
+    variant = make_variant("staged", staged, workload)
+    counts, _, _ = _run(variant, workload)
+    rows = variant.mapping.rows
+    attention = [i for i, r in enumerate(rows) if r.kind == "attention"]
+    assert attention and all(counts[i, :, C["spike_rd_bits"]].sum() == counts[i, :, C["spike_wr_bits"]].sum() == 0
+                             for i in attention)
+    assert all(counts[i, :, C["gb_rd_bits"]].sum() > 0 and counts[i, :, C["gb_wr_bits"]].sum() > 0
+               for i in attention)
+    first = next(i for i, r in enumerate(rows) if r.geom is not None)
+    stored = counts[first, 0, C["gb_wr_bits"]]
+    assert stored > 0 and not counts[first, 1:, C["gb_wr_bits"]].any()
+    assert np.all(counts[first, 1:, C["gb_rd_bits"]] == stored)  # the stored encoding, read back at every step
