@@ -59,6 +59,17 @@ class Timing:
     latency: np.ndarray  # the one the preset chose (dataflow.pipelining); leakage and throughput use it
 
 
+def _pipelined(stage: np.ndarray, fill: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per segment between attention barriers: the slowest stage, plus the one-token fill of every other stage
+    (the slowest stage's own fill is inside its time).  ``stage``, ``fill``: ``[..., S, T]``; returns ``[..., T]``."""
+    total = np.zeros(stage.shape[:-2] + stage.shape[-1:])
+    for a, b in zip(starts, [*starts[1:], stage.shape[-2]]):
+        seg, seg_fill = stage[..., a:b, :], fill[..., a:b, :]
+        slowest = seg.argmax(-2)[..., None, :]
+        total += seg.max(-2) + seg_fill.sum(-2) - np.take_along_axis(seg_fill, slowest, -2)[..., 0, :]
+    return total
+
+
 def compute_timing(counts: np.ndarray, mapping: Mapping, config: HwConfig, plan: StagePlan) -> Timing:
     """Cycle model for a batch of counts ``[B, R, T, A]``."""
     v, chip, tm = mapping.vec, config.chip, config.timing
@@ -80,11 +91,10 @@ def compute_timing(counts: np.ndarray, mapping: Mapping, config: HwConfig, plan:
     stage = np.maximum(compute, mem) + group(attention)
     serial = stage.sum(-2)
     if config.dataflow.order == "timestep_major":
-        fill = stage / plan.positions[:, None]
-        pipelined = np.maximum.reduceat(stage, plan.segment_starts, axis=-2).sum(-2) + fill.sum(-2)
-    else:
+        pipelined = _pipelined(stage, stage / plan.positions[:, None], plan.segment_starts)
+    else:  # layers pipelined over the T steps: one step through every stage, then T - 1 of the slowest
         per_stage = stage.sum(-1)
-        total = per_stage.max(-1, keepdims=True) + per_stage.sum(-1, keepdims=True) / mapping.T
+        total = per_stage.max(-1, keepdims=True) * (1 - 1 / mapping.T) + per_stage.sum(-1, keepdims=True) / mapping.T
         run = serial.sum(-1, keepdims=True)
         pipelined = np.where(run > 0, total * serial / np.where(run > 0, run, 1), 0.0)
     return Timing(row_cycles=xbar + attention + lif + digital, stage_cycles=stage, stall=np.maximum(mem - compute, 0),

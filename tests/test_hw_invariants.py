@@ -207,3 +207,22 @@ def test_layer_major_attention_and_static_reuse_use_the_global_buffer(tmp_path):
     stored = counts[first, 0, C["gb_wr_bits"]]
     assert stored > 0 and not counts[first, 1:, C["gb_wr_bits"]].any()
     assert np.all(counts[first, 1:, C["gb_rd_bits"]] == stored)  # the stored encoding, read back at every step
+
+
+@pytest.mark.parametrize("order", ["timestep_major", "layer_major"])
+@pytest.mark.parametrize("dvs", [True, False])
+def test_pipelined_latency_is_never_above_the_serial_one(tmp_path, order, dvs):
+    """Pipelining overlaps stages; it cannot take longer than running them one after the other (the layer-major
+    formula counted one step of the slowest stage twice: 220 us pipelined against 164 us serial at T=2)."""
+    capture, config = tiny_capture("SDT", dvs)
+    workload = Workload.open(write(tmp_path / "t", [capture], config))
+    preset = load_config("aster_default")
+    preset = dataclasses.replace(preset, dataflow=dataclasses.replace(preset.dataflow, order=order))
+    variant = make_variant("v", preset, workload)
+    act = Activity.stack([exact_activity(workload.reader.load_raw(0), variant.mapping, variant.config)])
+    _, timing, _ = variant.evaluate(act, workload.meta.input_kind, None)
+    serial, pipelined = timing.latency_serial.sum(), timing.latency_pipelined.sum()
+    assert 0 < pipelined <= serial
+    if order == "layer_major":  # one step through every stage, then T - 1 steps of the slowest
+        per_stage, T = timing.stage_cycles[0].sum(-1), variant.mapping.T
+        assert pipelined == pytest.approx(per_stage.max() * (T - 1) / T + per_stage.sum() / T, rel=1e-12)
