@@ -181,11 +181,15 @@ def test_rates_of_spike_tensors_count_channels_not_packed_bits(tmp_path):
 
 
 def test_trace_of_a_skipping_model_warns_that_baselines_skip_too(tmp_path, caplog):
+    """No attention_skipping ablation either, also when --skip-json repeats the blocks (ASTER's step 6)."""
     capture, config = tiny_capture("SDT", False, skip=(1,))
-    workload = Workload.open(write(tmp_path / "t", [capture], config))
-    res = simulate(workload, load_config("aster_default"), progress=False)
-    assert "skips the attention of blocks [1]" in caplog.text and "--skip-json" in caplog.text
-    assert "no_attention_skipping" not in [v.name for v in res.variants]
+    path = write(tmp_path / "t", [capture], config)
+    (tmp_path / "skip.json").write_text('{"skipped_blocks": [1]}')
+    for skip_json in (None, tmp_path / "skip.json"):
+        workload = Workload.open(path, skip_json=skip_json)
+        res = simulate(workload, load_config("aster_default"), progress=False)
+        assert "skips the attention of blocks [1]" in caplog.text and "--skip-json" in caplog.text
+        assert "no_attention_skipping" not in [v.name for v in res.variants]
 
 
 def test_layer_major_attention_and_static_reuse_use_the_global_buffer(tmp_path):
