@@ -25,7 +25,7 @@ from engine.args import get_args_parser
 from engine.aster import HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, check_exit_args, evaluate_aster, \
     read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
 from engine.checkpoint import load_checkpoint_file, load_model_weights
-from engine.evaluate import check_export_traces, export_model_traces
+from engine.evaluate import check_export_traces, evaluation_output_root, export_model_traces
 from engine.distributed import is_primary
 from engine.errors import ConfigError
 from engine.model import unwrap
@@ -79,7 +79,7 @@ def _validate_only(args: argparse.Namespace, parser: argparse.ArgumentParser, ho
                               f"({args.layer})")
         rates = read_firing_rates(args.log_file, args.layer, args.time_steps)
     s = setup_evaluation(args, parser, hooks)
-    args.output = args.output or os.path.join("output", "aster")
+    args.output = evaluation_output_root(args, parser, os.path.join("output", "aster"))
     output_dir = resolve_output_dir(args)
     outputs = RunOutputs(args, output_dir, log_name="aster.log") if is_primary(args) else None
     try:

@@ -87,13 +87,15 @@ def check_eval_args(args: argparse.Namespace) -> None:
     check_export_traces(args)
 
 
-def _output_root(args: argparse.Namespace, parser: argparse.ArgumentParser | None) -> str:
-    """``--output`` from the command line, else ``output/valid``; an ``output`` from the config is a training root."""
+def evaluation_output_root(args: argparse.Namespace, parser: argparse.ArgumentParser | None,
+                           default: str = DEFAULT_VALID_ROOT) -> str:
+    """``--output`` from the command line, else ``default``: an ``output`` from the config (a run's ``args.yaml``)
+    is a training root, and an evaluation there would look like another training run."""
     if args.output and parser is not None and args.output == parser.get_default("output"):
         _logger.info("Writing under %s, not under the config's (training) output root %s; give another --output "
-                     "on the command line to choose the root.", DEFAULT_VALID_ROOT, args.output)
-        return DEFAULT_VALID_ROOT
-    return args.output or DEFAULT_VALID_ROOT
+                     "on the command line to choose the root.", default, args.output)
+        return default
+    return args.output or default
 
 
 def _checkpoint_path(args: argparse.Namespace) -> str:
@@ -166,7 +168,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     setup = setup_evaluation(args, parser, RunHooks(configure_model=_apply_large_valid, load_weights=_load_weights))
     model, loaders, amp = setup.model.eval(), setup.loaders, setup.amp
 
-    args.output = _output_root(args, parser)
+    args.output = evaluation_output_root(args, parser)
     output_dir = resolve_output_dir(args, reuse_resume_dir=False)
     outputs = RunOutputs(args, output_dir, log_name=f"{args.model}.log") if is_primary(args) else None
 

@@ -65,3 +65,17 @@ def test_a_runs_args_yaml_parses_back():
     direct = parse_args(main.make_parser(), [*ASTER_FLAGS, "--early-exit", "--exit-sweep", "0.5,0.9"])
     assert args.exit_sweep == [0.5, 0.9] and args.early_exit
     assert (args.layer, args.time_steps, args.mean) == (direct.layer, direct.time_steps, direct.mean)
+
+
+def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path, monkeypatch):
+    """``-c <run>/args.yaml``: the config's ``output`` is the training root; the evaluation goes to output/aster
+    (it made a second folder next to the training run, like another training run)."""
+    from engine.run import cli_main
+
+    run = trained_run()
+    before = snapshot(run.parent)
+    monkeypatch.chdir(tmp_path)
+    argv = ["-c", str(run / "args.yaml"), "--validate-only", "--initial-checkpoint", str(run / "model_best.pth.tar")]
+    assert cli_main(main.make_parser, main.run, argv) == 0
+    assert snapshot(run.parent) == before
+    assert (tmp_path / "output" / "aster" / "train" / "skip.json").is_file()
