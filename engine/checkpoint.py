@@ -29,7 +29,7 @@ from .errors import CheckpointError
 from .model import unwrap
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "resume_checkpoint", "load_initial_checkpoint",
-           "restore_model_ema", "build_saver"]
+           "restore_model_ema", "build_saver", "epoch_loss_so_far"]
 
 _logger = logging.getLogger(__name__)
 
@@ -249,6 +249,30 @@ def restore_model_ema(model_ema: Any, checkpoint: dict | None, path: str) -> Non
         load_model_weights(model_ema.module, checkpoint, path, key="state_dict_ema")
 
 
+def _saver_class():
+    from timm.utils import CheckpointSaver
+
+    class Saver(CheckpointSaver):
+        """timm's saver; a recovery checkpoint also keeps the summed loss of its unfinished epoch
+        (``saver.epoch_loss``: ``[sum, count]`` over all processes), so a resumed run reports the whole epoch's."""
+
+        epoch_loss: list[float] | None = None
+
+        def state_dict(self, epoch=None, metric=None):
+            state = super().state_dict(epoch, metric)
+            if self.epoch_loss is not None:
+                state["epoch_loss"] = list(self.epoch_loss)
+            return state
+
+    return Saver
+
+
+def epoch_loss_so_far(checkpoint: dict | None) -> tuple[float, float] | None:
+    """``(sum, count)`` of the training losses of a recovery checkpoint's unfinished epoch, or None."""
+    value = (checkpoint or {}).get("saver", {}).get("epoch_loss")
+    return (float(value[0]), float(value[1])) if isinstance(value, (list, tuple)) and len(value) == 2 else None
+
+
 def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, output_dir: str, *,
                 model_ema: Any = None, loss_scaler: Any = None, resume_checkpoint_dict: dict | None = None):
     """timm ``CheckpointSaver`` writing into ``output_dir``.
@@ -256,11 +280,9 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
     When resuming from a checkpoint inside ``output_dir``, its history (best metric, kept epoch files) is restored so
     the ranking continues.
     """
-    from timm.utils import CheckpointSaver
-
-    saver = CheckpointSaver(model=model, optimizer=optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
-                            checkpoint_dir=output_dir, recovery_dir=output_dir,
-                            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
+    saver = _saver_class()(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
+                           amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
+                           decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
     same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
     if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
         saver.load_state_dict(resume_checkpoint_dict["saver"])

@@ -117,7 +117,7 @@ def train_step(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor, opt
 
 def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
                     args: argparse.Namespace, *, amp: Amp, lr_scheduler=None, model_ema=None, mixup_fn=None,
-                    saver=None, start_batch: int = 0) -> OrderedDict:
+                    saver=None, start_batch: int = 0, start_loss: tuple[float, float] | None = None) -> OrderedDict:
     """Train ``model`` for one epoch with :func:`train_step`.
 
     The losses are summed on the device; the host reads them only on log lines and at the end of the epoch.
@@ -137,7 +137,10 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
         saver: timm ``CheckpointSaver`` for recovery checkpoints every ``--recovery-interval`` batches.
         start_batch: batches of this epoch trained before (resuming a recovery checkpoint): they are drawn from
             the loader (and mixed) but not trained on, so every later batch, and the random numbers, are those of
-            an uninterrupted epoch; the mean loss is over the batches trained here.
+            an uninterrupted epoch.
+        start_loss: ``(sum, count)`` of those batches' losses over all processes (a recovery checkpoint keeps it,
+            :func:`engine.checkpoint.epoch_loss_so_far`), so that the epoch's mean loss is the whole epoch's; without
+            it the mean is over the batches trained here.
 
     Returns:
         ``OrderedDict(loss=...)``: the mean training loss over all processes (weighted by batch size).
@@ -150,6 +153,8 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
     num_updates = epoch * num_batches + start_batch
     if start_batch and lr_scheduler is not None:
         lr_scheduler.step_update(num_updates=num_updates)
+    if start_batch and start_loss is not None:  # each process holds its share of the sums
+        losses_m.sum, losses_m.count = start_loss[0] / args.world_size, start_loss[1] / args.world_size
     end = time.time()
     for batch_idx, (inputs, target) in enumerate(_progress(loader, args, f"train {epoch}")):
         inputs, target = _to_device(inputs, target, args)
@@ -172,15 +177,25 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
             _logger.info(f"Train: {epoch} [{batch_idx:>4d}/{num_batches} ({pct:>3.0f}%)]  "
                          f"Loss: {losses_m.last.item():>9.6f} ({losses_m.avg:>6.4f})  "
                          f"Time: {batch_time_m.val:.3f}s, {rate:>7.2f}/s  LR: {lr:.3e}")
-        if saver is not None and args.recovery_interval and (batch_idx + 1) % args.recovery_interval == 0 \
-                and not last:
-            saver.save_recovery(epoch, batch_idx=batch_idx)
+        if args.recovery_interval and (batch_idx + 1) % args.recovery_interval == 0 and not last:
+            _save_recovery(saver, losses_m, epoch, batch_idx, args)
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates)
         end = time.time()
     unwrap(model).reset_neurons()
     loss_avg = _reduce(torch.tensor(losses_m.avg, device=args.device), args).item()
     return OrderedDict(loss=loss_avg)
+
+
+def _save_recovery(saver, losses: _DeviceMean, epoch: int, batch_idx: int, args: argparse.Namespace) -> None:
+    """A recovery checkpoint (rank 0) holding the summed loss of the epoch so far (every process takes part)."""
+    sums = torch.tensor([float(losses.sum), float(losses.count)], dtype=torch.float64, device=args.device)
+    if args.distributed:
+        torch.distributed.all_reduce(sums)
+    if saver is not None:
+        saver.epoch_loss = sums.tolist()
+        saver.save_recovery(epoch, batch_idx=batch_idx)
+        saver.epoch_loss = None
 
 
 @torch.no_grad()

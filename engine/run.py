@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import build_saver, load_initial_checkpoint, restore_model_ema, resume_checkpoint
+from .checkpoint import build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, resume_checkpoint
 from .config import parse_args, warn_inert_flags
 from .distributed import cleanup_distributed, init_distributed, is_primary
 from .errors import ConfigError, SetupError
@@ -161,7 +161,8 @@ def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutput
         train_metrics = train_one_epoch(epoch, s.model, s.loaders.train, s.optimizer, s.train_loss_fn, args,
                                         amp=s.amp, lr_scheduler=s.lr_scheduler, model_ema=s.model_ema,
                                         mixup_fn=s.loaders.mixup_fn, saver=saver,
-                                        start_batch=s.start_batch if epoch == s.start_epoch else 0)
+                                        start_batch=s.start_batch if epoch == s.start_epoch else 0,
+                                        start_loss=epoch_loss_so_far(s.checkpoint) if epoch == s.start_epoch else None)
         if args.distributed and args.dist_bn in ("broadcast", "reduce"):
             from timm.utils import distribute_bn
 

@@ -94,6 +94,9 @@ def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, 
     (killed / "recovery-1-7.pth.tar").write_bytes((tmp_path / "full" / "recovery-1-7.pth.tar").read_bytes())
     resumed = run_training(tiny_args(tmp_path, *recovery, "--experiment", "resumed",
                                      "--resume", str(killed / "recovery-1-7.pth.tar")))
-    assert [r["epoch"] for r in read_summary(tmp_path / "resumed" / "summary.csv")] == ["1"]
+    rows = read_summary(tmp_path / "resumed" / "summary.csv")
+    assert [r["epoch"] for r in rows] == ["1"]
     assert resumed["eval_metrics"] == full["eval_metrics"]
+    # the epoch's loss is the whole epoch's (the checkpoint keeps the sum so far), not that of its last batches
+    assert rows[0]["train_loss"] == read_summary(tmp_path / "full" / "summary.csv")[1]["train_loss"]
     _assert_same_last_weights(tmp_path / "full", tmp_path / "resumed")
