@@ -15,6 +15,7 @@ none; a folder that already holds a capture is kept, and the run goes to ``DIR-1
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import platform
@@ -23,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 
-import spikingjelly
 import timm
 import torch
 import yaml
@@ -193,7 +193,7 @@ def output_folder(out: Path) -> Path:
 def _meta(device: torch.device) -> dict:
     return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
-            "spikingjelly": getattr(spikingjelly, "__version__", "unknown"), "device": str(device),
+            "spikingjelly": importlib.metadata.version("spikingjelly"), "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "cpu_threads": torch.get_num_threads()}
 
