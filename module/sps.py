@@ -69,22 +69,24 @@ class MS_SPS(nn.Module):
         self.rpe_conv = nn.Conv2d(embed_dims, embed_dims, 3, 1, 1, bias=False)
         self.rpe_bn = nn.BatchNorm2d(embed_dims)
         self.rpe_lif = create_lif(spike_mode, backend=neuron_backend)
-        self._stages = [
-            (getattr(self, f"proj_conv{s}"), getattr(self, f"proj_bn{s}"), getattr(self, f"proj_lif{s}"),
-             getattr(self, f"maxpool{s}") if flag == "1" else None)
-            for s, flag in zip(suffixes, pooling_stat)
-        ]
+
+    def _stage(self, i: int) -> tuple[nn.Module, nn.Module, nn.Module, nn.Module | None]:
+        """Conv, BN, LIF and max-pool (or None) of stage ``i``, looked up by name at every call, so that a module
+        replaced after construction (``SyncBatchNorm.convert_sync_batchnorm``) is the one that runs."""
+        s = ("", "1", "2", "3")[i]
+        pool = getattr(self, f"maxpool{s}") if self.pooling_stat[i] == "1" else None
+        return getattr(self, f"proj_conv{s}"), getattr(self, f"proj_bn{s}"), getattr(self, f"proj_lif{s}"), pool
 
     def _encode_static(self, x: torch.Tensor, T: int) -> torch.Tensor:
         """Spikes of the first stage for a static ``[B, C, H, W]`` image repeated over ``T`` steps."""
-        conv, bn, lif, pool = self._stages[0]
+        conv, bn, lif, pool = self._stage(0)
         x = batch_norm_of_copies(bn, conv(x), T)
         x = lif(x, steps=T) if isinstance(lif, MultiStepLIF) else lif(x.expand(T, *x.shape[1:]))
         return _tb_apply(pool, x) if pool is not None else x
 
     def forward(self, x: torch.Tensor, T: int | None = None) -> torch.Tensor:
         with timer("SPS.PSM"):
-            stages = self._stages[:3]
+            stages = [self._stage(i) for i in range(3)]
             if x.dim() == 4:
                 if T is None:
                     raise ValueError("a static [B, C, H, W] input needs the number of time steps T")
@@ -93,7 +95,7 @@ class MS_SPS(nn.Module):
                 x = bn_lif(bn, lif, _tb_apply(conv, x), self.fuse_bn_lif)
                 if pool is not None:
                     x = _tb_apply(pool, x)
-            conv, bn, lif, pool = self._stages[3]
+            conv, bn, lif, pool = self._stage(3)
             x_feat = _tb_apply(lambda t: bn(conv(t)), x)
             if pool is not None:
                 x_feat = _tb_apply(pool, x_feat)

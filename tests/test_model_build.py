@@ -118,3 +118,21 @@ def test_cpu_path_never_imports_cupy():
             "m = timm.create_model('sdt_test'); m(torch.randn(1, 3, 32, 32)).sum().backward(); "
             "assert 'cupy' not in sys.modules, 'cupy imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+@pytest.mark.parametrize("pooling_stat", ["1111", "0011"])
+def test_every_batch_norm_that_runs_is_a_registered_module(pooling_stat):
+    """``SyncBatchNorm.convert_sync_batchnorm`` (``--sync-bn``) replaces registered modules; the stem ran stale
+    BatchNorm2d copies kept in a list, so its four BNs were never synchronised (and missed dtype moves)."""
+    net = timm.create_model("sdt", img_size_h=32, img_size_w=32, in_channels=3, embed_dims=32, num_heads=2,
+                            depths=1, T=2, num_classes=10, pooling_stat=pooling_stat)
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net).eval().double()
+    ran = []
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            assert isinstance(m, torch.nn.SyncBatchNorm), name
+            m.register_forward_hook(lambda m, i, o, name=name: ran.append(name))
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+    expected = {n for n, m in net.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)} - {"patch_embed.rpe_bn"}
+    assert expected <= set(ran)
