@@ -189,7 +189,11 @@ class MS_SSA_Conv(nn.Module):
 
 
 class MS_MLP_Conv(nn.Module):
-    """Spiking MLP with its residual add: ``x + fc2_bn(fc2_conv(lif(fc1_bn(fc1_conv(lif(x))))))`` (1x1 convs)."""
+    """Spiking MLP with its residual add: ``x + fc2_bn(fc2_conv(lif(fc1_bn(fc1_conv(lif(x))))))`` (1x1 convs).
+
+    As in the reference, a hidden width equal to the input width (``mlp_ratio`` 1: ``self.res``) adds an inner
+    residual: ``h = x + fc1_bn(...)``, output ``h + fc2_bn(fc2_conv(lif(h)))``.
+    """
 
     def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
                  spike_mode: str = "lif", layer: int = 0, neuron_backend: str = "fused"):
@@ -203,6 +207,7 @@ class MS_MLP_Conv(nn.Module):
         self.fc2_conv = nn.Conv2d(hidden_features, out_features, kernel_size=1, stride=1)
         self.fc2_bn = nn.BatchNorm2d(out_features)
         self.fc2_lif = create_lif(spike_mode, backend=neuron_backend)
+        self.res = in_features == hidden_features
         self.fuse_bn_lif = False  # fc1_bn + fc2_lif as one op (module.bn_lif); set through the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,8 +215,14 @@ class MS_MLP_Conv(nn.Module):
         sparsity("MLP x", x)
         x = self.fc1_lif(x)
         sparsity("MLP postLIF x after lif", x)
-        x = bn_lif(self.fc1_bn, self.fc2_lif, _tb_apply(self.fc1_conv, x), self.fuse_bn_lif,
-                   probe="MLP postBN x after fc1")
+        if self.res:
+            x = _tb_apply(lambda t: self.fc1_bn(self.fc1_conv(t)), x)
+            sparsity("MLP postBN x after fc1", x)
+            identity = x = identity + x
+            x = self.fc2_lif(x)
+        else:
+            x = bn_lif(self.fc1_bn, self.fc2_lif, _tb_apply(self.fc1_conv, x), self.fuse_bn_lif,
+                       probe="MLP postBN x after fc1")
         sparsity("MLP postLIF x after fc2", x)
         x = _tb_apply(lambda t: self.fc2_bn(self.fc2_conv(t)), x)
         sparsity("MLP postBN x after fc2ConvBn", x)

@@ -136,3 +136,23 @@ def test_every_batch_norm_that_runs_is_a_registered_module(pooling_stat):
         assert net(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
     expected = {n for n, m in net.named_modules() if isinstance(m, torch.nn.SyncBatchNorm)} - {"patch_embed.rpe_bn"}
     assert expected <= set(ran)
+
+
+def test_mlp_ratio_1_has_the_references_inner_residual():
+    """Hidden width = input width (``self.res`` in the reference): h = x + fc1_bn(fc1_conv(lif(x))), output
+    h + fc2_bn(fc2_conv(lif(h))); other widths have only the outer residual."""
+    from module import MS_MLP_Conv
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 16, 4, 4) * 2
+    for hidden in (16, 32):
+        mlp = MS_MLP_Conv(16, hidden_features=hidden).eval()
+        tb = lambda f, t: f(t.flatten(0, 1)).unflatten(0, t.shape[:2])  # noqa: E731
+        with torch.no_grad():
+            h = tb(lambda t: mlp.fc1_bn(mlp.fc1_conv(t)), mlp.fc1_lif(x))
+            if hidden == 16:
+                h = x + h
+                expected = h + tb(lambda t: mlp.fc2_bn(mlp.fc2_conv(t)), mlp.fc2_lif(h))
+            else:
+                expected = x + tb(lambda t: mlp.fc2_bn(mlp.fc2_conv(t)), mlp.fc2_lif(h))
+            torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
