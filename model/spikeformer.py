@@ -115,6 +115,9 @@ class SpikeDrivenTransformer(nn.Module):
         super().__init__()
         kwargs.pop("pretrained_cfg", None)
         kwargs.pop("pretrained_cfg_overlay", None)
+        if kwargs.pop("pretrained", False):  # the reference accepted (and ignored) it
+            raise ValueError("pretrained=True: there are no downloadable weights; load a checkpoint instead (the "
+                             "released SDT ImageNet checkpoints load with strict=True)")
         if kwargs:
             raise TypeError(f"SpikeDrivenTransformer got unexpected arguments {sorted(kwargs)}")
         reference = reference or ("statten" if attention_mode == "STAtten" else "sdt")
@@ -240,6 +243,9 @@ class SpikeDrivenTransformer(nn.Module):
         """Static ``[B, C, H, W]`` -> ``[T, B, C, H, W]`` (same image every step); DVS ``[B, T, ...]`` -> time-major."""
         if x.dim() < 5:
             return x.unsqueeze(0).repeat(self.T, 1, 1, 1, 1)
+        if x.shape[1] != self.T:
+            raise ValueError(f"the event input has {x.shape[1]} time steps ([B, T, C, H, W] = {list(x.shape)}) but "
+                             f"the model was built with T={self.T}")
         return x.transpose(0, 1).contiguous()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,7 +295,7 @@ def _cfg(**kwargs) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    "sdt": _cfg(),
+    "sdt": _cfg(num_classes=11, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),  # the reference's: timm's ViT cfg
     "sdt_8_384": _cfg(),
     "sdt_8_512": _cfg(),
     "sdt_8_768": _cfg(),

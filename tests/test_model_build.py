@@ -82,6 +82,18 @@ def test_dvs_input_is_time_major_inside():
     with torch.no_grad():
         _, hook = net(x, hook={})
     assert hook["MS_SPS_lif"].shape == (3, 2, 4, 32, 32)
+    with pytest.raises(ValueError, match=r"the event input has 4 time steps .* built with T=3"):
+        net(torch.rand(2, 4, 2, 32, 32))
+
+
+def test_pretrained_and_the_references_defaults():
+    from timm.data import resolve_data_config
+
+    assert SpikeDrivenTransformer(pretrained=False, **TINY).num_classes == 10
+    with pytest.raises(ValueError, match="pretrained=True"):
+        SpikeDrivenTransformer(pretrained=True, **TINY)
+    net = timm.create_model("sdt", **{k: v for k, v in TINY.items() if k != "num_classes"})
+    assert net.num_classes == 11 and resolve_data_config({}, model=net)["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_state_carries_over_only_when_auto_reset_is_off():
