@@ -207,9 +207,17 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
     # every whole block ends with the last block label (in print order) that the capture has
     closing = max({r.label for run in runs for r in run.records if r.block is not None},
                   key=lambda label: LABELS[label].order, default=None)
-    complete, incomplete, last = [], [], 0
+    numbers, last = [], 0
     for run in runs:
-        run.number = last = run.number if run.number is not None else last + 1
+        numbers.append(last := run.number if run.number is not None else last + 1)
+    restart = next((i for i in range(1, len(numbers)) if numbers[i] <= numbers[i - 1]), None)
+    if restart is not None:
+        _logger.warning("%s: the run numbers start again at line %d (captures joined into one file?); its %d runs "
+                        "are numbered 1..%d in file order", source, runs[restart].lines[0], len(runs), len(runs))
+        numbers = list(range(1, len(runs) + 1))
+    complete, incomplete = [], []
+    for run, number in zip(runs, numbers):
+        run.number = number
         run.records = [replace(record, run=run.number) for record in run.records]
         if run.problem is None and run.blocks != layers:
             run.problem = f"{run.blocks} blocks, expected {layers}"
@@ -223,13 +231,15 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
 
 def capture_from_records(source: str, records: list[Record], num_layers: int | None = None,
                          lines: list[int] | None = None) -> Capture:
-    """A capture from records (a JSON-lines stream or a live run), cut into runs by their run numbers."""
-    by_run: dict[int, Run] = {}
+    """A capture from records (a JSON-lines stream or a live run), cut into runs where the run number changes
+    (a run's records are consecutive; streams joined into one file start again at run 1)."""
+    runs: list[Run] = []
     for i, record in enumerate(records):
-        run = by_run.setdefault(record.run, Run(record.run, [], []))
-        run.records.append(record)
-        run.lines.append(lines[i] if lines else i + 1)
-    return _finish(source, list(by_run.values()), [], num_layers)
+        if not runs or runs[-1].number != record.run:
+            runs.append(Run(record.run, [], []))
+        runs[-1].records.append(record)
+        runs[-1].lines.append(lines[i] if lines else i + 1)
+    return _finish(source, runs, [], num_layers)
 
 
 def _sniff(path: Path) -> tuple[str | None, str]:

@@ -1,5 +1,6 @@
 """profiler.capture / profiler.tables on the fork's real captures and on the old cap8 layout."""
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -132,3 +133,16 @@ def test_every_label_round_trips_through_the_line_format():
             parsed = parse_line(render_record(record, units))
             assert parsed.label == label and parsed.t == t
             assert parsed.value == pytest.approx(value, abs=0.5e5 if units == "fork" else 1e-9)
+
+
+@needs_captures
+def test_captures_joined_into_one_file_are_renumbered_not_merged(captures, tmp_path, caplog):
+    """Two 30-run captures in one file: 60 runs numbered 1..60 in file order (run numbers start again at the
+    second; its run 1 overwrote the first's in the tables), for the text format and for JSON lines."""
+    first, second = (CAPTURE_DIR / name for name in CAPTURES[:2])
+    joined = tmp_path / "joined.txt"
+    joined.write_text(first.read_text() + second.read_text())
+    capture = load_capture(joined)
+    assert [run.number for run in capture.runs] == list(range(1, 61)) and "start again at line" in caplog.text
+    assert len(attention_chunks(capture)) == 60 * 8 * 4
+    assert capture.runs[30].records == [replace(r, run=31) for r in captures[CAPTURES[1]].runs[0].records]

@@ -94,6 +94,16 @@ def test_dataset_input_runs_on_validation_batches(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_json_lines_streams_joined_into_one_file_keep_their_runs(tmp_path, caplog):
+    for name in ("a", "b"):
+        assert main(["run", *TINY_RUN, "--runs", "2", "--no-timers", "--out", str(tmp_path / name)]) == 0
+    joined = tmp_path / "joined.jsonl"
+    joined.write_text("".join((tmp_path / name / "records.jsonl").read_text() for name in ("a", "b")))
+    capture = load_capture(joined)
+    assert [run.number for run in capture.runs] == [1, 2, 3, 4] and not capture.incomplete
+    assert "start again at line" in caplog.text
+
+
 def test_parse_and_plot_our_capture(tmp_path):
     main(["run", *TINY_RUN, "--runs", "2", "--out", str(tmp_path / "run")])
     (tmp_path / "again").mkdir()
