@@ -192,12 +192,21 @@ def _file_prefix(source: str) -> str:
     return re.sub(r"[^\w.-]+", "_", Path(source).with_suffix("").as_posix())
 
 
+def _file_prefixes(sources: list[str]) -> dict[str, str]:
+    """:func:`_file_prefix` of each source, keeping the suffix where two would share a prefix (``cpu.txt`` and
+    ``cpu.jsonl`` would write the same files)."""
+    short = [_file_prefix(src) for src in sources]
+    return {src: prefix if short.count(prefix) == 1 else re.sub(r"[^\w.-]+", "_", src).replace(".", "_")
+            for src, prefix in zip(sources, short)}
+
+
 def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> list[Path]:
     """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir``; PNG paths."""
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     tables = {name: read_csv(tables_dir / f"{name}.csv")
               for name in ("model_times", "encoder_means", "layer_sparsity", "attention_chunks")}
     sources = sorted({row["source"] for rows in tables.values() for row in rows})
+    prefixes = _file_prefixes(sources)
     if source is not None:
         if source not in sources:
             raise ValueError(f"source {source!r} not in the tables; they have {sources}")
@@ -212,7 +221,7 @@ def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> l
             except _Missing as exc:
                 _logger.info("%s: no %s figure (%s)", src, name, exc)
                 continue
-            path = out_dir / f"{_file_prefix(src)}_{name}.png"
+            path = out_dir / f"{prefixes[src]}_{name}.png"
             with atomic_open(path, "wb") as f:
                 fig.savefig(f, format="png", dpi=110)
             written.append(path)

@@ -118,6 +118,14 @@ def test_parse_and_plot_our_capture(tmp_path):
                                                         "stem_times", "layer_sparsity", "step_sparsity"])]
     with pytest.raises(SystemExit):
         main(["parse", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "tables")])
+    # two sources that differ only by their extension keep it in their file names (they shared them)
+    (tmp_path / "same").mkdir()
+    shutil.copy(tmp_path / "run" / "capture.txt", tmp_path / "same" / "cpu.txt")
+    shutil.copy(tmp_path / "run" / "records.jsonl", tmp_path / "same" / "cpu.jsonl")
+    main(["parse", str(tmp_path / "same" / "cpu.txt"), str(tmp_path / "same" / "cpu.jsonl"), "--out",
+          str(tmp_path / "same_tables")])
+    written = main(["plot", str(tmp_path / "same_tables"), "--out", str(tmp_path / "same_plots")])
+    assert written == 0 and len(list((tmp_path / "same_plots").iterdir())) == 12
 
 
 def _outputs(folder: Path) -> dict[str, bytes]:
