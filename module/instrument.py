@@ -117,17 +117,19 @@ class Recorder:
     """
 
     def __init__(self, device: torch.device | str = "cpu", timers: bool = True, probes: bool = True):
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self.timers, self.probes = timers, probes
         self.block: int | None = None
         # (block, label, kind, payload, per_step, shape); payload: (start, end) stamps or (nonzero counts, numel).
         self._pending: list[tuple] = []
 
     def stamp(self) -> torch.cuda.Event | int:
-        """Now: a recorded CUDA event on the current stream, or ``perf_counter_ns()``."""
+        """Now: a recorded CUDA event on the device's current stream (``cuda:1`` too, whatever the current device
+        is), or ``perf_counter_ns()``."""
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))
             return event
         return time.perf_counter_ns()
 
@@ -161,7 +163,7 @@ class Recorder:
         """
         pending, self._pending = self._pending, []
         if self.cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.device)
         count_tensors = [payload[0].reshape(-1) for _, _, kind, payload, _, _ in pending if kind == "sparsity"]
         counts = iter(torch.cat(count_tensors).tolist() if count_tensors else [])
         out = []

@@ -65,6 +65,8 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         if args.config is not None:
             run_parser.set_defaults(**load_config(args.config, run_parser, args.ignore_unknown_keys))
             args = parser.parse_args(argv)
+        if args.out is None:
+            raise ValueError("--out DIR is required (or 'out' in the config)")
         args.out = output_folder(args.out)
         device = _device(args.device)
         net = build_model(args)

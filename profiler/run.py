@@ -43,6 +43,7 @@ __all__ = ["add_run_arguments", "build_model", "int_at_least", "make_inputs", "o
 _logger = logging.getLogger(__name__)
 
 _OUTPUTS = ("capture.txt", "records.jsonl", "args.yaml", "meta.json")
+_NOT_OPTIONS = ("command", "verbose", "config", "ignore_unknown_keys")  # the CLI's own, not run options
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -76,6 +77,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--attention-mode", default="STAtten", choices=ATTENTION_MODES)
     group.add_argument("--chunk-size", type=int, default=2)
     group.add_argument("--dvs-mode", action=argparse.BooleanOptionalAction, default=False)
+    group.add_argument("--encode-once", action=argparse.BooleanOptionalAction, default=False,
+                       help="run the stem's first conv + BN once on a static image instead of on T copies (the "
+                            "fork ran T copies, so SPS.PSM is comparable only without it)")
+    group.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
+                       help="weights to load (a train.py checkpoint or a state dict of this architecture); "
+                            "without it the weights are random")
 
     group = parser.add_argument_group("Input")
     group.add_argument("--input", default="randn", choices=("randn", "dataset"),
@@ -103,8 +110,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                             "--no-sparsity for the cleanest times")
     group.add_argument("--text-units", default="fork", choices=("fork", "ns"),
                        help="fork: the fork's units and 4 decimals of a second; ns: every timer in ns (lossless)")
-    group.add_argument("--out", type=Path, required=True,
-                       help="output folder; one that holds a capture is kept and DIR-1, DIR-2, ... used instead")
+    group.add_argument("--out", type=Path, default=None,
+                       help="output folder (required, on the command line or as 'out' in the config); one that "
+                            "holds a capture is kept and DIR-1, DIR-2, ... used instead")
 
 
 def build_model(args: argparse.Namespace) -> nn.Module:
@@ -123,9 +131,16 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         num_classes=args.num_classes, embed_dims=args.dim, num_heads=args.num_heads, mlp_ratios=args.mlp_ratio,
         depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
         attention_mode=args.attention_mode, chunk_size=args.chunk_size, dvs_mode=args.dvs_mode,
-        neuron_backend="fused" if args.reset else "spikingjelly")
+        neuron_backend="fused" if args.reset else "spikingjelly", encode_once=args.encode_once)
     if not args.reset:
         net.auto_reset = False
+    if args.checkpoint is not None:
+        from engine.checkpoint import load_checkpoint_file, load_model_weights
+
+        load_model_weights(net, load_checkpoint_file(str(args.checkpoint)), str(args.checkpoint))
+    elif args.mode == "eval":
+        _logger.warning("--mode eval without --checkpoint: random weights with initial BatchNorm statistics "
+                        "hardly fire, so the sparsity (and the timings of an idle network) say little")
     return net
 
 
@@ -210,8 +225,8 @@ def run_profile(args: argparse.Namespace, net: nn.Module, inputs: Iterator[torch
     records = []
     with (atomic_open(out / "capture.txt") as text, atomic_open(out / "records.jsonl") as jsonl,
           atomic_open(out / "args.yaml") as args_file, atomic_open(out / "meta.json") as meta_file):
-        yaml.safe_dump({k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, args_file,
-                       sort_keys=False)
+        options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in _NOT_OPTIONS}
+        yaml.safe_dump(options, args_file, sort_keys=False)  # reusable: python -m profiler run -c args.yaml
         json.dump(_meta(device), meta_file, indent=2)
         with grad_mode, autocast, ProfileSession(net, device, timers=args.timers, probes=args.sparsity) as session:
             writers = [ForkTextWriter(text, args.text_units), JsonlWriter(jsonl)]

@@ -79,6 +79,38 @@ def test_config_file_is_strict_and_cli_wins(tmp_path, capsys):
     assert "'sideways' is not one of" in capsys.readouterr().err
 
 
+def test_args_yaml_reruns_the_same_capture_and_config_may_hold_out(tmp_path, capsys):
+    """``-c DIR/args.yaml`` repeats a run (the CLI's own keys are not written into it); ``out`` may come from the
+    config; without any ``--out`` the error says where to give it."""
+    main(["run", *TINY_RUN, "--runs", "2", "--no-timers", "--out", str(tmp_path / "first")])
+    assert main(["run", "-c", str(tmp_path / "first" / "args.yaml")]) == 0  # out: first -> first-1
+    first, again = (load_capture(tmp_path / name / "records.jsonl") for name in ("first", "first-1"))
+    sparsity = lambda capture: [(r.label, r.value) for r in capture.records() if r.kind == "sparsity"]  # noqa: E731
+    assert sparsity(again) == sparsity(first) and len(sparsity(first)) > 100
+    with pytest.raises(SystemExit):
+        main(["run", *TINY_RUN])
+    assert "--out DIR is required (or 'out' in the config)" in capsys.readouterr().err
+
+
+def test_checkpoint_weights_and_the_forks_stem(tmp_path, caplog):
+    """``--checkpoint`` loads trained weights (eval mode without it warns); the stem convolves T copies by default,
+    as the fork did, so SPS.PSM times the same work."""
+    from profiler.run import build_model
+    from profiler.cli import build_parser
+
+    _, run_parser = build_parser()
+    args = run_parser.parse_args([*TINY_RUN, "--mode", "eval", "--out", str(tmp_path / "x")])
+    net = build_model(args)
+    assert not net.encode_once and "--mode eval without --checkpoint" in caplog.text
+    for p in net.parameters():
+        p.data.add_(0.5)
+    torch.save({"state_dict": net.state_dict(), "epoch": 0, "version": 2}, tmp_path / "ckpt.pth.tar")
+    args.checkpoint = tmp_path / "ckpt.pth.tar"
+    loaded = build_model(args)
+    for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_dataset_input_runs_on_validation_batches(tmp_path, capsys):
     """``--input dataset``: the engine's validation loader, cycled (digits: 360 images, no download)."""
     assert main(["run", *TINY_RUN, "--runs", "2", "-b", "4", "--input", "dataset", "--dataset", "digits",
