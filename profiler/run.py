@@ -205,11 +205,21 @@ def output_folder(out: Path) -> Path:
     return path
 
 
+def _cpu_name() -> str:
+    """The CPU model (``platform.processor()`` is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def _meta(device: torch.device) -> dict:
     return {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "timm": timm.__version__,
             "spikingjelly": importlib.metadata.version("spikingjelly"), "device": str(device),
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
             "cpu_threads": torch.get_num_threads()}
 
 
