@@ -212,7 +212,8 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
     from timm.utils import AverageMeter, accuracy
 
     model.eval()
-    losses_m, top1_m, top5_m = AverageMeter(), AverageMeter(), AverageMeter()
+    losses_m = AverageMeter()
+    correct = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, samples: exact counts, all processes
     num_batches = len(loader)
     top_k = (1, min(5, unwrap(model).num_classes))
     for batch_idx, (inputs, target) in enumerate(_progress(loader, args, "eval")):
@@ -225,15 +226,21 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
         if output.dim() == 3:
             output = output.mean(0)
         loss = loss_fn(output, target)
-        acc1, acc5 = accuracy(output, target, topk=top_k)
         n = inputs.size(0)
+        hits = torch.stack([*accuracy(output, target, topk=top_k)]).double() * n / 100  # timm: float32 percent
+        batch = torch.cat([hits.round(), hits.new_tensor([n])])
+        if args.distributed:
+            torch.distributed.all_reduce(batch)
+        batch = batch.cpu()
+        correct += batch
         losses_m.update(_reduce(loss, args).item(), n)
-        top1_m.update(_reduce(acc1, args).item(), n)
-        top5_m.update(_reduce(acc5, args).item(), n)
         if is_primary(args) and (batch_idx == num_batches - 1 or batch_idx % args.log_interval == 0):
+            val1, val5 = (100 * batch[:2] / batch[2]).tolist()
+            avg1, avg5 = (100 * correct[:2] / correct[2]).tolist()
             _logger.info(f"Test{log_suffix}: [{batch_idx:>4d}/{num_batches - 1}]  "
                          f"Loss: {losses_m.val:>7.4f} ({losses_m.avg:>6.4f})  "
-                         f"Acc@1: {top1_m.val:>7.4f} ({top1_m.avg:>7.4f})  "
-                         f"Acc@5: {top5_m.val:>7.4f} ({top5_m.avg:>7.4f})")
+                         f"Acc@1: {val1:>7.4f} ({avg1:>7.4f})  "
+                         f"Acc@5: {val5:>7.4f} ({avg5:>7.4f})")
     unwrap(model).reset_neurons()
-    return OrderedDict(loss=losses_m.avg, top1=top1_m.avg, top5=top5_m.avg)
+    top1, top5 = (100 * correct[:2] / correct[2]).tolist() if correct[2] else (0.0, 0.0)
+    return OrderedDict(loss=losses_m.avg, top1=top1, top5=top5)
