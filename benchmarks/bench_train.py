@@ -12,9 +12,10 @@ spikingjelly's neurons; ``--torchcompile --torchcompile-mode reduce-overhead`` a
 
 Per config: the model, optimizer, AMP and training loss come from the engine's builders; one random batch lives on
 the device (``[B, C, H, W]`` images or ``[B, T, 2, H, W]`` event frames; soft targets when the config has
-mixup/CutMix); then ``--warmup`` steps (the first, which includes any kernel compilation, is reported on its own),
-one step under ``FlopCounterMode`` (dense FLOPs of forward and backward), ``--steps`` timed steps, each between two
-device synchronisations, and ``--profile-steps`` steps under the torch profiler.
+mixup/CutMix); then one eager step under ``FlopCounterMode`` (dense FLOPs of forward and backward; before any
+``torch.compile``, which would skip every frame it met under that mode), ``--warmup`` steps (the first, which
+includes any kernel compilation, is reported on its own), ``--steps`` timed steps, each between two device
+synchronisations, and ``--profile-steps`` steps under the torch profiler.
 
 Reported: median ms/step with p10/p90, host ms/step (the time until the step returns, before the synchronisation:
 close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
@@ -231,9 +232,6 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
 
     model = prepare_model(args, build_model(args))
     optimizer, amp = build_optimizer(args, model), build_amp(args)
-    if args.torchcompile:
-        torch._dynamo.reset()  # a fresh cache per config: no automatic dynamic shapes from the previous one
-        compile_model(args, model)
     soft_targets = mixup_args(args) is not None
     loss_fn = build_train_loss(args, soft_targets)
     inputs, target = _random_batch(args, soft_targets)
@@ -242,14 +240,19 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
     def step() -> torch.Tensor:
         return train_step(model, inputs, target, optimizer, loss_fn, args, amp)
 
+    # FLOPs on the eager model: under FlopCounterMode Dynamo skips the frames it meets, and the skip would last
+    # for the rest of the run (the "compiled" steps would be eager, recompiling op bodies while being timed).
+    flops = _step_flops(step)
+    sync()
+    if args.torchcompile:
+        torch._dynamo.reset()  # a fresh cache per config: no automatic dynamic shapes from the previous one
+        compile_model(args, model)
     start = time.perf_counter()
     step()
     sync()
     first_step_s = time.perf_counter() - start
     for _ in range(warmup - 1):
         step()
-    sync()
-    flops = _step_flops(step)
     sync()
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -85,17 +85,29 @@ def main() -> None:
     if unknown:
         parser.error(f"no fixture named {unknown}; choose from {names}")
     paths = [p for p in FIXTURES if args.fixtures is None or p.stem in args.fixtures]
-    rows = [fixture_diffs(p, device, variant) for variant in args.variants for p in paths]
-    cols = list(rows[0])
+    cols = ["fixture", "eval_out", "hooks", "train_out", "loss", "grads", "bn_stats"]
     kernels = "Triton kernels" if runs_triton(torch.empty(0, device=device)) else "PyTorch loops and ATen"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     _logger.info("device: %s (%s; our ops run %s)", args.device, name, kernels)
     _logger.info(" | ".join(f"{c:>47s}" if c == "fixture" else f"{c:>9s}" for c in cols))
-    for row in rows:
-        _logger.info(" | ".join(f"{row[c]:>47s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
+    rows, failed = [], 0
+    for variant in args.variants:  # each row as soon as it is known: a variant that fails keeps the others
+        for path in paths:
+            try:
+                row = fixture_diffs(path, device, variant)
+            except Exception as exc:  # noqa: BLE001  (report it, go on with the next)
+                failed += 1
+                _logger.error(f"{variant + ':' + path.stem:>47s} | failed: {type(exc).__name__}: {exc}")
+                continue
+            rows.append(row)
+            _logger.info(" | ".join(f"{row[c]:>47s}" if c == "fixture" else f"{row[c]:9.2e}" for c in cols))
     for variant in args.variants:
         mine = [r for r in rows if r["fixture"].startswith(variant + ":")]
-        _logger.info(f"{'max ' + variant:>47s} | " + " | ".join(f"{max(r[c] for r in mine):9.2e}" for c in cols[1:]))
+        if mine:
+            _logger.info(f"{'max ' + variant:>47s} | "
+                         + " | ".join(f"{max(r[c] for r in mine):9.2e}" for c in cols[1:]))
+    if failed:
+        raise SystemExit(f"{failed} fixture comparisons failed (see above)")
 
 
 if __name__ == "__main__":

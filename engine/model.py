@@ -145,6 +145,9 @@ def build_model_ema(args: argparse.Namespace, model: nn.Module):
     return ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch._inductor.list_mode_options: triton.cudagraphs
+
+
 def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     """``torch.compile`` the model in place with ``--torchcompile`` (backend) and ``--torchcompile-mode``.
 
@@ -155,9 +158,9 @@ def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     """
     if not args.torchcompile:
         return model
-    if args.torchcompile_mode == "reduce-overhead" and args.neuron_backend != "fused":
-        raise ConfigError("--torchcompile-mode reduce-overhead replays CUDA graphs, which need stateless neurons; "
-                          "use --neuron-backend fused")
+    if args.torchcompile_mode in CUDA_GRAPH_MODES and args.neuron_backend != "fused":
+        raise ConfigError(f"--torchcompile-mode {args.torchcompile_mode} replays CUDA graphs, which need stateless "
+                          "neurons; use --neuron-backend fused")
     model.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     _logger.info("Compiling the model with torch.compile(backend=%s, mode=%s); the first steps are slow.",
                  args.torchcompile, args.torchcompile_mode)

@@ -148,6 +148,18 @@ def runs_triton(x: Tensor) -> bool:
     return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and triton_available()
 
 
+def on_tensor_device(launch):
+    """Run a Triton launcher (first argument: a tensor) with the tensor's CUDA device current: Triton launches on
+    the current device, which is not ``cuda:1``'s unless something made it so."""
+    @functools.wraps(launch)
+    def wrapper(x: Tensor, *args, **kwargs):
+        if not x.is_cuda:
+            return launch(x, *args, **kwargs)
+        with torch.cuda.device(x.device):
+            return launch(x, *args, **kwargs)
+    return wrapper
+
+
 @define_op("multistep_lif")
 def _lif_forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int) -> Tensor:
     if runs_triton(x):

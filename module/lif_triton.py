@@ -19,7 +19,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .fused_lif import (HISTORY_STEPS, SURROGATE_ALPHA, empty_steps, is_time_major, keeps_membrane_in_memory,
-                        recomputes_membrane, runs_triton)
+                        on_tensor_device, recomputes_membrane, runs_triton)
 
 __all__ = ["forward", "backward", "batch_norm_backward", "fuses_batch_norm_backward", "recomputes_membrane",
            "HISTORY_STEPS"]
@@ -303,6 +303,7 @@ def _batch_norm_args(x: Tensor, batch_norm: Tensor | None, decay: Tensor) -> tup
     return batch_norm.contiguous(), x.shape[2], x.stride(2)
 
 
+@on_tensor_device
 def forward(x: Tensor, decay: Tensor, v_threshold: float, steps: int, batch_norm: Tensor | None = None) -> Tensor:
     """Spikes of a stateless multi-step LIF over ``x`` (``[steps, ...]``, or ``[1, ...]`` repeated), in ``x``'s
     layout.
@@ -336,6 +337,7 @@ def _grad_in_layout_of(grad_spikes: Tensor, x: Tensor) -> Tensor:
     return empty_steps(x, grad_spikes.shape[0], grad_spikes.dtype).copy_(grad_spikes)
 
 
+@on_tensor_device
 def backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, need_decay_grad: bool,
              batch_norm: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """``(grad_x, grad_decay)`` of :func:`forward`, with spikingjelly's sigmoid surrogate (alpha 4); for a
@@ -378,6 +380,7 @@ def fuses_batch_norm_backward(x: Tensor, steps: int) -> bool:
             and not keeps_membrane_in_memory(steps, x.element_size()))
 
 
+@on_tensor_device
 def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float, need_decay_grad: bool,
                         batch_norm: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(grad_x, grad_weight, grad_bias, grad_decay)`` of ``lif(batch_norm(x))`` with batch statistics, in two

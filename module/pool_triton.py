@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .fused_lif import on_tensor_device
+
 __all__ = ["forward", "backward"]
 
 BLOCK = 512
@@ -92,6 +94,7 @@ def _grid(n: int) -> tuple[int]:
     return (triton.cdiv(n, BLOCK),)
 
 
+@on_tensor_device
 def forward(x: Tensor, out: Tensor, offsets: Tensor, kernel_size, stride, padding) -> None:
     """Fill ``out`` and ``offsets`` (``[N, C, OH, OW]``, same strides, NCHW or channels-last) from ``x``."""
     total = out.numel()
@@ -102,6 +105,7 @@ def forward(x: Tensor, out: Tensor, offsets: Tensor, kernel_size, stride, paddin
             PW=padding[1], CHANNELS_LAST=_channels_last(out), BLOCK=BLOCK)
 
 
+@on_tensor_device
 def backward(grad_out: Tensor, offsets: Tensor, grad_x: Tensor, kernel_size, stride, padding) -> None:
     """Fill ``grad_x`` (``[N, C, H, W]``, NCHW or channels-last) from the output gradient and the offsets."""
     total = grad_x.numel()

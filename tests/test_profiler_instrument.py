@@ -30,7 +30,7 @@ def _build(mode: str, compiled_out: bool = False) -> torch.nn.Module:
 
 
 def _profile(net: torch.nn.Module, x: torch.Tensor, **flags) -> list:
-    with torch.no_grad(), ProfileSession(net, "cpu", **flags) as session:
+    with torch.no_grad(), ProfileSession(net, x.device, **flags) as session:
         return session.run(1, lambda: net(x))
 
 
@@ -154,4 +154,6 @@ def test_cuda_timers_use_events():
     net = _build("STAtten").cuda()
     records = _profile(net, torch.randn(1, 3, 32, 32, device="cuda"))
     times = {(r.block, r.label): r.value for r in records if r.kind == "time"}
+    session = ProfileSession(net, "cuda")
+    assert session.recorder.cuda and isinstance(session.recorder.stamp(), torch.cuda.Event)
     assert 0 < times[(0, "Matmul")] < times[(0, "SSA Encoder")] < times[(None, TOTAL)] <= times[(None, RUN_TOTAL)]

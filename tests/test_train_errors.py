@@ -116,3 +116,17 @@ def test_output_that_is_a_file_is_refused(tmp_path, capfd):
     status, error_lines, _ = _run_cli([*TINY_FLAGS, "--output", str(tmp_path / "out")], capfd)
     assert status == 2 and "--output" in error_lines[0] and "is a file" in error_lines[0]
     assert (tmp_path / "out").read_text() == "results of something else\n"
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
+def test_cuda_graph_compile_modes_need_stateless_neurons(tmp_path, mode):
+    """Both modes replay CUDA graphs (inductor's triton.cudagraphs), which would replay a stale membrane."""
+    from _engine_helpers import tiny_args
+
+    from engine.errors import ConfigError
+    from engine.model import build_model, compile_model, resolve_model_args
+
+    args = tiny_args(tmp_path, "--neuron-backend", "spikingjelly", "--torchcompile", "--torchcompile-mode", mode)
+    resolve_model_args(args)
+    with pytest.raises(ConfigError, match=f"--torchcompile-mode {mode} replays CUDA graphs"):
+        compile_model(args, build_model(args))
