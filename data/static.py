@@ -141,16 +141,50 @@ def _cifar(torchvision_name: str, folder: str) -> Callable:
     return build
 
 
+def _imagenet_split_folder(root: str, split: str, kind: str) -> str:
+    """``root/train`` for training; for evaluation ``root/val`` (or ``validation``) for those names, else
+    ``root/<split>`` (``--val-split test`` reads ``root/test``, never the whole root)."""
+    names = ["train"] if kind == "train" else (["val", "validation"] if split.lower() in ("val", "validation")
+                                               else [split])
+    for name in names:
+        if os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise DatasetError(f"ImageNet {split} split not found: expected the class folders under "
+                       f"{os.path.abspath(os.path.join(root, names[0]))} (set --data-dir to the folder holding "
+                       f"train/ and val/)")
+
+
+def _class_folders(folder: str) -> list[str]:
+    """The class folders of an ImageFolder tree in timm's order (natural sort of the names)."""
+    from timm.utils.misc import natural_key
+
+    return sorted((d for d in os.listdir(folder) if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))),
+                  key=natural_key)
+
+
 def _build_imagenet(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+    """timm's ImageFolder; the evaluation split's labels are the training split's class indices (its folders
+    listed on their own would shift every label after a missing class)."""
     from timm.data import create_dataset
 
-    expected = [os.path.join(root, "train")] if kind == "train" else \
-        [os.path.join(root, "val"), os.path.join(root, "validation")]
-    if not any(os.path.isdir(p) for p in expected):
-        raise DatasetError(f"ImageNet {kind} split not found: expected the class folders under "
-                           f"{os.path.abspath(expected[0])} (set --data-dir to the folder holding train/ and val/)")
+    folder = _imagenet_split_folder(root, split, kind)
+    train_dir = os.path.join(root, "train")
+    class_map = None
+    if kind != "train":
+        classes = _class_folders(folder)
+        if not classes:
+            raise DatasetError(f"ImageNet {folder} holds no class folders (ILSVRC's validation images come in one flat "
+                               f"folder: sort them into one folder per class, e.g. with the widely used valprep.sh)")
+        if os.path.isdir(train_dir):
+            train_classes = _class_folders(train_dir)
+            unknown = sorted(set(classes) - set(train_classes))
+            if unknown:
+                raise DatasetError(f"ImageNet {folder} has class folders that {train_dir} lacks: "
+                                   f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+            class_map = {name: index for index, name in enumerate(train_classes)}
     try:
-        return create_dataset("", root=root, split=split, is_training=kind == "train")
+        return create_dataset("", root=folder, split=split, search_split=False, class_map=class_map,
+                              is_training=kind == "train")
     except RuntimeError as exc:  # timm's ImageFolder: "Found 0 images in subfolders of ..."
         raise DatasetError(f"ImageNet {kind} split under {os.path.abspath(root)}: {exc}") from None
 

@@ -89,6 +89,33 @@ def test_imagenet_class_folders(tmp_path):
     assert img.size == (40, 30) and label == 1
 
 
+def test_imagenet_validation_labels_are_the_training_classes(tmp_path):
+    """A val/ without one class keeps the training indices (n03 is 2, not 1); a flat val/ (ILSVRC's layout), a
+    class unknown to train/ and --val-split test without test/ (it read train/ and val/ together) are errors."""
+    from PIL import Image
+
+    def images(folder, n=2):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.JPEG")
+
+    for cls in ("n01", "n02", "n03"):
+        images(tmp_path / "train" / cls)
+    for cls in ("n01", "n03"):
+        images(tmp_path / "val" / cls)
+    val = build_dataset("imagenet", str(tmp_path), "validation", _args())
+    assert sorted(label for _, label in (val[i] for i in range(len(val)))) == [0, 0, 2, 2]
+    with pytest.raises(DatasetError, match=r"test split not found: .*test"):
+        build_dataset("imagenet", str(tmp_path), "test", _args())
+    images(tmp_path / "test" / "n04")
+    with pytest.raises(DatasetError, match="class folders that .* lacks: n04"):
+        build_dataset("imagenet", str(tmp_path), "test", _args())
+    images(tmp_path / "flat" / "val", 3)
+    (tmp_path / "flat" / "train").symlink_to(tmp_path / "train")
+    with pytest.raises(DatasetError, match="no class folders"):
+        build_dataset("imagenet", str(tmp_path / "flat"), "validation", _args())
+
+
 def test_unknown_dataset():
     with pytest.raises(DatasetError, match="unknown dataset"):
         build_dataset("svhn", "", "train", _args())
