@@ -99,6 +99,9 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     (["--model", "resnet18"], r"'resnet18' is not a spiking transformer of this project"),
     (["--num-classes", "5"], r"labels 0..9 but --num-classes is 5; set --num-classes 10"),
     (["--split-bn", "--aug-splits", "2"], r"--split-bn is not supported"),
+    (["--aug-splits", "1"], r"--aug-splits 1: give 0 \(off\) or at least 2"),
+    (["--aug-splits", "2", "--no-prefetcher"], r"--aug-splits needs the prefetcher"),
+    (["--aug-splits", "2", "--jsd", "--mixup", "0.5"], r"--jsd needs hard labels"),
     (["--start-epoch", "5"], r"nothing to train: --start-epoch is epoch 5, and the run has 1 epochs"),
 ])
 def test_bad_flag_is_one_line_before_anything_is_written(tmp_path, capfd, flags, message):
