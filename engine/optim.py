@@ -51,7 +51,8 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
     """timm ``create_scheduler_v2`` from the ``--sched``, ``--epochs``, warmup and cooldown flags.
 
     Returns:
-        ``(scheduler, num_epochs)``; ``num_epochs`` includes the cooldown epochs (``epochs + cooldown_epochs``).
+        ``(scheduler, num_epochs)``; ``num_epochs`` is ``epochs + cooldown_epochs`` for the cyclic schedules
+        (cosine, tanh, poly) and ``epochs`` for the others (step, multistep, plateau, ...), as in timm.
     """
     from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 

@@ -119,7 +119,7 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     if start_epoch >= num_epochs:
         source = f"the checkpoint {args.resume!r} ends at" if args.resume else "--start-epoch is"
         raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} epochs "
-                          "(--epochs plus --cooldown-epochs); raise --epochs")
+                          "(--epochs, plus --cooldown-epochs for cosine, tanh and poly); raise --epochs")
     if start_epoch > 0:
         lr_scheduler.step(start_epoch)
     model = distribute_model(args, compile_model(args, model))

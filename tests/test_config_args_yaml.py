@@ -10,7 +10,7 @@ from engine.validate import check_run_args
 # Every list-typed flag of finetune.py (main.py also has --exit-sweep), set away from its default.
 LIST_FLAGS = ["--skip-blocks", "0,3", "--mean", "0.1", "0.2", "0.3", "--std", "1", "2", "3", "--input-size", "3", "32",
               "32", "--opt-betas", "0.8", "0.99", "--scale", "0.5", "1.0", "--ratio", "0.9", "1.1", "--lr-noise", "0.4",
-              "0.9", "--cutmix-minmax", "0.2", "0.8"]
+              "0.9", "--cutmix-minmax", "0.2", "0.8", "--decay-milestones", "10", "20"]
 
 
 @pytest.mark.parametrize("make_parser, extra", [(main.make_parser, ["--exit-sweep", "0.5,0.9,inf"]),

@@ -136,3 +136,22 @@ def test_args_yaml_records_the_device_asked_for(tmp_path):
     assert args.device == "cpu" or args.device.startswith("cuda")
     dump_args(args, str(tmp_path / "args.yaml"))
     assert parse_args(_parser(), ["-c", str(tmp_path / "args.yaml")]).device == ""
+
+
+def test_multistep_milestones_and_which_schedules_add_cooldown():
+    from engine.optim import build_scheduler
+
+    def schedule(*flags):
+        args = parse_args(_parser(), ["--lr", "1", "--warmup-epochs", "0", "--epochs", "10", *flags])
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1)
+        scheduler, num_epochs = build_scheduler(args, optimizer, 1)
+        lrs = []
+        for epoch in range(num_epochs):
+            scheduler.step(epoch)
+            lrs.append(round(optimizer.param_groups[0]["lr"], 6))
+        return num_epochs, lrs
+
+    num_epochs, lrs = schedule("--sched", "multistep", "--decay-milestones", "5", "8")
+    assert num_epochs == 10 and lrs == [1.0] * 4 + [0.1] * 3 + [0.01] * 3  # timm: the milestone epoch is 1-based
+    assert schedule("--sched", "cosine", "--cooldown-epochs", "3")[0] == 13
+    assert schedule("--sched", "step", "--cooldown-epochs", "3")[0] == 10
