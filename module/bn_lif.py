@@ -5,8 +5,8 @@ fc2 LIF) and in the stem.  Unfused, the BN writes its output, the LIF reads it b
 input and the BN output for the backward.  Fused, the forward is one statistics pass and one LIF pass that applies
 the norm per element (the LIF kernels of :mod:`module.lif_triton` with their batch-norm prologue); only the BN
 input is saved.  The backward recomputes the normalised input inside the LIF backward kernel.  On CUDA, where the
-LIF backward recomputes the membrane (T <= 5 in fp32, T <= 9 in half precision), it makes two passes over the
-input and the spike gradient: the first reduces the norm's output gradient per channel, the second writes the
+LIF backward keeps the membrane in registers (recomputed for T <= 5 in fp32 and T <= 9 in half precision, a
+register history up to T = 32), it makes two passes over the input and the spike gradient: the first reduces the norm's output gradient per channel, the second writes the
 input gradient (:func:`module.lif_triton.batch_norm_backward`); otherwise the LIF backward writes the norm's
 output gradient and SyncBatchNorm's two backward kernels run on it.
 
