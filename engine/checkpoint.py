@@ -15,6 +15,7 @@ warning.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import pickle
@@ -249,6 +250,7 @@ def restore_model_ema(model_ema: Any, checkpoint: dict | None, path: str) -> Non
         load_model_weights(model_ema.module, checkpoint, path, key="state_dict_ema")
 
 
+@functools.cache
 def _saver_class():
     from timm.utils import CheckpointSaver
 
