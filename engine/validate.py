@@ -101,14 +101,19 @@ def _check_training(args: argparse.Namespace) -> None:
         raise ConfigError(f"--train-interpolation {args.train_interpolation!r}: choose one of {INTERPOLATIONS[1:]}")
 
 
+def _mixes(args: argparse.Namespace) -> bool:
+    from .loaders import mixup_args
+
+    return mixup_args(args) is not None
+
+
 def _check_aug_splits(args: argparse.Namespace) -> None:
     splits = getattr(args, "aug_splits", 0)
     if splits == 1 or splits < 0:
         raise ConfigError(f"--aug-splits {splits}: give 0 (off) or at least 2 (the clean batch plus augmented ones)")
     if splits >= 2 and getattr(args, "no_prefetcher", False):
         raise ConfigError("--aug-splits needs the prefetcher (it collates the splits); drop --no-prefetcher")
-    mixing = getattr(args, "mixup", 0) > 0 or getattr(args, "cutmix", 0) > 0 or getattr(args, "cutmix_minmax", None)
-    if getattr(args, "jsd", False) and mixing:
+    if getattr(args, "jsd", False) and _mixes(args):
         raise ConfigError("--jsd needs hard labels, which mixup/CutMix replace with soft ones; add --mixup 0 "
                           "--cutmix 0 (the CIFAR configs set mixup: 0.5)")
 

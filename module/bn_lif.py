@@ -6,9 +6,10 @@ input and the BN output for the backward.  Fused, the forward is one statistics 
 the norm per element (the LIF kernels of :mod:`module.lif_triton` with their batch-norm prologue); only the BN
 input is saved.  The backward recomputes the normalised input inside the LIF backward kernel.  On CUDA, where the
 LIF backward keeps the membrane in registers (recomputed for T <= 5 in fp32 and T <= 9 in half precision, a
-register history up to T = 32), it makes two passes over the input and the spike gradient: the first reduces the norm's output gradient per channel, the second writes the
-input gradient (:func:`module.lif_triton.batch_norm_backward`); otherwise the LIF backward writes the norm's
-output gradient and SyncBatchNorm's two backward kernels run on it.
+register history up to T = 32), it makes two passes over the input and the spike gradient: the first reduces the
+norm's output gradient per channel, the second writes the input gradient
+(:func:`module.lif_triton.batch_norm_backward`); otherwise the LIF backward writes the norm's output gradient and
+SyncBatchNorm's two backward kernels run on it.
 
 The maths is the BatchNorm's: batch statistics in training (with the same running-statistics update), running
 statistics in eval; the normalised value is computed in fp32 in ATen's order of operations and rounded to the
