@@ -9,13 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 
 from engine.errors import DatasetError
 
-from .static import STATIC_DATASETS, build_static_dataset
+from .static import STATIC_DATASETS, build_static_dataset, canonical_static_name
 
-__all__ = ["NEUROMORPHIC_DATASETS", "STATIC_DATASETS", "build_dataset", "is_neuromorphic", "split_kind"]
+__all__ = ["NEUROMORPHIC_DATASETS", "STATIC_DATASETS", "build_dataset", "canonical_static_name", "is_neuromorphic",
+           "split_kind"]
 
 NEUROMORPHIC_DATASETS = ("cifar10-dvs", "cifar10-dvs-tet", "gesture", "ncaltech101", "nmnist")
 
@@ -47,13 +47,10 @@ def build_dataset(name: str, root: str, split: str, args: argparse.Namespace):
         args: the parsed arguments (``download``, ``time_steps``, augmentation flags, ...).
 
     Raises:
-        DatasetError: unknown name, missing files, or neuromorphic sets before ``data.neuromorphic`` exists.
+        DatasetError: unknown name or missing files.
     """
     kind = split_kind(split)
     if is_neuromorphic(name):
-        if importlib.util.find_spec("data.neuromorphic") is None:
-            raise DatasetError(f"dataset {name!r}: the neuromorphic datasets are not implemented yet "
-                               f"(data/neuromorphic.py is missing)")
         from data.neuromorphic import build_dvs_dataset
         return build_dvs_dataset(name.lower(), root, kind, args)
     return build_static_dataset(name, root, split, kind, args)

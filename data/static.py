@@ -202,9 +202,14 @@ _ALIASES = {"cifar10": "torch/cifar10", "cifar100": "torch/cifar100", "torch/mni
             "imagenet1k": "imagenet"}
 
 
+def canonical_static_name(name: str) -> str:
+    """The :data:`STATIC_DATASETS` key that ``name`` or one of its aliases (``imagenet1k``, ``cifar10``, ...) means."""
+    return _ALIASES.get(name.lower(), name.lower())
+
+
 def build_static_dataset(name: str, root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
     """Build the static dataset ``name`` (see the module docstring); ``kind`` is ``"train"`` or ``"val"``."""
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = canonical_static_name(name)
     if key not in STATIC_DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; static datasets: {sorted(STATIC_DATASETS)} "
                            f"(aliases {sorted(_ALIASES)})")

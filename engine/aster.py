@@ -28,6 +28,8 @@ from pathlib import Path
 
 from torch import nn
 
+from data import canonical_static_name
+
 from .distributed import is_primary
 from .early_exit import EXIT_METRICS, EarlyExitMeter, EarlyExitSweep
 from .atomic import write_text_atomic
@@ -211,6 +213,11 @@ class AsterResult:
                 "sweep": [{k: v for k, v in row.items() if k != "metric"} for row in self.sweep.rows()]}
 
 
+def confidence_sample_count(dataset: str) -> int:
+    """Scores per step kept in ``early_exit_class_stats.json``: 10 on ImageNet (any alias), else 100 (reference)."""
+    return 10 if canonical_static_name(dataset) == "imagenet" else 100
+
+
 def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *,
                    thresholds: list[float], metric: str = "confidence", exit_threshold: float | None = None,
                    log_suffix: str = "") -> AsterResult:
@@ -239,7 +246,7 @@ def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.
     meter = None
     if exit_threshold is not None:
         meter = EarlyExitMeter(T=bare.T, threshold=exit_threshold, metric=metric,
-                               confidence_samples=10 if args.dataset.lower() == "imagenet" else 100)
+                               confidence_samples=confidence_sample_count(args.dataset))
     observers = [sweep.update] + ([meter.update] if meter is not None else [])
     was_tet, bare.TET = bare.TET, True
     try:

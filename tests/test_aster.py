@@ -10,7 +10,7 @@ import timm
 import torch
 
 import model  # noqa: F401
-from engine.aster import AsterResult, check_exit_args, read_firing_rates, write_aster_outputs
+from engine.aster import AsterResult, check_exit_args, confidence_sample_count, read_firing_rates, write_aster_outputs
 from engine.early_exit import EarlyExitMeter, EarlyExitSweep, exit_decisions, exit_scores, oracle_aet
 from engine.errors import ConfigError
 from engine.skip import select_skip_blocks
@@ -156,6 +156,7 @@ def test_class_stats_of_large_classes_and_confidence_sample_count():
     assert stats["per_class"]["0"]["exit_timesteps"] == "too many to store"
     assert stats["per_class"]["0"]["samples"] == 101
     assert [len(stats["confidence"][f"timestep_{t}"]["values"]) for t in (1, 2)] == [10, 10]
+    assert [confidence_sample_count(name) for name in ("imagenet", "ImageNet1k", "torch/cifar10")] == [10, 10, 100]
 
 
 def test_skip_blocks_validated_on_the_model():

@@ -1,7 +1,6 @@
 """Static datasets (digits, IDX files, missing folders) and the loaders built from them."""
 import argparse
 import gzip
-import importlib.util
 import os
 from collections import Counter
 
@@ -119,14 +118,6 @@ def test_imagenet_validation_labels_are_the_training_classes(tmp_path):
 def test_unknown_dataset():
     with pytest.raises(DatasetError, match="unknown dataset"):
         build_dataset("svhn", "", "train", _args())
-
-
-def test_neuromorphic_sets_without_their_module(monkeypatch):
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "data.neuromorphic"
-                        else find_spec(name, *a))
-    with pytest.raises(DatasetError, match="not implemented yet"):
-        build_dataset("cifar10-dvs", "", "train", _args())
 
 
 def test_randaugment_posterize_at_full_magnitude():
