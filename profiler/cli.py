@@ -67,6 +67,8 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
             args = parser.parse_args(argv)
         if args.out is None:
             raise ValueError("--out DIR is required (or 'out' in the config)")
+        if not (args.timers or args.sparsity):
+            raise ValueError("--no-timers with --no-sparsity records nothing: keep the timers or the probes")
         args.out = output_folder(args.out)
         device = _device(args.device)
         net = build_model(args)

@@ -192,6 +192,7 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     ([], "batch_size: 0\n", "config key 'batch_size': 0 is less than 1"),
     ([], "dim: [32\nlayer: 1\n", "is not valid YAML: while parsing a flow sequence"),
     (["--out", "FILE"], None, "is a file: give a folder"),
+    (["--no-timers", "--no-sparsity"], None, "--no-timers with --no-sparsity records nothing"),
 ])
 def test_bad_run_options_are_one_error_before_anything_is_written(tmp_path, capsys, argv, config, message):
     (tmp_path / "FILE").write_text("keep me")
@@ -204,9 +205,3 @@ def test_bad_run_options_are_one_error_before_anything_is_written(tmp_path, caps
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and (tmp_path / "FILE").read_text() == "keep me"
-
-
-def test_run_count_without_timers_or_probes(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="profiler.run")
-    main(["run", *TINY_RUN, "--runs", "3", "--no-timers", "--no-sparsity", "--out", str(tmp_path)])
-    assert f"3 runs on cpu written to {tmp_path}" in caplog.text
