@@ -3,7 +3,8 @@
 Every dataset yields ``(PIL RGB image, int label)`` and has a ``transform`` attribute that the loader sets.
 
 * ``torch/cifar10``, ``torch/cifar100``: torchvision; downloaded only with ``--download``.
-* ``imagenet``: timm ``create_dataset`` over ``<root>/train`` and ``<root>/val`` class folders.
+* ``imagenet``: timm ``ImageDataset`` over ``<root>/train`` and ``<root>/val`` class folders, labelled by
+  ``train/``'s class folders (:class:`ClassFolderReader`).
 * ``digits``: scikit-learn ``load_digits`` (1,797 real 8x8 handwritten digits shipped inside scikit-learn, values
   0..16), upsampled to 32x32 RGB; a fixed, stratified 80/20 split (seed :data:`DIGITS_SPLIT_SEED`).
 * ``mnist``, ``fashion-mnist``: the IDX files, plain or ``.gz``, either directly in ``root`` (for example Debian's
@@ -14,16 +15,25 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import logging
 import os
+import zlib
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
+from timm.data import ImageDataset
+from timm.data.readers.img_extensions import get_img_extensions
+from timm.data.readers.reader import Reader
+from timm.utils.misc import natural_key
 from torch.utils.data import Dataset
 
 from engine.errors import DatasetError
 
-__all__ = ["STATIC_DATASETS", "ArrayImageDataset", "build_static_dataset", "read_idx", "DIGITS_SPLIT_SEED"]
+__all__ = ["STATIC_DATASETS", "ArrayImageDataset", "ClassFolderReader", "build_static_dataset", "canonical_static_name",
+           "read_idx", "DIGITS_SPLIT_SEED"]
+
+_logger = logging.getLogger(__name__)
 
 DIGITS_SPLIT_SEED = 0
 DIGITS_VAL_FRACTION = 0.2
@@ -76,8 +86,12 @@ def _build_digits(root: str, split: str, kind: str, args: argparse.Namespace) ->
 def read_idx(path: str) -> np.ndarray:
     """Read an IDX file (``.gz`` or plain) of unsigned bytes, as used by MNIST and Fashion-MNIST."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise DatasetError(f"{path} is not a complete gzip file ({exc}): download it again, or gunzip it and drop "
+                           f"the .gz") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DatasetError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
@@ -96,13 +110,18 @@ def _find_idx(folders: list[str], stem: str) -> str | None:
     return None
 
 
+def _find_idx_pair(folders: list[str], prefix: str) -> tuple[str | None, str | None]:
+    """The images and labels IDX files of split ``prefix`` (``train``, ``t10k``), None where missing."""
+    return _find_idx(folders, f"{prefix}-images-idx3-ubyte"), _find_idx(folders, f"{prefix}-labels-idx1-ubyte")
+
+
 def _mnist_like(torchvision_name: str) -> Callable:
     def build(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
         root = root or "."
         folders = [root, os.path.join(root, torchvision_name, "raw")]
         prefix = "train" if kind == "train" else "t10k"
-        images_path = _find_idx(folders, f"{prefix}-images-idx3-ubyte")
-        if images_path is None and args.download:
+        images_path, labels_path = _find_idx_pair(folders, prefix)
+        if (images_path is None or labels_path is None) and args.download:
             import torchvision.datasets
 
             try:
@@ -111,13 +130,16 @@ def _mnist_like(torchvision_name: str) -> Callable:
                 raise DatasetError(f"{torchvision_name}: downloading to {os.path.abspath(root)} failed "
                                    f"({' '.join(str(exc).split())}); check the network, or put the IDX files "
                                    "there yourself") from None
-            images_path = _find_idx(folders, f"{prefix}-images-idx3-ubyte")
-        labels_path = _find_idx(folders, f"{prefix}-labels-idx1-ubyte")
+            images_path, labels_path = _find_idx_pair(folders, prefix)
         if images_path is None or labels_path is None:
             raise DatasetError(f"{torchvision_name} not found: expected {prefix}-images-idx3-ubyte[.gz] and "
                                f"{prefix}-labels-idx1-ubyte[.gz] in {os.path.abspath(folders[0])} or "
                                f"{os.path.abspath(folders[1])} (set --data-dir, or pass --download)")
-        return ArrayImageDataset(read_idx(images_path), read_idx(labels_path), resize=False)
+        images, labels = read_idx(images_path), read_idx(labels_path)
+        if len(images) != len(labels):
+            raise DatasetError(f"{torchvision_name}: {images_path} holds {len(images)} images but {labels_path} "
+                               f"{len(labels)} labels: the two files come from different sets (download them again)")
+        return ArrayImageDataset(images, labels, resize=False)
 
     return build
 
@@ -135,8 +157,9 @@ def _cifar(torchvision_name: str, folder: str) -> Callable:
                                                                    download=args.download)
         except (OSError, RuntimeError) as exc:
             action = "downloading to" if args.download else "reading"
-            raise DatasetError(f"{torchvision_name}: {action} {os.path.abspath(root)} failed: "
-                               f"{' '.join(str(exc).split())}") from None
+            reason = " ".join(str(exc).split()).replace("You can use download=True to download it",
+                                                        "Pass --download to fetch it again")
+            raise DatasetError(f"{torchvision_name}: {action} {os.path.abspath(root)} failed: {reason}") from None
 
     return build
 
@@ -156,37 +179,84 @@ def _imagenet_split_folder(root: str, split: str, kind: str) -> str:
 
 def _class_folders(folder: str) -> list[str]:
     """The class folders of an ImageFolder tree in timm's order (natural sort of the names)."""
-    from timm.utils.misc import natural_key
-
     return sorted((d for d in os.listdir(folder) if not d.startswith(".") and os.path.isdir(os.path.join(folder, d))),
                   key=natural_key)
 
 
-def _build_imagenet(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
-    """timm's ImageFolder; the evaluation split's labels are the training split's class indices (its folders
-    listed on their own would shift every label after a missing class)."""
-    from timm.data import create_dataset
+class ClassFolderReader(Reader):
+    """A timm reader of the images under ``folder/<class>/**``, each labelled ``class_to_idx[<class>]``: its
+    top-level class folder, at any depth.
 
-    folder = _imagenet_split_folder(root, split, kind)
+    timm's ``ReaderImageFolder`` labels an image by the folder that directly holds it, so ``train/<wnid>/images/``
+    (Tiny ImageNet) would be one class ``images``, and a stray image in ``train/`` a class ``''`` shifting every
+    label after it.
+    """
+
+    def __init__(self, folder: str, class_to_idx: dict[str, int]):
+        super().__init__()
+        self.root, self.class_to_idx = folder, class_to_idx
+        extensions = get_img_extensions(as_set=True)
+        samples = []
+        for name, index in class_to_idx.items():
+            for path, _, files in os.walk(os.path.join(folder, name), followlinks=True):
+                samples += [(os.path.join(path, f), index) for f in files
+                            if os.path.splitext(f)[1].lower() in extensions]
+        stray = [f for f in os.listdir(folder) if os.path.splitext(f)[1].lower() in extensions]
+        if stray:
+            _logger.warning("%s: %d images outside the class folders (e.g. %s) are not used", folder, len(stray),
+                            stray[0])
+        if not samples:
+            raise DatasetError(f"no images ({', '.join(sorted(extensions))}) in the class folders of "
+                               f"{os.path.abspath(folder)}")
+        self.samples = sorted(samples, key=lambda sample: natural_key(sample[0]))
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        return open(path, "rb"), target
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
+        filename = self.samples[index][0]
+        if basename:
+            return os.path.basename(filename)
+        return filename if absolute else os.path.relpath(filename, self.root)
+
+
+def _imagenet_classes(root: str, folder: str, kind: str, args: argparse.Namespace) -> list[str]:
+    """The class names, in label order: ``train/``'s class folders (also for evaluation, so that a validation
+    split without some classes keeps the training labels), or the evaluation folder's own when there is no
+    ``train/`` and it has every class."""
+    classes = _class_folders(folder)
+    if not classes:
+        raise DatasetError(f"ImageNet {folder} holds no class folders (ILSVRC's validation images come in one flat "
+                           f"folder: sort them into one folder per class, e.g. with the widely used valprep.sh)")
+    if kind == "train":
+        return classes
     train_dir = os.path.join(root, "train")
-    class_map = None
-    if kind != "train":
-        classes = _class_folders(folder)
-        if not classes:
-            raise DatasetError(f"ImageNet {folder} holds no class folders (ILSVRC's validation images come in one flat "
-                               f"folder: sort them into one folder per class, e.g. with the widely used valprep.sh)")
-        if os.path.isdir(train_dir):
-            train_classes = _class_folders(train_dir)
-            unknown = sorted(set(classes) - set(train_classes))
-            if unknown:
-                raise DatasetError(f"ImageNet {folder} has class folders that {train_dir} lacks: "
-                                   f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
-            class_map = {name: index for index, name in enumerate(train_classes)}
-    try:
-        return create_dataset("", root=folder, split=split, search_split=False, class_map=class_map,
-                              is_training=kind == "train")
-    except RuntimeError as exc:  # timm's ImageFolder: "Found 0 images in subfolders of ..."
-        raise DatasetError(f"ImageNet {kind} split under {os.path.abspath(root)}: {exc}") from None
+    if not os.path.isdir(train_dir):
+        num_classes = getattr(args, "num_classes", None)
+        if num_classes is not None and len(classes) < num_classes:
+            raise DatasetError(f"ImageNet {folder} has {len(classes)} class folders for --num-classes {num_classes} "
+                               f"and there is no {train_dir} to number them by, so the labels would shift: put "
+                               f"train/ next to it (its class folders suffice, empty ones do)")
+        return classes
+    train_classes = _class_folders(train_dir)
+    unknown = sorted(set(classes) - set(train_classes))
+    if unknown:
+        raise DatasetError(f"ImageNet {folder} has class folders that {train_dir} lacks: "
+                           f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}")
+    return train_classes
+
+
+def _build_imagenet(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
+    """timm's ImageDataset over class folders, labelled by the top-level folder's index among ``train/``'s class
+    folders (for the evaluation split too: its folders listed on their own would shift every label after a
+    missing class)."""
+    folder = _imagenet_split_folder(root, split, kind)
+    classes = _imagenet_classes(root, folder, kind, args)
+    return ImageDataset(folder, reader=ClassFolderReader(folder, {name: i for i, name in enumerate(classes)}))
 
 
 STATIC_DATASETS: dict[str, Callable] = {

@@ -36,8 +36,14 @@ def resolve_model_args(args: argparse.Namespace) -> None:
 
     ``img_size`` comes from ``--input-size`` if given, else stays, else the event dataset's frame size, else 224;
     ``dvs_mode`` defaults from the dataset.
+
+    Raises:
+        ConfigError: a non-square ``--input-size`` (the model is ``img_size`` x ``img_size``).
     """
     if args.input_size is not None:
+        if args.input_size[-2] != args.input_size[-1]:
+            raise ConfigError(f"--input-size {' '.join(map(str, args.input_size))}: the model takes square images "
+                              f"(img_size); give the same height and width")
         args.in_channels, args.img_size = args.input_size[0], args.input_size[-1]
     elif args.img_size is None:
         args.img_size = _dvs_default_img_size(args.dataset) or _DEFAULT_IMG_SIZE

@@ -115,6 +115,63 @@ def test_imagenet_validation_labels_are_the_training_classes(tmp_path):
         build_dataset("imagenet", str(tmp_path / "flat"), "validation", _args())
 
 
+def test_imagenet_labels_are_top_level_class_folders_in_both_splits(tmp_path, caplog):
+    """Labels follow train/'s top-level folders at any depth (Tiny ImageNet's <wnid>/images/), an empty training
+    class keeps its index in both splits, a stray image in train/ is left out (timm made it class 0), and an
+    evaluation split without train/ is numbered on its own only when it has every class."""
+    from PIL import Image
+
+    def images(folder, n=2):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i, 0, 0)).save(folder / f"{i}.JPEG")
+
+    images(tmp_path / "train" / "n01" / "images")
+    (tmp_path / "train" / "n02").mkdir()
+    images(tmp_path / "train" / "n03" / "images")
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "stray.JPEG")
+    images(tmp_path / "val" / "n03")
+    train = build_dataset("imagenet", str(tmp_path), "train", _args())
+    assert sorted(label for _, label in (train[i] for i in range(len(train)))) == [0, 0, 2, 2]
+    assert "1 images outside the class folders (e.g. stray.JPEG) are not used" in caplog.text
+    val = build_dataset("imagenet", str(tmp_path), "validation", _args())
+    assert [val[i][1] for i in range(len(val))] == [2, 2]
+    (tmp_path / "only_val").mkdir()
+    (tmp_path / "val").rename(tmp_path / "only_val" / "val")
+    with pytest.raises(DatasetError, match="1 class folders for --num-classes 3 and there is no .*train"):
+        build_dataset("imagenet", str(tmp_path / "only_val"), "validation", _args("--num-classes", "3"))
+    val = build_dataset("imagenet", str(tmp_path / "only_val"), "validation", _args("--num-classes", "1"))
+    assert [val[i][1] for i in range(len(val))] == [0, 0]
+
+
+def test_broken_mnist_files_are_one_error(tmp_path):
+    """A truncated .gz, a plain file named .gz and images/labels of different lengths each name the file."""
+    images, labels = np.zeros((4, 28, 28)), np.arange(3)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DatasetError, match="holds 4 images but .*t10k-labels-idx1-ubyte 3 labels"):
+        build_dataset("mnist", str(tmp_path), "validation", _args())
+    data = (tmp_path / "t10k-images-idx3-ubyte.gz").read_bytes()
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(data[:len(data) // 2])
+    with pytest.raises(DatasetError, match="images-idx3-ubyte.gz is not a complete gzip file"):
+        build_dataset("mnist", str(tmp_path), "validation", _args())
+    _write_idx(tmp_path / "plain", images)
+    (tmp_path / "plain").rename(tmp_path / "t10k-images-idx3-ubyte.gz")
+    with pytest.raises(DatasetError, match="not a complete gzip file .*gunzip it"):
+        build_dataset("mnist", str(tmp_path), "validation", _args())
+
+
+def test_mnist_download_fetches_a_missing_labels_file(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    fetched = []
+    monkeypatch.setattr(torchvision.datasets, "MNIST", lambda root, train, download: fetched.append(train))
+    _write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 28, 28)))
+    with pytest.raises(DatasetError, match="MNIST not found"):
+        build_dataset("mnist", str(tmp_path), "train", _args("--download"))
+    assert fetched == [True]
+
+
 def test_unknown_dataset():
     with pytest.raises(DatasetError, match="unknown dataset"):
         build_dataset("svhn", "", "train", _args())
