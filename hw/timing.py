@@ -11,8 +11,9 @@ Latency per step, reported both ways:
 * serial: ``sum over stages``;
 * pipelined (``timestep_major``): stages overlap at token granularity between attention barriers; each segment
   costs its slowest stage plus a fill of one token through every stage;
-* pipelined (``layer_major``): every stage streams all T steps, so the run costs the slowest stage's total plus a
-  fill of one step through every stage, attributed to steps in proportion to their serial cycles.
+* pipelined (``layer_major``): every stage streams the T steps in order (a flow shop): stage s starts step t once
+  it has finished step t - 1 and stage s - 1 has finished step t; a step's latency is the time between the last
+  stage's outputs of steps t - 1 and t, so the first k steps cost exactly what a k-step run costs.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .config import HwConfig
 from .counts import ALL_COUNTS
 from .mapping import Mapping
 
-__all__ = ["Timing", "StagePlan", "compute_timing"]
+__all__ = ["Timing", "StagePlan", "compute_timing", "flow_shop_latency"]
 
 _A = {name: i for i, name in enumerate(ALL_COUNTS)}
 
@@ -70,6 +71,22 @@ def _pipelined(stage: np.ndarray, fill: np.ndarray, starts: np.ndarray) -> np.nd
     return total
 
 
+def flow_shop_latency(stage: np.ndarray) -> np.ndarray:
+    """Per-step latency of stages streaming the steps in order: finish ``F[s, t] = max(F[s-1, t], F[s, t-1]) +
+    stage[s, t]``, returned as the last stage's increments ``F[S, t] - F[S, t-1]``.  ``stage``: ``[..., S, T]``.
+
+    For one step the recurrence over s is a max-plus scan: ``F[s, t] = P[s] + max_{j<=s} (F[j, t-1] - P[j-1])``
+    with ``P`` the prefix sums of ``stage[:, t]``.
+    """
+    finish = np.zeros(stage.shape[:-1])
+    last = np.zeros(stage.shape[:-2] + stage.shape[-1:])
+    for t in range(stage.shape[-1]):
+        prefix = np.cumsum(stage[..., t], axis=-1)
+        finish = prefix + np.maximum.accumulate(finish - (prefix - stage[..., t]), axis=-1)
+        last[..., t] = finish[..., -1]
+    return np.diff(last, axis=-1, prepend=0.0)
+
+
 def compute_timing(counts: np.ndarray, mapping: Mapping, config: HwConfig, plan: StagePlan) -> Timing:
     """Cycle model for a batch of counts ``[B, R, T, A]``."""
     v, chip, tm = mapping.vec, config.chip, config.timing
@@ -92,11 +109,8 @@ def compute_timing(counts: np.ndarray, mapping: Mapping, config: HwConfig, plan:
     serial = stage.sum(-2)
     if config.dataflow.order == "timestep_major":
         pipelined = _pipelined(stage, stage / plan.positions[:, None], plan.segment_starts)
-    else:  # layers pipelined over the T steps: one step through every stage, then T - 1 of the slowest
-        per_stage = stage.sum(-1)
-        total = per_stage.max(-1, keepdims=True) * (1 - 1 / mapping.T) + per_stage.sum(-1, keepdims=True) / mapping.T
-        run = serial.sum(-1, keepdims=True)
-        pipelined = np.where(run > 0, total * serial / np.where(run > 0, run, 1), 0.0)
+    else:
+        pipelined = flow_shop_latency(stage)
     return Timing(row_cycles=xbar + attention + lif + digital, stage_cycles=stage, stall=np.maximum(mem - compute, 0),
                   latency_serial=serial, latency_pipelined=pipelined,
                   latency=pipelined if config.dataflow.pipelining else serial)
