@@ -15,7 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_primary", "cleanup_distributed"]
+__all__ = ["init_distributed", "is_primary", "cleanup_distributed", "evaluation_module"]
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +47,23 @@ def init_distributed(args: argparse.Namespace) -> None:
 def is_primary(args: argparse.Namespace) -> bool:
     """True on the process that writes logs and checkpoints (global rank 0)."""
     return getattr(args, "rank", 0) == 0
+
+
+def evaluation_module(model: torch.nn.Module) -> torch.nn.Module:
+    """The module to evaluate: a DDP model's bare module, after rank 0's buffers (BatchNorm statistics) are
+    broadcast as DDP's own first forward would; any other model as it is.
+
+    Evaluating without the DDP wrapper keeps collectives out of the batches, so the processes' shares of the
+    evaluation set may differ in length (:class:`engine.loaders.EvalShard`).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if not isinstance(model, DistributedDataParallel):
+        return model
+    if model.broadcast_buffers:
+        for buffer in model.module.buffers():
+            dist.broadcast(buffer, src=0)
+    return model.module
 
 
 def cleanup_distributed(wait_for_peers: bool = False) -> None:

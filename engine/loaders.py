@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from data import build_dataset, is_neuromorphic
 
@@ -58,6 +58,35 @@ class Loaders:
             self.train.mixup_enabled = False
 
 
+class EvalShard(Dataset):
+    """This process's share of an evaluation set: samples ``rank, rank + world, ...``, without the padding that
+    ``DistributedSampler`` (and timm's ``OrderedDistributedSampler``) adds to even the shares out, so that metrics
+    summed over the processes count every sample exactly once.  ``transform`` is the wrapped dataset's."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int):
+        self.dataset, self.indices = dataset, range(rank, len(dataset), world_size)
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, value) -> None:
+        self.dataset.transform = value
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.indices[index]]
+
+
+def _eval_dataset(args: argparse.Namespace) -> Dataset:
+    """The evaluation split, sharded over the processes when distributed (:class:`EvalShard`)."""
+    dataset = build_dataset(args.dataset, args.data_dir, args.val_split, args)
+    return EvalShard(dataset, args.rank, args.world_size) if args.distributed else dataset
+
+
 def mixup_args(args: argparse.Namespace) -> dict | None:
     """Keyword arguments of timm ``Mixup`` / ``FastCollateMixup``, or None when mixup and CutMix are off."""
     if not (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None):
@@ -92,18 +121,18 @@ def _event_mixup(mix: dict):
 def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
     mix = mixup_args(args) if train else None
 
-    def loader(split: str, batch_size: int, is_training: bool) -> DataLoader:
-        dataset = build_dataset(args.dataset, args.data_dir, split, args)
-        sampler = DistributedSampler(dataset, shuffle=is_training, seed=args.seed) if args.distributed else None
+    def loader(dataset: Dataset, batch_size: int, is_training: bool) -> DataLoader:
+        sampler = DistributedSampler(dataset, seed=args.seed) if args.distributed and is_training else None
         # The reference kept the last, short training batch; timm's Mixup needs an even one.
         return DataLoader(dataset, batch_size=batch_size, shuffle=is_training and sampler is None, sampler=sampler,
                           num_workers=args.workers, pin_memory=pin_memory(args),
                           drop_last=is_training and mix is not None)
 
-    eval_loader = loader(args.val_split, args.val_batch_size, False)
+    eval_loader = loader(_eval_dataset(args), args.val_batch_size, False)
     if not train:
         return Loaders(None, eval_loader)
-    return Loaders(loader(args.train_split, args.batch_size, True), eval_loader, _event_mixup(mix) if mix else None,
+    train_set = build_dataset(args.dataset, args.data_dir, args.train_split, args)
+    return Loaders(loader(train_set, args.batch_size, True), eval_loader, _event_mixup(mix) if mix else None,
                    mixup_active=mix is not None)
 
 
@@ -150,13 +179,12 @@ def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bo
                  crop_pct=args.crop_pct, mean=args.mean, std=args.std, interpolation=args.interpolation), model=model)
     prefetch = not args.no_prefetcher
     common = dict(input_size=data_config["input_size"], mean=data_config["mean"], std=data_config["std"],
-                  num_workers=args.workers, distributed=args.distributed, pin_memory=pin_memory(args),
-                  device=torch.device(args.device), use_prefetcher=prefetch, persistent_workers=False)
-    dataset_eval = build_dataset(args.dataset, args.data_dir, args.val_split, args)
+                  num_workers=args.workers, pin_memory=pin_memory(args), device=torch.device(args.device),
+                  use_prefetcher=prefetch, persistent_workers=False)
     with _transform_flags():
-        eval_loader = create_loader(dataset_eval, batch_size=args.val_batch_size, is_training=False,
+        eval_loader = create_loader(_eval_dataset(args), batch_size=args.val_batch_size, is_training=False,
                                     interpolation=data_config["interpolation"], crop_pct=data_config["crop_pct"],
-                                    **common)
+                                    distributed=False, **common)
     if not train:
         return Loaders(None, eval_loader, data_config=data_config)
 
@@ -177,7 +205,7 @@ def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bo
             re_mode=args.remode, re_count=args.recount, re_split=args.resplit, scale=args.scale, ratio=args.ratio,
             hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
             num_aug_splits=args.aug_splits, interpolation=train_interpolation, collate_fn=collate_fn,
-            use_multi_epochs_loader=args.use_multi_epochs_loader, **common)
+            use_multi_epochs_loader=args.use_multi_epochs_loader, distributed=args.distributed, **common)
     return Loaders(train_loader, eval_loader, mixup_fn, data_config, mixup_active=mix is not None)
 
 

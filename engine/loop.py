@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .distributed import is_primary
+from .distributed import evaluation_module, is_primary
 from .model import unwrap
 from .optim import Amp
 
@@ -206,41 +206,48 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
     ``observers`` are called with every batch's float output (per-step logits ``[T, B, K]`` when the model has
     ``TET`` set, else ``[B, K]``) and its targets, e.g. the early-exit meters of :mod:`engine.aster`.
 
-    Returns:
-        ``OrderedDict(loss, top1, top5)``, averaged over all processes; accuracies in percent.
-    """
-    from timm.utils import AverageMeter, accuracy
+    Distributed: each process evaluates its own share of the samples (:class:`engine.loaders.EvalShard`) with the
+    bare module (:func:`evaluation_module`), and the sums are combined once at the end, so every sample counts once.
 
-    model.eval()
-    losses_m = AverageMeter()
-    correct = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, samples: exact counts, all processes
+    Returns:
+        ``OrderedDict(loss, top1, top5)``, the means over all samples of all processes; accuracies in percent.
+    """
+    from timm.utils import accuracy
+
+    net = evaluation_module(model)
+    net.eval()
+    # loss sum, top-1 hits, top-5 hits, samples: this process's share (no per-batch collectives: the shares may
+    # differ by a batch), summed over the processes at the end
+    totals = torch.zeros(4, dtype=torch.float64)
     num_batches = len(loader)
-    top_k = (1, min(5, unwrap(model).num_classes))
+    top_k = (1, min(5, net.num_classes))
     for batch_idx, (inputs, target) in enumerate(_progress(loader, args, "eval")):
         inputs, target = _to_device(inputs, target, args)
         with amp.autocast():
-            output = model(inputs)
+            output = net(inputs)
         output = output.float()
         for observe in observers:
             observe(output, target)
         if output.dim() == 3:
             output = output.mean(0)
-        loss = loss_fn(output, target)
         n = inputs.size(0)
         hits = torch.stack([*accuracy(output, target, topk=top_k)]).double() * n / 100  # timm: float32 percent
-        batch = torch.cat([hits.round(), hits.new_tensor([n])])
-        if args.distributed:
-            torch.distributed.all_reduce(batch)
+        batch = torch.cat([loss_fn(output, target).double().reshape(1) * n, hits.round(), hits.new_tensor([n])])
         batch = batch.cpu()
-        correct += batch
-        losses_m.update(_reduce(loss, args).item(), n)
+        totals += batch
         if is_primary(args) and (batch_idx == num_batches - 1 or batch_idx % args.log_interval == 0):
-            val1, val5 = (100 * batch[:2] / batch[2]).tolist()
-            avg1, avg5 = (100 * correct[:2] / correct[2]).tolist()
+            loss, val1, val5 = (batch[:3] / batch[3] * torch.tensor([1, 100, 100])).tolist()
+            avg_loss, avg1, avg5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()
             _logger.info(f"Test{log_suffix}: [{batch_idx:>4d}/{num_batches - 1}]  "
-                         f"Loss: {losses_m.val:>7.4f} ({losses_m.avg:>6.4f})  "
+                         f"Loss: {loss:>7.4f} ({avg_loss:>6.4f})  "
                          f"Acc@1: {val1:>7.4f} ({avg1:>7.4f})  "
                          f"Acc@5: {val5:>7.4f} ({avg5:>7.4f})")
-    unwrap(model).reset_neurons()
-    top1, top5 = (100 * correct[:2] / correct[2]).tolist() if correct[2] else (0.0, 0.0)
-    return OrderedDict(loss=losses_m.avg, top1=top1, top5=top5)
+    net.reset_neurons()
+    if args.distributed:
+        totals = totals.to(args.device)
+        torch.distributed.all_reduce(totals)
+        totals = totals.cpu()
+    if not totals[3]:
+        return OrderedDict(loss=0.0, top1=0.0, top5=0.0)
+    loss, top1, top5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()
+    return OrderedDict(loss=loss, top1=top1, top5=top5)

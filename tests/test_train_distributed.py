@@ -27,14 +27,21 @@ def test_two_process_run(tmp_path, launcher):
 
 
 def test_two_process_evaluation_equals_one(tmp_path):
-    """Each process evaluates half of the 360 images; the rates, sample count and energy are those of one process
-    (they were doubled: the sums were all-reduced but not the element counts)."""
+    """Each process evaluates its share of 25 images (12 and 13); the accuracy, rates, sample count and energy are
+    those of one process (the rates were doubled: the sums were all-reduced but not the element counts; and the
+    padding of the distributed samplers counted one image twice)."""
     import json
 
+    import numpy as np
+    from test_engine_data import _write_idx
     from test_evaluate import _checkpoint
 
     checkpoint = _checkpoint(tmp_path, 2)
-    flags = [*TINY_FLAGS, "--time-steps", "2", "--resume", str(checkpoint), "--output", str(tmp_path / "valid")]
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (25, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(25) % 10)
+    flags = [*TINY_FLAGS, "--time-steps", "2", "--resume", str(checkpoint), "--output", str(tmp_path / "valid"),
+             "--dataset", "mnist", "--data-dir", str(tmp_path), "-vb", "8"]
     runs = {"one": [sys.executable, "firing_num.py"],
             "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                     f"--master_port={free_port()}", "firing_num.py"]}
@@ -43,7 +50,7 @@ def test_two_process_evaluation_equals_one(tmp_path):
                                 capture_output=True, text=True, timeout=240)
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = (json.loads((tmp_path / "valid" / name / "firing.json").read_text()) for name in runs)
-    assert one["samples"] == two["samples"] == 360 and two["top1"] == pytest.approx(one["top1"])
+    assert one["samples"] == two["samples"] == 25 and two["top1"] == pytest.approx(one["top1"])
     for step, rates in one["firing_rate"].items():
         assert two["firing_rate"][step] == pytest.approx(rates, rel=1e-9), step
         assert two["non_zero"][step] == pytest.approx(one["non_zero"][step], rel=1e-9), step
