@@ -9,7 +9,7 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["DVS_MODE_DATASETS", "resolve_model_args", "model_kwargs", "build_model", "prepare_model",
+__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "resolve_model_args", "model_kwargs", "build_model", "prepare_model",
            "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
@@ -31,15 +31,45 @@ def _dvs_default_img_size(dataset: str) -> int | None:
     return DEFAULT_IMG_SIZE[dataset.lower()]
 
 
+# The engine's argument for each constructor argument a named variant (``--model sdt_8_512``, ...) fixes.
+_VARIANT_ARGS = {"img_size_h": "img_size", "in_channels": "in_channels", "num_classes": "num_classes",
+                 "embed_dims": "dim", "depths": "layer", "T": "time_steps", "pooling_stat": "pooling_stat",
+                 "num_heads": "num_heads", "dvs_mode": "dvs_mode"}
+
+
+def apply_variant_defaults(args: argparse.Namespace, defaults: dict[str, object]) -> None:
+    """Give ``args`` the architecture of the named variant ``args.model`` where they hold the parser's default
+    (``defaults``, by dest): ``--model sdt_8_384`` builds 8 blocks of width 384 unless ``--dim``/``--layer`` say
+    otherwise, instead of the script's own default sizes."""
+    from model import variant_defaults
+
+    taken = []
+    for name, value in variant_defaults(args.model).items():
+        dest = _VARIANT_ARGS.get(name)
+        if dest is not None and getattr(args, dest) == defaults.get(dest) and getattr(args, dest) != value:
+            setattr(args, dest, value)
+            taken.append(f"{dest}={value}")
+    if taken:
+        _logger.info("--model %s: %s (the variant's; give the flags to override)", args.model, ", ".join(taken))
+
+
+def _engine_defaults() -> dict[str, object]:
+    from .args import get_args_parser
+
+    return {action.dest: action.default for action in get_args_parser()._actions}
+
+
 def resolve_model_args(args: argparse.Namespace) -> None:
     """Fill the values derived from others, in place, so that ``args.yaml`` records what was built.
 
+    A named variant's sizes replace the arguments left at their defaults (:func:`apply_variant_defaults`);
     ``img_size`` comes from ``--input-size`` if given, else stays, else the event dataset's frame size, else 224;
     ``dvs_mode`` defaults from the dataset.
 
     Raises:
         ConfigError: a non-square ``--input-size`` (the model is ``img_size`` x ``img_size``).
     """
+    apply_variant_defaults(args, _engine_defaults())
     if args.input_size is not None:
         if args.input_size[-2] != args.input_size[-1]:
             raise ConfigError(f"--input-size {' '.join(map(str, args.input_size))}: the model takes square images "

@@ -34,7 +34,7 @@ from torch import nn
 from module import ATTENTION_MODES, NEURON_BACKENDS, REFERENCES, SPIKE_MODES, MS_Block_Conv, MS_SPS, \
     TensorRecorder, create_lif, is_neuron
 
-__all__ = ["SpikeDrivenTransformer", "validate_config"]
+__all__ = ["SpikeDrivenTransformer", "VARIANTS", "validate_config", "variant_defaults"]
 
 
 def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed_dims: int, num_heads: int,
@@ -306,9 +306,27 @@ default_cfgs = generate_default_cfgs({
 
 _IMAGENET = dict(img_size_h=224, img_size_w=224, in_channels=3, num_classes=1000, pooling_stat="1111", T=4)
 
+# The constructor arguments each named variant fixes (the caller's keyword arguments still win).
+VARIANTS: dict[str, dict] = {
+    "sdt_8_384": dict(_IMAGENET, embed_dims=384, depths=8),
+    "sdt_8_512": dict(_IMAGENET, embed_dims=512, depths=8),
+    "sdt_8_768": dict(_IMAGENET, embed_dims=768, depths=8),
+    "sdt_cifar_2_512": dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=512, depths=2,
+                            T=4, pooling_stat="0011"),
+    "sdt_dvs_2_256": dict(img_size_h=64, img_size_w=64, in_channels=2, num_classes=10, embed_dims=256, depths=2,
+                          T=16, pooling_stat="0011", dvs_mode=True),
+    "sdt_test": dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32, num_heads=4,
+                     depths=1, T=2, pooling_stat="0011"),
+}
 
-def _variant(variant: str, defaults: dict, pretrained: bool, kwargs: dict) -> SpikeDrivenTransformer:
-    return _create_sdt(variant, pretrained=pretrained, **{**defaults, **kwargs})
+
+def variant_defaults(name: str) -> dict:
+    """The constructor arguments the registered variant ``name`` fixes ({} for ``sdt`` and unknown names)."""
+    return dict(VARIANTS.get(name, {}))
+
+
+def _variant(variant: str, pretrained: bool, kwargs: dict) -> SpikeDrivenTransformer:
+    return _create_sdt(variant, pretrained=pretrained, **{**VARIANTS[variant], **kwargs})
 
 
 @register_model
@@ -320,40 +338,34 @@ def sdt(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
 @register_model
 def sdt_8_384(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT-8-384 for ImageNet (16.82M parameters)."""
-    return _variant("sdt_8_384", dict(_IMAGENET, embed_dims=384, depths=8), pretrained, kwargs)
+    return _variant("sdt_8_384", pretrained, kwargs)
 
 
 @register_model
 def sdt_8_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT-8-512 for ImageNet (29.69M parameters)."""
-    return _variant("sdt_8_512", dict(_IMAGENET, embed_dims=512, depths=8), pretrained, kwargs)
+    return _variant("sdt_8_512", pretrained, kwargs)
 
 
 @register_model
 def sdt_8_768(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT-8-768 for ImageNet (66.34M parameters)."""
-    return _variant("sdt_8_768", dict(_IMAGENET, embed_dims=768, depths=8), pretrained, kwargs)
+    return _variant("sdt_8_768", pretrained, kwargs)
 
 
 @register_model
 def sdt_cifar_2_512(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT-2-512 for CIFAR-10, 32x32, T=4 (10.23M parameters)."""
-    defaults = dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=512, depths=2, T=4,
-                    pooling_stat="0011")
-    return _variant("sdt_cifar_2_512", defaults, pretrained, kwargs)
+    return _variant("sdt_cifar_2_512", pretrained, kwargs)
 
 
 @register_model
 def sdt_dvs_2_256(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """SDT-2-256 for CIFAR10-DVS, 64x64 event frames, T=16 (2.57M parameters)."""
-    defaults = dict(img_size_h=64, img_size_w=64, in_channels=2, num_classes=10, embed_dims=256, depths=2, T=16,
-                    pooling_stat="0011", dvs_mode=True)
-    return _variant("sdt_dvs_2_256", defaults, pretrained, kwargs)
+    return _variant("sdt_dvs_2_256", pretrained, kwargs)
 
 
 @register_model
 def sdt_test(pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
     """A tiny model for tests: 1 block of width 32, 32x32 input, T=2."""
-    defaults = dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32, num_heads=4,
-                    depths=1, T=2, pooling_stat="0011")
-    return _variant("sdt_test", defaults, pretrained, kwargs)
+    return _variant("sdt_test", pretrained, kwargs)
