@@ -63,6 +63,9 @@ def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
             raise ConfigError(f"config key {key!r}: expected a {action.type.__name__}, got {value!r}") from None
     elif isinstance(value, (list, dict)):
         raise ConfigError(f"config key {key!r}: expected a single value, got {value!r}")
+    elif isinstance(action.default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ConfigError(f"config key {key!r}: expected text, got the number {value!r}; put the value in quotes "
+                          f"(YAML reads unquoted digits as a number, 0011 as the octal 9)")
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(action.choices)}")
     return value

@@ -60,6 +60,8 @@ def test_unknown_key_names_key_and_closest(tmp_path):
     ("- a\n- b\n", "must hold a mapping"),
     ("epochs: 1.7\n", "'epochs': expected an int, got 1.7"),
     ("lr: null\n", "'lr': null is not a value here"),
+    ("pooling_stat: 0011\n", "'pooling_stat': expected text, got the number 9; put the value in quotes"),
+    ("experiment: 2024\n", "'experiment': expected text, got the number 2024"),
     ("scale: null\n", "'scale': null is not a value here"),
 ])
 def test_bad_values_are_errors(tmp_path, text, match):
