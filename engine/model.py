@@ -140,8 +140,16 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     return model
 
 
-def _keep_eval_mode(module: nn.Module, inputs) -> None:
-    module.train(False)
+def _frozen_batchnorms_in_eval_mode(model: nn.Module, inputs) -> None:
+    """Forward pre-hook of the whole model: BatchNorm layers whose parameters are all frozen run in eval mode.
+
+    On the model, not on the layers, so that it survives ``convert_sync_batchnorm`` (``--sync-bn``), which
+    replaces the layers (keeping their parameters) but not their hooks."""
+    if model.training:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                    not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.train(False)
 
 
 def freeze_parameters(model: nn.Module, trainable_prefixes: tuple[str, ...],
@@ -149,8 +157,8 @@ def freeze_parameters(model: nn.Module, trainable_prefixes: tuple[str, ...],
     """Freeze every parameter whose name does not start with one of ``trainable_prefixes``.
 
     The optimizer then leaves the frozen ones out (timm skips ``requires_grad=False``).  With ``freeze_bn_stats``,
-    BatchNorm layers whose parameters are all frozen also stay in eval mode during training (a forward pre-hook
-    undoes ``model.train()``): they keep normalising with, and never update, their running statistics, so the
+    BatchNorm layers whose parameters are all frozen also stay in eval mode during training (a forward pre-hook on
+    the model undoes ``model.train()`` for them): they keep normalising with, and never update, their running statistics, so the
     frozen part computes exactly what it computes at evaluation time.
 
     Returns:
@@ -165,10 +173,7 @@ def freeze_parameters(model: nn.Module, trainable_prefixes: tuple[str, ...],
     if trainable == 0:
         raise ConfigError(f"no parameter name starts with {list(trainable_prefixes)}: nothing would be trained")
     if freeze_bn_stats:
-        for module in model.modules():
-            params = list(module.parameters(recurse=False))
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in params):
-                module.register_forward_pre_hook(_keep_eval_mode)
+        model.register_forward_pre_hook(_frozen_batchnorms_in_eval_mode)
     return trainable, sum(p.numel() for p in model.parameters())
 
 

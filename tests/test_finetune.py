@@ -74,3 +74,17 @@ def test_freeze_parameters(freeze_bn_stats):
     moved = [k for k, v in net.state_dict().items() if "running" in k and not torch.equal(v, stats[k])]
     assert (moved == []) == freeze_bn_stats
     assert all(p.grad is None for n, p in net.named_parameters() if not n.startswith("head."))
+
+
+def test_frozen_batchnorms_stay_in_eval_mode_after_sync_bn_conversion():
+    """--sync-bn replaces every BatchNorm with a SyncBatchNorm that has none of the old layer's hooks: the frozen
+    statistics then drifted with the training batches (the hook now sits on the model)."""
+    net = _tiny_model()
+    freeze_parameters(net, finetune.TRAINABLE_PREFIXES)
+    net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    net.train()
+    net(torch.randn(4, 3, 32, 32))
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert norms and not any(m.training for m in norms)
+    assert all(torch.equal(v, stats[k]) for k, v in net.state_dict().items() if "running" in k)
