@@ -72,7 +72,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     skip = skip_record(args, resolve_skip(args))
 
     def configure(a: argparse.Namespace, model) -> None:
-        model.skip_blocks = skip["skipped_blocks"]
+        model.skip_blocks = a.skipped_blocks = skip["skipped_blocks"]
         trainable, total = freeze_parameters(model, TRAINABLE_PREFIXES, freeze_bn_stats=a.freeze_bn_stats)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         _logger.info("Trainable parameters: %d of %d (%.3f%%): %s", trainable, total, 100.0 * trainable / total,

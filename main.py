@@ -109,8 +109,8 @@ def skip_hooks(args: argparse.Namespace) -> tuple[dict, RunHooks]:
     """
     skip = skip_record(args, resolve_skip(args))
 
-    def configure(_args: argparse.Namespace, model) -> None:
-        model.skip_blocks = skip["skipped_blocks"]
+    def configure(a: argparse.Namespace, model) -> None:
+        model.skip_blocks = a.skipped_blocks = skip["skipped_blocks"]
 
     return skip, RunHooks(configure_model=configure)
 

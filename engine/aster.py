@@ -53,7 +53,7 @@ NO_EXIT = math.inf  # a threshold no score exceeds: every sample runs all T step
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
-def _int_list(text) -> list[int]:
+def int_list(text) -> list[int]:
     """``"0,3"`` (or a single int from YAML) -> ``[0, 3]``; ``""`` -> ``[]``."""
     return [int(v) for v in str(text).replace(" ", "").split(",") if v]
 
@@ -63,9 +63,9 @@ def _float_list(text) -> list[float]:
     return [float(v) for v in str(text).replace(" ", "").split(",") if v]
 
 
-_int_list.__name__, _float_list.__name__ = "comma-separated list of ints", "comma-separated list of floats"
+int_list.__name__, _float_list.__name__ = "comma-separated list of ints", "comma-separated list of floats"
 # A YAML config (e.g. a run's args.yaml) may also give these flags as lists of this type (engine.config).
-_int_list.element_type, _float_list.element_type = int, float
+int_list.element_type, _float_list.element_type = int, float
 
 
 def aster_skip_parser(add_help: bool = False) -> argparse.ArgumentParser:
@@ -81,7 +81,7 @@ def aster_skip_parser(add_help: bool = False) -> argparse.ArgumentParser:
                             "(written by firing_num.py)")
     group.add_argument("--skip-lowest", type=int, default=None, metavar="K",
                        help="skip the K blocks with the lowest rates in --log-file (the paper's heat-map axis)")
-    group.add_argument("--skip-blocks", type=_int_list, default=None, metavar="L,L",
+    group.add_argument("--skip-blocks", type=int_list, default=None, metavar="L,L",
                        help="skip exactly these blocks, e.g. 0,3")
     return parser
 

@@ -90,6 +90,8 @@ def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module) -> list[t
              ("dvs_mode", getattr(ckpt_args, "dvs_mode", None), getattr(bare, "dvs", None)),
              ("pooling_stat", getattr(ckpt_args, "pooling_stat", None),
               getattr(getattr(bare, "patch_embed", None), "pooling_stat", None))]
+    if hasattr(ckpt_args, "skipped_blocks"):  # main.py, finetune.py, test.py/firing_num.py --skip-blocks
+        pairs.append(("skipped_blocks", list(ckpt_args.skipped_blocks), list(getattr(bare, "skip_blocks", []))))
     if "STAtten" in (mode, getattr(bare, "attention_mode", None)):  # only STAtten chunks the time steps
         pairs.append(("chunk_size", getattr(ckpt_args, "chunk_size", None), getattr(bare, "chunk_size", None)))
     return [(k, trained, now) for k, trained, now in pairs if trained is not None and now is not None]
@@ -105,7 +107,8 @@ def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str) 
                if trained != now]
     if changed:
         _logger.warning("checkpoint %r was trained with %s: the weights fit but the model computes something else; "
-                        "pass the training values to evaluate it as trained", path, ", ".join(changed))
+                        "pass the training values to evaluate it as trained (skipped_blocks: --skip-blocks)", path,
+                        ", ".join(changed))
 
 
 def _state_dict_of(checkpoint: dict, key: str, path: str) -> Mapping:

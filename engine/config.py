@@ -23,7 +23,7 @@ __all__ = ["RECORDED_ONLY_KEYS", "parse_args", "load_config", "dump_args", "warn
 _logger = logging.getLogger(__name__)
 
 # Keys that ``args.yaml`` records but a config cannot set (so a run's args.yaml can be reused with ``-c``).
-RECORDED_ONLY_KEYS = ("config", "rank", "world_size", "distributed")
+RECORDED_ONLY_KEYS = ("config", "rank", "world_size", "distributed", "skipped_blocks")
 # Store-true style actions take no value; their YAML value must be a boolean.
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 

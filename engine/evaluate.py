@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from .aster import int_list
+
 __all__ = ["add_eval_arguments", "check_eval_args", "check_export_traces", "export_model_traces", "run_evaluation"]
 
 _logger = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
                        help="charge the first layer as MACs (default: yes for static images, no for events)")
     group.add_argument("--encoding-steps", type=int, default=1, metavar="N",
                        help="time steps of the encoding conv charged as MACs (1 = the papers' recipe)")
+    group.add_argument("--skip-blocks", type=int_list, default=None, metavar="L,L",
+                       help="bypass the attention branch of these blocks (ASTER; a checkpoint of main.py or "
+                            "finetune.py records its own in 'skipped_blocks')")
     return parser
 
 
@@ -119,8 +124,16 @@ def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
     _logger.info("Loaded %s from %s (epoch %s).", key, path, checkpoint.get("epoch"))
 
 
-def _apply_large_valid(args: argparse.Namespace, _model: torch.nn.Module) -> None:
-    """Resize(320) + CenterCrop(288) for the evaluation loader.  Runs after the model is built (a ``RunHooks``
+def _configure_model(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """The ``RunHooks.configure_model`` hook: ``--skip-blocks`` and ``--large-valid``."""
+    if args.skip_blocks:
+        model.skip_blocks = args.skip_blocks
+        args.skipped_blocks = list(model.skip_blocks)
+    _apply_large_valid(args)
+
+
+def _apply_large_valid(args: argparse.Namespace) -> None:
+    """Resize(320) + CenterCrop(288) for the evaluation loader.  Runs after the model is built (from the
     ``configure_model`` hook), so the model keeps its constructor size: the convolutional stem and blocks accept
     the larger token grid."""
     if args.large_valid:
@@ -165,7 +178,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     from .run import RunHooks, setup_evaluation
 
     check_eval_args(args)
-    setup = setup_evaluation(args, parser, RunHooks(configure_model=_apply_large_valid, load_weights=_load_weights))
+    setup = setup_evaluation(args, parser, RunHooks(configure_model=_configure_model, load_weights=_load_weights))
     model, loaders, amp = setup.model.eval(), setup.loaders, setup.amp
 
     args.output = evaluation_output_root(args, parser)

@@ -196,11 +196,11 @@ def test_large_valid_warns_for_a_model_built_for_small_images(caplog):
     from engine.evaluate import _apply_large_valid
 
     args = argparse.Namespace(large_valid=True, img_size=32, input_size=None, crop_pct=1.0, interpolation="")
-    _apply_large_valid(args, None)
+    _apply_large_valid(args)
     assert args.img_size == 288 and "built for 32 px" in caplog.text
     caplog.clear()
     _apply_large_valid(argparse.Namespace(large_valid=True, img_size=224, input_size=None, crop_pct=0.875,
-                                          interpolation=""), None)
+                                          interpolation=""))
     assert caplog.text == ""
 
 
@@ -217,3 +217,23 @@ def test_event_input_is_charged_as_accumulates_whatever_dvs_mode_says(tmp_path):
     first = run_evaluation(args, parser)["energy"]["layers"][0]
     assert first["layer"] == "patch_embed.proj_conv" and first["macs"] == 0
     assert first["sops"] == pytest.approx(first["rate"] * first["flops"] * 2)  # event counts at T=2 steps
+
+
+def test_skip_blocks_evaluates_the_skipping_model_and_a_mismatch_is_warned(tmp_path, caplog):
+    """firing_num.py/test.py had no skip flag, so a checkpoint trained (or fine-tuned) with skipped attention was
+    evaluated unskipped without a word; --skip-blocks bypasses the branch, and a checkpoint whose recorded
+    skipped_blocks differ from the model's is warned about."""
+    full = _evaluate(tmp_path, 2, "--experiment", "full")
+    skipped = _evaluate(tmp_path, 2, "--experiment", "skip", "--skip-blocks", "0")
+    assert any(k.startswith("MS_SSA_Conv0") for k in full["firing_rate"]["t0"])
+    assert not any(k.startswith("MS_SSA_Conv0") for k in skipped["firing_rate"]["t0"])
+    attention_layers = [[row for row in run["energy"]["layers"] if "attn" in str(row)] for run in (full, skipped)]
+    assert attention_layers[0] and not attention_layers[1]
+    checkpoint = torch.load(_checkpoint(tmp_path, 2), weights_only=False)
+    checkpoint["args"] = argparse.Namespace(skipped_blocks=[0])
+    torch.save(checkpoint, tmp_path / "finetuned.pth.tar")
+    parser = _eval_parser()
+    args = parse_args(parser, [*TINY_FLAGS, "--time-steps", "2", "--output", str(tmp_path / "valid"),
+                               "--resume", str(tmp_path / "finetuned.pth.tar")])
+    run_evaluation(args, parser)
+    assert "skipped_blocks=[0] (this model: [])" in caplog.text and "--skip-blocks" in caplog.text
