@@ -50,6 +50,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
 
 def _device(name: str) -> torch.device:
+    """``--device NAME``; empty (train.py's "pick automatically", as in its args.yaml) is CUDA if available."""
+    if not name:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+        _logger.info("--device '' (automatic): %s", name)
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -59,11 +63,26 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _log_batch_size(args: argparse.Namespace, config: dict, default: int) -> None:
+    """Say how many images each run takes and where that number came from (a training config's batch_size is
+    used as it is, see docs/profiler.md)."""
+    if config.get("batch_size") == args.batch_size:
+        origin = f"from 'batch_size' in {args.config} (give -b to change it; the fork used 1)"
+    elif "batch_size" in config or args.batch_size != default:
+        origin = "from -b/--batch-size"
+    else:
+        origin = "the default (the fork's)"
+    _logger.info("batch size %d, %s", args.batch_size, origin)
+
+
 def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, argv: list[str] | None,
          args: argparse.Namespace) -> int:
+    default_batch_size = run_parser.get_default("batch_size")
+    config = {}
     try:
         if args.config is not None:
-            run_parser.set_defaults(**load_config(args.config, run_parser, args.ignore_unknown_keys))
+            config = load_config(args.config, run_parser, args.ignore_unknown_keys)
+            run_parser.set_defaults(**config)
             args = parser.parse_args(argv)
         if args.out is None:
             raise ValueError("--out DIR is required (or 'out' in the config)")
@@ -71,8 +90,10 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
             raise ValueError("--no-timers with --no-sparsity records nothing: keep the timers or the probes")
         args.out = output_folder(args.out)
         device = _device(args.device)
+        args.device = str(device)
+        _log_batch_size(args, config, default_batch_size)
         net = build_model(args)
-        inputs = make_inputs(args, device)
+        inputs = make_inputs(args, device, net)
     except (OSError, ValueError, SetupError) as exc:
         run_parser.error(str(exc))
     run_profile(args, net, inputs)

@@ -24,6 +24,16 @@ def _convert(action: argparse.Action, key: str, value):
         if not isinstance(value, bool):
             raise ValueError(f"config key {key!r}: expected true or false, got {value!r}")
         return value
+    if action.nargs == "+" and value is not None:
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"config key {key!r}: expected a list of values, got {value!r}")
+        return [_convert_one(action, key, item) for item in value]
+    return _convert_one(action, key, value)
+
+
+def _convert_one(action: argparse.Action, key: str, value):
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"config key {key!r}: expected a single value, got {value!r}")
     if action.type is not None and value is not None:
         try:
             value = action.type(value)

@@ -89,7 +89,16 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                        help="a fresh torch.randn batch per run, or batches of a dataset through engine/")
     group.add_argument("--dataset", default="", help="dataset name for --input dataset")
     group.add_argument("--data-dir", default="", help="dataset folder for --input dataset")
-    group.add_argument("-b", "--batch-size", type=int_at_least(1), default=1)
+    group.add_argument("--mean", type=float, nargs="+", default=None, metavar="MEAN",
+                       help="--input dataset: normalisation mean (default: the model's, as train.py)")
+    group.add_argument("--std", type=float, nargs="+", default=None, metavar="STD",
+                       help="--input dataset: normalisation std (default: the model's, as train.py)")
+    group.add_argument("--crop-pct", type=float, default=None,
+                       help="--input dataset: centre-crop fraction (default: the model's, as train.py)")
+    group.add_argument("--interpolation", default="",
+                       help="--input dataset: resize interpolation (default: the model's, as train.py)")
+    group.add_argument("-b", "--batch-size", type=int_at_least(1), default=1,
+                       help="images per run (default: 1, the fork's); a config's batch_size is used too")
     group.add_argument("--seed", type=int, default=0, help="seeds the weights and the random inputs")
 
     group = parser.add_argument_group("Execution")
@@ -152,41 +161,68 @@ def _random_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[t
         yield torch.randn(shape, generator=generator).to(device)
 
 
-def _dataset_loader(args: argparse.Namespace, device: torch.device):
-    """The validation loader of ``--dataset`` from the training engine (its normalisation and resize)."""
+def _dataset_loader(args: argparse.Namespace, device: torch.device, net: nn.Module):
+    """The validation loader of ``--dataset`` from the training engine, as test.py builds it: the same
+    normalisation, crop and interpolation (``--mean``, ``--std``, ``--crop-pct``, ``--interpolation``, the gaps
+    filled from ``net``'s pretrained config)."""
     from engine.args import get_args_parser
     from engine.config import parse_args
     from engine.loaders import build_loaders
     from engine.model import resolve_model_args
+    from engine.validate import check_run_args
 
     engine_args = parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), [
         "--dataset", args.dataset, "--data-dir", args.data_dir, "--img-size", str(args.img_size), "--in-channels",
         str(args.in_channels), "--time-steps", str(args.time_steps), "--num-classes", str(args.num_classes),
         "-vb", str(args.batch_size), "--workers", "0", "--device", str(device), "--seed", str(args.seed)])
     engine_args.distributed, engine_args.world_size, engine_args.rank = False, 1, 0
+    engine_args.mean, engine_args.std = args.mean, args.std
+    engine_args.crop_pct, engine_args.interpolation = args.crop_pct, args.interpolation
+    check_run_args(engine_args, train=False)
     resolve_model_args(engine_args)
-    return build_loaders(engine_args, train=False).eval
+    return build_loaders(engine_args, net, train=False).eval
 
 
-def _cycle(loader, device: torch.device) -> Iterator[torch.Tensor]:
+def _full_batches(loader, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    """The loader's batches, cycled, without the short last one (drop_last): a batch of another size would
+    restart the carried membrane from zero (spikingjelly does so silently) and mix batch sizes in the tables."""
     while True:
         for images, _ in loader:
-            yield images.to(device)
+            if len(images) == batch_size:
+                yield images.to(device)
 
 
-def make_inputs(args: argparse.Namespace, device: torch.device) -> Iterator[torch.Tensor]:
-    """An endless stream of input batches: ``torch.randn`` (``--input randn``), or the validation batches of
-    ``--dataset`` (``--input dataset``, through the training engine's loader, cycled).
+def _check_dataset_size(args: argparse.Namespace, images: int) -> None:
+    """Refuse a validation split smaller than one batch; say once that the short last batch is skipped.
 
     Raises:
-        ValueError: ``--input dataset`` without ``--dataset``.
-        engine.errors.DatasetError, ConfigError: the dataset cannot be read (missing folder, ...).
+        ValueError: fewer images than ``--batch-size``.
+    """
+    if images < args.batch_size:
+        raise ValueError(f"--input dataset: {args.dataset!r} has {images} validation images, fewer than one batch "
+                         f"(--batch-size {args.batch_size}): give a smaller --batch-size")
+    left_over = images % args.batch_size
+    if left_over:
+        _logger.info("--input dataset: %d validation images in batches of %d; the last %d are skipped on every pass "
+                     "(a short batch would change the batch shape)", images, args.batch_size, left_over)
+
+
+def make_inputs(args: argparse.Namespace, device: torch.device, net: nn.Module) -> Iterator[torch.Tensor]:
+    """An endless stream of input batches: ``torch.randn`` (``--input randn``), or the full validation batches of
+    ``--dataset`` (``--input dataset``, through the training engine's loader for ``net``, cycled).
+
+    Raises:
+        ValueError: ``--input dataset`` without ``--dataset``, or with fewer images than one batch.
+        engine.errors.DatasetError, ConfigError: the dataset cannot be read (missing folder, ...), or bad transform
+            options.
     """
     if args.input == "randn":
         return _random_inputs(args, device)
     if not args.dataset:
         raise ValueError("--input dataset needs --dataset NAME (and --data-dir DIR)")
-    return _cycle(_dataset_loader(args, device), device)
+    loader = _dataset_loader(args, device, net)
+    _check_dataset_size(args, len(loader.dataset))
+    return _full_batches(loader, args.batch_size, device)
 
 
 def output_folder(out: Path) -> Path:

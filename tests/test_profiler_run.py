@@ -1,4 +1,5 @@
 """``python -m profiler run/parse/plot`` on a tiny model, on the CPU."""
+import argparse
 import logging
 import shutil
 import subprocess
@@ -169,7 +170,7 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     main(["run", *TINY_RUN, "--runs", "1", "--out", str(out)])
     before = _outputs(out)
 
-    def interrupted(args, device):  # one input, then Ctrl-C
+    def interrupted(args, device, net):  # one input, then Ctrl-C
         yield torch.randn(1, 3, 32, 32)
         raise KeyboardInterrupt
 
@@ -193,6 +194,11 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     ([], "dim: [32\nlayer: 1\n", "is not valid YAML: while parsing a flow sequence"),
     (["--out", "FILE"], None, "is a file: give a folder"),
     (["--no-timers", "--no-sparsity"], None, "--no-timers with --no-sparsity records nothing"),
+    ([], "mean: 0.5\n", "config key 'mean': expected a list of values, got 0.5"),
+    ([], "model: [sdt]\n", "config key 'model': expected a single value, got ['sdt']"),
+    (["--input", "dataset", "--dataset", "digits", "--interpolation", "cubic"], None,
+     "--interpolation 'cubic': choose one of"),
+    (["--input", "dataset", "--dataset", "digits", "--std", "0.5", "0", "1"], None, "every value must be positive"),
 ])
 def test_bad_run_options_are_one_error_before_anything_is_written(tmp_path, capsys, argv, config, message):
     (tmp_path / "FILE").write_text("keep me")
@@ -205,3 +211,90 @@ def test_bad_run_options_are_one_error_before_anything_is_written(tmp_path, caps
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and (tmp_path / "FILE").read_text() == "keep me"
+
+
+DIGITS = ROOT / "conf" / "digits" / "sdt_digits.yml"
+_TRANSFORM_KEYS = ("mean", "std", "crop_pct", "interpolation")
+
+
+def _test_py_first_batch(config: Path, batch_size: int) -> torch.Tensor:
+    """The first validation batch of ``python test.py -c CONFIG`` (its parser, model and loader) on the CPU."""
+    from engine.args import get_args_parser
+    from engine.config import parse_args
+    from engine.evaluate import add_eval_arguments
+    from engine.run import setup_evaluation
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    parser = add_eval_arguments(argparse.ArgumentParser(parents=[get_args_parser()]))
+    args = parse_args(parser, ["-c", str(config), "--device", "cpu", "--workers", "0", "-vb", str(batch_size)])
+    try:
+        images, _ = next(iter(setup_evaluation(args).loaders.eval))
+    finally:  # the engine's console handlers stay out of the other tests
+        root.handlers[:], root.level = handlers, level
+    return images
+
+
+def _profiler_inputs(argv: list[str]):
+    """``python -m profiler run ARGV``'s input stream, with its arguments (as profiler.cli builds them)."""
+    from profiler.cli import build_parser
+    from profiler.config import load_config
+    from profiler.run import build_model, make_inputs
+
+    parser, run_parser = build_parser()
+    args = parser.parse_args(["run", *argv])
+    if args.config is not None:
+        run_parser.set_defaults(**load_config(args.config, run_parser, args.ignore_unknown_keys))
+        args = parser.parse_args(["run", *argv])
+    return make_inputs(args, torch.device("cpu"), build_model(args)), args
+
+
+@pytest.mark.parametrize("transform_keys", [True, False], ids=["config-mean-std-crop", "model-pretrained-cfg"])
+def test_dataset_batches_are_the_ones_test_py_sees(tmp_path, transform_keys):
+    """--input dataset: the same normalisation, crop and interpolation as test.py: the config's (digits: 0.31/0.35,
+    crop 1.0), or, without those keys, the model's pretrained config (0.5/0.5, crop 0.9), not ImageNet's."""
+    config = DIGITS
+    if not transform_keys:
+        kept = {k: v for k, v in yaml.safe_load(DIGITS.read_text()).items() if k not in _TRANSFORM_KEYS}
+        config = tmp_path / "digits_model_cfg.yml"
+        config.write_text(yaml.safe_dump(kept))
+    inputs, args = _profiler_inputs(["-c", str(config), "--ignore-unknown-keys", "--input", "dataset", "--device",
+                                     "cpu", "-b", "128", "--out", str(tmp_path / "unused")])
+    assert (args.mean, args.crop_pct) == (([0.31] * 3, 1.0) if transform_keys else (None, None))
+    assert torch.equal(next(inputs), _test_py_first_batch(config, 128))
+
+
+def test_dataset_cycle_skips_the_short_last_batch(tmp_path, caplog, capsys):
+    """360 digits in batches of 100: every run gets 100 images (the short batch of 60 would restart the carried
+    membrane from zero), the cycle starts again after 3 batches, and a batch larger than the split is an error."""
+    caplog.set_level(logging.INFO)
+    inputs, _ = _profiler_inputs([*TINY_RUN, "--input", "dataset", "--dataset", "digits", "-b", "100"])
+    batches = [next(inputs) for _ in range(4)]
+    assert {tuple(b.shape) for b in batches} == {(100, 3, 32, 32)} and torch.equal(batches[3], batches[0])
+    assert caplog.text.count("360 validation images in batches of 100; the last 60 are skipped") == 1
+    with pytest.raises(SystemExit):
+        main(["run", *TINY_RUN, "--input", "dataset", "--dataset", "digits", "-b", "361", "--out",
+              str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert "'digits' has 360 validation images, fewer than one batch (--batch-size 361)" in err
+    assert "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
+def test_a_train_py_args_yaml_picks_the_device_and_says_where_the_batch_size_comes_from(tmp_path, caplog):
+    """train.py's args.yaml holds ``device: ''`` (pick automatically) and its training batch size: the device is
+    resolved (and recorded), the batch size used and logged with its origin; -b overrides it."""
+    caplog.set_level(logging.INFO)
+    config = tmp_path / "args.yaml"
+    config.write_text("device: ''\nbatch_size: 3\ndim: 32\nlayer: 1\nnum_heads: 4\nnum_classes: 10\nepochs: 1\n")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert main(["run", "-c", str(config), "--ignore-unknown-keys", "--runs", "1", "--out", str(tmp_path / "a")]) == 0
+    written = yaml.safe_load((tmp_path / "a" / "args.yaml").read_text())
+    assert (written["device"], written["batch_size"]) == (expected, 3)
+    assert f"batch size 3, from 'batch_size' in {config}" in caplog.text
+    caplog.clear()
+    main(["run", "-c", str(config), "--ignore-unknown-keys", "-b", "2", "--device", "cpu", "--runs", "1",
+          "--no-timers", "--out", str(tmp_path / "b")])
+    assert "batch size 2, from -b/--batch-size" in caplog.text
+    caplog.clear()
+    main(["run", *TINY_RUN, "--runs", "1", "--no-timers", "--out", str(tmp_path / "c")])
+    assert "batch size 1, the default (the fork's)" in caplog.text
