@@ -18,7 +18,7 @@ import yaml
 from .args import INERT_FLAGS
 from .errors import ConfigError
 
-__all__ = ["RECORDED_ONLY_KEYS", "parse_args", "load_config", "dump_args", "warn_inert_flags"]
+__all__ = ["RECORDED_ONLY_KEYS", "check_text_value", "parse_args", "load_config", "dump_args", "warn_inert_flags"]
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +49,18 @@ def _convert_list_type(key: str, action: argparse.Action, value: list) -> list:
     return [element(v) for v in value]
 
 
+def check_text_value(key: str, action: argparse.Action, value: Any) -> None:
+    """Refuse a number that YAML read for an option whose value is text (``pooling_stat: 0011`` is the octal 9).
+
+    Raises:
+        ConfigError: naming the key and the fix (quotes).
+    """
+    if action.type is None and isinstance(action.default, str) and isinstance(value, (int, float)) \
+            and not isinstance(value, bool):
+        raise ConfigError(f"config key {key!r}: expected text, got the number {value!r}; put the value in quotes "
+                          f"(YAML reads unquoted digits as a number, 0011 as the octal 9)")
+
+
 def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
     if action.type is int and isinstance(value, float) and not value.is_integer():
         raise ConfigError(f"config key {key!r}: expected an int, got {value!r}")
@@ -63,9 +75,8 @@ def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
             raise ConfigError(f"config key {key!r}: expected a {action.type.__name__}, got {value!r}") from None
     elif isinstance(value, (list, dict)):
         raise ConfigError(f"config key {key!r}: expected a single value, got {value!r}")
-    elif isinstance(action.default, str) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ConfigError(f"config key {key!r}: expected text, got the number {value!r}; put the value in quotes "
-                          f"(YAML reads unquoted digits as a number, 0011 as the octal 9)")
+    else:
+        check_text_value(key, action, value)
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"config key {key!r}: {value!r} is not one of {list(action.choices)}")
     return value

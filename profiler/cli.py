@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import SetupError
+from engine.model import apply_variant_defaults
 
 from .capture import load_capture
 from .config import load_config
@@ -92,6 +93,7 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         device = _device(args.device)
         args.device = str(device)
         _log_batch_size(args, config, default_batch_size)
+        apply_variant_defaults(args, {action.dest: action.default for action in build_parser()[1]._actions})
         net = build_model(args)
         inputs = make_inputs(args, device, net)
     except (OSError, ValueError, SetupError) as exc:

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from engine.config import check_text_value
+
 __all__ = ["load_config"]
 
 _logger = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def _convert(action: argparse.Action, key: str, value):
 def _convert_one(action: argparse.Action, key: str, value):
     if isinstance(value, (list, dict)):
         raise ValueError(f"config key {key!r}: expected a single value, got {value!r}")
+    check_text_value(key, action, value)
     if action.type is not None and value is not None:
         try:
             value = action.type(value)

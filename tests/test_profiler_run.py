@@ -192,6 +192,7 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     (["--warmup", "-1"], None, "argument --warmup: -1 is less than 0"),
     ([], "batch_size: 0\n", "config key 'batch_size': 0 is less than 1"),
     ([], "dim: [32\nlayer: 1\n", "is not valid YAML: while parsing a flow sequence"),
+    ([], "pooling_stat: 0011\n", "'pooling_stat': expected text, got the number 9; put the value in quotes"),
     (["--out", "FILE"], None, "is a file: give a folder"),
     (["--no-timers", "--no-sparsity"], None, "--no-timers with --no-sparsity records nothing"),
     ([], "mean: 0.5\n", "config key 'mean': expected a list of values, got 0.5"),
@@ -298,3 +299,13 @@ def test_a_train_py_args_yaml_picks_the_device_and_says_where_the_batch_size_com
     caplog.clear()
     main(["run", *TINY_RUN, "--runs", "1", "--no-timers", "--out", str(tmp_path / "c")])
     assert "batch size 1, the default (the fork's)" in caplog.text
+
+
+def test_a_named_variant_builds_its_own_sizes(tmp_path, caplog):
+    """--model sdt_test built the profiler's default 8-768 (66M parameters); flags still win over the variant."""
+    caplog.set_level(logging.INFO)
+    main(["run", "--model", "sdt_test", "--num-classes", "7", "--runs", "1", "--device", "cpu",
+          "--out", str(tmp_path / "variant")])
+    args = yaml.safe_load((tmp_path / "variant" / "args.yaml").read_text())
+    assert (args["dim"], args["layer"], args["time_steps"], args["num_heads"], args["num_classes"]) == (32, 1, 2, 4, 7)
+    assert "--model sdt_test: " in caplog.text
