@@ -10,8 +10,11 @@ import sys
 import time
 from collections import OrderedDict, deque
 
+import torch.distributed
+
 from .atomic import write_text_atomic
 from .config import dump_args
+from .distributed import is_primary
 
 __all__ = ["LOG_FORMAT", "setup_console_logging", "start_run_log", "resolve_output_dir", "RunOutputs"]
 
@@ -66,22 +69,38 @@ def _default_experiment(args: argparse.Namespace) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-data-{dataset}-t-{args.time_steps}-spike-{args.spike_mode}"
 
 
-def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True) -> str:
-    """``<--output or output/train>/<--experiment or a timestamped name>``, without creating it.
-
-    An existing folder is reused only when ``--resume`` points into it and ``reuse_resume_dir`` (a resumed training
-    run; never an evaluation); otherwise ``-1``, ``-2``, ... is appended, so a new run never overwrites an earlier
-    one.  A resumed training run without ``--experiment`` continues in the run folder of its checkpoint (a folder
-    holding a ``summary.csv``).
-    """
+def _claim_output_dir(args: argparse.Namespace, reuse_resume_dir: bool) -> str:
     resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume and reuse_resume_dir else None
     if resume_dir and not args.experiment and os.path.isfile(os.path.join(resume_dir, "summary.csv")):
         return resume_dir
     base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
                                         _default_experiment(args)))
+    os.makedirs(os.path.dirname(base), exist_ok=True)
     path, suffix = base, 1
-    while os.path.exists(path) and path != resume_dir:
-        path, suffix = f"{base}-{suffix}", suffix + 1
+    while True:
+        if path == resume_dir and os.path.isdir(path):
+            return path
+        try:
+            os.mkdir(path)  # atomic: of two runs started together, one gets the folder, the other the next name
+            return path
+        except FileExistsError:
+            path, suffix = f"{base}-{suffix}", suffix + 1
+
+
+def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True) -> str:
+    """Claim ``<--output or output/train>/<--experiment or a timestamped name>`` for this run and return it.
+
+    An existing folder is reused only when ``--resume`` points into it and ``reuse_resume_dir`` (a resumed training
+    run; never an evaluation); otherwise ``-1``, ``-2``, ... is appended, so a new run never overwrites an earlier
+    one.  A resumed training run without ``--experiment`` continues in the run folder of its checkpoint (a folder
+    holding a ``summary.csv``).  The primary process creates the folder (``os.mkdir``, so two runs started at once
+    cannot both take it) and every process of a distributed run gets the primary's path.
+    """
+    path = _claim_output_dir(args, reuse_resume_dir) if is_primary(args) else None
+    if getattr(args, "distributed", False):
+        shared = [path]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        path = shared[0]
     return path
 
 

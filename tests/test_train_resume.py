@@ -100,3 +100,15 @@ def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, 
     # the epoch's loss is the whole epoch's (the checkpoint keeps the sum so far), not that of its last batches
     assert rows[0]["train_loss"] == read_summary(tmp_path / "full" / "summary.csv")[1]["train_loss"]
     _assert_same_last_weights(tmp_path / "full", tmp_path / "resumed")
+
+
+def test_runs_started_together_get_their_own_folders(tmp_path):
+    """The folder is claimed with os.mkdir when it is chosen: two runs of one name started at the same moment both
+    picked the free name and wrote into one folder."""
+    from engine.outputs import resolve_output_dir
+
+    args = tiny_args(tmp_path, "--experiment", "same")
+    args.distributed = False
+    first, second = resolve_output_dir(args), resolve_output_dir(args)
+    assert (first, second) == (str(tmp_path / "same"), str(tmp_path / "same-1"))
+    assert (tmp_path / "same").is_dir() and (tmp_path / "same-1").is_dir()
