@@ -259,12 +259,27 @@ def _saver_class():
 
     class Saver(CheckpointSaver):
         """timm's saver; a recovery checkpoint also keeps the summed loss of its unfinished epoch
-        (``saver.epoch_loss``: ``[sum, count]`` over all processes), so a resumed run reports the whole epoch's."""
+        (``saver.epoch_loss``: ``[sum, count]`` over all processes), so a resumed run reports the whole epoch's.
+
+        timm records the epoch being saved as ``pending``, to be added to the history on resume if its
+        ``checkpoint-<epoch>`` file exists; for a recovery file that epoch is unfinished, and a ``checkpoint-<epoch>``
+        written later by the interrupted run would enter the restored history unranked, so it is left out.
+        """
 
         epoch_loss: list[float] | None = None
+        _saving_recovery = False
+
+        def save_recovery(self, epoch, batch_idx=0):
+            self._saving_recovery = True
+            try:
+                super().save_recovery(epoch, batch_idx)
+            finally:
+                self._saving_recovery = False
 
         def state_dict(self, epoch=None, metric=None):
             state = super().state_dict(epoch, metric)
+            if self._saving_recovery:
+                state["pending"] = (None, None)
             if self.epoch_loss is not None:
                 state["epoch_loss"] = list(self.epoch_loss)
             return state

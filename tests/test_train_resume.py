@@ -89,6 +89,10 @@ def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, 
     full = run_training(tiny_args(tmp_path, *recovery, "--experiment", "full"))
     kept = sorted(p.name for p in (tmp_path / "full").glob("recovery-*.pth.tar"))
     assert "recovery-1-7.pth.tar" in kept, kept
+    # its checkpoint history leaves out its unfinished epoch: checkpoint-1 (written when epoch 1 ended) entered the
+    # restored history unranked, and was the first file evicted whatever its metric
+    saver_state = load_checkpoint_file(str(tmp_path / "full" / "recovery-1-7.pth.tar"))["saver"]
+    assert tuple(saver_state["pending"]) == (None, None)
     killed = tmp_path / "killed"  # what a run killed in epoch 1 after batch 7 leaves behind
     killed.mkdir()
     (killed / "recovery-1-7.pth.tar").write_bytes((tmp_path / "full" / "recovery-1-7.pth.tar").read_bytes())
