@@ -15,7 +15,8 @@ negative.  Then::
 
 ``encoding_steps`` is 1 by default, as the papers write it (the repeated static image is encoded once); pass
 ``T`` to charge every repeated copy (its ``rate`` column reads 1: dense).  With event input the first layer sees
-event counts and is charged as AC (switchable with ``first_layer_as_mac``).  The unused ``talking_heads`` Conv1d
+event counts and is charged as AC (switchable with ``first_layer_as_mac``; as MACs, all T steps are charged,
+since event frames differ at every step).  The unused ``talking_heads`` Conv1d
 never runs and costs nothing; the attention itself (masks, sums, STAtten's spike matmuls) is outside this recipe,
 as in the papers.  With the model's ``encode_once`` the stem conv runs once per image; the meter gives it the T
 copies while it is attached (``encoding_on_copies``), so the counts are those of the reference computation.
@@ -111,7 +112,11 @@ class EnergyMeter:
         dvs_input: the first layer receives event counts rather than an analog image.
         constants: energies per operation.
         first_layer_as_mac: charge the first layer as MACs (default: only for static, analog input).
-        encoding_steps: how many time steps of the encoding layer to charge as MACs (1 = the papers' recipe).
+        encoding_steps: how many time steps of the encoding layer to charge as MACs (1 = the papers' recipe);
+            with ``dvs_input`` it is T (each step's frame is another input) and this argument must be left at 1.
+
+    Raises:
+        ValueError: ``encoding_steps`` other than 1 with ``dvs_input``.
     """
 
     def __init__(self, model: nn.Module, T: int, dvs_input: bool = False, constants: EnergyConstants | None = None,
@@ -120,7 +125,10 @@ class EnergyMeter:
         self.constants = constants or EnergyConstants()
         self.dvs_input = dvs_input
         self.first_layer_as_mac = (not dvs_input) if first_layer_as_mac is None else first_layer_as_mac
-        self.encoding_steps = encoding_steps
+        if dvs_input and encoding_steps != 1:
+            raise ValueError(f"encoding_steps {encoding_steps}: it counts the steps of a repeated static image; "
+                             f"event frames differ at every step, so all T are charged")
+        self.encoding_steps = T if dvs_input else encoding_steps
         self._layers: dict[str, _LayerCount] = {}
         self._order: list[str] = []
         self._handles = []

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import torch
 import torch.distributed as dist
 
+from data import is_neuromorphic
+
 from .aster import int_list
 
 __all__ = ["add_eval_arguments", "check_eval_args", "check_export_traces", "export_model_traces", "run_evaluation"]
@@ -86,6 +88,9 @@ def check_eval_args(args: argparse.Namespace) -> None:
     for flag, value in (("--e-mac", args.e_mac), ("--e-ac", args.e_ac)):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{flag} {value}: an energy per operation must be a non-negative number of pJ")
+    if args.encoding_steps != 1 and is_neuromorphic(args.dataset):
+        raise ConfigError(f"--encoding-steps {args.encoding_steps}: it counts the steps of a repeated static image; "
+                          f"event frames differ at every step, so --first-layer-as-mac charges all T of them")
     if not 1 <= args.encoding_steps <= args.time_steps:
         raise ConfigError(f"--encoding-steps {args.encoding_steps}: charge between 1 and T={args.time_steps} "
                           f"time steps of the encoding conv (1: the papers' recipe, T: every repeated copy)")
@@ -167,7 +172,6 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     """Evaluate a checkpoint; returns the content of ``firing.json`` (accuracy, rates, energy, paths)."""
     from timm.utils import accuracy
 
-    from data import is_neuromorphic
 
     from .atomic import write_text_atomic
     from .distributed import is_primary

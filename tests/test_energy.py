@@ -62,6 +62,17 @@ def test_dvs_first_layer_is_charged_as_accumulates():
     assert first.macs == 0 and first.sops == pytest.approx(2 * 2 * 288)
 
 
+def test_event_frames_charged_as_macs_count_every_step():
+    """Event frames differ at every step: as MACs, all T steps of the first layer are charged (it charged one, the
+    static recipe's 'encoded once'); --encoding-steps, meant for a repeated image, is refused with events."""
+    toy = _Toy()
+    with EnergyMeter(toy, T=2, dvs_input=True, first_layer_as_mac=True) as meter:
+        toy(torch.ones(2, 1, 4, 4))
+    assert meter.rows()[0].macs == 2 * 288
+    with pytest.raises(ValueError, match="encoding_steps 2: .*event frames differ"):
+        EnergyMeter(toy, T=2, dvs_input=True, encoding_steps=2)
+
+
 def test_static_image_charged_as_accumulates_counts_non_zero_values():
     """--no-first-layer-as-mac on a normalised image: one accumulate per non-zero pixel, never a negative rate."""
     toy = _Toy()
