@@ -64,14 +64,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     """Resolve skip list and checkpoint flags, then train the head with the shared engine."""
     if not args.finetune_checkpoint:
         raise ConfigError("--finetune-checkpoint CKPT is required (the weights whose head is fine-tuned)")
-    for flag in ("resume", "initial_checkpoint"):
-        if getattr(args, flag):
-            _logger.warning("--finetune-checkpoint %s wins over --%s %s, which is ignored", args.finetune_checkpoint,
-                            flag.replace("_", "-"), getattr(args, flag))
-            setattr(args, flag, "")
+    overridden = [(flag, getattr(args, flag)) for flag in ("resume", "initial_checkpoint") if getattr(args, flag)]
+    for flag, _ in overridden:
+        setattr(args, flag, "")
     skip = skip_record(args, resolve_skip(args))
 
     def configure(a: argparse.Namespace, model) -> None:
+        for flag, path in overridden:  # logged here, once the run's log (train.log) is recording
+            _logger.warning("--finetune-checkpoint %s wins over --%s %s, which is ignored", a.finetune_checkpoint,
+                            flag.replace("_", "-"), path)
         model.skip_blocks = a.skipped_blocks = skip["skipped_blocks"]
         trainable, total = freeze_parameters(model, TRAINABLE_PREFIXES, freeze_bn_stats=a.freeze_bn_stats)
         names = [n for n, p in model.named_parameters() if p.requires_grad]

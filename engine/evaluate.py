@@ -118,6 +118,9 @@ def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
     from .errors import CheckpointError
 
     path = _checkpoint_path(args)
+    if args.resume and args.initial_checkpoint:
+        _logger.warning("--resume %s wins over --initial-checkpoint %s, which is ignored", args.resume,
+                        args.initial_checkpoint)
     if not path:
         _logger.warning("No --resume/--initial-checkpoint given: evaluating the randomly initialised model.")
         return

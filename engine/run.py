@@ -209,6 +209,11 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
         result = _train_epochs(args, s, outputs, saver)
         if hooks.after_training is not None:
             hooks.after_training(args, s, output_dir)
+    except KeyboardInterrupt:
+        if is_primary(args):
+            _logger.warning("Interrupted. %s holds the last finished epoch (and recovery-*.pth.tar files with "
+                            "--recovery-interval, a point inside the next): resume with --resume", output_dir)
+        raise
     finally:
         if outputs is not None:
             outputs.close()
@@ -222,7 +227,7 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     """Parse ``argv`` (with ``-c`` YAML) and call ``run(args, parser)``; report a :class:`SetupError` as one line.
 
     Returns:
-        The process exit status: 0, or 2 after a setup error.
+        The process exit status: 0, 2 after a setup error, 130 after Ctrl-C (no traceback).
     """
     setup_console_logging(int(os.environ.get("RANK", 0)))
     parser = make_parser()
@@ -233,6 +238,9 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     except SetupError as exc:
         _logger.error("%s", exc)
         return 2
+    except KeyboardInterrupt:
+        _logger.error("Interrupted (Ctrl-C).")
+        return 130
     finally:
         cleanup_distributed(wait_for_peers=finished)
     return 0

@@ -87,6 +87,8 @@ def _check_training(args: argparse.Namespace) -> None:
         raise ConfigError(f"--sched {args.sched!r} is not a scheduler; choose one of {SCHEDULERS}")
     if getattr(args, "lr", None) is not None and args.lr <= 0:
         raise ConfigError(f"--lr {args.lr} must be positive")
+    if (getattr(args, "start_epoch", None) or 0) < 0:
+        raise ConfigError(f"--start-epoch {args.start_epoch} must be 0 or more")
     if getattr(args, "recovery_interval", 0) < 0:
         raise ConfigError(f"--recovery-interval {args.recovery_interval} must be 0 (off) or positive")
     if not 0 <= getattr(args, "smoothing", 0.0) < 1:

@@ -26,7 +26,7 @@ def test_finetune_trains_only_the_head(tmp_path, capfd):
             "--resume", start, "--skip-blocks", "1", "--lr", "0.05"]
     assert cli_main(finetune.make_parser, finetune.run, argv) == 0
     err = capfd.readouterr().err
-    assert "wins over --resume" in err
+    assert "wins over --resume" in err and "wins over --resume" in (tmp_path / "ft" / "train.log").read_text()
     assert "Trainable parameters: 330 of " in err and "head.weight, head.bias" in err  # 32 x 10 + 10
 
     before = load_checkpoint_file(start)["state_dict"]

@@ -103,6 +103,7 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     (["--aug-splits", "2", "--no-prefetcher"], r"--aug-splits needs the prefetcher"),
     (["--aug-splits", "2", "--jsd", "--mixup", "0.5"], r"--jsd needs hard labels"),
     (["--input-size", "3", "32", "48"], r"--input-size 3 32 48: the model takes square images"),
+    (["--start-epoch", "-1"], r"--start-epoch -1 must be 0 or more"),
     (["--start-epoch", "5"], r"nothing to train: --start-epoch is epoch 5, and the run has 1 epochs"),
 ])
 def test_bad_flag_is_one_line_before_anything_is_written(tmp_path, capfd, flags, message):
@@ -134,3 +135,21 @@ def test_cuda_graph_compile_modes_need_stateless_neurons(tmp_path, mode):
     resolve_model_args(args)
     with pytest.raises(ConfigError, match=f"--torchcompile-mode {mode} replays CUDA graphs"):
         compile_model(args, build_model(args))
+
+
+def test_ctrl_c_is_logged_in_the_run_and_ends_without_a_traceback(tmp_path, capfd, monkeypatch):
+    import engine.run
+
+    finished = engine.run.train_one_epoch
+
+    def interrupted_in_epoch_1(epoch, *args, **kwargs):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return finished(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(engine.run, "train_one_epoch", interrupted_in_epoch_1)
+    status, error_lines, err = _run_cli([*TINY_FLAGS, "--output", str(tmp_path), "--experiment", "run", "--epochs",
+                                         "2"], capfd)
+    assert status == 130 and "Traceback" not in err and error_lines[-1].endswith("Interrupted (Ctrl-C).")
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Interrupted." in log and "resume with --resume" in log and (tmp_path / "run" / "last.pth.tar").exists()
