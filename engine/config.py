@@ -144,6 +144,8 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > default.
 
+    The options given on the command line are left in ``parser.command_line_dests``.
+
     Raises:
         ConfigError: see :func:`load_config`.
     """
@@ -153,9 +155,19 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     if known.config:
         parser.set_defaults(**load_config(known.config, parser))
     args = parser.parse_args(argv)
+    parser.command_line_dests = _command_line_dests(parser, argv)
     if args.native_amp:  # the reference's torch.amp switch; --apex-amp without apex left it in float32
         args.amp = True
     return args
+
+
+def _command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:
+    """The options given on the command line (not taken from ``-c`` or the defaults): argparse leaves an attribute
+    that is already in the namespace alone unless the command line sets it."""
+    unset = object()
+    namespace = argparse.Namespace(**{dest: unset for dest in _actions_by_dest(parser)})
+    parser.parse_known_args(argv, namespace=namespace)
+    return frozenset(dest for dest, value in vars(namespace).items() if value is not unset)
 
 
 def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:

@@ -101,7 +101,7 @@ def evaluation_output_root(args: argparse.Namespace, parser: argparse.ArgumentPa
                            default: str = DEFAULT_VALID_ROOT) -> str:
     """``--output`` from the command line, else ``default``: an ``output`` from the config (a run's ``args.yaml``)
     is a training root, and an evaluation there would look like another training run."""
-    if args.output and parser is not None and args.output == parser.get_default("output"):
+    if args.output and parser is not None and "output" not in getattr(parser, "command_line_dests", {"output"}):
         _logger.info("Writing under %s, not under the config's (training) output root %s; give another --output "
                      "on the command line to choose the root.", default, args.output)
         return default

@@ -237,3 +237,14 @@ def test_skip_blocks_evaluates_the_skipping_model_and_a_mismatch_is_warned(tmp_p
                                "--resume", str(tmp_path / "finetuned.pth.tar")])
     run_evaluation(args, parser)
     assert "skipped_blocks=[0] (this model: [])" in caplog.text and "--skip-blocks" in caplog.text
+
+
+def test_output_root_given_on_the_command_line_is_kept_even_when_the_config_has_it(tmp_path):
+    """--output equal to the config's output was taken for the config's (a training root) and replaced."""
+    from engine.evaluate import DEFAULT_VALID_ROOT, evaluation_output_root
+
+    (tmp_path / "args.yaml").write_text(f"output: {tmp_path}\n")
+    for argv, expected in (([], DEFAULT_VALID_ROOT), (["--output", str(tmp_path)], str(tmp_path))):
+        parser = _eval_parser()
+        args = parse_args(parser, ["-c", str(tmp_path / "args.yaml"), *argv])
+        assert evaluation_output_root(args, parser) == expected
