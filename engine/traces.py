@@ -16,6 +16,7 @@ import logging
 import math
 import mmap
 import struct
+import uuid
 import zipfile
 import zlib
 from collections.abc import Iterable
@@ -38,13 +39,20 @@ __all__ = ["FORMAT_VERSION", "TraceFormatError", "TensorSpec", "OpMeta", "Sample
 
 _logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: uint8 tensors may carry "fraction_bits" (fixed point); version 1 files read as before
-READABLE_VERSIONS = (1, 2)
+# 2: uint8 tensors may carry "fraction_bits" (fixed point); 3: "uint16" counts, a "trace_id" in meta.json and in
+# every sample.  Versions 1 and 2 read as before.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_FRACTION_BITS = 4
 META_FILE = "meta.json"
 INDEX_KEY = "__index__"
-ENCODINGS = ("bits", "uint8", "float32", "alias")
+ENCODINGS = ("bits", "uint8", "uint16", "float32", "alias")
+STORED_DTYPES = {"bits": np.uint8, "uint8": np.uint8, "uint16": np.uint16, "float32": np.float32}
+INTEGER_ENCODINGS = ("uint8", "uint16")  # counts or fixed-point values ("fraction_bits")
 CROSSBAR_KINDS = ("conv", "linear")
+OP_KINDS = ("conv", "linear", "lif", "pool", "residual", "attention")
+INPUT_KINDS = ("static", "events")
+DATA_DEPENDENT_ATTRS = ("binary_input",)  # may differ between the samples of one model and input size
 
 
 class TraceFormatError(ValueError):
@@ -105,6 +113,7 @@ class TraceMeta:
     tensors: dict[str, TensorSpec]
     samples: list[SampleMeta] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    trace_id: str | None = None  # random, also in every sample's index (format 3); None in older traces
 
     def layers(self) -> list[OpMeta]:
         """The Conv2d/Linear operations, in execution order."""
@@ -121,25 +130,218 @@ class TraceMeta:
 
     @classmethod
     def from_json(cls, d: dict, path: Path) -> "TraceMeta":
-        """Parse and validate; errors name ``path`` and the field."""
+        """Parse and validate (types, op kinds and attributes, tensors named by ops, shapes); one
+        :class:`TraceFormatError` names ``path`` and the field."""
+        f = _Fields(d, path)
         if d.get("format") != "spike-trace":
             raise TraceFormatError(f"{path}: field 'format' is {d.get('format')!r}, expected 'spike-trace'")
-        if d.get("format_version") not in READABLE_VERSIONS:
-            raise TraceFormatError(f"{path}: field 'format_version' is {d.get('format_version')!r}; this reader "
+        version = d.get("format_version")
+        if isinstance(version, bool) or version not in READABLE_VERSIONS:
+            raise TraceFormatError(f"{path}: field 'format_version' is {version!r}; this reader "
                                    f"reads versions {', '.join(map(str, READABLE_VERSIONS))}")
-        try:
-            return cls(
-                T=int(d["T"]), dataset=str(d["dataset"]), input_kind=str(d["input_kind"]), model=dict(d["model"]),
-                skipped_blocks=[int(b) for b in d["skipped_blocks"]],
-                ops=[OpMeta(**{**op, "in_shape": tuple(op["in_shape"]), "out_shape": tuple(op["out_shape"])})
-                     for op in d["ops"]],
-                tensors={k: TensorSpec(tuple(v["shape"]), v["dtype"]) for k, v in d["tensors"].items()},
-                samples=[SampleMeta(s["id"], s["file"], s["label"], tuple(s["pred_per_step"])) for s in d["samples"]],
-            )
-        except KeyError as e:
-            raise TraceFormatError(f"{path}: missing field {e.args[0]!r}") from None
-        except (TypeError, ValueError) as e:
-            raise TraceFormatError(f"{path}: malformed entry: {e}") from None
+        T = f.integer("T", 1)
+        tensors = {name: _parse_tensor(spec, T) for name, spec in f.sub("tensors").items()}
+        trace_id = d.get("trace_id")
+        if trace_id is not None and not isinstance(trace_id, str):
+            f.fail("trace_id", f"is {trace_id!r}; expected a string")
+        meta = cls(T=T, dataset=f.text("dataset"), input_kind=f.text("input_kind", INPUT_KINDS),
+                   model=f.sub("model").d, skipped_blocks=list(f.integers("skipped_blocks")),
+                   ops=[_parse_op(op) for op in f.objects("ops")], tensors=tensors,
+                   samples=[_parse_sample(s, T) for s in f.objects("samples")], format_version=version,
+                   trace_id=trace_id)
+        _check_consistency(meta, path)
+        return meta
+
+
+# ------------------------------------------------------------------------------------------------ meta.json checks
+class _Fields:
+    """Typed access to one JSON object of ``meta.json``; every error names the file and the field's path."""
+
+    def __init__(self, d, path: Path, where: str = ""):
+        self.d, self.path, self.where = d, path, where
+        if not isinstance(d, dict):
+            raise TraceFormatError(f"{path}: {f'field {where!r}' if where else 'the content'} is {d!r:.60}; "
+                                   f"expected a JSON object")
+
+    def name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str):
+        raise TraceFormatError(f"{self.path}: field {self.name(key)!r} {problem}")
+
+    def get(self, key: str):
+        if key not in self.d:
+            raise TraceFormatError(f"{self.path}: missing field {self.name(key)!r}")
+        return self.d[key]
+
+    def integer(self, key: str, minimum: int = 0) -> int:
+        value = self.get(key)
+        if not _is_int(value) or value < minimum:
+            self.fail(key, f"is {value!r}; expected an integer >= {minimum}")
+        return value
+
+    def integers(self, key: str, lengths: tuple[int, ...] = (), minimum: int = 0) -> tuple[int, ...]:
+        value = self.get(key)
+        if (not isinstance(value, list) or not all(_is_int(v) and v >= minimum for v in value)
+                or (lengths and len(value) not in lengths)):
+            size = f"{' or '.join(map(str, lengths))} " if lengths else ""
+            self.fail(key, f"is {value!r:.80}; expected a list of {size}integers >= {minimum}")
+        return tuple(value)
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            self.fail(key, f"is {value!r}; expected true or false")
+        return value
+
+    def number(self, key: str) -> float:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.fail(key, f"is {value!r}; expected a number")
+        return value
+
+    def text(self, key: str, choices: tuple[str, ...] = ()) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or (choices and value not in choices):
+            self.fail(key, f"is {value!r}; expected {' or '.join(map(repr, choices)) if choices else 'a string'}")
+        return value
+
+    def sub(self, key: str) -> "_Fields":
+        return _Fields(self.get(key), self.path, self.name(key))
+
+    def items(self):
+        return ((key, _Fields(value, self.path, self.name(key))) for key, value in self.d.items())
+
+    def objects(self, key: str) -> list["_Fields"]:
+        value = self.get(key)
+        if not isinstance(value, list):
+            self.fail(key, f"is {value!r:.60}; expected a list")
+        return [_Fields(v, self.path, f"{self.name(key)}[{i}]") for i, v in enumerate(value)]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_tensor(f: _Fields, T: int) -> TensorSpec:
+    shape = f.integers("shape", minimum=1)
+    if len(shape) < 2 or shape[0] != T:
+        f.fail("shape", f"is {list(shape)}; expected [T={T}, C, ...]")
+    dtype = f.text("dtype")
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype) or torch_dtype.is_complex:
+        f.fail("dtype", f"is {dtype!r}; expected a real torch dtype name such as 'float32'")
+    return TensorSpec(shape, dtype)
+
+
+_OP_FIELDS = ("name", "kind", "block", "sdsa", "in_shape", "out_shape", "tensor", "attrs")
+_SHAPE_RANKS = {"conv": (3,), "linear": (1, 2), "attention": (3,)}
+
+
+def _parse_op(f: _Fields) -> OpMeta:
+    unknown = sorted(set(f.d) - set(_OP_FIELDS))
+    if unknown:
+        f.fail(unknown[0], f"is not an op field (expected {', '.join(_OP_FIELDS)})")
+    kind = f.text("kind", OP_KINDS)
+    block = f.get("block")
+    if block is not None and not (_is_int(block) and block >= 0):
+        f.fail("block", f"is {block!r}; expected null or a block index")
+    tensor = f.d.get("tensor")
+    if tensor is not None and not isinstance(tensor, str):
+        f.fail("tensor", f"is {tensor!r}; expected a tensor name")
+    ranks = _SHAPE_RANKS.get(kind, ())
+    attrs = f.sub("attrs")
+    _ATTR_CHECKS[kind](attrs)
+    return OpMeta(f.text("name"), kind, block, f.flag("sdsa"), f.integers("in_shape", ranks, 1),
+                  f.integers("out_shape", ranks, 1), tensor, attrs.d)
+
+
+def _check_layer_attrs(a: _Fields) -> None:
+    for key, minimum in (("kernel", 1), ("stride", 1), ("padding", 0), ("dilation", 1)):
+        a.integers(key, (2,), minimum)
+    for key in ("groups", "in_channels", "out_channels"):
+        a.integer(key, 1)
+    a.flag("bias"), a.flag("first")
+
+
+def _check_attention_attrs(a: _Fields) -> None:
+    mode = a.text("mode", ("SDT", "STAtten"))
+    for key in ("heads", "head_dim", "tokens", "chunk_size"):
+        a.integer(key, 1)
+    a.flag("dvs"), a.text("reference")
+    tensors = a.sub("tensors")
+    for key in ("q", "k", "v", "out", *(("mask",) if mode == "SDT" else ())):
+        tensors.text(key)
+
+
+_ATTR_CHECKS = {
+    "conv": _check_layer_attrs, "linear": _check_layer_attrs, "lif": lambda a: a.number("v_threshold"),
+    "pool": lambda a: (a.integers("kernel", (2,), 1), a.integers("stride", (2,), 1), a.flag("binary_input")),
+    "residual": lambda a: None, "attention": _check_attention_attrs,
+}
+
+
+def _parse_sample(f: _Fields, T: int) -> SampleMeta:
+    file = f.text("file")
+    if Path(file).name != file or not file.endswith(".npz"):
+        f.fail("file", f"is {file!r}; expected a .npz file name in the trace folder")
+    label = f.get("label")
+    if label is not None and not (_is_int(label) and label >= 0):
+        f.fail("label", f"is {label!r}; expected null or a class index")
+    pred = f.integers("pred_per_step", (T,))
+    return SampleMeta(f.integer("id"), file, label, pred)
+
+
+def _check_consistency(meta: TraceMeta, path: Path) -> None:
+    """Cross-field checks: op names unique, every tensor an op names listed in ``tensors`` with the op's shape,
+    layer channels and output sizes consistent, attention heads and tokens, sample ids unique."""
+    def fail(problem: str):
+        raise TraceFormatError(f"{path}: {problem}")
+
+    if not meta.layers():
+        fail("field 'ops' has no conv or linear operation; a trace needs at least one layer")
+    names = [op.name for op in meta.ops]
+    if len(set(names)) != len(names):
+        fail(f"field 'ops' names {next(n for n in names if names.count(n) > 1)!r} twice")
+    ids = [s.id for s in meta.samples]
+    if len(set(ids)) != len(ids):
+        fail(f"field 'samples' lists sample {next(i for i in ids if ids.count(i) > 1)} twice")
+
+    def shape_of(op: OpMeta, tensor, expected: tuple[int, ...]) -> None:
+        spec = meta.tensors.get(tensor)
+        if spec is None:
+            fail(f"op {op.name!r} names tensor {tensor!r}, which field 'tensors' does not list")
+        if spec.shape != expected:
+            fail(f"tensor {tensor!r} of op {op.name!r} has shape {list(spec.shape)}; the op implies {list(expected)}")
+
+    for op in meta.ops:
+        a, T = op.attrs, meta.T
+        if op.kind in CROSSBAR_KINDS:
+            shape_of(op, op.tensor, (T, *op.in_shape))
+            if _layer_shapes(op) != (op.in_shape, op.out_shape):
+                fail(f"op {op.name!r}: in_shape {list(op.in_shape)} and out_shape {list(op.out_shape)} do not "
+                     f"match its attrs (channels {a['in_channels']} -> {a['out_channels']}, kernel {a['kernel']}, "
+                     f"stride {a['stride']}, padding {a['padding']})")
+        elif op.kind == "attention":
+            c, h, w = op.in_shape
+            if a["heads"] * a["head_dim"] != c or a["tokens"] != h * w:
+                fail(f"op {op.name!r}: heads {a['heads']} x head_dim {a['head_dim']} and tokens {a['tokens']} do "
+                     f"not match in_shape {list(op.in_shape)}")
+            for key in ("q", "k", "v"):
+                shape_of(op, a["tensors"][key], (T, *op.in_shape))
+            shape_of(op, a["tensors"]["out"], (T, *op.out_shape))
+            if "mask" in a["tensors"]:
+                shape_of(op, a["tensors"]["mask"], (T, c))
+
+
+def _layer_shapes(op: OpMeta) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The ``(in_shape, out_shape)`` a layer's attrs imply (spatial input size taken from ``in_shape``)."""
+    a = op.attrs
+    if op.kind == "linear":
+        return (*op.in_shape[:-1], a["in_channels"]), (*op.in_shape[:-1], a["out_channels"])
+    out = ((size + 2 * p - d * (k - 1) - 1) // s + 1
+           for size, k, s, d, p in zip(op.in_shape[1:], a["kernel"], a["stride"], a["dilation"], a["padding"]))
+    return (a["in_channels"], *op.in_shape[1:]), (a["out_channels"], *out)
 
 
 # ----------------------------------------------------------------------------------------------------------- capture
@@ -193,6 +395,8 @@ class _Recorder:
                 self._handles.append(m.register_forward_hook(self._pool_hook(name)))
             elif isinstance(m, (MS_SPS, MS_MLP_Conv, MS_SSA_Conv)):
                 self._handles.append(m.register_forward_hook(self._residual_hook(name)))
+            if isinstance(m, MS_MLP_Conv) and m.res:  # mlp_ratio 1: h = x + fc1 branch, added before fc2_lif
+                self._handles.append(m.fc2_lif.register_forward_pre_hook(self._inner_residual_hook(name)))
             if isinstance(m, MS_SSA_Conv):
                 self._hook_attention(name, m)
         if isinstance(head, nn.Linear):
@@ -244,6 +448,12 @@ class _Recorder:
     def _residual_hook(self, name: str):
         def hook(m, inputs, out):
             self._op(name, "residual", out.shape[2:], out.shape[2:])
+        return hook
+
+    def _inner_residual_hook(self, name: str):
+        def hook(m, inputs):
+            shape = inputs[0].shape[2:]  # [T, B, C, H, W]
+            self._op(f"{name}.inner_residual", "residual", shape, shape)
         return hook
 
     def _hook_attention(self, name: str, attn: MS_SSA_Conv) -> None:
@@ -316,14 +526,15 @@ def capture_sample(model: nn.Module, x: torch.Tensor) -> Capture:
 
 # ---------------------------------------------------------------------------------------------------------- encoding
 def _fraction_bits(x: torch.Tensor) -> int | None:
-    """The fewest fraction bits f (0..MAX_FRACTION_BITS) that make ``x * 2**f`` integers in 0..255, or None."""
+    """The fewest fraction bits f (0..MAX_FRACTION_BITS) that make ``x * 2**f`` integers in 0..65535, or None."""
+    limit = np.iinfo(np.uint16).max
     if not x.numel() or x.min() < 0:
         return None
     if not x.is_floating_point():
-        return 0 if x.max() <= 255 else None
+        return 0 if x.max() <= limit else None
     for bits in range(MAX_FRACTION_BITS + 1):
         scaled = x * 2 ** bits
-        if scaled.max() > 255:
+        if scaled.max() > limit:
             return None
         if bool((scaled == scaled.round()).all()):
             return bits
@@ -331,8 +542,8 @@ def _fraction_bits(x: torch.Tensor) -> int | None:
 
 
 def _encode(x: torch.Tensor) -> tuple[np.ndarray, dict]:
-    """Stored array and index entry: channels (axis 1) last, binary -> packed bits, small counts (or fixed-point
-    values such as DVS counts averaged 2x2 by a bilinear halving: multiples of 1/4) -> uint8."""
+    """Stored array and index entry: channels (axis 1) last, binary -> packed bits, counts (or fixed-point values
+    such as DVS counts averaged 2x2 by a bilinear halving: multiples of 1/4) -> uint8, or uint16 above 255."""
     entry = {"encoding": "float32", "repeat_t": False}
     if x.shape[0] > 1 and bool((x == x[:1]).all()):
         x, entry["repeat_t"] = x[:1], True
@@ -342,16 +553,45 @@ def _encode(x: torch.Tensor) -> tuple[np.ndarray, dict]:
         return np.packbits(arr.to(torch.uint8).numpy(), axis=-1), entry
     bits = _fraction_bits(x)
     if bits is not None:
-        entry["encoding"] = "uint8"
+        units = (arr * 2 ** bits).to(torch.int32)
+        entry["encoding"] = "uint8" if units.max() <= np.iinfo(np.uint8).max else "uint16"
         if bits:
             entry["fraction_bits"] = bits
-        return (arr * 2 ** bits).to(torch.uint8).numpy(), entry
+        return units.numpy().astype(STORED_DTYPES[entry["encoding"]]), entry
     return arr.float().numpy(), entry
 
 
 def fixed_point_scale(entry: dict) -> float:
-    """The value of one stored unit of a uint8 tensor: ``2 ** -fraction_bits`` (1 for counts)."""
+    """The value of one stored unit of a uint8/uint16 tensor: ``2 ** -fraction_bits`` (1 for counts)."""
     return 2.0 ** -entry.get("fraction_bits", 0)
+
+
+def _check_entry(path: Path, name: str, entry) -> dict:
+    """An index entry with a valid ``encoding``, a boolean ``repeat_t`` and sound ``fraction_bits``."""
+    if not isinstance(entry, dict) or entry.get("encoding") not in ENCODINGS:
+        raise TraceFormatError(f"{path}: tensor {name!r} of meta.json is missing from the index or has no valid "
+                               f"encoding (one of {', '.join(ENCODINGS)})")
+    if not isinstance(entry.get("repeat_t"), bool):
+        raise TraceFormatError(f"{path}: tensor {name!r}: index field 'repeat_t' is {entry.get('repeat_t')!r}; "
+                               f"expected true or false")
+    bits = entry.get("fraction_bits", 0)
+    if bits != 0 and (entry["encoding"] not in INTEGER_ENCODINGS or not _is_int(bits)
+                      or bits not in range(1, MAX_FRACTION_BITS + 1)):
+        raise TraceFormatError(f"{path}: tensor {name!r} has fraction_bits {bits!r}; expected 1.."
+                               f"{MAX_FRACTION_BITS} on a {' or '.join(INTEGER_ENCODINGS)} tensor")
+    return entry
+
+
+def _check_stored(path: Path, name: str, arr: np.ndarray, spec: TensorSpec, entry: dict) -> None:
+    """The stored array has the shape ``meta.json`` implies and the dtype of its encoding."""
+    expected = _stored_shape(spec, entry)
+    if arr.shape != expected:
+        raise TraceFormatError(f"{path}: tensor {name!r} is stored with shape {arr.shape}, meta.json implies "
+                               f"{expected}")
+    dtype = np.dtype(STORED_DTYPES[entry["encoding"]])
+    if arr.dtype != dtype:
+        raise TraceFormatError(f"{path}: tensor {name!r} is stored as {arr.dtype}, but its encoding "
+                               f"{entry['encoding']!r} stores {dtype} (a file edited or written by another tool?)")
 
 
 def _stored_shape(spec: TensorSpec, entry: dict) -> tuple[int, ...]:
@@ -366,6 +606,8 @@ def _decode(arr: np.ndarray, spec: TensorSpec, entry: dict) -> torch.Tensor:
     """Inverse of :func:`_encode`: the logical ``[T, C, ...]`` tensor in its original dtype."""
     if entry["encoding"] == "bits":
         arr = np.unpackbits(arr, axis=-1, count=spec.shape[1])
+    elif entry["encoding"] == "uint16":
+        arr = arr.astype(np.int32)  # few torch ops take uint16
     x = torch.from_numpy(np.moveaxis(arr, -1, 1).copy())
     if entry.get("fraction_bits"):
         x = x.float() * fixed_point_scale(entry)
@@ -404,6 +646,7 @@ class TraceWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dataset, self.model_config = dataset, model_config
         self.meta: TraceMeta | None = None
+        self._warned_analog = False
 
     def record(self, model: nn.Module, x: torch.Tensor, label: int | None = None) -> SampleMeta:
         """Capture one sample (:func:`capture_sample`) and write it."""
@@ -418,7 +661,7 @@ class TraceWriter:
                 T=capture.T, dataset=self.dataset, input_kind=capture.input_kind, model=self.model_config or {},
                 skipped_blocks=capture.skipped_blocks, ops=capture.ops,
                 tensors={k: TensorSpec(tuple(v.shape), str(v.dtype).removeprefix("torch."))
-                         for k, v in capture.tensors.items()})
+                         for k, v in capture.tensors.items()}, trace_id=uuid.uuid4().hex)
         else:
             self._check_same_structure(capture)
         sample_id = len(self.meta.samples)
@@ -430,12 +673,13 @@ class TraceWriter:
                 index[name] = {"encoding": "alias", "repeat_t": False, "alias": twin}
                 continue
             arrays[name], index[name] = _encode(x)
-        if sample_id == 0:
-            _warn_analog_events(self.meta, index)
+        if not self._warned_analog and _analog_events(self.meta, index):
+            self._warned_analog = True
+            _warn_analog_events(sample_id)
         arrays["logits"] = capture.logits.cpu().numpy().astype(np.float32)
         arrays["lif_nnz"] = capture.lif_nnz.cpu().numpy().astype(np.int64)
-        arrays[INDEX_KEY] = np.array(json.dumps({"format_version": FORMAT_VERSION, "sample_id": sample_id,
-                                                 "tensors": index}))
+        arrays[INDEX_KEY] = np.array(json.dumps({"format_version": FORMAT_VERSION, "trace_id": self.meta.trace_id,
+                                                 "sample_id": sample_id, "tensors": index}))
         sample = SampleMeta(id=sample_id, file=f"sample_{sample_id:05d}.npz", label=None if label is None else
                             int(label), pred_per_step=tuple(capture.logits.cumsum(0).argmax(-1).tolist()))
         with atomic_open(self.dir / sample.file, "wb") as f:
@@ -447,22 +691,36 @@ class TraceWriter:
         return sample
 
     def _check_same_structure(self, capture: Capture) -> None:
-        got, expected = ([(op.name, op.kind, op.in_shape, op.out_shape) for op in ops]
-                         for ops in (capture.ops, self.meta.ops))
-        if got != expected or capture.T != self.meta.T:
+        """Same T, input kind and operations (names, kinds, shapes, attrs but the data-dependent ones)."""
+        got = [("T", capture.T), ("input_kind", capture.input_kind), *map(_structure, capture.ops)]
+        expected = [("T", self.meta.T), ("input_kind", self.meta.input_kind), *map(_structure, self.meta.ops)]
+        if got != expected:
             diff = next((f"{a} vs {b}" for a, b in zip(expected, got) if a != b), f"{len(expected)} vs {len(got)} ops")
             raise ValueError(f"sample {len(self.meta.samples)} does not have the structure of the first sample of "
                              f"{self.dir} (first difference: {diff}); one trace folder holds one model and input size")
 
 
-def _warn_analog_events(meta: TraceMeta, index: dict) -> None:
-    """Event frames that are neither counts nor fixed point (a resize by a factor other than a power of two)."""
-    first = next((op.tensor for op in meta.ops if op.kind in CROSSBAR_KINDS), None)
-    if meta.input_kind == "events" and first is not None and index[first]["encoding"] == "float32":
-        _logger.warning("The event frames are not event counts (nor multiples of 1/%d): a resize by a factor other "
-                        "than a power of two (e.g. N-MNIST 34 -> 32) interpolates them. The trace stores them as "
-                        "float32 and hw.run charges the first layer as an analog input; give --img-size the sensor "
-                        "size (or a power-of-two fraction of it) to keep counts.", 2 ** MAX_FRACTION_BITS)
+def _structure(op: OpMeta) -> tuple:
+    """What must be equal between the samples of one trace: an op without its data-dependent attrs."""
+    attrs = {k: v for k, v in op.attrs.items() if k not in DATA_DEPENDENT_ATTRS}
+    return op.name, op.kind, op.in_shape, op.out_shape, op.tensor, json.dumps(attrs, sort_keys=True)
+
+
+def _analog_events(meta: TraceMeta, index: dict) -> bool:
+    """Event frames stored as float32: neither counts nor fixed point (e.g. resized by a non-power-of-two)."""
+    return meta.input_kind == "events" and index[meta.layers()[0].tensor]["encoding"] == "float32"
+
+
+def _warn_analog_events(sample_id: int) -> None:
+    _logger.warning(
+        "Trace sample %d: the event frames are not event counts (non-negative integers up to 65535, or multiples "
+        "of 1/%d such as the 2x2 averages of a bilinear halving); a resize by a factor other than a power of two "
+        "(e.g. N-MNIST 34 -> 32) interpolates them. The trace stores them as float32 and hw.run charges the first "
+        "layer as an analog input (analog_input_bits passes over its non-zero pixels): an approximation of its "
+        "event-driven cost. Counts survive only at the sensor size or a power-of-two fraction of it, and the model "
+        "takes only sizes divisible by the total stride of its pooling stages (pooling_stat), which rules that out "
+        "for some sensors (N-MNIST's 34 x 34 with the demo's pooling). Warned once per trace.",
+        sample_id, 2 ** MAX_FRACTION_BITS)
 
 
 def export_traces(model: nn.Module, samples: Iterable[tuple[torch.Tensor, int | None]], out_dir: str | Path,
@@ -486,7 +744,7 @@ def export_traces(model: nn.Module, samples: Iterable[tuple[torch.Tensor, int | 
 @dataclass
 class RawSample:
     """One sample as stored: ``arrays`` (channel-last; aliases resolved), ``index`` (per tensor its ``encoding``:
-    bits, uint8 or float32, and ``repeat_t``: stored once for all steps), logits, LIF spike counts."""
+    bits, uint8, uint16 or float32, and ``repeat_t``: stored once for all steps), logits, LIF spike counts."""
 
     id: int
     label: int | None
@@ -591,45 +849,58 @@ class TraceReader:
         return self.dir / self._samples[sample_id].file
 
     def load_raw(self, sample_id: int) -> RawSample:
-        """The stored arrays of one sample, checked against ``meta.json`` (shapes, encodings, every tensor)."""
+        """The stored arrays of one sample, checked against ``meta.json``: trace and sample id, every tensor's
+        encoding, dtype and shape, logits and LIF counts."""
         path = self.path(sample_id)
         arrays = _read_npz(path, self.check_crc)
         for key in (INDEX_KEY, "logits", "lif_nnz"):
             if key not in arrays:
                 raise TraceFormatError(f"{path}: member {key!r} is missing")
-        try:
-            stored = json.loads(str(arrays.pop(INDEX_KEY)[()]))
-            index, stored_id = stored["tensors"], stored["sample_id"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise TraceFormatError(f"{path}: member {INDEX_KEY!r} is not the tensor index: {e}") from None
-        if stored_id != sample_id:
-            raise TraceFormatError(f"{path}: holds sample {stored_id!r}, but meta.json lists it as sample {sample_id} "
-                                   f"(a sample file copied or renamed?)")
+        index = self._read_index(path, arrays.pop(INDEX_KEY), sample_id)
         for name, spec in self.meta.tensors.items():
-            entry = index.get(name)
-            if entry is None or entry.get("encoding") not in ENCODINGS:
-                raise TraceFormatError(f"{path}: tensor {name!r} of meta.json is missing or has no valid encoding")
-            bits = entry.get("fraction_bits", 0)
-            if bits and (entry["encoding"] != "uint8" or bits not in range(1, MAX_FRACTION_BITS + 1)):
-                raise TraceFormatError(f"{path}: tensor {name!r} has fraction_bits {bits!r}; expected 1.."
-                                       f"{MAX_FRACTION_BITS} on a uint8 tensor")
+            entry = _check_entry(path, name, index.get(name))
             source = entry.get("alias") if entry["encoding"] == "alias" else name
-            if source not in arrays or index.get(source, {}).get("encoding") in (None, "alias"):
+            if source not in arrays or not isinstance(index.get(source), dict) or index[source].get("encoding") in (
+                    None, "alias"):
                 raise TraceFormatError(f"{path}: tensor {name!r} has no stored data (member {source!r})")
             if entry["encoding"] == "alias":
-                index[name] = index[source]
+                index[name] = _check_entry(path, source, index[source])
                 arrays[name] = arrays[source]
-            expected = _stored_shape(spec, index[name])
-            if arrays[name].shape != expected:
-                raise TraceFormatError(f"{path}: tensor {name!r} is stored with shape {arrays[name].shape}, "
-                                       f"meta.json implies {expected}")
-        n_lif, T = len(self.meta.lifs()), self.meta.T
-        if arrays["lif_nnz"].shape != (n_lif, T) or arrays["logits"].shape[:1] != (T,):
-            raise TraceFormatError(f"{path}: lif_nnz {arrays['lif_nnz'].shape} / logits {arrays['logits'].shape} "
-                                   f"do not match meta.json ({n_lif} LIFs, T={T})")
+            _check_stored(path, name, arrays[name], spec, index[name])
+        self._check_outputs(path, arrays["logits"], arrays["lif_nnz"])
         meta = self._samples[sample_id]
         return RawSample(sample_id, meta.label, {k: arrays[k] for k in self.meta.tensors},
                          {k: index[k] for k in self.meta.tensors}, arrays["logits"], arrays["lif_nnz"])
+
+    def _read_index(self, path: Path, member: np.ndarray, sample_id: int) -> dict:
+        """The tensor index of a sample file, after checking that the file belongs to this trace and sample."""
+        try:
+            stored = json.loads(str(member[()]))
+            index, stored_id = stored["tensors"], stored["sample_id"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise TraceFormatError(f"{path}: member {INDEX_KEY!r} is not the tensor index: {e}") from None
+        if not isinstance(index, dict):
+            raise TraceFormatError(f"{path}: member {INDEX_KEY!r} has no tensor table (field 'tensors')")
+        if self.meta.trace_id is not None and stored.get("trace_id") != self.meta.trace_id:
+            raise TraceFormatError(f"{path}: belongs to trace {stored.get('trace_id')!r}, but meta.json describes "
+                                   f"trace {self.meta.trace_id!r} (a sample file copied from another trace folder?); "
+                                   f"a trace folder holds the samples of one export")
+        if stored_id != sample_id:
+            raise TraceFormatError(f"{path}: holds sample {stored_id!r}, but meta.json lists it as sample {sample_id} "
+                                   f"(a sample file copied or renamed?)")
+        return index
+
+    def _check_outputs(self, path: Path, logits: np.ndarray, lif_nnz: np.ndarray) -> None:
+        """``logits`` floating ``[T, K]``; ``lif_nnz`` non-negative integers ``[n_LIF, T]``."""
+        n_lif, T = len(self.meta.lifs()), self.meta.T
+        if lif_nnz.shape != (n_lif, T) or logits.ndim != 2 or logits.shape[0] != T:
+            raise TraceFormatError(f"{path}: lif_nnz {lif_nnz.shape} / logits {logits.shape} do not match meta.json "
+                                   f"({n_lif} LIFs, T={T}: expected ({n_lif}, {T}) / ({T}, classes))")
+        if lif_nnz.dtype.kind not in "iu" or (lif_nnz.dtype.kind == "i" and lif_nnz.min(initial=0) < 0):
+            raise TraceFormatError(f"{path}: member 'lif_nnz' must hold non-negative integer spike counts; it holds "
+                                   f"{lif_nnz.dtype} values (minimum {lif_nnz.min(initial=0)})")
+        if logits.dtype.kind != "f":
+            raise TraceFormatError(f"{path}: member 'logits' is stored as {logits.dtype}; expected floating point")
 
     def load(self, sample_id: int) -> TraceSample:
         """One sample with every tensor decoded to its original shape and dtype."""

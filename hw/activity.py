@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.traces import RawSample, fixed_point_scale
+from engine.traces import INTEGER_ENCODINGS, RawSample, fixed_point_scale
 
 from .config import HwConfig
 from .mapping import CrossbarGeometry, Mapping
-from .workload import Rates, and_nnz_per_t, nnz_per_t
+from .workload import Rates, kv_increments_per_t, nnz_per_t
 
 __all__ = ["Activity", "exact_activity", "statistical_activity", "crossbar_maps"]
 
@@ -34,7 +34,8 @@ class Activity:
 
     Crossbar rows: ``in_sum`` (sum of input values), ``in_nnz``, ``wl`` (sum of a), ``reads`` (sum of [a > 0]),
     ``serial`` (reads of the busiest row block), ``pos`` (positions with a read).  LIF rows: ``out_nnz``.
-    Attention rows: ``q``, ``k``, ``v``, ``kv`` (K AND V) non-zeros and ``out_nnz``.  The ``input`` row:
+    Attention rows: ``q``, ``k``, ``v`` non-zeros, ``kv`` (SDT's counter increments: K AND V, max-pooled with DVS
+    input, :func:`hw.workload.kv_increments_per_t`) and ``out_nnz``.  The ``input`` row:
     ``in_sum``, ``in_nnz`` of the first layer's input.
     """
 
@@ -75,6 +76,11 @@ def _units(plane: np.ndarray, packed: bool, geom: CrossbarGeometry) -> tuple[np.
 def _row_sums(x: np.ndarray) -> np.ndarray:
     """Sum over all but the first axis of a small-integer array (a uint32 reduce over the contiguous axis)."""
     return np.add.reduce(x.reshape(x.shape[0], -1), axis=1, dtype=np.uint32).astype(float)
+
+
+def _value_sums(x: np.ndarray) -> np.ndarray:
+    """Sum of each ``x[t]`` of a uint8/uint16 array (64-bit: uint16 counts over a frame can pass 2**32)."""
+    return x.reshape(x.shape[0], -1).sum(1, dtype=np.int64 if x.dtype.itemsize > 1 else np.uint32).astype(float)
 
 
 def _count_rows(x: np.ndarray) -> np.ndarray:
@@ -118,10 +124,11 @@ def crossbar_maps(arr: np.ndarray, entry: dict, geom: CrossbarGeometry, config: 
     enc, weight, n_planes = entry["encoding"], 1, 1
     if enc == "bits":
         plane = x
-    elif enc == "uint8":  # bit planes stacked along time: plane b of step t is row b * T' + t
+    elif enc in INTEGER_ENCODINGS:  # bit planes stacked along time: plane b of step t is row b * T' + t
         n_planes = max(1, int(x.max(initial=0)).bit_length())
-        plane = np.concatenate([(x >> b) & 1 for b in range(n_planes)]) if n_planes > 1 else x
-        total = _row_sums(x) * fixed_point_scale(entry)  # sum of the values (fixed point: units of 2**-f)
+        plane = np.concatenate([((x >> b) & 1).astype(np.uint8) for b in range(n_planes)]) if n_planes > 1 else \
+            x.astype(np.uint8, copy=False)
+        total = _value_sums(x) * fixed_point_scale(entry)  # sum of the values (fixed point: units of 2**-f)
     else:  # analog: every non-zero pixel drives its row in each of the analog_input_bits bit-serial passes
         plane = (x != 0).view(np.uint8)
         weight = config.crossbar.analog_input_bits
@@ -165,8 +172,7 @@ def exact_activity(raw: RawSample, mapping: Mapping, config: HwConfig) -> Activi
             t = row.op.attrs["tensors"]
             for key in ("q", "k", "v"):
                 getattr(act, key)[i] = nnz_per_t(raw.arrays[t[key]], raw.index[t[key]], T)
-            act.kv[i] = and_nnz_per_t(raw.arrays[t["k"]], raw.index[t["k"]], raw.arrays[t["v"]],
-                                      raw.index[t["v"]], T)
+            act.kv[i] = kv_increments_per_t(raw, row.op, T)
             act.out_nnz[i] = nnz_per_t(raw.arrays[t["out"]], raw.index[t["out"]], T)
         elif row.kind == "input":
             first = next(r for r in mapping.rows if r.geom is not None).op.tensor

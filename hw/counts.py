@@ -80,7 +80,7 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     xbar, planes = col("xbar"), act.planes[..., None]
     positions, blocks, cout = col("positions"), col("row_blocks"), col("cout")
     static_first = col("first") & (input_kind == "static")
-    once = static_first & f.reuse_static_encoding  # computed at t = 0 only, replayed after
+    once = static_first & f.reuse_static_encoding & (T > 1)  # computed at t = 0 only, replayed after (T > 1)
     run = np.where(once, t0, True) & xbar
 
     # ---- crossbar layers

@@ -85,10 +85,10 @@ def build_variants(workload: Workload, config: HwConfig) -> list[Variant]:
 
 def _applies(feature: str, workload: Workload) -> bool:
     """False for ablations that cannot change this workload (no skip list beyond the blocks the trace already
-    lacks, no exits, event input)."""
+    lacks, no exits, event input or a single step for static reuse)."""
     return {"attention_skipping": bool(workload.skip - set(workload.meta.skipped_blocks)),
             "early_exit": bool(workload.exit_steps) or workload.exit_portion is not None,
-            "reuse_static_encoding": workload.meta.input_kind == "static"}.get(feature, True)
+            "reuse_static_encoding": workload.meta.input_kind == "static" and workload.meta.T > 1}.get(feature, True)
 
 
 @dataclass

@@ -66,18 +66,12 @@ def summarize(res: Results, gpu_json: str | None = None) -> dict:
     baselines = {name: dict(zip(("energy_uj", "latency_us"), (e * 1e-6, us(c))))
                  for name, (e, c) in ((b, _mean_total(res, b)) for b in BASELINES)}
     ratios = {name: b["energy_uj"] / (energy * 1e-6) for name, b in {**baselines, **gpu}.items() if energy}
-    labels = [(s, meta.samples[s].label) for s in tally.samples if s >= 0 and meta.samples[s].label is not None]
-    steps = dict(zip(tally.samples, tally.steps))
-    accuracy = {"labelled_samples": len(labels), "avg_time_steps": float(np.mean(tally.steps))}
-    if labels:
-        pred = lambda s, t: meta.samples[s].pred_per_step[t - 1]  # noqa: E731
-        accuracy["top1_all_steps"] = 100.0 * np.mean([pred(s, meta.T) == y for s, y in labels])
-        accuracy["top1_at_exit"] = 100.0 * np.mean([pred(s, round(steps[s])) == y for s, y in labels])
     memory = res.main.mapping.memory
     return {
         "preset": cfg.name, "technology_nm": cfg.technology_nm, "config_file": cfg.source,
         "config_hash": cfg.hash, "config": cfg.to_dict(),
-        "trace": str(res.workload.reader.dir), "mode": res.mode, "samples": n, "T": meta.T,
+        "trace": str(res.workload.reader.dir), "mode": res.mode,
+        "samples": res.rates.samples if res.mode == "statistical" else n, "T": meta.T,
         "dataset": meta.dataset, "model": meta.model, "input_kind": meta.input_kind,
         # skipped by the skip JSON (rows powered off) or already in the traced model (its attention never ran)
         "skipped_blocks": sorted({r.block for r in res.main.mapping.rows if r.skipped} | set(meta.skipped_blocks)),
@@ -96,11 +90,30 @@ def summarize(res: Results, gpu_json: str | None = None) -> dict:
         "weight_programming_once": {
             "cells": memory["weight_cells"], "energy_uj": memory["weight_cells"] * cfg.energy.cell_write * 1e-6,
             "dram_energy_uj": memory["weight_cells"] * cfg.crossbar.cell_bits * cfg.energy.dram_bit * 1e-6},
-        "accuracy": accuracy,
+        "accuracy": _accuracy(res),
         "components_uj": {c: float(x) * 1e-6 / n for c, x in zip(COMPONENTS, tally.energy.sum((0, 1)))},
         "baselines": {**baselines, **gpu}, "ratios": ratios,
         "ablations": _ablations(res, energy, us),
     }
+
+
+def _accuracy(res: Results) -> dict:
+    """Top-1 of the labelled samples at T and at their exit step (exact mode), and the mean steps run.
+
+    Statistical mode simulates one expected sample: the accuracy is that of every labelled trace sample at T.
+    """
+    meta, tally = res.workload.meta, res.tally
+    by_id = {s.id: s for s in meta.samples}
+    ids = list(by_id) if res.mode == "statistical" else tally.samples
+    labels = [(s, by_id[s].label) for s in ids if by_id[s].label is not None]
+    accuracy = {"labelled_samples": len(labels), "avg_time_steps": float(np.mean(tally.steps))}
+    if labels:
+        pred = lambda s, t: by_id[s].pred_per_step[t - 1]  # noqa: E731
+        accuracy["top1_all_steps"] = 100.0 * np.mean([pred(s, meta.T) == y for s, y in labels])
+        if res.mode == "exact":
+            steps = dict(zip(tally.samples, tally.steps))
+            accuracy["top1_at_exit"] = 100.0 * np.mean([pred(s, round(steps[s])) == y for s, y in labels])
+    return accuracy
 
 
 def _ablations(res: Results, energy: float, us) -> list[dict]:

@@ -21,7 +21,7 @@ __all__ = ["firing_model", "dvs_events", "write_trace"]
 
 def firing_model(T: int = 4, embed_dims: int = 64, depths: int = 2, img_size: int = 32, in_channels: int = 2,
                  dvs: bool = True, attention_mode: str = "SDT", num_heads: int = 4, chunk_size: int = 2,
-                 pooling_stat: str = "0011", seed: int = 0, **kwargs) -> nn.Module:
+                 pooling_stat: str = "0011", mlp_ratios: int = 4, seed: int = 0, **kwargs) -> nn.Module:
     """An eval-mode ``sdt`` model (10 classes) whose neurons fire at realistic rates."""
     import timm
 
@@ -29,9 +29,9 @@ def firing_model(T: int = 4, embed_dims: int = 64, depths: int = 2, img_size: in
 
     torch.manual_seed(seed)
     net = timm.create_model("sdt", img_size_h=img_size, img_size_w=img_size, in_channels=in_channels,
-                            num_classes=10, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=4, depths=depths,
-                            T=T, pooling_stat=pooling_stat, dvs_mode=dvs, attention_mode=attention_mode,
-                            chunk_size=chunk_size, **kwargs)
+                            num_classes=10, embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                            depths=depths, T=T, pooling_stat=pooling_stat, dvs_mode=dvs,
+                            attention_mode=attention_mode, chunk_size=chunk_size, **kwargs)
     for m in net.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.normal_(m.weight, std=math.sqrt(2.0 / (m.in_channels * m.kernel_size[0] * m.kernel_size[1])))

@@ -8,7 +8,8 @@ JSON inputs (docs/hw.md):
   defaults to 0..n-1; an optional ``T`` must match the trace; ``engine.early_exit``'s ``exit_record()`` writes
   this), or ``{"portion": [fraction exiting at t = 1..T]}`` for statistical mode only;
 * rates: ``{"format": "hw-rates/1", "T": T, "samples": n, "planes": {tensor: [[density per bit plane] per t]},
-  "means": {tensor: [mean value per t]}, "nonzero": {tensor: [...]}, "kv": {attention op: [K AND V density]},
+  "means": {tensor: [mean value per t]}, "nonzero": {tensor: [...]}, "kv": {attention op: [density of SDT's
+  counter increments, K AND V (max-pooled with DVS input)]},
   "lif": [[output density per t] per LIF], "analog": [tensors of analog values], "silent": {tensor: [fraction of
   positions with no spike per t]}}`` (written by ``python -m hw.run --mode statistical``).
 """
@@ -20,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.traces import RawSample, TraceMeta, TraceReader, fixed_point_scale
+from engine.traces import INTEGER_ENCODINGS, OpMeta, RawSample, TraceMeta, TraceReader, fixed_point_scale
 
 from .config import HwInputError, read_mapping
 
 __all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "exit_weights", "rates_from_traces",
-           "nnz_per_t", "and_nnz_per_t", "plane_densities", "silent_fraction"]
+           "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t", "plane_densities",
+           "silent_fraction"]
 
 
 def load_skip_json(path: str | Path, depths: int) -> set[int]:
@@ -91,6 +93,9 @@ class Workload:
     def open(cls, trace_dir: str | Path, skip_json: str | Path | None = None,
              exit_json: str | Path | None = None, check_crc: bool = False) -> "Workload":
         reader = TraceReader(trace_dir, check_crc=check_crc)
+        if not reader.sample_ids:
+            raise HwInputError(f"{reader.dir / 'meta.json'}: the trace has no samples (field 'samples' is empty); "
+                               "export at least one sample")
         depths = 1 + max((op.block for op in reader.meta.ops if op.block is not None), default=-1)
         skip = load_skip_json(skip_json, depths) if skip_json else set()
         steps, portion = load_exit_json(exit_json, reader.meta.T) if exit_json else ({}, None)
@@ -131,6 +136,55 @@ def and_nnz_per_t(a: np.ndarray, ea: dict, b: np.ndarray, eb: dict, T: int) -> n
     return _per_t(counts, repeat, T)
 
 
+def _dilate3(x: np.ndarray, axis: int) -> np.ndarray:
+    """3-wide OR along ``axis``, zero beyond the ends (a binary max-pool: kernel 3, stride 1, padding 1)."""
+    y = np.moveaxis(x, axis, 0)
+    out = y.copy()
+    out[1:] |= y[:-1]
+    out[:-1] |= y[1:]
+    return np.moveaxis(out, 0, axis)
+
+
+def _head_words(both: np.ndarray, heads: int, head_dim: int) -> np.ndarray:
+    """Packed ``[T', N, C/8]`` bits as one integer per (token, head) holding that head's channels in adjacent bits."""
+    words = both.reshape(*both.shape[:2], heads, head_dim // 8).view(f">u{head_dim // 8}")[..., 0]
+    return words.astype(f"u{head_dim // 8}")
+
+
+def pooled_and_nnz_per_t(k: np.ndarray, ek: dict, v: np.ndarray, ev: dict, heads: int, head_dim: int,
+                         T: int) -> np.ndarray:
+    """Per step, the non-zeros of ``maxpool3x3(K AND V)`` over (token, channel within a head), as SDT with DVS input
+    computes ``pool(K * V)`` on ``[T, heads, N, d]`` before summing over tokens.
+
+    ``k``, ``v``: stored ``[T', H, W, C(/8)]`` (token ``n = h * W + w``, channel ``c = head * d + j``).  A head of
+    8, 16, 32 or 64 packed channels is one machine word: the pool over channels is ``w | w << 1 | w >> 1``.
+    """
+    tp = max(k.shape[0], v.shape[0])
+    packed = ek["encoding"] == ev["encoding"] == "bits"
+    if packed and head_dim in (8, 16, 32, 64):
+        both = np.bitwise_and(k, v).reshape(tp, -1, k.shape[-1])
+        words = _head_words(both, heads, head_dim)  # [T', N, heads]
+        pooled = _dilate3(words | (words << 1) | (words >> 1), 1)
+        counts = np.add.reduce(np.bitwise_count(pooled).reshape(tp, -1), axis=1, dtype=np.uint32)
+    else:
+        spikes = [np.unpackbits(a, axis=-1, count=heads * head_dim) if e["encoding"] == "bits" else a != 0
+                  for a, e in ((k, ek), (v, ev))]
+        both = (spikes[0] & spikes[1]).reshape(tp, -1, heads, head_dim).astype(bool)  # [T', N, heads, d]
+        counts = np.count_nonzero(_dilate3(_dilate3(both, 1), 3).reshape(tp, -1), axis=1)
+    return _per_t(counts, {"repeat_t": ek["repeat_t"] and ev["repeat_t"]}, T)
+
+
+def kv_increments_per_t(raw: RawSample, op: OpMeta, T: int) -> np.ndarray:
+    """SDT's counter increments per step of an attention op: ``nnz(K AND V)``, or with DVS input the non-zeros of
+    the max-pooled ``K AND V`` the model sums (:func:`pooled_and_nnz_per_t`)."""
+    a = op.attrs
+    k, v = a["tensors"]["k"], a["tensors"]["v"]
+    if a["mode"] == "SDT" and a["dvs"]:
+        return pooled_and_nnz_per_t(raw.arrays[k], raw.index[k], raw.arrays[v], raw.index[v], a["heads"],
+                                    a["head_dim"], T)
+    return and_nnz_per_t(raw.arrays[k], raw.index[k], raw.arrays[v], raw.index[v], T)
+
+
 def plane_densities(arr: np.ndarray, entry: dict, T: int, numel: int) -> tuple[np.ndarray, np.ndarray]:
     """``(density of each bit plane [T, P], mean value [T])`` of a stored tensor of ``numel`` elements per step;
     analog values give one plane of non-zeros."""
@@ -138,7 +192,7 @@ def plane_densities(arr: np.ndarray, entry: dict, T: int, numel: int) -> tuple[n
     if entry["encoding"] == "bits":  # the packing's padding bits (C % 8 != 0) are zero and not elements
         dens = (np.bitwise_count(flat).sum(1, dtype=np.int64) / numel)[:, None]
         mean = dens[:, 0]
-    elif entry["encoding"] == "uint8":
+    elif entry["encoding"] in INTEGER_ENCODINGS:
         bits = max(1, int(flat.max(initial=0)).bit_length())
         dens = np.stack([((flat >> b) & 1).mean(1) for b in range(bits)], axis=1)
         mean = flat.mean(1) * fixed_point_scale(entry)
@@ -208,9 +262,7 @@ def _sample_rates(raw: RawSample, meta: TraceMeta) -> Rates:
         silent[name] = silent_fraction(arr, entry, T)
     for op in meta.ops:
         if op.kind == "attention":
-            k, v = op.attrs["tensors"]["k"], op.attrs["tensors"]["v"]
-            kv[op.name] = and_nnz_per_t(raw.arrays[k], raw.index[k], raw.arrays[v], raw.index[v], T) / math.prod(
-                meta.tensors[k].shape[1:])
+            kv[op.name] = kv_increments_per_t(raw, op, T) / math.prod(op.in_shape)
     numel = np.array([math.prod(op.out_shape) for op in meta.lifs()], dtype=float)
     analog = {name for name, entry in raw.index.items() if entry["encoding"] == "float32"}
     return Rates(T, 1, planes, means, nonzero, kv, raw.lif_nnz / numel[:, None], analog, silent)

@@ -18,7 +18,7 @@ from hw.counts import ALL_COUNTS, count_actions
 from hw.mapping import build_mapping, crossbar_geometry
 from hw.pipeline import simulate
 from hw.synthetic import dvs_events, firing_model
-from hw.workload import Workload
+from hw.workload import Workload, and_nnz_per_t, rates_from_traces
 from hw_helpers import write
 
 C = {name: i for i, name in enumerate(ALL_COUNTS)}
@@ -33,7 +33,7 @@ def _conv_op(cin, cout, k, stride, pad, h):
 
 @pytest.mark.parametrize("cin,k,stride,pad,rows,encoding", [
     (16, 3, 1, 1, 16, "bits"), (24, 3, 2, 1, 40, "bits"), (8, 1, 1, 0, 16, "bits"), (64, 3, 1, 0, 128, "bits"),
-    (3, 3, 1, 1, 16, "uint8"), (2, 3, 1, 1, 128, "float32")])
+    (3, 3, 1, 1, 16, "uint8"), (2, 3, 1, 1, 16, "uint16"), (2, 3, 1, 1, 128, "float32")])
 def test_activity_matches_brute_force_im2col(cin, k, stride, pad, rows, encoding):
     """Shifted popcounts == im2col (HWC row order) cut into row blocks, for every step, plane and block."""
     config = load_config("aster_default")
@@ -45,9 +45,9 @@ def test_activity_matches_brute_force_im2col(cin, k, stride, pad, rows, encoding
         x = (torch.rand(T, cin, 12, 12, generator=g) < 0.2).float()
         stored = np.packbits(x.permute(0, 2, 3, 1).to(torch.uint8).numpy(), axis=-1)
         planes, weight = [x], 1
-    elif encoding == "uint8":
-        x = torch.poisson(torch.full((T, cin, 12, 12), 0.7), generator=g)
-        stored = x.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    elif encoding in ("uint8", "uint16"):  # uint16: counts above 255, 9 bit planes
+        x = torch.poisson(torch.full((T, cin, 12, 12), 0.7 if encoding == "uint8" else 300.0), generator=g)
+        stored = x.permute(0, 2, 3, 1).numpy().astype(encoding)
         planes, weight = [((x.long() >> b) & 1).float() for b in range(int(x.max()).bit_length())], 1
     else:
         x = torch.randn(T, cin, 12, 12, generator=g) * (torch.rand(T, cin, 12, 12, generator=g) < 0.5)
@@ -69,6 +69,9 @@ def test_activity_matches_brute_force_im2col(cin, k, stride, pad, rows, encoding
     assert np.array_equal(stats["serial"], reads.max(1) * weight)
     assert np.array_equal(stats["pos"], pos)
     assert np.array_equal(stats["in_nnz"], (x != 0).flatten(1).sum(1).numpy())
+    assert stats["planes"] == len(planes) * weight
+    if encoding != "float32":
+        assert np.array_equal(stats["in_sum"], x.flatten(1).sum(1).numpy())
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +168,57 @@ def test_sop_calibration_reproduces_the_firing_rate_report(tmp_path, mode, dvs):
     assert energy == pytest.approx(direct, rel=1e-9)
     assert energy == pytest.approx(meter.summary()["energy_pj"], rel=1e-6)
     assert math.isclose(res.tally.energy.sum(), energy, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("reference,width,heads", [("sdt", 64, 4), ("statten", 64, 4), ("sdt", 48, 2)])
+def test_dvs_sdt_increments_count_the_pooled_k_and_v(tmp_path, reference, width, heads):
+    """SDT with DVS input sums pool(K * V) (3x3 max over tokens and channels of a head): the counter increments
+    (exact and statistical) are the non-zeros of that pooled tensor, taken from the model's own pool.  Heads of 16
+    channels take the packed-word path, heads of 24 the unpacked one."""
+    net = firing_model(T=4, embed_dims=width, num_heads=heads, img_size=32, dvs=True, attention_mode="SDT",
+                       reference=reference)
+    pooled = []
+    handles = [m.kv_before.register_forward_hook(
+        lambda probe, inputs, kv, attn=m: pooled.append(torch.count_nonzero(attn.pool(kv).flatten(1), dim=1)))
+        for m in net.modules() if hasattr(m, "kv_before")]
+    capture = capture_sample(net, dvs_events(4, 32, seed=1))
+    for h in handles:
+        h.remove()
+    workload = Workload.open(write(tmp_path / "t", [capture]))
+    config = load_config("aster_default")
+    mapping = build_mapping(workload.meta, config)
+    act = exact_activity(workload.reader.load_raw(0), mapping, config)
+    rows = [i for i, r in enumerate(mapping.rows) if r.kind == "attention"]
+    assert len(rows) == len(pooled) == 2
+    raw = workload.reader.load_raw(0)
+    for i, expected in zip(rows, pooled):
+        assert np.array_equal(act.kv[i], expected.numpy()), mapping.rows[i].name
+        t = mapping.rows[i].op.attrs["tensors"]
+        unpooled = and_nnz_per_t(raw.arrays[t["k"]], raw.index[t["k"]], raw.arrays[t["v"]], raw.index[t["v"]], 4)
+        assert act.kv[i].sum() > 2 * unpooled.sum()  # what hw charged before
+    rates = rates_from_traces(workload.reader)
+    for i, expected in zip(rows, pooled):
+        op = mapping.rows[i].op
+        np.testing.assert_allclose(rates.kv[op.name] * math.prod(op.in_shape), expected.numpy())
+    counts = count_actions(Activity.stack([act]), mapping, config, "events")[0]
+    assert np.array_equal(counts[rows, :, C["attn_incs"]], act.kv[rows])
+
+
+def test_mlp_ratio_1_charges_the_inner_residual(tmp_path):
+    """mlp_ratio 1: MS_MLP_Conv adds h = x + fc1_bn(fc1_conv(lif(x))) before fc2_lif, then its outer residual:
+    two residual ops per MLP, in execution order, each charged one add per element and step."""
+    net = firing_model(T=2, embed_dims=32, depths=2, img_size=32, mlp_ratios=1)
+    capture = capture_sample(net, dvs_events(2, 32, seed=1))
+    names = [op.name for op in capture.ops]
+    residuals = [op for op in capture.ops if op.kind == "residual"]
+    assert len(residuals) == 1 + 2 * 3  # SPS, then per block attention, MLP inner and MLP outer
+    for b in range(2):
+        inner = names.index(f"block.{b}.mlp.inner_residual")
+        assert names.index(f"block.{b}.mlp.fc1_conv") < inner < names.index(f"block.{b}.mlp.fc2_lif")
+    workload = Workload.open(write(tmp_path / "t", [capture]))
+    res = simulate(workload, load_config("aster_default"), progress=False)
+    rows = {r.name: i for i, r in enumerate(res.main.mapping.rows)}
+    numel = math.prod(residuals[1].out_shape)
+    for b in range(2):
+        for name in (f"block.{b}.mlp.inner_residual", f"block.{b}.mlp"):
+            assert res.tally.counts[rows[name], :, C["res_adds"]].tolist() == [numel] * 2, name

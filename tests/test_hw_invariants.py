@@ -214,6 +214,20 @@ def test_layer_major_attention_and_static_reuse_use_the_global_buffer(tmp_path):
     assert np.all(counts[first, 1:, C["gb_rd_bits"]] == stored)  # the stored encoding, read back at every step
 
 
+def test_static_reuse_costs_nothing_at_one_step(tmp_path):
+    """T = 1: the static encoding is never replayed, so reuse stores nothing and equals computing it (no
+    reuse_static_encoding ablation either)."""
+    capture, config = tiny_capture("SDT", False, T=1)
+    workload = Workload.open(write(tmp_path / "t", [capture], config))
+    preset = load_config("aster_default")
+    assert preset.features.reuse_static_encoding
+    reuse = _run(make_variant("reuse", preset, workload), workload)[0]
+    plain = _run(make_variant("plain", with_features(preset, reuse_static_encoding=False), workload), workload)[0]
+    np.testing.assert_array_equal(reuse, plain)
+    res = simulate(workload, preset, progress=False)
+    assert "no_reuse_static_encoding" not in [v.name for v in res.variants]
+
+
 @pytest.mark.parametrize("order", ["timestep_major", "layer_major"])
 @pytest.mark.parametrize("dvs", [True, False])
 def test_pipelined_latency_is_never_above_the_serial_one(tmp_path, order, dvs):

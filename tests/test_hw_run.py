@@ -71,6 +71,19 @@ def test_statistical_mode_and_rates_file(tmp_path, trace):
                  "--out", str(again)]) == 0
     first, second = (json.loads((d / "summary.json").read_text()) for d in (out, again))
     assert first["energy_per_inference_uj"]["mean"] == pytest.approx(second["energy_per_inference_uj"]["mean"])
+    for summary in (first, second):  # the trace's samples and accuracy, not the one expected sample simulated
+        assert summary["samples"] == 2 and summary["accuracy"]["labelled_samples"] == 2
+        assert 0 <= summary["accuracy"]["top1_all_steps"] <= 100 and "top1_at_exit" not in summary["accuracy"]
+
+
+def test_trace_without_samples_is_reported(tmp_path, trace, caplog):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    meta = json.loads((trace / "meta.json").read_text())
+    (empty / "meta.json").write_text(json.dumps({**meta, "samples": []}))
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(empty), "--out", str(tmp_path / "o")]) == 2
+    assert len(caplog.records) == 1 and "the trace has no samples" in caplog.text and "meta.json" in caplog.text
 
 
 def test_dataflows_trade_memory_for_global_buffer_traffic(trace):

@@ -1,6 +1,7 @@
 """engine.traces: capture, the on-disk format, the reader's round trip and its errors on bad files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 
@@ -183,3 +184,123 @@ def test_resized_event_frames_are_stored_as_fixed_point_or_warned(tmp_path, capl
         assert (entry["encoding"], entry.get("fraction_bits", 0)) == (encoding, bits), name
         assert torch.equal(reader.load(0).tensors[first], capture.tensors[first]), name
         assert ("not event counts" in caplog.text) == (name == "shrunk"), name
+
+
+def _edit_npz(npz, **members):
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(npz, **{**arrays, **members})
+
+
+@pytest.mark.parametrize("member,change,what", [
+    ("in:block.0.attn.q_conv", lambda a: a.astype(np.float32), "stored as float32, but its encoding 'bits'"),
+    ("in:patch_embed.proj_conv", lambda a: a.astype(np.float64), "stored as float64, but its encoding 'uint8'"),
+    ("lif_nnz", lambda a: a.astype(np.float32), "non-negative integer spike counts"),
+    ("lif_nnz", lambda a: -a, "non-negative integer spike counts"),
+    ("logits", lambda a: a.astype(np.int64), "member 'logits' is stored as int64"),
+    ("logits", lambda a: a[:, 0], r"logits \(4,\)"),
+])
+def test_stored_dtypes_must_match_their_encoding(tmp_path, member, change, what):
+    """A member of the right shape but the wrong dtype would give wrong energies (bits read as floats) or a
+    TypeError deep in hw/: one TraceFormatError naming the file and the member."""
+    capture, _ = tiny_capture()
+    trace = write(tmp_path / "t", [capture])
+    npz = trace / "sample_00000.npz"
+    with np.load(npz) as z:
+        value = change(z[member])
+    _edit_npz(npz, **{member: value})
+    with pytest.raises(TraceFormatError, match=what) as info:
+        TraceReader(trace).load_raw(0)
+    assert "sample_00000.npz" in str(info.value) and member.split(":")[-1].split(".")[0] in str(info.value)
+
+
+def test_sample_file_from_another_trace_is_detected(tmp_path):
+    """Two traces of the same model and shapes: a sample file copied across fails the trace id check; a trace
+    written before trace ids (format 2: none in meta.json nor in the files) still reads."""
+    capture, _ = tiny_capture()
+    one, two = write(tmp_path / "one", [capture] * 2), write(tmp_path / "two", [capture] * 2)
+    meta_one, meta_two = (json.loads((t / "meta.json").read_text()) for t in (one, two))
+    assert meta_one["trace_id"] != meta_two["trace_id"]
+    (one / "sample_00001.npz").write_bytes((two / "sample_00001.npz").read_bytes())
+    reader = TraceReader(one)
+    reader.load_raw(0)
+    with pytest.raises(TraceFormatError, match="belongs to trace .*copied from another trace folder") as info:
+        reader.load_raw(1)
+    assert "one/sample_00001.npz" in str(info.value)
+    old = {k: v for k, v in meta_two.items() if k != "trace_id"} | {"format_version": 2}
+    (two / "meta.json").write_text(json.dumps(old))
+    _edit_npz(two / "sample_00000.npz", __index__=np.array(json.dumps(
+        {k: v for k, v in json.loads(str(np.load(two / "sample_00000.npz")["__index__"])).items() if k != "trace_id"})))
+    assert TraceReader(two).load_raw(0).id == 0
+
+
+def test_writer_compares_input_kind_and_op_attrs(tmp_path):
+    """Same shapes but another attention chunk size, or static instead of event input: not one trace.  The
+    data-dependent pool attribute binary_input may differ."""
+    net = firing_model(T=4, embed_dims=64, img_size=32, attention_mode="STAtten", chunk_size=2)
+    other = firing_model(T=4, embed_dims=64, img_size=32, attention_mode="STAtten", chunk_size=4)
+    events = dvs_events(4, 32, seed=1)
+    writer = TraceWriter(tmp_path / "t", "test")
+    first = capture_sample(net, events)
+    writer.write(first)
+    with pytest.raises(ValueError, match="structure.*chunk_size"):
+        writer.write(capture_sample(other, events))
+    with pytest.raises(ValueError, match="structure.*input_kind"):
+        writer.write(capture_sample(net, events[0, 0]))  # a [2, 32, 32] image: the same shapes, static input
+    pools = [op if op.kind != "pool" else dataclasses.replace(op, attrs={**op.attrs, "binary_input": False})
+             for op in first.ops]
+    writer.write(dataclasses.replace(first, ops=pools))
+    assert len(writer.meta.samples) == 2
+
+
+def test_event_counts_above_255_are_stored_losslessly(tmp_path, caplog):
+    """Counts up to 65535 (a long integration window) are uint16, read back exactly; interpolated frames warn
+    once, on whichever sample first has them, without advising an input size the model may refuse."""
+    net = firing_model(T=2, embed_dims=32, depths=1, img_size=32)
+    dense = dvs_events(2, 32, seed=2, rate=400.0)
+    assert dense.max() > 255
+    shrunk = torch.nn.functional.interpolate(dvs_events(2, 34, seed=4)[0], size=32, mode="bilinear")[None]
+    captures = [capture_sample(net, x) for x in (dense, shrunk, shrunk)]
+    with caplog.at_level("WARNING", logger="engine.traces"):
+        reader = TraceReader(write(tmp_path / "t", captures))
+    first = reader.meta.layers()[0].tensor
+    raw = reader.load_raw(0)
+    assert raw.index[first]["encoding"] == "uint16" and raw.arrays[first].dtype == np.uint16
+    assert torch.equal(reader.load(0).tensors[first], captures[0].tensors[first])
+    assert reader.load_raw(1).index[first]["encoding"] == "float32"
+    warnings = [r.getMessage() for r in caplog.records if "not event counts" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("Trace sample 1:")
+    assert "--img-size" not in warnings[0] and "pooling_stat" in warnings[0]
+
+
+def _meta_edit(trace, edit):
+    meta = json.loads((trace / "meta.json").read_text())
+    edit(meta)
+    (trace / "meta.json").write_text(json.dumps(meta))
+
+
+def _op(meta, kind):
+    return next(op for op in meta["ops"] if op["kind"] == kind)
+
+
+@pytest.mark.parametrize("edit,what", [
+    (lambda m: m.update(T=4.7), "field 'T' is 4.7; expected an integer"),
+    (lambda m: m.update(input_kind="video"), "field 'input_kind' is 'video'"),
+    (lambda m: m["ops"][0]["attrs"].pop("groups"), "missing field 'ops[0].attrs.groups'"),
+    (lambda m: m["ops"][0].update(kind="deconv"), "field 'ops[0].kind' is 'deconv'"),
+    (lambda m: _op(m, "pool")["attrs"].pop("binary_input"), ".attrs.binary_input'"),
+    (lambda m: _op(m, "attention")["attrs"].pop("heads"), ".attrs.heads'"),
+    (lambda m: m["ops"][0].update(in_shape="2,32,32"), "field 'ops[0].in_shape' is '2,32,32'"),
+    (lambda m: m["tensors"].pop("attn:0:k"), "names tensor 'attn:0:k', which field 'tensors' does not list"),
+    (lambda m: m.update(ops=[op for op in m["ops"] if op["kind"] not in ("conv", "linear")]), "no conv or linear"),
+    (lambda m: m["samples"][0].update(pred_per_step=[1]), "field 'samples[0].pred_per_step' is [1]"),
+    (lambda m: m["samples"][0].update(label="cat"), "field 'samples[0].label' is 'cat'"),
+    (lambda m: m["ops"][0].update(out_shape=[16, 16, 16]), "do not match its attrs"),
+])
+def test_malformed_meta_fields_raise_one_clear_error(tmp_path, edit, what):
+    capture, _ = tiny_capture()
+    trace = write(tmp_path / "t", [capture])
+    _meta_edit(trace, edit)
+    with pytest.raises(TraceFormatError) as info:
+        TraceReader(trace)
+    assert what in str(info.value) and "meta.json" in str(info.value)
