@@ -21,18 +21,27 @@ Reported: median ms/step with p10/p90, host ms/step (the time until the step ret
 close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
 the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step) and
 kernels per step, peak memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the process's
-peak RSS), TFLOP per step and model FLOP utilisation (achieved FLOP/s over ``--peak-tflops``, by default
-989 for AMP and 67 for fp32, the dense H100 SXM figures; on the CPU only when ``--peak-tflops`` is given).  Anchor
-speed-ups divide the anchor's fastest ms/step by ours (conservative where the anchor is a range); the memory ratio
-is ours over the anchor's.  Below the table, per config, the kernels that take the most GPU time (on the CPU: the
-operators with the most self time), which say where a config that falls short spends its step.
+peak resident memory over the timed steps, runtime included), TFLOP per step and model FLOP utilisation (achieved
+FLOP/s over ``--peak-tflops``, by default the GPU's dense peak from ``benchmarks/peaks.py``: fp16/bf16 with AMP,
+TF32 in fp32 while ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default: cuDNN runs these
+convolution-bound models in TF32), plain fp32 otherwise; the table and JSON name the peak; on the CPU only when
+``--peak-tflops`` is given).  Anchor speed-ups divide the anchor's fastest ms/step by ours (conservative where the
+anchor is a range) and the memory ratio is ours over the anchor's, both only on CUDA and only when the step computes
+the anchor's workload (model, shapes, batch, precision, optimizer; the speed flags may differ): with only another
+batch size the speed-up is per image and there is no memory ratio, otherwise the anchor columns stay empty and the
+note says why.  The anchors ran on an H100; on another GPU (the device tool lends an H200: same compute peaks, 1.43x
+the memory bandwidth) a caveat follows the table.  Below it, per config, the kernels that take the most GPU time
+(on the CPU: the operators with the most self time), which say where a config that falls short spends its step.
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import logging
 import platform
+import re
 import resource
 import statistics
 import sys
@@ -46,6 +55,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.peaks import ANCHOR_GPU, gpu_caveat, peaks_of, short_gpu_name  # noqa: E402
 from data import is_neuromorphic  # noqa: E402
 from engine.args import get_args_parser  # noqa: E402
 from engine.atomic import write_text_atomic  # noqa: E402
@@ -54,16 +64,16 @@ from engine.distributed import init_distributed  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
-from engine.model import build_model, compile_model, prepare_model, resolve_model_args  # noqa: E402
+from engine.model import build_model, compile_model, model_kwargs, prepare_model, resolve_model_args  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
-__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "bench_step", "busy_time", "top_ops", "compare",
-           "speed_path", "table_rows", "log_table", "log_top_ops", "main"]
+__all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "workload", "default_peak", "bench_step",
+           "busy_time", "top_ops", "compare", "speed_path", "table_rows", "log_table", "log_top_ops", "main"]
 
 _logger = logging.getLogger("bench_train")
 _GIB = 2.0 ** 30
-# Dense peak TFLOP/s of an H100 SXM: fp16/bf16 tensor cores, and fp32 without tensor cores.
-PEAK_TFLOPS_AMP, PEAK_TFLOPS_FP32 = 989.0, 67.0
+# Flags that change how a step is computed, not what: a result with other values still compares with its anchor.
+_SPEED_FLAGS = ("neuron_backend", "encode_once", "fuse_bn_lif")
 TOP_OPS = 15  # kernels (operators on the CPU) listed per config
 
 
@@ -123,6 +133,29 @@ TINY = {
 def engine_args(flags: Sequence[str]) -> argparse.Namespace:
     """Parse engine flags (``-c FILE`` included) with the engine's own parser (a fresh one: ``-c`` sets defaults)."""
     return parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), list(flags))
+
+
+def workload(args: argparse.Namespace) -> dict:
+    """What a training step computes (call :func:`resolve_model_args` first): the model's arguments but the speed
+    flags, the dataset, batch size, precision and optimizer.  A result is compared with its anchor only when its
+    workload is the anchor's."""
+    kwargs = {key: value for key, value in model_kwargs(args).items() if key not in _SPEED_FLAGS}
+    if args.attention_mode != "STAtten":
+        kwargs["chunk_size"] = None  # SDT ignores it
+    return dict(kwargs, dataset=args.dataset, batch_size=args.batch_size,
+                precision=args.amp_dtype if args.amp else "float32", opt=args.opt)
+
+
+def default_peak(amp: bool, device_name: str) -> tuple[float, str]:
+    """``(TFLOP/s, which peak)`` of a GPU for the FLOP utilisation: its fp16/bf16 peak with AMP, else its TF32 peak
+    while cuDNN may run fp32 convolutions in TF32 (``torch.backends.cudnn.allow_tf32``, on by default), else its
+    plain fp32 peak; the H100's for a GPU :mod:`benchmarks.peaks` does not know."""
+    peaks = peaks_of(device_name) or ANCHOR_GPU
+    if amp:
+        return peaks.half / 1e12, f"{peaks.gpu} fp16/bf16"
+    if torch.backends.cudnn.allow_tf32:
+        return peaks.tf32 / 1e12, f"{peaks.gpu} tf32"
+    return peaks.fp32 / 1e12, f"{peaks.gpu} fp32"
 
 
 def _random_batch(args: argparse.Namespace, soft_targets: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,6 +235,26 @@ def _percentile(sorted_values: Sequence[float], q: int) -> float:
     return statistics.quantiles(sorted_values, n=100, method="inclusive")[q - 1]
 
 
+def _reset_cpu_peak() -> bool:
+    """Start a new peak of the process's resident memory (Linux: ``VmHWM``, reset through ``/proc/self/clear_refs``)
+    after handing freed heap memory back to the system; False where either cannot be done."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _cpu_peak(since_reset: bool) -> tuple[float, str]:
+    """``(GiB, kind)``: the process's peak resident memory since :func:`_reset_cpu_peak`, or since it started."""
+    if since_reset:
+        kib = int(re.search(r"VmHWM:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+        return kib * 1024 / _GIB, "process_peak_rss_timed_steps"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB, "process_peak_rss_since_start"
+
+
 def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, profile_steps: int = 5,
                peak_tflops: float | None = None) -> dict:
     """Build the config's model, optimizer, AMP and loss, and time :func:`~engine.loop.train_step` on it.
@@ -211,13 +264,16 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         warmup: untimed steps first (at least 1; the first one's time is reported as ``first_step_s``).
         steps: timed steps (at least 2).
         profile_steps: steps under the torch profiler for the GPU-busy time and the top operators (0 skips it).
-        peak_tflops: device peak for the model FLOP utilisation; None: the H100 figure on CUDA, none on the CPU.
+        peak_tflops: device peak for the model FLOP utilisation; None: :func:`default_peak` on CUDA, none on the CPU.
 
     Returns:
         A JSON-ready dict: the config (model, precision, batch, ...), ``ms_per_step`` (median, p10, p90, min, max),
         ``host_ms`` (median time until the step returns, before the synchronisation: the host's share of the step),
         ``images_per_s``, ``gpu_busy_ms`` and ``kernels_per_step`` (None off CUDA), ``peak_memory_gib`` and
-        ``peak_memory_kind``, ``tflop_per_step``, ``tflops``, ``mfu`` (fractions; None when unknown),
+        ``peak_memory_kind`` (on the CPU the process's peak resident memory over the timed steps where Linux lets
+        it be reset, else since the process started), ``tflop_per_step``, ``tflops``, ``peak_tflops`` and
+        ``peak_kind``, ``mfu`` (fractions; None when unknown), ``gpu`` (the device's name; None off CUDA),
+        ``workload`` (:func:`workload`),
         ``first_step_s`` and ``top_ops`` (:func:`top_ops` of the CUDA kernels, or off CUDA of the operators' self
         CPU time: ``top_ops_kind``).
     """
@@ -256,6 +312,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
     sync()
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)
+    cpu_peak_reset = not on_cuda and _reset_cpu_peak()
     times_ms, host_ms = [], []
     for _ in range(steps):
         start = time.perf_counter()
@@ -264,45 +321,75 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         sync()
         times_ms.append(1e3 * (time.perf_counter() - start))
     if on_cuda:
-        peak_gib, peak_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
-    else:  # ru_maxrss is in KiB on Linux
-        peak_gib, peak_kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / _GIB, "process_peak_rss"
+        peak_gib, memory_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
+    else:
+        peak_gib, memory_kind = _cpu_peak(cpu_peak_reset)
     busy_ms, kernels, top = _profile(step, profile_steps, sync, on_cuda) if profile_steps > 0 else (None, None, [])
 
     times_ms.sort()
     median_ms = statistics.median(times_ms)
     tflops = flops / (median_ms / 1e3) / 1e12 if flops is not None else None
+    gpu = torch.cuda.get_device_name(device) if on_cuda else None
+    peak_kind = "given" if peak_tflops is not None else None
     if peak_tflops is None and on_cuda:
-        peak_tflops = PEAK_TFLOPS_AMP if args.amp else PEAK_TFLOPS_FP32
+        peak_tflops, peak_kind = default_peak(args.amp, gpu)
     return dict(
         model=args.model, attention_mode=args.attention_mode, dim=args.dim, layer=args.layer,
         time_steps=args.time_steps, chunk_size=args.chunk_size if args.attention_mode == "STAtten" else None,
         dataset=args.dataset, img_size=args.img_size, batch_size=args.batch_size, opt=args.opt,
         opt_fused=uses_fused_optimizer(args), precision=args.amp_dtype if args.amp else "float32",
-        channels_last=args.channels_last,
+        channels_last=args.channels_last, event_frames=is_neuromorphic(args.dataset),
         neuron_backend=args.neuron_backend, encode_once=args.encode_once, fuse_bn_lif=args.fuse_bn_lif,
         torchcompile=args.torchcompile,
-        torchcompile_mode=args.torchcompile_mode, device=str(device),
+        torchcompile_mode=args.torchcompile_mode, device=str(device), gpu=gpu, workload=workload(args),
         warmup=warmup, steps=steps, first_step_s=first_step_s,
         ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
                          min=times_ms[0], max=times_ms[-1]),
         host_ms=statistics.median(host_ms), images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
         kernels_per_step=kernels,
-        peak_memory_gib=peak_gib, peak_memory_kind=peak_kind,
+        peak_memory_gib=peak_gib, peak_memory_kind=memory_kind,
         tflop_per_step=flops / 1e12 if flops is not None else None, tflops=tflops, peak_tflops=peak_tflops,
+        peak_kind=peak_kind,
         mfu=tflops / peak_tflops if tflops is not None and peak_tflops else None,
         top_ops=top, top_ops_kind="cuda_kernels" if on_cuda else "cpu_self_time",
     )
 
 
-def compare(result: dict, anchor: Anchor | None) -> dict:
-    """The anchor's figures and our speed-up and memory ratio against them (CUDA results only)."""
+def _anchor_workload(case: Case) -> dict:
+    """:func:`workload` of the anchor config's own flags."""
+    args = engine_args(case.flags)
+    resolve_model_args(args)
+    return workload(args)
+
+
+def _differences(ours: dict, anchor: dict) -> dict[str, str]:
+    """``{key: "key OURS (anchor ANCHOR'S)"}`` of the workload entries that differ."""
+    return {key: f"{key} {ours.get(key)} (anchor {value})" for key, value in anchor.items() if ours.get(key) != value}
+
+
+def compare(result: dict, case: Case) -> dict:
+    """The anchor's figures (none without one), and on CUDA our speed-up and memory ratio against them when the
+    result computes the anchor's :func:`workload`; with only another batch size, ``speedup_per_image`` instead.
+    ``anchor_note`` says why a ratio is missing, ``gpu_caveat`` what a speed-up on another GPU than the anchors'
+    H100 does not say."""
+    anchor = case.anchor
     if anchor is None:
         return {}
     out = {"anchor": asdict(anchor)}
-    if result["device"].startswith("cuda"):
-        out["speedup"] = anchor.ms_per_step[0] / result["ms_per_step"]["median"]
-        out["memory_ratio"] = result["peak_memory_gib"] / anchor.peak_gib
+    if not result["device"].startswith("cuda"):
+        return {**out, "anchor_note": "the anchors were measured on CUDA: no comparison on the CPU"}
+    expected = _anchor_workload(case)
+    differences = _differences(result["workload"], expected)
+    if set(differences) - {"batch_size"}:
+        return {**out, "anchor_note": "not the anchor's workload: " + ", ".join(differences.values())}
+    out["gpu_caveat"] = gpu_caveat(result["gpu"])
+    if differences:  # only the batch size
+        anchor_ms_per_image = anchor.ms_per_step[0] / expected["batch_size"]
+        out["speedup_per_image"] = anchor_ms_per_image / (result["ms_per_step"]["median"] / result["batch_size"])
+        out["anchor_note"] = f"{differences['batch_size']}: speed-up per image, no memory ratio"
+        return out
+    out["speedup"] = anchor.ms_per_step[0] / result["ms_per_step"]["median"]
+    out["memory_ratio"] = result["peak_memory_gib"] / anchor.peak_gib
     return out
 
 
@@ -311,13 +398,14 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 _COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "host ms", "img/s", "busy ms", "kernels",
-            "peak GiB", "GFLOP", "TFLOP/s", "MFU %", "anchor ms", "anchor busy", "anchor GiB", "speed-up", "mem ratio")
+            "peak GiB", "GFLOP", "TFLOP/s", "MFU %", "MFU peak", "anchor ms", "anchor busy", "anchor GiB",
+            "speed-up", "GPU", "mem ratio", "note")
 
 
 def speed_path(result: dict) -> str:
     """Short name of the speed flags of a result, e.g. ``fused+once+compile(reduce-overhead)+fused-opt``."""
     parts = [result["neuron_backend"]]
-    if result["encode_once"]:
+    if result["encode_once"] and not result.get("event_frames"):  # event frames differ per step: no encoding once
         parts.append("once")
     if result.get("fuse_bn_lif"):
         parts.append("bnlif")
@@ -330,32 +418,43 @@ def speed_path(result: dict) -> str:
     return "+".join(parts)
 
 
+def _speedup_cell(r: dict) -> str:
+    if "speedup_per_image" in r:
+        return f"{r['speedup_per_image']:.2f}/img"
+    return f"{r['speedup']:.2f}" if "speedup" in r else ""
+
+
 def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
-    """One row of :data:`_COLUMNS` per result (anchor columns empty where there is no anchor)."""
+    """One row of :data:`_COLUMNS` per result (anchor columns empty where there is no anchor or no comparison)."""
     rows = []
     for name, r in results.items():
         ms, anchor = r["ms_per_step"], r.get("anchor")
+        peak = "" if r["peak_tflops"] is None else f"{r['peak_tflops']:g} {r['peak_kind']}"
         row = (name, r["precision"], speed_path(r), f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
                f"{r['host_ms']:.2f}", f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"),
                _fmt(r.get("kernels_per_step"), ".0f"), f"{r['peak_memory_gib']:.2f}",
                _fmt(None if r["tflop_per_step"] is None else 1e3 * r["tflop_per_step"], ".4g"),
-               _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"))
+               _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"), peak)
         if anchor is None:
-            row += ("",) * 5
+            row += ("",) * 7
         else:
             lo, hi = anchor["ms_per_step"]
             row += (f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}", f"{anchor['gpu_busy_ms']:g}",
-                    f"{anchor['peak_gib']:g}", _fmt(r.get("speedup"), ".2f"), _fmt(r.get("memory_ratio"), ".2f"))
+                    f"{anchor['peak_gib']:g}", _speedup_cell(r), short_gpu_name(r["gpu"] or r["device"]),
+                    f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else "", r.get("anchor_note", ""))
         rows.append(row)
     return rows
 
 
 def log_table(results: dict[str, dict]) -> None:
-    """Log the results as an aligned table (peak memory: CUDA max allocated, or the process's peak RSS on CPU)."""
+    """Log the results as an aligned table, then each caveat of a comparison on another GPU than the anchors'."""
     rows = [_COLUMNS, *table_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     for row in rows:
-        _logger.info(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+        _logger.info(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _logger.info("peak GiB is %s", ", ".join(sorted({r["peak_memory_kind"] for r in results.values()})))
+    for caveat in sorted({r["gpu_caveat"] for r in results.values() if r.get("gpu_caveat")}):
+        _logger.warning("caveat: %s", caveat)
 
 
 def log_top_ops(results: dict[str, dict]) -> None:
@@ -375,7 +474,8 @@ def _environment(results: dict[str, dict]) -> dict:
     devices = {r["device"] for r in results.values()}
     cuda = sorted(d for d in devices if d.startswith("cuda"))
     if cuda:
-        env.update(gpu=torch.cuda.get_device_name(cuda[0]), cuda=torch.version.cuda)
+        gpu = torch.cuda.get_device_name(cuda[0])
+        env.update(gpu=gpu, cuda=torch.version.cuda, gpu_caveat=gpu_caveat(gpu))
     return env
 
 
@@ -402,8 +502,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--steps", type=int, default=40, help="timed steps")
     parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler (CUDA)")
     parser.add_argument("--peak-tflops", type=float, default=None,
-                        help=f"device peak for the FLOP utilisation (default on CUDA: {PEAK_TFLOPS_AMP:g} with "
-                             f"AMP, {PEAK_TFLOPS_FP32:g} in fp32: H100 SXM dense)")
+                        help=f"device peak for the FLOP utilisation (default on CUDA: the GPU's dense peak, "
+                             f"{ANCHOR_GPU.half / 1e12:g} with AMP and {ANCHOR_GPU.tf32 / 1e12:g} in fp32 with "
+                             f"cuDNN's TF32 on an H100 or H200)")
     parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
     opts, engine_flags = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -417,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         _logger.info("%s: %s", name, " ".join([*case.flags, *engine_flags]))
         result = bench_step(args, warmup=opts.warmup, steps=opts.steps, profile_steps=opts.profile_steps,
                             peak_tflops=opts.peak_tflops)
-        results[name] = {**result, **compare(result, case.anchor)}
+        results[name] = {**result, **compare(result, case)}
         if opts.json:  # after every config, so that a run stopped early keeps what it measured
             write_text_atomic(opts.json, json.dumps({"environment": _environment(results), "results": results},
                                                     indent=2))

@@ -6,8 +6,9 @@ On the device tool (15 minutes of device time per task, a machine start included
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl && export PYTHONPATH=/tmp/site || exit; python3 benchmarks/device_checks.py --out $OUT
 
-The steps run in order of priority, each with the time that is left, and a step that runs out is stopped so
-that the ones before it still come back:
+The steps run in order of priority, each with the time that is left of ``--budget`` (default 540 s: a 600 s
+call, the machine's start outside it, less about a minute for installing the wheels, starting Python and packing),
+and a step that runs out is stopped so that the ones before it still come back:
 
 1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3);
 2. ``cuda_tests``: the tests that need a GPU (``-k cuda``: the Triton LIF, BN + LIF and pool kernels against
@@ -20,13 +21,16 @@ that the ones before it still come back:
    CIFAR anchors (issue 10).
 
 ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
-records, benchmark JSON), at most two files in all, as the device tool returns at most eight.  ``--tiny`` runs the
-same steps on small models (the CPU smoke test).
+records, benchmark JSON): two files in all, as the device tool returns at most eight.  The archive is packed
+again after every step (written beside and renamed over the last one), so a call stopped from outside, past the
+budget, still brings back every finished step's files.  ``--tiny`` runs the same steps on small models (the CPU
+smoke test).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 import tarfile
@@ -36,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ARCHIVE = "device_checks.tar.gz"
 _logger = logging.getLogger("device_checks")
 
 
@@ -102,8 +107,17 @@ def _run_step(step: Step, argv: list[str], timeout: float, log) -> tuple[int | s
     return rc, time.monotonic() - start
 
 
+def pack(files: str, out: Path) -> None:
+    """Archive ``files`` as ``out/device_checks.tar.gz``, replacing the last archive only once the new one is whole."""
+    partial = out / (ARCHIVE + ".part")
+    with tarfile.open(partial, "w:gz") as tar:
+        tar.add(files, arcname="device_checks")
+    os.replace(partial, out / ARCHIVE)
+
+
 def run_checks(out: Path, device: str, budget_s: float, tiny: bool = False, only: tuple[str, ...] = ()) -> dict:
-    """Run the selected steps within ``budget_s`` seconds; write ``out/log.txt`` and ``out/device_checks.tar.gz``.
+    """Run the selected steps within ``budget_s`` seconds; write ``out/log.txt`` and ``out/device_checks.tar.gz``
+    (packed at the start and again after every step).
 
     Returns ``{step: (exit code, "timeout" or "skipped", seconds)}``.
     """
@@ -111,6 +125,7 @@ def run_checks(out: Path, device: str, budget_s: float, tiny: bool = False, only
     deadline = time.monotonic() + budget_s
     summary: dict[str, tuple[int | str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="device_checks_") as files, open(out / "log.txt", "w") as log:
+        pack(files, out)
         for step in STEPS:
             if only and step.name not in only:
                 continue
@@ -120,12 +135,14 @@ def run_checks(out: Path, device: str, budget_s: float, tiny: bool = False, only
                 continue
             template = step.tiny_argv if tiny and step.tiny_argv is not None else step.argv
             argv = [arg.format(device=device, files=files) for arg in template]
-            summary[step.name] = _run_step(step, argv, left, log)
-            _logger.info("%s: %s in %.0f s", step.name, *summary[step.name])
+            rc, seconds = _run_step(step, argv, left, log)
+            summary[step.name] = (rc, seconds)
+            _logger.info("%s: %s in %.0f s", step.name, rc, seconds)
+            log.write(f"----- {step.name}: {rc} in {seconds:.0f} s\n")
+            log.flush()
+            pack(files, out)
         log.write("\n===== summary\n")
         log.writelines(f"{name}: {rc} in {seconds:.0f} s\n" for name, (rc, seconds) in summary.items())
-        with tarfile.open(out / "device_checks.tar.gz", "w:gz") as tar:
-            tar.add(files, arcname="device_checks")
     return summary
 
 
@@ -133,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for log.txt and device_checks.tar.gz")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--budget", type=float, default=540, help="seconds for all steps (default: 540)")
+    parser.add_argument("--budget", type=float, default=540,
+                        help="seconds for all steps (default: 540, for a 600 s device call)")
     parser.add_argument("--tiny", action="store_true", help="small models (the CPU smoke test)")
     parser.add_argument("--only", nargs="+", default=(), choices=[s.name for s in STEPS], help="these steps only")
     opts = parser.parse_args(argv)

@@ -7,16 +7,17 @@ The engine builds each config's model on PyTorch's meta device (shapes only, as 
 configs in their half-precision dtype) and runs the forward, the loss and the backward under a dispatch mode that
 sees every ATen and custom op (our LIF and BN + LIF ops are one op each, as on CUDA).  Per op: the bytes it reads
 (each tensor argument's distinct elements: a broadcast input counts once) and writes (its outputs), and its FLOPs
-(``torch.utils.flop_counter``: convolutions and matmuls); BatchNorm and our fused BN + LIF backward also pay the
-extra passes their CUDA kernels make (:func:`extra_reads`).  Views and allocations cost nothing.  The fused AdamW
-step adds 28 bytes per parameter (read weight, gradient and two moments in fp32, write three).
+(``torch.utils.flop_counter``: convolutions and matmuls); BatchNorm and our LIF and fused BN + LIF backwards also
+pay the extra passes their CUDA kernels make (:func:`extra_reads`).  Views and allocations cost nothing.  The fused
+AdamW step adds 28 bytes per parameter (read weight, gradient and two moments in fp32, write three).
 
-Each op's roofline time is ``max(bytes / bandwidth, FLOPs / peak)`` on an H100 SXM: 3.35 TB/s; 989 TFLOP/s for
-fp16/bf16, 494 for fp32 convolutions (cuDNN's TF32, on by default in PyTorch) and 67 for other fp32 matmuls.  The
-sum is a lower bound of the GPU-busy time: real kernels reach 60-90 % of the bandwidth, cuDNN may add layout
-transposes that no ATen op shows, and launch gaps come on top.  Next to the anchor's measured GPU-busy time it says
-how far the reference ran from the bound, and the anchor's ms/step over the bound is the largest speed-up these
-ops allow without removing traffic.  Below the table, per config, the op kinds with the most roofline time.
+Each op's roofline time is ``max(bytes / bandwidth, FLOPs / peak)`` on the anchors' H100 SXM
+(``benchmarks/peaks.py``): 3.35 TB/s; 989.4 TFLOP/s for fp16/bf16, 494.7 for fp32 convolutions (cuDNN's TF32, on
+by default in PyTorch) and 67 for other fp32 matmuls (TF32 matmuls are off by default).  The sum is a lower bound
+of the GPU-busy time: real kernels reach 60-90 % of the bandwidth, cuDNN may add layout transposes that no ATen op
+shows, and launch gaps come on top.  Next to the anchor's measured GPU-busy time it says how far the reference ran
+from the bound, and the anchor's ms/step over the bound is the largest speed-up these ops allow without removing
+traffic.  Below the table, per config, the op kinds with the most roofline time.
 """
 from __future__ import annotations
 
@@ -34,15 +35,14 @@ from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import Case  # noqa: E402
+from benchmarks.peaks import H100  # noqa: E402
 from benchmarks.saved_memory import build_on_meta, measure_all  # noqa: E402
 from engine.atomic import write_text_atomic  # noqa: E402
-from module.fused_lif import keeps_membrane_in_memory  # noqa: E402
+from module.fused_lif import keeps_membrane_in_memory, recomputes_membrane  # noqa: E402
 
-__all__ = ["H100", "PATHS", "OpTraffic", "distinct_bytes", "extra_reads", "step_traffic", "roofline", "measure",
-           "main"]
+__all__ = ["PATHS", "OpTraffic", "distinct_bytes", "extra_reads", "step_traffic", "roofline", "measure", "main"]
 
 _logger = logging.getLogger("roofline")
-H100 = dict(bandwidth=3.35e12, half=989e12, fp32_conv=494e12, fp32=67e12)
 PATHS = {"default": (), "bn_lif": ("--fuse-bn-lif",)}
 ADAMW_BYTES_PER_PARAM = 28
 # Ops that move no data: allocations, and aliases that the dispatcher does not mark as views.
@@ -87,33 +87,55 @@ class OpTraffic(TorchDispatchMode):
 
     def _peak(self, name: str) -> float:
         if not self.fp32_peaks:
-            return H100["half"]
-        return H100["fp32_conv"] if "convolution" in name else H100["fp32"]
+            return H100.half
+        return H100.tf32 if "convolution" in name else H100.fp32
 
 
 def extra_reads(op: str, args: tuple) -> int:
     """Bytes that ops known to make more than one pass over their large operands move besides one read of each
     input and one write of each output (their CUDA kernels): BatchNorm in training computes the batch statistics in
     a pass before the normalising one; its backward reduces ``grad_out`` and ``input`` in a pass before the
-    elementwise one.  Our fused BN + LIF backward reads the spike gradient and the input twice (reduction pass,
-    then input-gradient pass) where the LIF backward keeps the membrane in registers, and otherwise writes the norm
-    output's gradient and runs BatchNorm's two backward passes on it.  A LIF backward over a sequence too long for
-    registers writes and reads an fp32 membrane scratch.  (Counted as reads: the time is the same.)"""
+    elementwise one.  The LIF backwards: :func:`_lif_backward_extra`.  (Counted as reads: the time is the same.)"""
     if op == "aten.native_batch_norm" and args[5]:
         return distinct_bytes(args[0])
     if op == "aten.native_batch_norm_backward" and args[7]:
         return distinct_bytes(args[0]) + distinct_bytes(args[1])
-    if op not in ("sdt.multistep_lif_backward", "sdt.batch_norm_lif_backward"):
-        return 0
+    if op in ("sdt.multistep_lif_backward", "sdt.batch_norm_lif_backward"):
+        return _lif_backward_extra(op, args)
+    return 0
+
+
+def _membrane_source(steps: int, itemsize: int, repeated: bool) -> str:
+    """Where the Triton LIF backward gets each step's membrane, as ``module.lif_triton`` decides it."""
+    if repeated or recomputes_membrane(steps, itemsize):
+        return "recompute"
+    return "memory" if keeps_membrane_in_memory(steps, itemsize) else "registers"
+
+
+def _lif_backward_extra(op: str, args: tuple) -> int:
+    """Extra bytes of a LIF backward (``module/lif_triton.py``).  Recomputing the membrane from step 0 re-reads
+    recent steps of the input, which hit the cache: one pass.  The register history and the fp32 scratch (a write
+    and a read of 4 bytes per neuron and step) are filled in a first pass over the input, and the backward pass
+    reads the input again where it uses it: for the decay gradient (PLIF), and in the fused BN + LIF backward for
+    the norm's input gradient.  That backward makes two such kernel passes (the per-channel reduction, then the
+    input gradient), each over the spike gradient and the input (twice with the register history: 7 tensor passes
+    per pair, 5 where the membrane is recomputed); past the register history the LIF backward writes the norm
+    output's gradient and BatchNorm's two backward passes read it and the input."""
     grad_spikes, x = args[0], args[1]
-    steps, repeated = grad_spikes.shape[0], x.shape[0] != grad_spikes.shape[0]  # a repeated input recomputes
-    scratch = 8 * grad_spikes.numel() if not repeated and keeps_membrane_in_memory(steps, x.element_size()) else 0
+    need_decay_grad = args[4] if op == "sdt.multistep_lif_backward" else args[7]
+    source = _membrane_source(grad_spikes.shape[0], x.element_size(), x.shape[0] != grad_spikes.shape[0])
+    x_bytes = distinct_bytes(x)
+    scratch = 8 * grad_spikes.numel() if source == "memory" else 0
+    decay_reread = x_bytes if need_decay_grad and source != "recompute" else 0
     if op == "sdt.multistep_lif_backward":
-        return scratch
-    return scratch + (5 if scratch else 2) * distinct_bytes(x)
+        return scratch + decay_reread
+    if source == "memory":  # dy written, then read twice by BatchNorm's backward, which reads x twice too
+        return scratch + decay_reread + 5 * x_bytes
+    input_reads_per_kernel = 1 if source == "recompute" else 2
+    return distinct_bytes(grad_spikes) + (2 * input_reads_per_kernel - 1) * x_bytes
 
 
-def roofline(nbytes: float, flops: float, peak_flops: float, bandwidth: float = H100["bandwidth"]) -> float:
+def roofline(nbytes: float, flops: float, peak_flops: float, bandwidth: float = H100.bandwidth) -> float:
     """Seconds of an op bound by memory or by arithmetic, whichever takes longer."""
     return max(nbytes / bandwidth, flops / peak_flops)
 
@@ -133,13 +155,13 @@ def measure(case: Case, path_flags: tuple[str, ...]) -> dict:
     ops, params, dtype, batch = step_traffic(case, path_flags)
     optimizer_bytes = ADAMW_BYTES_PER_PARAM * params
     ops["optimizer.adamw_fused"] = dict(calls=1, read=16 * params, written=12 * params, flops=0,
-                                        seconds=optimizer_bytes / H100["bandwidth"])
+                                        seconds=optimizer_bytes / H100.bandwidth)
     total = {key: sum(op[key] for op in ops.values()) for key in ("calls", "read", "written", "flops", "seconds")}
     ranked = sorted(ops.items(), key=lambda item: -item[1]["seconds"])
     result = {"dtype": str(dtype).removeprefix("torch."), "batch_size": batch, "params": params,
               "ops": total["calls"], "gb_moved": (total["read"] + total["written"]) / 1e9,
               "tflop": total["flops"] / 1e12, "roofline_ms": 1e3 * total["seconds"],
-              "memory_bound_ms": 1e3 * (total["read"] + total["written"]) / H100["bandwidth"],
+              "memory_bound_ms": 1e3 * (total["read"] + total["written"]) / H100.bandwidth,
               "top": [dict(op=name, calls=op["calls"], gb=(op["read"] + op["written"]) / 1e9,
                            tflop=op["flops"] / 1e12, ms=1e3 * op["seconds"],
                            share=op["seconds"] / total["seconds"]) for name, op in ranked[:10]]}

@@ -1,7 +1,9 @@
 """CPU smoke test of benchmarks/device_checks.py: every step runs on tiny models, within the budget, and the
 files come back as one archive next to the log."""
 import tarfile
+from pathlib import Path
 
+from benchmarks import device_checks
 from benchmarks.device_checks import STEPS, main
 
 
@@ -28,3 +30,21 @@ def test_a_step_out_of_time_is_stopped_and_the_rest_skipped(tmp_path):
     assert summary == {"fixture_diffs": ("timeout", summary["fixture_diffs"][1]), "bench_train": ("skipped", 0.0)}
     assert "fixture_diffs: timeout" in (tmp_path / "log.txt").read_text()
     assert (tmp_path / "device_checks.tar.gz").exists()
+
+
+def test_each_finished_steps_files_are_in_the_archive_before_the_next_step(tmp_path, monkeypatch):
+    """A call stopped from outside (past the budget) brings back what is under OUT: the archive must hold every
+    finished step's files, not wait for the last step."""
+    archived = []
+
+    def fake_step(step, argv, timeout, log):
+        with tarfile.open(tmp_path / "device_checks.tar.gz") as tar:
+            archived.append(sorted(tar.getnames()))
+        Path(argv[argv.index("--json") + 1]).write_text("{}")
+        return 0, 0.0
+
+    monkeypatch.setattr(device_checks, "_run_step", fake_step)
+    main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--only", "bench_train", "bench_train_bn_lif"])
+    assert archived == [["device_checks"], ["device_checks", "device_checks/bench_train.json"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device_checks.tar.gz", "log.txt"]
+    assert "----- bench_train: 0 in 0 s" in (tmp_path / "log.txt").read_text()
