@@ -15,7 +15,7 @@ import logging
 import sys
 
 from engine.args import get_args_parser
-from engine.aster import aster_skip_parser, resolve_skip, skip_record, write_aster_outputs
+from engine.aster import aster_finetune_parser, aster_skip_parser, resolve_skip, skip_record, write_aster_outputs
 from engine.checkpoint import load_checkpoint_file, load_model_weights
 from engine.distributed import is_primary
 from engine.errors import ConfigError
@@ -30,14 +30,8 @@ TRAINABLE_PREFIXES = ("head_lif", "head.")
 
 def make_parser() -> argparse.ArgumentParser:
     """The training command line, the ASTER skip flags and the fine-tuning flags."""
-    parser = argparse.ArgumentParser("Fine-tune the classifier head of an SDT (ASTER)",
-                                     parents=[get_args_parser(), aster_skip_parser()])
-    group = parser.add_argument_group("Fine-tuning")
-    group.add_argument("--finetune-checkpoint", default="", metavar="PATH",
-                       help="weights to start from (required); only the classifier head trains")
-    group.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
-                       help="keep the frozen BatchNorm layers in eval mode (no running-statistics updates)")
-    return parser
+    return argparse.ArgumentParser("Fine-tune the classifier head of an SDT (ASTER)",
+                                   parents=[get_args_parser(), aster_skip_parser(), aster_finetune_parser()])
 
 
 def load_finetune_weights(path: str, model, skipped_blocks: list[int]) -> tuple[list[str], list[str]]:

@@ -113,6 +113,17 @@ def aster_eval_parser(add_help: bool = False) -> argparse.ArgumentParser:
     return parser
 
 
+def aster_finetune_parser(add_help: bool = False) -> argparse.ArgumentParser:
+    """The flags of ``finetune.py`` (next to the training and skip flags)."""
+    parser = argparse.ArgumentParser(add_help=add_help)
+    group = parser.add_argument_group("Fine-tuning")
+    group.add_argument("--finetune-checkpoint", default="", metavar="PATH",
+                       help="weights to start from (required); only the classifier head trains")
+    group.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep the frozen BatchNorm layers in eval mode (no running-statistics updates)")
+    return parser
+
+
 def check_exit_args(args: argparse.Namespace) -> None:
     """Reject NaN exit thresholds (no score exceeds NaN, so it would silently mean "never exit early").
 

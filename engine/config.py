@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import yaml
@@ -101,12 +101,14 @@ def _convert(key: str, action: argparse.Action, value: Any) -> Any:
     return _convert_scalar(key, action, value)
 
 
-def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collection[str] = ()) -> dict[str, Any]:
     """Read a YAML config and return parser defaults keyed by ``dest``.
 
     Args:
         path: YAML file of ``flag: value`` pairs (``flag`` with ``-`` or ``_``).
         parser: the parser whose flags are the allowed keys.
+        foreign_keys: keys of the project's other scripts (a ``main.py`` run's ``args.yaml`` given to ``test.py``):
+            dropped, and listed in one log line.
 
     Returns:
         ``{dest: converted value}``; the keys of :data:`RECORDED_ONLY_KEYS` (written into ``args.yaml``) are skipped.
@@ -128,9 +130,13 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         raise ConfigError(f"config file {path!r} must hold a mapping of flag: value, not {type(raw).__name__}")
     actions = _actions_by_dest(parser)
     cfg: dict[str, Any] = {}
+    dropped = []
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
         if dest in RECORDED_ONLY_KEYS:
+            continue
+        if dest not in actions and dest in foreign_keys:
+            dropped.append(str(key))
             continue
         if dest not in actions:
             raise ConfigError(f"unknown config key {key!r} in {path}; closest known keys: "
@@ -138,11 +144,15 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         if dest in cfg:
             raise ConfigError(f"config key {key!r} in {path} is given twice (as '-' and '_' spellings)")
         cfg[dest] = _convert(str(key), actions[dest], value)
+    if dropped:
+        _logger.info("Config %s: %s belong to another script of the project, ignored here", path, ", ".join(dropped))
     return cfg
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > default.
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+               foreign_keys: Collection[str] = ()) -> argparse.Namespace:
+    """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > default.  ``foreign_keys``: see
+    :func:`load_config`.
 
     The options given on the command line are left in ``parser.command_line_dests``.
 
@@ -153,7 +163,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     config_parser.add_argument("-c", "--config", default="")
     known, _ = config_parser.parse_known_args(argv)
     if known.config:
-        parser.set_defaults(**load_config(known.config, parser))
+        parser.set_defaults(**load_config(known.config, parser, foreign_keys))
     args = parser.parse_args(argv)
     parser.command_line_dests = _command_line_dests(parser, argv)
     if args.native_amp:  # the reference's torch.amp switch; --apex-amp without apex left it in float32

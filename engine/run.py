@@ -222,6 +222,17 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     return {"output_dir": output_dir, **result}
 
 
+def project_option_dests() -> frozenset[str]:
+    """Every option of the five scripts (training, evaluation, ASTER skip/exit, fine-tuning), so that one script
+    can take another's ``args.yaml`` with ``-c`` (the other's own keys are dropped, see ``load_config``)."""
+    from .args import get_args_parser
+    from .aster import aster_eval_parser, aster_finetune_parser, aster_skip_parser
+    from .evaluate import add_eval_arguments
+
+    parsers = (add_eval_arguments(get_args_parser()), aster_skip_parser(), aster_eval_parser(), aster_finetune_parser())
+    return frozenset(action.dest for parser in parsers for action in parser._actions)
+
+
 def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
              argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (with ``-c`` YAML) and call ``run(args, parser)``; report a :class:`SetupError` as one line.
@@ -233,7 +244,7 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     parser = make_parser()
     finished = False
     try:
-        run(parse_args(parser, argv), parser)
+        run(parse_args(parser, argv, foreign_keys=project_option_dests()), parser)
         finished = True
     except SetupError as exc:
         _logger.error("%s", exc)

@@ -49,3 +49,24 @@ def test_fewer_than_one_epoch_is_a_config_error(epochs):
     args = parse_args(main.make_parser(), ["--sched", "cosine", "--epochs", str(epochs)])
     with pytest.raises(ConfigError, match=f"--epochs {epochs}: training needs at least 1 epoch"):
         check_run_args(args, train=True)
+
+
+def test_one_scripts_args_yaml_runs_another(tmp_path, caplog):
+    """firing_num.py -c <a finetune.py run>/args.yaml failed on 'unknown config key auto_skip': the keys of the
+    project's other scripts are dropped (and listed), their shared keys kept; a key no script has is still an error."""
+    import logging
+
+    import firing_num
+    from engine.run import project_option_dests
+
+    caplog.set_level(logging.INFO)
+    tuned = parse_args(finetune.make_parser(), ["--finetune-checkpoint", "x.pth.tar", "--skip-blocks", "0", "--dim",
+                                                "64"])
+    dump_args(tuned, tmp_path / "args.yaml")
+    for make_parser in (firing_num.make_parser, main.make_parser):
+        args = parse_args(make_parser(), ["-c", str(tmp_path / "args.yaml")], foreign_keys=project_option_dests())
+        assert args.dim == 64 and args.skip_blocks == [0]
+    assert "finetune_checkpoint, freeze_bn_stats belong to another script of the project" in caplog.text
+    (tmp_path / "bad.yaml").write_text("finetune_checkpoint: x\nmlp_ration: 4\n")
+    with pytest.raises(ConfigError, match="unknown config key 'mlp_ration'"):
+        parse_args(firing_num.make_parser(), ["-c", str(tmp_path / "bad.yaml")], foreign_keys=project_option_dests())
