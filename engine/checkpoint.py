@@ -91,7 +91,8 @@ def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module) -> list[t
              ("dvs_mode", getattr(ckpt_args, "dvs_mode", None), getattr(bare, "dvs", None)),
              ("pooling_stat", getattr(ckpt_args, "pooling_stat", None),
               getattr(getattr(bare, "patch_embed", None), "pooling_stat", None))]
-    if hasattr(ckpt_args, "skipped_blocks"):  # main.py, finetune.py, test.py/firing_num.py --skip-blocks
+    if getattr(ckpt_args, "skipped_blocks", None):  # weights trained for a skip list; skipping more of an
+        # unskipped model is what main.py and finetune.py are for, so only a checkpoint that skipped is compared
         pairs.append(("skipped_blocks", list(ckpt_args.skipped_blocks), list(getattr(bare, "skip_blocks", []))))
     if "STAtten" in (mode, getattr(bare, "attention_mode", None)):  # only STAtten chunks the time steps
         pairs.append(("chunk_size", getattr(ckpt_args, "chunk_size", None), getattr(bare, "chunk_size", None)))

@@ -18,7 +18,7 @@ import yaml
 from .args import INERT_FLAGS
 from .errors import ConfigError
 
-__all__ = ["RECORDED_ONLY_KEYS", "check_text_value", "parse_args", "load_config", "dump_args", "warn_inert_flags"]
+__all__ = ["RECORDED_ONLY_KEYS", "check_text_value", "command_line_dests", "parse_args", "load_config", "dump_args", "warn_inert_flags"]
 
 _logger = logging.getLogger(__name__)
 
@@ -50,15 +50,16 @@ def _convert_list_type(key: str, action: argparse.Action, value: list) -> list:
 
 
 def check_text_value(key: str, action: argparse.Action, value: Any) -> None:
-    """Refuse a number that YAML read for an option whose value is text (``pooling_stat: 0011`` is the octal 9).
+    """Refuse a value that YAML read as something else for an option whose value is text (``pooling_stat: 0011``
+    is the octal 9, ``experiment: 2024-01-05`` a date).
 
     Raises:
         ConfigError: naming the key and the fix (quotes).
     """
-    if action.type is None and isinstance(action.default, str) and isinstance(value, (int, float)) \
-            and not isinstance(value, bool):
-        raise ConfigError(f"config key {key!r}: expected text, got the number {value!r}; put the value in quotes "
-                          f"(YAML reads unquoted digits as a number, 0011 as the octal 9)")
+    if action.type is None and isinstance(action.default, str) and value is not None and not isinstance(value, str):
+        raise ConfigError(f"config key {key!r}: expected text, got the {type(value).__name__} {value!r}; put the "
+                          f"value in quotes (YAML reads unquoted digits as a number, 0011 as the octal 9, and "
+                          f"2024-01-05 as a date, yes as true)")
 
 
 def _convert_scalar(key: str, action: argparse.Action, value: Any) -> Any:
@@ -145,7 +146,8 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
             raise ConfigError(f"config key {key!r} in {path} is given twice (as '-' and '_' spellings)")
         cfg[dest] = _convert(str(key), actions[dest], value)
     if dropped:
-        _logger.info("Config %s: %s belong to another script of the project, ignored here", path, ", ".join(dropped))
+        _logger.warning("Config %s: %s belong to another script of the project, ignored here", path,
+                        ", ".join(dropped))
     return cfg
 
 
@@ -154,7 +156,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > default.  ``foreign_keys``: see
     :func:`load_config`.
 
-    The options given on the command line are left in ``parser.command_line_dests``.
+    The options given on the command line are left in ``parser.command_line_dests``, and those given on the command
+    line or in the config in ``parser.given_dests``.
 
     Raises:
         ConfigError: see :func:`load_config`.
@@ -162,16 +165,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument("-c", "--config", default="")
     known, _ = config_parser.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**load_config(known.config, parser, foreign_keys))
+    config = load_config(known.config, parser, foreign_keys) if known.config else {}
+    parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    parser.command_line_dests = _command_line_dests(parser, argv)
+    parser.command_line_dests = command_line_dests(parser, argv)
+    parser.given_dests = parser.command_line_dests | frozenset(config)
     if args.native_amp:  # the reference's torch.amp switch; --apex-amp without apex left it in float32
         args.amp = True
     return args
 
 
-def _command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:
+def command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:
     """The options given on the command line (not taken from ``-c`` or the defaults): argparse leaves an attribute
     that is already in the namespace alone unless the command line sets it."""
     unset = object()

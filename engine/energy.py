@@ -128,7 +128,7 @@ class EnergyMeter:
         if dvs_input and encoding_steps != 1:
             raise ValueError(f"encoding_steps {encoding_steps}: it counts the steps of a repeated static image; "
                              f"event frames differ at every step, so all T are charged")
-        self.encoding_steps = T if dvs_input else encoding_steps
+        self.encoding_steps = T if dvs_input and self.first_layer_as_mac else encoding_steps
         self._layers: dict[str, _LayerCount] = {}
         self._order: list[str] = []
         self._handles = []

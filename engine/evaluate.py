@@ -25,6 +25,7 @@ import torch.distributed as dist
 from data import is_neuromorphic
 
 from .aster import int_list
+from .errors import ConfigError
 
 __all__ = ["add_eval_arguments", "check_eval_args", "check_export_traces", "export_model_traces", "run_evaluation"]
 
@@ -60,7 +61,6 @@ def check_export_traces(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: before anything is built or written.
     """
-    from .errors import ConfigError
     from .traces import META_FILE
 
     target = args.export_traces
@@ -83,7 +83,6 @@ def check_eval_args(args: argparse.Namespace) -> None:
     Raises:
         ConfigError: a value out of range, naming the flag.
     """
-    from .errors import ConfigError
 
     for flag, value in (("--e-mac", args.e_mac), ("--e-ac", args.e_ac)):
         if not (math.isfinite(value) and value >= 0):
@@ -135,7 +134,10 @@ def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
 def _configure_model(args: argparse.Namespace, model: torch.nn.Module) -> None:
     """The ``RunHooks.configure_model`` hook: ``--skip-blocks`` and ``--large-valid``."""
     if args.skip_blocks:
-        model.skip_blocks = args.skip_blocks
+        try:
+            model.skip_blocks = args.skip_blocks
+        except ValueError as exc:
+            raise ConfigError(f"--skip-blocks: {exc}") from None
         args.skipped_blocks = list(model.skip_blocks)
     _apply_large_valid(args)
 

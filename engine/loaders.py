@@ -82,9 +82,18 @@ class EvalShard(Dataset):
 
 
 def _eval_dataset(args: argparse.Namespace) -> Dataset:
-    """The evaluation split, sharded over the processes when distributed (:class:`EvalShard`)."""
+    """The evaluation split, sharded over the processes when distributed (:class:`EvalShard`).
+
+    Raises:
+        ConfigError: fewer samples than processes (a process without samples would leave the others waiting).
+    """
     dataset = build_dataset(args.dataset, args.data_dir, args.val_split, args)
-    return EvalShard(dataset, args.rank, args.world_size) if args.distributed else dataset
+    if not args.distributed:
+        return dataset
+    if len(dataset) < args.world_size:
+        raise ConfigError(f"the {args.val_split} split has {len(dataset)} samples for {args.world_size} processes: "
+                          f"every process needs one; run with at most {len(dataset)} processes")
+    return EvalShard(dataset, args.rank, args.world_size)
 
 
 def mixup_args(args: argparse.Namespace) -> dict | None:

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Collection
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "resolve_model_args", "model_kwargs", "build_model", "prepare_model",
-           "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
+__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "resolve_model_args", "model_kwargs", "build_model",
+           "prepare_model", "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,39 +38,32 @@ _VARIANT_ARGS = {"img_size_h": "img_size", "in_channels": "in_channels", "num_cl
                  "num_heads": "num_heads", "dvs_mode": "dvs_mode"}
 
 
-def apply_variant_defaults(args: argparse.Namespace, defaults: dict[str, object]) -> None:
-    """Give ``args`` the architecture of the named variant ``args.model`` where they hold the parser's default
-    (``defaults``, by dest): ``--model sdt_8_384`` builds 8 blocks of width 384 unless ``--dim``/``--layer`` say
-    otherwise, instead of the script's own default sizes."""
+def apply_variant_defaults(args: argparse.Namespace, given: Collection[str]) -> None:
+    """Give ``args`` the architecture of the named variant ``args.model`` (``--model sdt_8_384``: 8 blocks of width
+    384, 224 px, 1000 classes) wherever the option is not in ``given`` (the options set on the command line or in
+    the config), instead of the script's default sizes."""
     from model import variant_defaults
 
     taken = []
     for name, value in variant_defaults(args.model).items():
         dest = _VARIANT_ARGS.get(name)
-        if dest is not None and getattr(args, dest) == defaults.get(dest) and getattr(args, dest) != value:
+        if dest is not None and dest not in given and getattr(args, dest) != value:
             setattr(args, dest, value)
             taken.append(f"{dest}={value}")
     if taken:
-        _logger.info("--model %s: %s (the variant's; give the flags to override)", args.model, ", ".join(taken))
-
-
-def _engine_defaults() -> dict[str, object]:
-    from .args import get_args_parser
-
-    return {action.dest: action.default for action in get_args_parser()._actions}
+        _logger.info("--model %s: %s (the variant's; flags and config keys override them)", args.model,
+                     ", ".join(taken))
 
 
 def resolve_model_args(args: argparse.Namespace) -> None:
     """Fill the values derived from others, in place, so that ``args.yaml`` records what was built.
 
-    A named variant's sizes replace the arguments left at their defaults (:func:`apply_variant_defaults`);
     ``img_size`` comes from ``--input-size`` if given, else stays, else the event dataset's frame size, else 224;
     ``dvs_mode`` defaults from the dataset.
 
     Raises:
         ConfigError: a non-square ``--input-size`` (the model is ``img_size`` x ``img_size``).
     """
-    apply_variant_defaults(args, _engine_defaults())
     if args.input_size is not None:
         if args.input_size[-2] != args.input_size[-1]:
             raise ConfigError(f"--input-size {' '.join(map(str, args.input_size))}: the model takes square images "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from engine.config import command_line_dests
 from engine.errors import SetupError
 from engine.model import apply_variant_defaults
 
@@ -64,6 +65,12 @@ def _device(name: str) -> torch.device:
     return device
 
 
+def _given_dests(run_parser: argparse.ArgumentParser, argv: list[str] | None, config: dict) -> frozenset[str]:
+    """The ``run`` options set on the command line (after the word ``run``) or in the config."""
+    argv = sys.argv[1:] if argv is None else argv
+    return command_line_dests(run_parser, argv[argv.index("run") + 1:]) | frozenset(config)
+
+
 def _log_batch_size(args: argparse.Namespace, config: dict, default: int) -> None:
     """Say how many images each run takes and where that number came from (a training config's batch_size is
     used as it is, see docs/profiler.md)."""
@@ -93,7 +100,7 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         device = _device(args.device)
         args.device = str(device)
         _log_batch_size(args, config, default_batch_size)
-        apply_variant_defaults(args, {action.dest: action.default for action in build_parser()[1]._actions})
+        apply_variant_defaults(args, _given_dests(run_parser, argv, config))
         net = build_model(args)
         inputs = make_inputs(args, device, net)
     except (OSError, ValueError, SetupError) as exc:

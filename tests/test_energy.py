@@ -68,7 +68,8 @@ def test_event_frames_charged_as_macs_count_every_step():
     toy = _Toy()
     with EnergyMeter(toy, T=2, dvs_input=True, first_layer_as_mac=True) as meter:
         toy(torch.ones(2, 1, 4, 4))
-    assert meter.rows()[0].macs == 2 * 288
+    assert meter.rows()[0].macs == 2 * 288 and meter.summary()["encoding_steps"] == 2
+    assert EnergyMeter(toy, T=2, dvs_input=True).summary()["encoding_steps"] == 1  # nothing charged as MACs
     with pytest.raises(ValueError, match="encoding_steps 2: .*event frames differ"):
         EnergyMeter(toy, T=2, dvs_input=True, encoding_steps=2)
 

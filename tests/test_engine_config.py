@@ -60,8 +60,10 @@ def test_unknown_key_names_key_and_closest(tmp_path):
     ("- a\n- b\n", "must hold a mapping"),
     ("epochs: 1.7\n", "'epochs': expected an int, got 1.7"),
     ("lr: null\n", "'lr': null is not a value here"),
-    ("pooling_stat: 0011\n", "'pooling_stat': expected text, got the number 9; put the value in quotes"),
-    ("experiment: 2024\n", "'experiment': expected text, got the number 2024"),
+    ("pooling_stat: 0011\n", "'pooling_stat': expected text, got the int 9; put the value in quotes"),
+    ("experiment: 2024\n", "'experiment': expected text, got the int 2024"),
+    ("experiment: 2024-01-05\n", "'experiment': expected text, got the date"),
+    ("experiment: yes\n", "'experiment': expected text, got the bool True"),
     ("scale: null\n", "'scale': null is not a value here"),
 ])
 def test_bad_values_are_errors(tmp_path, text, match):

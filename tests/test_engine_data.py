@@ -12,7 +12,7 @@ from data import build_dataset
 from data.static import read_idx
 from engine.args import get_args_parser
 from engine.config import parse_args
-from engine.errors import DatasetError
+from engine.errors import ConfigError, DatasetError
 
 FASHION_MNIST_DEB = "/usr/share/datasets/fashion-mnist"
 
@@ -223,3 +223,15 @@ def test_event_cutmix_cuts_height_and_width_at_every_step():
         if len(rows):  # a rectangle
             assert int(box[0, 0].sum()) == len(rows) * len(cols)
         assert float(target[0, 1]) == pytest.approx(float(box[0, 0].float().mean()))
+
+
+def test_evaluation_shards_cover_every_sample_once_and_need_one_each():
+    from engine.loaders import EvalShard, _eval_dataset
+
+    base = list(range(25))
+    shards = [EvalShard(base, rank, 7) for rank in range(7)]
+    assert sorted(x for shard in shards for x in shard) == base and {len(s) for s in shards} == {3, 4}
+    args = _args("--dataset", "digits")
+    args.distributed, args.rank, args.world_size = True, 0, 400
+    with pytest.raises(ConfigError, match="has 360 samples for 400 processes: .*at most 360 processes"):
+        _eval_dataset(args)

@@ -237,6 +237,17 @@ def test_skip_blocks_evaluates_the_skipping_model_and_a_mismatch_is_warned(tmp_p
                                "--resume", str(tmp_path / "finetuned.pth.tar")])
     run_evaluation(args, parser)
     assert "skipped_blocks=[0] (this model: [])" in caplog.text and "--skip-blocks" in caplog.text
+    caplog.clear()  # skipping blocks of a model trained without skipping is what main.py and finetune.py do
+    checkpoint["args"] = argparse.Namespace(skipped_blocks=[])
+    torch.save(checkpoint, tmp_path / "unskipped.pth.tar")
+    args = parse_args(parser, [*TINY_FLAGS, "--time-steps", "2", "--output", str(tmp_path / "valid"),
+                               "--resume", str(tmp_path / "unskipped.pth.tar"), "--skip-blocks", "0"])
+    run_evaluation(args, parser)
+    assert "skipped_blocks" not in caplog.text
+    args = parse_args(parser, [*TINY_FLAGS, "--time-steps", "2", "--output", str(tmp_path / "valid"),
+                               "--resume", str(tmp_path / "unskipped.pth.tar"), "--skip-blocks", "3"])
+    with pytest.raises(ConfigError, match="--skip-blocks: skip_blocks=\\[3\\] out of range"):
+        run_evaluation(args, parser)
 
 
 def test_output_root_given_on_the_command_line_is_kept_even_when_the_config_has_it(tmp_path):

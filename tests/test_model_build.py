@@ -170,22 +170,28 @@ def test_mlp_ratio_1_has_the_references_inner_residual():
             torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
 
 
-def test_named_variants_keep_their_sizes_from_the_command_line():
+def test_named_variants_keep_their_sizes_from_the_command_line(tmp_path):
     """``--model sdt_8_384`` built the script's default 8-512 (train.py) or 8-768 (profiler) silently; the
-    variant's sizes now fill the arguments left at their defaults, and explicit flags still win."""
+    variant's sizes now fill the options the command line and the config leave unset, even where the given value
+    equals the script's default (--layer 4, pooling_stat 1111)."""
     import argparse
 
     from engine.args import get_args_parser
     from engine.config import parse_args
-    from engine.model import model_kwargs, resolve_model_args
+    from engine.model import apply_variant_defaults, model_kwargs, resolve_model_args
 
     def built(*argv):
-        args = parse_args(argparse.ArgumentParser(parents=[get_args_parser()]), ["--dataset", "digits", *argv])
+        parser = argparse.ArgumentParser(parents=[get_args_parser()])
+        args = parse_args(parser, ["--dataset", "digits", *argv])
+        apply_variant_defaults(args, parser.given_dests)
         resolve_model_args(args)
         return model_kwargs(args)
 
     kwargs = built("--model", "sdt_8_384")
     assert (kwargs["embed_dims"], kwargs["depths"], kwargs["img_size_h"], kwargs["num_classes"]) == (384, 8, 224, 1000)
     assert _count("sdt_8_384", **kwargs) == _count("sdt_8_384")
-    kwargs = built("--model", "sdt_cifar_2_512", "--dim", "64", "--num-classes", "100")
-    assert (kwargs["embed_dims"], kwargs["depths"], kwargs["img_size_h"], kwargs["num_classes"]) == (64, 2, 32, 100)
+    (tmp_path / "c.yml").write_text("pooling_stat: '1111'\n")
+    kwargs = built("--model", "sdt_cifar_2_512", "--dim", "64", "--num-classes", "100", "--layer", "4", "-c",
+                   str(tmp_path / "c.yml"))
+    assert (kwargs["embed_dims"], kwargs["depths"], kwargs["img_size_h"], kwargs["num_classes"]) == (64, 4, 32, 100)
+    assert (kwargs["pooling_stat"], kwargs["T"]) == ("1111", 4)

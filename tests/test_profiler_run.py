@@ -192,7 +192,7 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     (["--warmup", "-1"], None, "argument --warmup: -1 is less than 0"),
     ([], "batch_size: 0\n", "config key 'batch_size': 0 is less than 1"),
     ([], "dim: [32\nlayer: 1\n", "is not valid YAML: while parsing a flow sequence"),
-    ([], "pooling_stat: 0011\n", "'pooling_stat': expected text, got the number 9; put the value in quotes"),
+    ([], "pooling_stat: 0011\n", "'pooling_stat': expected text, got the int 9; put the value in quotes"),
     (["--out", "FILE"], None, "is a file: give a folder"),
     (["--no-timers", "--no-sparsity"], None, "--no-timers with --no-sparsity records nothing"),
     ([], "mean: 0.5\n", "config key 'mean': expected a list of values, got 0.5"),
@@ -309,3 +309,5 @@ def test_a_named_variant_builds_its_own_sizes(tmp_path, caplog):
     args = yaml.safe_load((tmp_path / "variant" / "args.yaml").read_text())
     assert (args["dim"], args["layer"], args["time_steps"], args["num_heads"], args["num_classes"]) == (32, 1, 2, 4, 7)
     assert "--model sdt_test: " in caplog.text
+    main(["run", "--model", "sdt_test", "--dim", "768", "--runs", "1", "--device", "cpu", "--out", str(tmp_path / "given")])
+    assert yaml.safe_load((tmp_path / "given" / "args.yaml").read_text())["dim"] == 768  # the default, but given

@@ -102,6 +102,7 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     (["--aug-splits", "1"], r"--aug-splits 1: give 0 \(off\) or at least 2"),
     (["--aug-splits", "2", "--no-prefetcher"], r"--aug-splits needs the prefetcher"),
     (["--aug-splits", "2", "--jsd", "--mixup", "0.5"], r"--jsd needs hard labels"),
+    (["--model", "sdt_dvs_2_256"], r"--in-channels: .* 2 input channels but --dataset digits gives images with 3"),
     (["--input-size", "3", "32", "48"], r"--input-size 3 32 48: the model takes square images"),
     (["--start-epoch", "-1"], r"--start-epoch -1 must be 0 or more"),
     (["--start-epoch", "5"], r"nothing to train: --start-epoch is epoch 5, and the run has 1 epochs"),
