@@ -238,7 +238,8 @@ def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.
 
     Args:
         model: the (possibly distributed) model; its ``TET`` flag is set for the pass and restored.
-        loader: validation batches, in a fixed order (sample i of ``exit_steps.json`` is the i-th sample).
+        loader: validation batches, in a fixed order (sample i of ``exit_steps.json`` is the i-th sample); when
+            distributed, each process's share (``engine.loaders.EvalShard``), combined after the pass.
         loss_fn, args: as for :func:`engine.loop.validate`.
         thresholds: sweep thresholds (may be empty: the fixed-t accuracies and the oracle are always computed).
         metric: ``confidence`` or ``entropy``.
@@ -246,8 +247,6 @@ def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.
         log_suffix: appended to the validation log lines.
     """
     bare = unwrap(model)
-    if args.distributed and is_primary(args):
-        _logger.warning("early-exit statistics cover this process's share of the validation set only")
     if bare.attention_mode == "STAtten" and bare.chunk_size > 1 and is_primary(args):
         _logger.warning("STAtten attention mixes the %d steps of a chunk: an exit inside a chunk is not the same as "
                         "a shorter run (exact only at chunk boundaries)", bare.chunk_size)
@@ -264,6 +263,10 @@ def evaluate_aster(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.
         metrics = validate(model, loader, loss_fn, args, amp=FLOAT32, log_suffix=log_suffix, observers=observers)
     finally:
         bare.TET = was_tet
+    if args.distributed:  # every process saw its share (EvalShard): combine them
+        sweep.all_reduce()
+        if meter is not None:
+            meter.gather(list(loader.dataset.indices))
     result = AsterResult(T=bare.T, metric=metric, skipped_blocks=bare.skip_blocks, validation=dict(metrics),
                          sweep=sweep, meter=meter)
     if is_primary(args):

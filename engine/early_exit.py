@@ -73,6 +73,18 @@ class EarlyExitSweep:
         self._fixed_correct += (cumulative.argmax(-1) == labels.unsqueeze(0)).sum(1)
         self.total += labels.numel()
 
+    def all_reduce(self) -> None:
+        """Sum the counts of every process (each saw its share of the samples) into every process."""
+        import torch.distributed as dist
+
+        for counts in self._counts:
+            dist.all_reduce(counts.correct)
+            dist.all_reduce(counts.exits)
+        dist.all_reduce(self._fixed_correct)
+        total = self._fixed_correct.new_tensor(self.total)
+        dist.all_reduce(total)
+        self.total = int(total.item())
+
     def fixed_step_accuracy(self) -> list[float]:
         """Accuracy (%) with exactly t steps for t = 1..T (SEENN's ``--test-all``)."""
         return (100.0 * self._fixed_correct.double() / self.total).tolist()
@@ -116,6 +128,7 @@ class EarlyExitMeter:
     predictions: list[int] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     _confidence: list[list[float]] = field(default_factory=list)  # per sample, the scores of the steps it ran
+    sample_ids: list[int] | None = None  # the samples' validation-set indices once gathered (None: 0, 1, ...)
 
     def update(self, per_step_logits: torch.Tensor, labels: torch.Tensor) -> None:
         scores, cumulative = exit_scores(per_step_logits, self.metric)
@@ -131,6 +144,21 @@ class EarlyExitMeter:
     @property
     def total(self) -> int:
         return len(self.labels)
+
+    def gather(self, sample_ids: list[int]) -> None:
+        """Merge the records of every process into this one, in the order of the samples' global indices;
+        ``sample_ids`` are this process's (its i-th sample's index in the validation set)."""
+        import torch.distributed as dist
+
+        mine = (sample_ids[:self.total], self.exit_steps, self.predictions, self.labels, self._confidence)
+        shares = [None] * dist.get_world_size()
+        dist.all_gather_object(shares, mine)
+        rows = sorted((i, step, pred, label) for ids, steps, preds, labels, _ in shares
+                      for i, step, pred, label in zip(ids, steps, preds, labels))
+        scored = sorted((i, row) for ids, _, _, _, confidence in shares for i, row in zip(ids, confidence))
+        self.sample_ids = [row[0] for row in rows]
+        self.exit_steps, self.predictions, self.labels = ([row[k] for row in rows] for k in (1, 2, 3))
+        self._confidence = [row for _, row in scored[:self.confidence_samples]]
 
     def overall(self) -> dict:
         correct = sum(p == y for p, y in zip(self.predictions, self.labels))
@@ -178,5 +206,5 @@ class EarlyExitMeter:
     def exit_record(self, sample_ids: list | None = None) -> dict:
         """Per-sample exit steps for the hardware model (``exit_steps.json``)."""
         return {"format": "early-exit/1", "T": self.T, "metric": self.metric, "threshold": self.threshold,
-                "sample_ids": sample_ids if sample_ids is not None else list(range(self.total)),
+                "sample_ids": sample_ids or self.sample_ids or list(range(self.total)),
                 "exit_steps": self.exit_steps, "predictions": self.predictions, "labels": self.labels}

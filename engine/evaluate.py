@@ -165,10 +165,16 @@ def _single_samples(loader, device: str) -> Iterator[tuple[torch.Tensor, int]]:
 def export_model_traces(model: torch.nn.Module, loader, args: argparse.Namespace, trace_dir: str,
                         num_samples: int):
     """Spike traces (:mod:`engine.traces`) of the first ``num_samples`` validation samples, in loader order (trace
-    sample i is validation sample i), from the model as built: skipped blocks record no SDSA work."""
+    sample i is validation sample i), from the model as built: skipped blocks record no SDSA work.  In a
+    distributed run (the caller is the primary process) the whole validation set is read, not the process's share,
+    so that the ids are the validation set's."""
+    from .loaders import build_loaders
     from .model import model_kwargs, unwrap
     from .traces import export_traces
 
+    if args.distributed:
+        loader = build_loaders(argparse.Namespace(**{**vars(args), "distributed": False}), unwrap(model),
+                               train=False).eval
     return export_traces(unwrap(model), _single_samples(loader, args.device), trace_dir, dataset=args.dataset,
                          num_samples=num_samples, model_config=model_kwargs(args))
 

@@ -26,6 +26,50 @@ def test_two_process_run(tmp_path, launcher):
     assert "2 processes" in (run_dir / "train.log").read_text()
 
 
+def _mnist_25(tmp_path):
+    """25 random MNIST-format validation images (2 processes: shares of 13 and 12)."""
+    import numpy as np
+    from test_engine_data import _write_idx
+
+    rng = np.random.default_rng(0)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte", rng.integers(0, 255, (25, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.arange(25) % 10)
+    return ["--dataset", "mnist", "--data-dir", str(tmp_path), "-vb", "8"]
+
+
+def _one_and_two_processes(script, flags, tmp_path):
+    runs = {"one": [sys.executable, script],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                    f"--master_port={free_port()}", script]}
+    for name, launch in runs.items():
+        argv = [arg.replace("{name}", name) for arg in flags]
+        result = subprocess.run([*launch, *argv, "--experiment", name], cwd=REPO, env=subprocess_env(),
+                                capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_two_process_early_exit_and_traces_equal_one(tmp_path):
+    """main.py --validate-only under torchrun: exit_steps.json numbered each process's share from 0 (the labels
+    of samples 0, 2, 4, ... under ids 0, 1, 2) and the sweep covered rank 0 only; the traces held samples 0, 2, ...
+    Now both equal one process's."""
+    import json
+
+    from engine.traces import TraceReader
+    from test_evaluate import _checkpoint
+
+    flags = [*TINY_FLAGS, "--time-steps", "2", "--initial-checkpoint", str(_checkpoint(tmp_path, 2)), "--output",
+             str(tmp_path / "aster"), *_mnist_25(tmp_path), "--validate-only", "--early-exit", "--exit-sweep",
+             "0.3,0.9", "--export-traces", str(tmp_path / "trace-{name}"), "--trace-samples", "6"]
+    _one_and_two_processes("main.py", flags, tmp_path)
+    one, two = ({f: json.loads((tmp_path / "aster" / name / f).read_text()) for f in ("exit_steps.json",
+                                                                                     "aster_eval.json")}
+                for name in ("one", "two"))
+    assert one["exit_steps.json"] == two["exit_steps.json"] and len(one["exit_steps.json"]["labels"]) == 25
+    assert one["aster_eval.json"]["sweep"] == two["aster_eval.json"]["sweep"]
+    labels = [[s.label for s in TraceReader(tmp_path / f"trace-{name}").meta.samples] for name in ("one", "two")]
+    assert labels[0] == labels[1] == one["exit_steps.json"]["labels"][:6]
+
+
 def test_two_process_evaluation_equals_one(tmp_path):
     """Each process evaluates its share of 25 images (12 and 13); the accuracy, rates, sample count and energy are
     those of one process (the rates were doubled: the sums were all-reduced but not the element counts; and the
