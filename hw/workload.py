@@ -25,8 +25,8 @@ from engine.traces import INTEGER_ENCODINGS, OpMeta, RawSample, TraceMeta, Trace
 
 from .config import HwInputError, read_mapping
 
-__all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "exit_weights", "rates_from_traces",
-           "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t", "plane_densities",
+__all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "check_exit_matches_trace", "exit_weights",
+           "rates_from_traces", "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t", "plane_densities",
            "silent_fraction"]
 
 
@@ -67,6 +67,30 @@ def load_exit_json(path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray
     return per_sample, portion
 
 
+def check_exit_matches_trace(path: str | Path, reader: TraceReader, skip: set[int]) -> None:
+    """An exit file must come from the traced samples and model: the labels it records for the trace's sample ids
+    must be the trace's, and the blocks it records as skipped (``main.py`` writes ``skipped_blocks``) those the
+    trace and the skip list skip.
+
+    Raises:
+        HwInputError: naming the first sample or the blocks that differ, and what to pass instead.
+    """
+    d = read_mapping(path, "JSON", "the exit file")
+    labels = d.get("labels")
+    if isinstance(labels, list) and isinstance(d.get("exit_steps"), list) and len(labels) == len(d["exit_steps"]):
+        recorded = dict(zip((int(i) for i in d.get("sample_ids", range(len(labels)))), labels))
+        for sample in reader.meta.samples:
+            if sample.label is not None and sample.id in recorded and recorded[sample.id] != sample.label:
+                raise HwInputError(f"{path}: sample {sample.id} has label {recorded[sample.id]}, but the trace's "
+                                   f"sample {sample.id} has label {sample.label}: the exit file numbers other "
+                                   f"samples than {reader.dir} (another dataset, split or order)")
+    skipped = d.get("skipped_blocks")
+    if isinstance(skipped, list) and set(skipped) != skip:
+        raise HwInputError(f"{path}: its model skipped the attention of blocks {sorted(skipped)}, but the trace and "
+                           f"--skip-json skip {sorted(skip)}: pass that run's skip.json with --skip-json (or a trace "
+                           f"of the model that wrote the exit file)")
+
+
 def exit_weights(portion: np.ndarray) -> np.ndarray:
     """Fraction of samples still running at each step: ``P(exit step >= t)`` for t = 1..T."""
     return np.clip(1.0 - np.concatenate([[0.0], np.cumsum(portion)[:-1]]), 0.0, 1.0)
@@ -99,6 +123,8 @@ class Workload:
         depths = 1 + max((op.block for op in reader.meta.ops if op.block is not None), default=-1)
         skip = load_skip_json(skip_json, depths) if skip_json else set()
         steps, portion = load_exit_json(exit_json, reader.meta.T) if exit_json else ({}, None)
+        if exit_json:
+            check_exit_matches_trace(exit_json, reader, skip | set(reader.meta.skipped_blocks))
         missing = sorted(set(reader.sample_ids) - set(steps)) if steps else []
         if missing:
             raise HwInputError(f"{exit_json}: field 'sample_ids' lacks trace samples {missing[:5]} of {trace_dir}")

@@ -172,3 +172,21 @@ def test_reused_static_encoding_reports_the_density_of_the_inputs_presented(tmp_
         first = next(r for r in _rows(tmp_path / preset / "layers.csv") if r["kind"] == "conv")
         density[preset] = float(first["in_density"])
     assert density == {"aster_default": 1.0, "dense_pim": 1.0}  # a random image: every pixel non-zero
+
+
+def test_an_exit_file_of_other_samples_or_another_skip_list_is_refused(tmp_path, trace, caplog):
+    """hw.run paired any exit file with any trace: labels and skipped blocks are now checked against the trace."""
+    good = {"exit_steps": [1, 2], "sample_ids": [0, 1], "labels": [1, 2], "skipped_blocks": []}
+    cases = [({**good, "labels": [2, 1]}, "sample 0 has label 2, but the trace's sample 0 has label 1"),
+             ({**good, "skipped_blocks": [0]}, "skipped the attention of blocks [0], but the trace and --skip-json")]
+    (tmp_path / "good.json").write_text(json.dumps(good))
+    Workload.open(trace, exit_json=tmp_path / "good.json")
+    for content, message in cases:
+        (tmp_path / "exit.json").write_text(json.dumps(content))
+        caplog.clear()
+        with caplog.at_level(logging.ERROR):
+            assert main(["--trace", str(trace), "--exit-json", str(tmp_path / "exit.json"), "--out",
+                         str(tmp_path / "o")]) == 2
+        assert message in caplog.text and not (tmp_path / "o").exists()
+    (tmp_path / "skip.json").write_text(json.dumps({"skipped_blocks": [0]}))
+    Workload.open(trace, skip_json=tmp_path / "skip.json", exit_json=tmp_path / "exit.json")
