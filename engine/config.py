@@ -109,7 +109,7 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
         path: YAML file of ``flag: value`` pairs (``flag`` with ``-`` or ``_``).
         parser: the parser whose flags are the allowed keys.
         foreign_keys: keys of the project's other scripts (a ``main.py`` run's ``args.yaml`` given to ``test.py``):
-            dropped, and listed in one log line.
+            dropped, and left in ``parser.ignored_config_keys`` for :func:`warn_inert_flags` to list.
 
     Returns:
         ``{dest: converted value}``; the keys of :data:`RECORDED_ONLY_KEYS` (written into ``args.yaml``) are skipped.
@@ -145,9 +145,7 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
         if dest in cfg:
             raise ConfigError(f"config key {key!r} in {path} is given twice (as '-' and '_' spellings)")
         cfg[dest] = _convert(str(key), actions[dest], value)
-    if dropped:
-        _logger.warning("Config %s: %s belong to another script of the project, ignored here", path,
-                        ", ".join(dropped))
+    parser.ignored_config_keys = (path, dropped)  # warned about by warn_inert_flags, once the run log records
     return cfg
 
 
@@ -185,7 +183,12 @@ def command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | No
 
 
 def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Log a warning for every flag in :data:`~engine.args.INERT_FLAGS` set away from its default."""
+    """Log a warning for every flag in :data:`~engine.args.INERT_FLAGS` set away from its default, and for the
+    config keys of another script that the config held (see :func:`load_config`)."""
+    path, ignored = getattr(parser, "ignored_config_keys", ("", []))
+    if ignored:
+        _logger.warning("Config %s: %s belong to another script of the project, ignored here", path,
+                        ", ".join(ignored))
     actions = _actions_by_dest(parser)
     for dest, why in INERT_FLAGS.items():
         if dest in actions and getattr(args, dest, None) not in (None, actions[dest].default):

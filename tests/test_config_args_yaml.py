@@ -3,7 +3,7 @@ import pytest
 
 import finetune
 import main
-from engine.config import dump_args, parse_args
+from engine.config import dump_args, parse_args, warn_inert_flags
 from engine.errors import ConfigError
 from engine.validate import check_run_args
 
@@ -64,8 +64,10 @@ def test_one_scripts_args_yaml_runs_another(tmp_path, caplog):
                                                 "64"])
     dump_args(tuned, tmp_path / "args.yaml")
     for make_parser in (firing_num.make_parser, main.make_parser):
-        args = parse_args(make_parser(), ["-c", str(tmp_path / "args.yaml")], foreign_keys=project_option_dests())
+        parser = make_parser()
+        args = parse_args(parser, ["-c", str(tmp_path / "args.yaml")], foreign_keys=project_option_dests())
         assert args.dim == 64 and args.skip_blocks == [0]
+        warn_inert_flags(args, parser)  # called once the run's log records (it reaches train.log / sdt.log)
     assert "finetune_checkpoint, freeze_bn_stats belong to another script of the project" in caplog.text
     (tmp_path / "bad.yaml").write_text("finetune_checkpoint: x\nmlp_ration: 4\n")
     with pytest.raises(ConfigError, match="unknown config key 'mlp_ration'"):
