@@ -216,7 +216,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             if output.dim() == 3:  # TET: per-step logits, averaged as in training-time validation
                 output = output.mean(0)
             acc1, acc5 = accuracy(output, target, topk=top_k)
-            correct += torch.stack([acc1, acc5]).double() * target.numel() / 100.0
+            correct += (torch.stack([acc1, acc5]).double() * target.numel() / 100.0).round()  # timm: float32 %
             seen += target.numel()
             rates.update(hook)
             if args.save_qkv and is_primary(args):
