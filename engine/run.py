@@ -120,7 +120,8 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     restore_model_ema(model_ema, checkpoint, args.resume)
     lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train))
     if start_epoch >= num_epochs:
-        source = f"the checkpoint {args.resume!r} ends at" if args.resume else "--start-epoch is"
+        source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
+                  if args.resume else "--start-epoch is")
         raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} epochs "
                           "(--epochs, plus --cooldown-epochs for cosine, tanh and poly); raise --epochs")
     if start_epoch > 0:

@@ -116,3 +116,11 @@ def test_runs_started_together_get_their_own_folders(tmp_path):
     first, second = resolve_output_dir(args), resolve_output_dir(args)
     assert (first, second) == (str(tmp_path / "same"), str(tmp_path / "same-1"))
     assert (tmp_path / "same").is_dir() and (tmp_path / "same-1").is_dir()
+
+
+def test_resuming_a_finished_run_names_the_epoch_the_checkpoint_holds(tmp_path):
+    from engine.errors import ConfigError
+
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "done"))
+    with pytest.raises(ConfigError, match="holds epoch 0, so the run would go on at epoch 1, and the run has 1 epochs"):
+        run_training(tiny_args(tmp_path, "--epochs", "1", "--resume", str(tmp_path / "done" / "last.pth.tar")))
