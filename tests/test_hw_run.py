@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+import torch
 
 import hw.run
 from hw.config import load_config
@@ -190,3 +191,35 @@ def test_an_exit_file_of_other_samples_or_another_skip_list_is_refused(tmp_path,
         assert message in caplog.text and not (tmp_path / "o").exists()
     (tmp_path / "skip.json").write_text(json.dumps({"skipped_blocks": [0]}))
     Workload.open(trace, skip_json=tmp_path / "skip.json", exit_json=tmp_path / "exit.json")
+
+
+def test_summary_figures_recomputed_from_the_report_itself(tmp_path):
+    """Each derived figure of summary.json from its parts, by hand: microseconds from cycles at the clock, pJ per
+    SOP and TOPS/W from energy, SOPs and MACs, components summing to the energy, ADC energy per conversion (ADC and
+    its 8:1 mux), leakage from the used tiles, the global buffer and the latency, and the accuracies from the
+    trace's per-step predictions at T and at each sample's exit step."""
+    captures = [tiny_capture("SDT", True, seed=s)[0] for s in range(2)]
+    T, K = captures[0].logits.shape
+    for capture, (first, later) in zip(captures, ((1, 0), (0, 2))):  # the prediction changes after step 1
+        capture.logits = torch.zeros(T, K)
+        capture.logits[0, first], capture.logits[1:, later] = 1.0, 5.0
+    trace = write(tmp_path / "trace", captures, tiny_capture()[1], labels=[1, 0])  # right at t=1, wrong at T
+    (tmp_path / "exit.json").write_text(json.dumps({"exit_steps": [1, T], "sample_ids": [0, 1]}))
+    assert main(["--trace", str(trace), "--exit-json", str(tmp_path / "exit.json"), "--no-plots", "--workers", "1",
+                 "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    config, energy_pj = load_config("aster_default"), s["energy_per_inference_uj"]["mean"] * 1e6
+    assert s["latency"]["us"] == pytest.approx(s["latency"]["cycles"] / (config.chip.clock_ghz * 1e3))
+    assert s["pj_per_sop"] == pytest.approx(energy_pj / s["sops_per_inference"])
+    assert s["tops_per_w"] == pytest.approx((s["sops_per_inference"] + 2 * s["macs_per_inference"]) / energy_pj)
+    assert sum(s["components_uj"].values()) == pytest.approx(s["energy_per_inference_uj"]["mean"])
+    rows = _rows(tmp_path / "o" / "layers.csv")
+    adc = sum(float(r["adc_conversions"]) for r in rows)  # layers.csv: per inference
+    assert s["components_uj"]["adc"] * 1e6 == pytest.approx(adc * (config.energy.adc + config.energy.mux))
+    leakage_mw = config.leakage.tile_mw * s["memory"]["tiles_used"] + config.leakage.global_buffer_mw
+    assert s["components_uj"]["leakage"] * 1e6 == pytest.approx(leakage_mw * s["latency"]["cycles"]
+                                                               / config.chip.clock_ghz)
+    samples = {sample.id: sample for sample in Workload.open(trace).meta.samples}
+    assert [samples[i].pred_per_step for i in (0, 1)] == [(1,) + (0,) * (T - 1), (0,) + (2,) * (T - 1)]
+    assert s["accuracy"]["top1_all_steps"] == 0.0  # both wrong with every step
+    assert s["accuracy"]["top1_at_exit"] == 50.0 and s["accuracy"]["avg_time_steps"] == (1 + T) / 2
