@@ -260,3 +260,28 @@ def test_output_root_given_on_the_command_line_is_kept_even_when_the_config_has_
         parser = _eval_parser()
         args = parse_args(parser, ["-c", str(tmp_path / "args.yaml"), *argv])
         assert evaluation_output_root(args, parser) == expected
+
+
+def test_reported_accuracy_is_the_count_of_correct_argmax(tmp_path):
+    """top-1/top-5 of firing.json against a direct count over the same validation images (a swapped pair or a
+    wrong normalisation passed the batching comparisons)."""
+    import model  # noqa: F401
+    from engine.loaders import build_loaders
+    from engine.model import build_model, resolve_model_args
+
+    result = _evaluate(tmp_path, 2, "-vb", "100")
+    args = parse_args(_eval_parser(), [*TINY_FLAGS, "--time-steps", "2"])
+    args.distributed = False
+    resolve_model_args(args)
+    net = build_model(args)
+    net.load_state_dict(torch.load(_checkpoint(tmp_path, 2), weights_only=False)["state_dict"])
+    net.eval()
+    top1 = top5 = seen = 0
+    with torch.no_grad():
+        for images, labels in build_loaders(args, net, train=False).eval:
+            logits = net(images)
+            top1 += (logits.argmax(-1) == labels).sum().item()
+            top5 += (logits.topk(5, -1).indices == labels[:, None]).any(-1).sum().item()
+            seen += labels.numel()
+    assert seen == result["samples"] == 360 and 0 < top1 < top5
+    assert (result["top1"], result["top5"]) == (pytest.approx(100 * top1 / 360), pytest.approx(100 * top5 / 360))
