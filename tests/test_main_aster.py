@@ -151,7 +151,7 @@ def test_bad_skip_input_is_one_error_line_and_writes_nothing(tmp_path, capfd, ca
     assert snapshot(tmp_path) == before
 
 
-def _direct_exits(s, skipped, threshold):
+def _direct_exits(s, skipped, threshold, metric="confidence"):
     """Per sample, from runs of exactly t steps (no per-step logits): exit step and prediction, in loader order."""
     net = s.model.eval()
     net.skip_blocks = skipped
@@ -162,7 +162,10 @@ def _direct_exits(s, skipped, threshold):
             net.T = t
             sums.append(net(inputs) * t)  # mean over t steps x t = cumulative sum of the first t step logits
         net.T = T
-    scores = [s_t.softmax(-1).max(-1).values for s_t in sums]
+    if metric == "confidence":
+        scores = [s_t.softmax(-1).max(-1).values for s_t in sums]
+    else:  # 1 - H / ln C
+        scores = [1 + (s_t.softmax(-1) * s_t.log_softmax(-1)).sum(-1) / math.log(s_t.shape[-1]) for s_t in sums]
     steps, predictions = [], []
     for b in range(len(labels)):
         t_exit = next((t for t in range(T) if scores[t][b].item() > threshold), T - 1)
@@ -215,6 +218,21 @@ def test_early_exit_equals_a_direct_per_sample_computation(tmp_path):
     assert fixed[-1] == pytest.approx(summary["validation"]["top1"])
     assert float(rows[threshold]["accuracy"]) == pytest.approx(accuracy)
     assert 1.0 <= summary["oracle"]["aet"] <= T and summary["oracle"]["accuracy"] == fixed[-1]
+
+
+def test_entropy_exit_reaches_main_py(tmp_path):
+    """--exit-metric entropy: the exits of 1 - H/ln C scores, computed directly (no test passed the flag)."""
+    _, s = _evaluation_setup(tmp_path / "direct")
+    scores = next(sorted(set(s_t.tolist())) for s_t in _direct_exits(s, [], 2.0, "entropy")[3]
+                  if len(set(s_t.tolist())) > 2)
+    threshold = round((scores[len(scores) // 2] + scores[len(scores) // 2 + 1]) / 2, 12)
+    steps, predictions, _, _ = _direct_exits(s, [], threshold, "entropy")
+    assert len(set(steps)) >= 2
+    status, run_dir = run_main(tmp_path, "--validate-only", "--initial-checkpoint", _checkpoint(), "--early-exit",
+                               "--exit-metric", "entropy", "--exit-threshold", repr(threshold))
+    record = json.loads((run_dir / "exit_steps.json").read_text())
+    assert status == 0 and record["metric"] == "entropy"
+    assert record["exit_steps"] == steps and record["predictions"] == predictions
 
 
 def test_study_writes_the_heat_map(tmp_path):
