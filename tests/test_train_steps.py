@@ -68,8 +68,12 @@ def test_amp_epoch_on_cpu(tmp_path, dtype):
     amp = build_amp(args)
     assert (amp.loss_scaler is not None) == (dtype == "float16")
     batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    head_outputs = []
+    model.head.register_forward_hook(lambda m, i, out: head_outputs.append(out.dtype))
     metrics = train_one_epoch(0, model, [batch, batch], optimizer, torch.nn.CrossEntropyLoss(), args, amp=amp)
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert head_outputs == [getattr(torch, dtype)] * 2  # the forward ran under autocast
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # fp32 master weights
 
 
 def test_fused_optimizer_is_the_default_on_cuda_only_and_changes_no_number(tmp_path):
