@@ -199,6 +199,8 @@ def test_large_valid_warns_for_a_model_built_for_small_images(caplog):
     args = argparse.Namespace(large_valid=True, img_size=32, input_size=None, crop_pct=1.0, interpolation="")
     _apply_large_valid(args)
     assert args.img_size == 288 and "built for 32 px" in caplog.text
+    # the reference's 288-px test: Resize(320), CenterCrop(288), bilinear
+    assert (args.crop_pct, args.interpolation, args.input_size) == (288 / 320, "bilinear", None)
     caplog.clear()
     _apply_large_valid(argparse.Namespace(large_valid=True, img_size=224, input_size=None, crop_pct=0.875,
                                           interpolation=""))
