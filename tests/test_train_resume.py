@@ -124,3 +124,13 @@ def test_resuming_a_finished_run_names_the_epoch_the_checkpoint_holds(tmp_path):
     run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "done"))
     with pytest.raises(ConfigError, match="holds epoch 0, so the run would go on at epoch 1, and the run has 1 epochs"):
         run_training(tiny_args(tmp_path, "--epochs", "1", "--resume", str(tmp_path / "done" / "last.pth.tar")))
+
+
+def test_eval_metric_loss_ranks_checkpoints_by_the_lowest_loss(tmp_path):
+    """--eval-metric loss: model_best is the epoch of the lowest validation loss (a decreasing metric)."""
+    run_training(tiny_args(tmp_path, "--epochs", "3", "--experiment", "loss", "--eval-metric", "loss", "--lr", "0.05"))
+    rows = read_summary(tmp_path / "loss" / "summary.csv")
+    losses = [float(r["eval_loss"]) for r in rows]
+    best = load_checkpoint_file(str(tmp_path / "loss" / "model_best.pth.tar"))
+    assert best["metric"] == pytest.approx(min(losses)) and best["epoch"] == losses.index(min(losses))
+    assert len(set(losses)) == 3 and losses.index(min(losses)) != losses.index(max(losses))
