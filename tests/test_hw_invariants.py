@@ -157,14 +157,14 @@ def test_statten_exits_only_at_chunk_ends(tmp_path):
 
 
 def test_exact_and_statistical_agree_on_a_dvs_trace(tmp_path):
-    """Bernoulli model with silent positions: within 25 % of exact on DVS-shaped traces (docs/hw.md: it treats
+    """Bernoulli model with silent positions: above exact, by 16 % on these DVS-shaped traces (docs/hw.md: it treats
     neighbouring pixels as independent, so it over-estimates the row blocks 3x3 convs read on clustered events)."""
     captures = [tiny_capture("SDT", True, seed=s)[0] for s in range(3)]
     workload = Workload.open(write(tmp_path / "t", captures))
     config = load_config("aster_default")
     exact = np.mean([e for e, _ in simulate(workload, config, progress=False).tally.totals[config.name]])
     stat = _stat_energy(workload, config, rates_from_traces(workload.reader))
-    assert abs(stat / exact - 1) < 0.25
+    assert 1.10 < stat / exact < 1.22
 
 
 def test_rates_of_spike_tensors_count_channels_not_packed_bits(tmp_path):
