@@ -249,4 +249,9 @@ def test_study_writes_the_heat_map(tmp_path):
     assert (run_dir / "aster_heatmap.png").stat().st_size > 1000
     summary = json.loads((trained_run() / "aster_eval.json").read_text())
     assert float(rows[2]["accuracy"]) == pytest.approx(summary["validation"]["top1"])  # 0 skipped, no exit
-    assert not math.isnan(float(rows[-1]["accuracy"]))
+    _, setup = _evaluation_setup(tmp_path / "direct")
+    for row in rows[3:]:  # the skipping rows against runs of the model with those blocks skipped
+        blocks = [int(b) for b in row["skipped_blocks"].split()]
+        _, predictions, labels, _ = _direct_exits(setup, blocks, {"0.0": 0.0, "0.9": 0.9, "inf": 2.0}[row["threshold"]])
+        assert float(row["accuracy"]) == pytest.approx(100 * sum(p == y for p, y in zip(predictions, labels))
+                                                       / len(labels)), row
