@@ -63,6 +63,27 @@ def test_options_eval_reset_warmup_timers_only(tmp_path):
     assert {r.kind for r in capture.records()} == {"time"}
 
 
+@pytest.mark.parametrize("mode, reset", [("eval", True), ("train", False)])
+def test_mode_warmup_and_reset_reach_the_forward_passes(tmp_path, mode, reset):
+    """--warmup adds unrecorded passes, --mode eval runs eval() without autograd (BatchNorm statistics untouched),
+    and without --reset the stateful neurons carry their membrane from run to run (auto_reset off)."""
+    from profiler.cli import build_parser
+    from profiler.run import build_model, make_inputs, run_profile
+
+    _, run_parser = build_parser()
+    args = run_parser.parse_args([*TINY_RUN, "--runs", "2", "--warmup", "1", "--mode", mode,
+                                  *(["--reset"] if reset else []), "--out", str(tmp_path)])
+    net = build_model(args)
+    calls = []
+    net.register_forward_hook(lambda m, i, out: calls.append((m.training, torch.is_grad_enabled())))
+    stats = {k: v.clone() for k, v in net.state_dict().items() if "running_mean" in k}
+    run_profile(args, net, make_inputs(args, torch.device("cpu"), net))
+    assert calls == [(mode == "train", mode == "train")] * 3  # one warm-up + two recorded runs
+    moved = any(not torch.equal(v, stats[k]) for k, v in net.state_dict().items() if "running_mean" in k)
+    assert moved == (mode == "train")
+    assert net.auto_reset == reset and (net.neuron_backend == "fused") == reset
+
+
 def test_config_file_is_strict_and_cli_wins(tmp_path, capsys):
     config = tmp_path / "sdt.yml"
     config.write_text("dim: 32\nlayer: 1\nnum_heads: 4\nnum-classes: 10\nattention_mode: SDT\nruns: 5\n")
