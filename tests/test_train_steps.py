@@ -164,3 +164,16 @@ def test_validation_accuracy_is_an_exact_fraction(tmp_path):
     init_distributed(args)
     metrics = validate(Fixed(), loader, torch.nn.CrossEntropyLoss(), args, amp=Amp(contextlib.nullcontext))
     assert metrics["top1"] == 95.0
+
+
+def test_linear_prob_trains_everything_but_the_stem(tmp_path):
+    """--linear-prob freezes the patch-embedding stem (parameters and optimizer), the rest trains."""
+    args = tiny_args(tmp_path, "--linear-prob", "--lr", "1e-2")
+    model, optimizer = _setup(args)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batch = (torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,)))
+    train_one_epoch(0, model, [batch, batch], optimizer, torch.nn.CrossEntropyLoss(), args, amp=build_amp(args))
+    changed = {k for k, v in model.state_dict().items() if k in before and not torch.equal(v, before[k])}
+    stem = {k for k in before if k.startswith("patch_embed.")}
+    assert stem and not changed & stem and changed >= {"head.weight", "head.bias"}
+    assert changed - stem - {"head.weight", "head.bias"}  # the blocks train too
