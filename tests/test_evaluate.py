@@ -287,3 +287,14 @@ def test_reported_accuracy_is_the_count_of_correct_argmax(tmp_path):
             seen += labels.numel()
     assert seen == result["samples"] == 360 and 0 < top1 < top5
     assert (result["top1"], result["top5"]) == (pytest.approx(100 * top1 / 360), pytest.approx(100 * top5 / 360))
+
+
+def test_save_qkv_writes_each_batchs_hook_dict(tmp_path):
+    """--save-qkv: qkv_<batch>.pkl per batch, the hook dict whose spikes the firing rates average."""
+    content = _evaluate(tmp_path, 2, "-vb", "200", "--save-qkv", "--experiment", "qkv")
+    run = tmp_path / "valid" / "qkv"
+    hooks = [torch.load(run / f"qkv_{i}.pkl", weights_only=False) for i in range(2)]  # 360 images: 200 + 160
+    assert not (run / "qkv_2.pkl").exists() and [h["head_lif"].shape[1] for h in hooks] == [200, 160]
+    key = "MS_SPS_lif"
+    rate = sum(h[key][0].float().sum() for h in hooks) / sum(h[key][0].numel() for h in hooks)
+    assert content["firing_rate"]["t0"][key] == pytest.approx(rate.item())
