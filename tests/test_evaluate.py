@@ -9,7 +9,6 @@ import timm
 import torch
 
 from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
-from test_data_dvs_nmnist import _subset as nmnist_subset, needs_nmnist
 from engine.args import get_args_parser
 from engine.config import parse_args
 from engine.errors import ConfigError
@@ -207,10 +206,24 @@ def test_large_valid_warns_for_a_model_built_for_small_images(caplog):
     assert caplog.text == ""
 
 
-@needs_nmnist
+def _synthetic_nmnist(tmp_path, n_train=4, n_test=8):
+    """An N-MNIST raw folder (slayerPytorch layout: label lists and ATIS .bs2 files) of random 34x34 events."""
+    import numpy as np
+    from test_data_dvs_formats import write_atis
+
+    raw, rng = tmp_path / "raw", np.random.default_rng(0)
+    for name, ids in (("train1K.txt", range(n_train)), ("test100.txt", range(n_train, n_train + n_test))):
+        for i in ids:
+            n = 3000
+            write_atis(raw / f"{i}.bs2", {"x": rng.integers(0, 34, n), "y": rng.integers(0, 34, n),
+                                          "p": rng.integers(0, 2, n), "t": np.sort(rng.integers(0, 300_000, n))})
+        (raw / name).write_text("#sample #class\n" + "".join(f"{i}\t{i % 10}\n" for i in ids))
+    return raw
+
+
 def test_event_input_is_charged_as_accumulates_whatever_dvs_mode_says(tmp_path):
     """Gesture's configs (and the reference's) build the model with dvs_mode off; its input is still events."""
-    raw, _, _ = nmnist_subset(tmp_path, n_train=4, n_test=8)
+    raw = _synthetic_nmnist(tmp_path)
     parser = _eval_parser()
     args = parse_args(parser, ["--dataset", "nmnist", "--data-dir", str(tmp_path / "nmnist"), "--dvs-raw-dir",
                                str(raw), "--no-dvs-mode", "--time-steps", "2", "--img-size", "32", "--in-channels",
