@@ -3,10 +3,13 @@ files come back as one archive next to the log."""
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from benchmarks import device_checks
 from benchmarks.device_checks import STEPS, main
 
 
+@pytest.mark.slow
 def test_every_step_runs_and_the_files_come_back_in_one_archive(tmp_path):
     summary = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--budget", "600"])
     assert list(summary) == [step.name for step in STEPS]

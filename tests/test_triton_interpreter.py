@@ -13,7 +13,7 @@ import pytest
 from module.fused_lif import triton_available
 from triton_scripts import run_in_interpreter
 
-pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+pytestmark = [pytest.mark.skipif(not triton_available(), reason="Triton is not installed"), pytest.mark.slow]
 
 _COUNT_KERNEL_CALLS = """
 import collections
