@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint and dump firing rates (SDT's ``firing_num.py``): ``python firing_num.py -c CONF --resume CKPT``.
+"""Evaluate a checkpoint and dump firing rates (SDT's ``firing_num.py``):
+``python firing_num.py -c CONF --resume CKPT``.
 
 Reports top-1/top-5, the firing rate and non-zero ratio of every hooked tensor at every time step (any T), the
 SOP/MAC energy per image, and optionally exports spike traces for ``hw/``.  See :mod:`engine.evaluate`.

@@ -18,7 +18,8 @@ import yaml
 from .args import INERT_FLAGS
 from .errors import ConfigError
 
-__all__ = ["RECORDED_ONLY_KEYS", "check_text_value", "command_line_dests", "parse_args", "load_config", "dump_args", "warn_inert_flags"]
+__all__ = ["RECORDED_ONLY_KEYS", "check_text_value", "command_line_dests", "parse_args", "load_config", "dump_args",
+           "warn_inert_flags"]
 
 _logger = logging.getLogger(__name__)
 

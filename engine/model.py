@@ -152,8 +152,8 @@ def freeze_parameters(model: nn.Module, trainable_prefixes: tuple[str, ...],
 
     The optimizer then leaves the frozen ones out (timm skips ``requires_grad=False``).  With ``freeze_bn_stats``,
     BatchNorm layers whose parameters are all frozen also stay in eval mode during training (a forward pre-hook on
-    the model undoes ``model.train()`` for them): they keep normalising with, and never update, their running statistics, so the
-    frozen part computes exactly what it computes at evaluation time.
+    the model undoes ``model.train()`` for them): they keep normalising with, and never update, their running
+    statistics, so the frozen part computes exactly what it computes at evaluation time.
 
     Returns:
         ``(trainable, total)`` parameter counts.

@@ -35,7 +35,8 @@ from .energy import conv_output_hw
 from .trace_meta import (CROSSBAR_KINDS, FORMAT_VERSION, OpMeta, SampleMeta, TensorSpec, TraceFormatError,
                          TraceMeta, is_int)
 
-__all__ = ["CROSSBAR_KINDS", "FORMAT_VERSION", "TraceFormatError", "TensorSpec", "OpMeta", "SampleMeta", "TraceMeta", "Capture",
+__all__ = ["CROSSBAR_KINDS", "FORMAT_VERSION", "TraceFormatError", "TensorSpec", "OpMeta", "SampleMeta", "TraceMeta",
+           "Capture",
            "RawSample", "TraceSample", "capture_sample", "fixed_point_scale", "model_summary", "TraceWriter",
            "TraceReader", "export_traces"]
 

@@ -26,7 +26,8 @@ from engine.traces import INTEGER_ENCODINGS, OpMeta, RawSample, TraceMeta, Trace
 from .config import HwInputError, read_mapping
 
 __all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "check_exit_matches_trace", "exit_weights",
-           "rates_from_traces", "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t", "plane_densities",
+           "rates_from_traces", "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t",
+           "plane_densities",
            "silent_fraction"]
 
 

@@ -330,5 +330,6 @@ def test_a_named_variant_builds_its_own_sizes(tmp_path, caplog):
     args = yaml.safe_load((tmp_path / "variant" / "args.yaml").read_text())
     assert (args["dim"], args["layer"], args["time_steps"], args["num_heads"], args["num_classes"]) == (32, 1, 2, 4, 7)
     assert "--model sdt_test: " in caplog.text
-    main(["run", "--model", "sdt_test", "--dim", "768", "--runs", "1", "--device", "cpu", "--out", str(tmp_path / "given")])
+    main(["run", "--model", "sdt_test", "--dim", "768", "--runs", "1", "--device", "cpu",
+          "--out", str(tmp_path / "given")])
     assert yaml.safe_load((tmp_path / "given" / "args.yaml").read_text())["dim"] == 768  # the default, but given

@@ -5,8 +5,8 @@ Under ``TRITON_INTERPRET=1`` the ops run their Triton kernels on CPU tensors (``
 The interpreter is slow (about 20 s for a static fixture's eval forward and training step, ten minutes for an
 event-frame one), so the fixtures checked here are static ones, one per kernel family and layout; small
 event-frame models (T = 8) check the DVS pools and the LIF backward's register history (fp32) and recomputed
-membrane (fp16 autocast) against the PyTorch path, which the fixture tests pin to the reference.  ``TRITON_INTERPRET=1 python benchmarks/fixture_diffs.py --device cpu``
-gives the whole table.
+membrane (fp16 autocast) against the PyTorch path, which the fixture tests pin to the reference.
+``TRITON_INTERPRET=1 python benchmarks/fixture_diffs.py --device cpu`` gives the whole table.
 """
 import pytest
 
