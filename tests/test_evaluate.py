@@ -277,15 +277,17 @@ def test_output_root_given_on_the_command_line_is_kept_even_when_the_config_has_
         assert evaluation_output_root(args, parser) == expected
 
 
-def test_reported_accuracy_is_the_count_of_correct_argmax(tmp_path):
+@pytest.mark.parametrize("tet", [False, True])
+def test_reported_accuracy_is_the_count_of_correct_argmax(tmp_path, tet):
     """top-1/top-5 of firing.json against a direct count over the same validation images (a swapped pair or a
-    wrong normalisation passed the batching comparisons)."""
+    wrong normalisation passed the batching comparisons); a TET model's per-step logits are averaged over T."""
     import model  # noqa: F401
     from engine.loaders import build_loaders
     from engine.model import build_model, resolve_model_args
 
-    result = _evaluate(tmp_path, 2, "-vb", "100")
-    args = parse_args(_eval_parser(), [*TINY_FLAGS, "--time-steps", "2"])
+    flags = ["--TET"] if tet else []
+    result = _evaluate(tmp_path, 2, "-vb", "100", *flags)
+    args = parse_args(_eval_parser(), [*TINY_FLAGS, "--time-steps", "2", *flags])
     args.distributed = False
     resolve_model_args(args)
     net = build_model(args)
@@ -295,6 +297,8 @@ def test_reported_accuracy_is_the_count_of_correct_argmax(tmp_path):
     with torch.no_grad():
         for images, labels in build_loaders(args, net, train=False).eval:
             logits = net(images)
+            assert logits.dim() == (3 if tet else 2)
+            logits = logits.mean(0) if tet else logits
             top1 += (logits.argmax(-1) == labels).sum().item()
             top5 += (logits.topk(5, -1).indices == labels[:, None]).any(-1).sum().item()
             seen += labels.numel()
