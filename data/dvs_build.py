@@ -213,6 +213,9 @@ def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download:
                         (tmp / split / str(label)).mkdir(parents=True)
             _run_parallel(lambda job: run_job(job, tmp), jobs)
             (tmp / SOURCE_FILE).write_text(json.dumps({"raw_dir": str(raw_dir.resolve()), "files": len(jobs)}) + "\n")
+        for stale in sorted(root.glob(frames_dir_name("*"))):  # frames of the events this conversion replaced
+            _logger.info("Deleting %s: it holds frames of an earlier conversion of the raw files", stale)
+            shutil.rmtree(stale)
     return root / EVENTS_DIR
 
 
@@ -225,7 +228,8 @@ def _warn_other_source(events: Path, raw_dir: Path) -> None:
         return  # converted before the source was recorded, or by spikingjelly
     if raw_dir.is_dir() and Path(source) != raw_dir.resolve():
         _logger.warning("%s was converted from %s, not from %s; using it as it is. Delete %s to convert the raw "
-                        "files of %s instead.", events, source, raw_dir, events, raw_dir)
+                        "files of %s instead (its frame caches are then rebuilt too).", events, source, raw_dir,
+                        events, raw_dir)
 
 
 # --------------------------------------------------------------------------------------------- frames

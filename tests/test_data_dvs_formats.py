@@ -268,3 +268,19 @@ def test_tet_cifar10_dvs_pt_files(tmp_path):
     assert train.load_targets() == [1, 2, 3] and args.dvs_split == "official"
     with pytest.raises(ValueError, match="time_steps=5"):
         build_dvs_dataset("cifar10-dvs-tet", tmp_path, "val", dvs_args(time_steps=5))
+
+
+def test_reconverted_events_rebuild_their_frame_caches(tmp_path):
+    """events_np deleted and converted from other raw files: the frames cached from the old events were used on."""
+    import shutil
+
+    from test_evaluate import _synthetic_nmnist
+
+    raw_a, raw_b = _synthetic_nmnist(tmp_path / "a"), _synthetic_nmnist(tmp_path / "b", seed=1)
+    root = tmp_path / "nmnist"
+    args = dvs_args(time_steps=2, dvs_raw_dir=str(raw_a))
+    old = build_dvs_dataset("nmnist", root, "val", args)[0][0]
+    shutil.rmtree(root / "events_np")
+    fresh = build_dvs_dataset("nmnist", tmp_path / "fresh", "val", dvs_args(time_steps=2, dvs_raw_dir=str(raw_b)))
+    new = build_dvs_dataset("nmnist", root, "val", dvs_args(time_steps=2, dvs_raw_dir=str(raw_b)))
+    assert not torch.equal(old, fresh[0][0]) and torch.equal(new[0][0], fresh[0][0])

@@ -206,12 +206,12 @@ def test_large_valid_warns_for_a_model_built_for_small_images(caplog):
     assert caplog.text == ""
 
 
-def _synthetic_nmnist(tmp_path, n_train=4, n_test=8):
+def _synthetic_nmnist(tmp_path, n_train=4, n_test=8, seed=0):
     """An N-MNIST raw folder (slayerPytorch layout: label lists and ATIS .bs2 files) of random 34x34 events."""
     import numpy as np
     from test_data_dvs_formats import write_atis
 
-    raw, rng = tmp_path / "raw", np.random.default_rng(0)
+    raw, rng = tmp_path / "raw", np.random.default_rng(seed)
     for name, ids in (("train1K.txt", range(n_train)), ("test100.txt", range(n_train, n_train + n_test))):
         for i in ids:
             n = 3000
