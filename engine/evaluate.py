@@ -194,6 +194,9 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
 
     check_eval_args(args)
     setup = setup_evaluation(args, parser, RunHooks(configure_model=_configure_model, load_weights=_load_weights))
+    if args.save_qkv and args.distributed:
+        raise ConfigError("--save-qkv saves the hook dict of every batch in validation order: run it in one process "
+                          "(each process of a distributed run sees only its share of the samples)")
     model, loaders, amp = setup.model.eval(), setup.loaders, setup.amp
 
     args.output = evaluation_output_root(args, parser)

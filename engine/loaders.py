@@ -85,9 +85,13 @@ def _eval_dataset(args: argparse.Namespace) -> Dataset:
     """The evaluation split, sharded over the processes when distributed (:class:`EvalShard`).
 
     Raises:
-        ConfigError: fewer samples than processes (a process without samples would leave the others waiting).
+        ConfigError: an empty split, or fewer samples than processes (a process without samples would leave the
+            others waiting).
     """
     dataset = build_dataset(args.dataset, args.data_dir, args.val_split, args)
+    if len(dataset) == 0:
+        raise ConfigError(f"the {args.val_split} split of {args.dataset} has no samples (a --dvs-split-ratio of 1, or "
+                          f"close to it with few recordings per class, leaves none): give a lower ratio")
     if not args.distributed:
         return dataset
     if len(dataset) < args.world_size:

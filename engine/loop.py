@@ -247,6 +247,10 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
         totals = totals.to(args.device)
         torch.distributed.all_reduce(totals)
         totals = totals.cpu()
+        if is_primary(args):  # the lines above cover this process's share
+            loss, top1, top5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()
+            _logger.info(f"Test{log_suffix}: all {int(totals[3])} samples of {args.world_size} processes  "
+                         f"Loss: {loss:>6.4f}  Acc@1: {top1:>7.4f}  Acc@5: {top5:>7.4f}")
     if not totals[3]:
         return OrderedDict(loss=0.0, top1=0.0, top5=0.0)
     loss, top1, top5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()

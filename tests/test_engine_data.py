@@ -235,3 +235,13 @@ def test_evaluation_shards_cover_every_sample_once_and_need_one_each():
     args.distributed, args.rank, args.world_size = True, 0, 400
     with pytest.raises(ConfigError, match="has 360 samples for 400 processes: .*at most 360 processes"):
         _eval_dataset(args)
+
+
+def test_an_empty_evaluation_split_is_one_error(monkeypatch):
+    import engine.loaders
+
+    monkeypatch.setattr(engine.loaders, "build_dataset", lambda *a: [])
+    args = _args("--dataset", "digits")
+    args.distributed = False
+    with pytest.raises(ConfigError, match="validation split of digits has no samples"):
+        engine.loaders._eval_dataset(args)

@@ -23,7 +23,8 @@ def test_two_process_run(tmp_path, launcher):
     recorded = yaml.safe_load((run_dir / "args.yaml").read_text())
     assert (recorded["world_size"], recorded["distributed"], recorded["rank"]) == (2, True, 0)
     assert [row["epoch"] for row in read_summary(run_dir / "summary.csv")] == ["0"]
-    assert "2 processes" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "2 processes" in log and "Test: all 360 samples of 2 processes" in log  # the shares' lines say 180
 
 
 def _mnist_25(tmp_path):
