@@ -132,9 +132,11 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
 
     # ---- frames into the chip, controller
     inp = col("input")
+    first = np.flatnonzero(v["first"])[:1]  # event counts above 2**count_bits - 1 (uint16 traces) need more bits
+    count_bits = np.maximum(mem.count_bits, act.planes[..., first, None]) if first.size else mem.count_bits
     frame = np.where(input_kind == "static", t0 * in_numel * config.crossbar.analog_input_bits,
-                     _transfer_bits(in_numel * mem.count_bits,
-                                    act.in_nnz * (_addr_bits(in_numel) + mem.count_bits), f.spike_encoding))
+                     _transfer_bits(in_numel * count_bits,
+                                    act.in_nnz * (_addr_bits(in_numel) + count_bits), f.spike_encoding))
     c["dram_bits"] += inp * frame
     c["gb_wr_bits"] += inp * frame
     ctrl = col("control")

@@ -222,3 +222,22 @@ def test_mlp_ratio_1_charges_the_inner_residual(tmp_path):
     for b in range(2):
         for name in (f"block.{b}.mlp.inner_residual", f"block.{b}.mlp"):
             assert res.tally.counts[rows[name], :, C["res_adds"]].tolist() == [numel] * 2, name
+
+
+def test_event_counts_above_255_move_into_the_chip_with_their_bits(tmp_path):
+    """A hot pixel's count of 400 needs 9 bits: the frames' DRAM and global-buffer bits use the counts' bit planes
+    when they exceed the preset's count_bits (8), as the first layer's crossbar reads already did."""
+    net = firing_model(T=2, embed_dims=32, depths=1, img_size=32)
+    events = dvs_events(2, 32, seed=2)
+    events[0, 0, 0, 5, 5] = 400.0
+    workload = Workload.open(write(tmp_path / "t", [capture_sample(net, events)]))
+    config = load_config("aster_default")
+    res = simulate(workload, config, progress=False)
+    C = {name: k for k, name in enumerate(ALL_COUNTS)}
+    row = next(i for i, r in enumerate(res.main.mapping.rows) if r.kind == "input")
+    counts = res.tally.counts[row]  # [T, A], summed over the one sample
+    in_numel = int(np.prod(workload.meta.layers()[0].in_shape))
+    nnz = [(events[0, t] != 0).sum().item() for t in range(2)]
+    per_event = math.ceil(math.log2(max(in_numel, 2))) + 9  # address bits + 9 value bits (400 < 512)
+    expected = [min(in_numel * 9, n * per_event) for n in nnz]  # spike_encoding auto: the cheaper of bitmap/AER
+    assert counts[:, C["dram_bits"]].tolist() == pytest.approx(expected)
