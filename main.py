@@ -56,7 +56,8 @@ def _evaluate_best(args: argparse.Namespace, setup, output_dir: str, skip: dict)
         best = os.path.join(output_dir, "model_best.pth.tar")
         if os.path.isfile(best):
             checkpoint = load_checkpoint_file(best)
-            key = "state_dict_ema" if args.model_ema and "state_dict_ema" in checkpoint else "state_dict"
+            ema_ranked = args.model_ema and not args.model_ema_force_cpu  # a CPU EMA is not validated (reference)
+            key = "state_dict_ema" if ema_ranked and "state_dict_ema" in checkpoint else "state_dict"
             load_model_weights(unwrap(setup.model), checkpoint, best, key=key)
             _logger.info("Early exit: evaluating %s (%s)", best, key)
         result = evaluate_aster(setup.model, setup.loaders.eval, setup.eval_loss_fn, args,

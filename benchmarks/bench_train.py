@@ -498,9 +498,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     parser.add_argument("--config", action="append", default=[], metavar="YAML", help="an engine config file")
     parser.add_argument("--tiny", action="store_true", help="tiny CPU smoke configs")
     parser.add_argument("--device", default="", help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first")
-    parser.add_argument("--steps", type=int, default=40, help="timed steps")
-    parser.add_argument("--profile-steps", type=int, default=5, help="steps under the profiler (CUDA)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (at least 1)")
+    parser.add_argument("--steps", type=int, default=40, help="timed steps (at least 2)")
+    parser.add_argument("--profile-steps", type=int, default=5,
+                        help="steps under the torch profiler (GPU busy time on CUDA, top operators on the CPU)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help=f"device peak for the FLOP utilisation (default on CUDA: the GPU's dense peak, "
                              f"{ANCHOR_GPU.half / 1e12:g} with AMP and {ANCHOR_GPU.tf32 / 1e12:g} in fp32 with "
@@ -511,6 +512,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     cases = _cases(opts)
     if not cases:
         parser.error("nothing to benchmark: give --all, --anchor, --config or --tiny")
+    if opts.warmup < 1 or opts.steps < 2:
+        parser.error(f"--warmup {opts.warmup} --steps {opts.steps}: give at least 1 warm-up and 2 timed steps")
     device_flags = ["--device", opts.device] if opts.device else []
     results = {}
     for name, case in cases.items():

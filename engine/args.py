@@ -58,7 +58,8 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
                        help="torch/cifar10, torch/cifar100, imagenet, digits, mnist, fashion-mnist, or a neuromorphic "
                             "set (cifar10-dvs, cifar10-dvs-tet, gesture, ncaltech101, nmnist)")
     group.add_argument("--download", action=argparse.BooleanOptionalAction, default=False,
-                       help="let torchvision download CIFAR/MNIST/Fashion-MNIST into --data-dir if missing")
+                       help="download CIFAR/MNIST/Fashion-MNIST (torchvision) or CIFAR10-DVS (spikingjelly) into "
+                            "--data-dir if missing; the other event sets say where to get them")
     group.add_argument("--train-split", default="train", metavar="NAME", help="training split")
     group.add_argument("--val-split", default="validation", metavar="NAME", help="validation split")
     group.add_argument("--train-split-path", default=None, metavar="PATH", help="(no effect)")
@@ -86,9 +87,11 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--in-channels", type=int, default=3, help="input channels (2 for event frames)")
     group.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False, help="(no effect)")
     group.add_argument("--initial-checkpoint", default="", metavar="PATH",
-                       help="load these model weights (strict) before training")
+                       help="load these model weights (strict) before training; the weights to evaluate in "
+                            "test.py, firing_num.py and main.py --validate-only")
     group.add_argument("--resume", default="", metavar="PATH",
-                       help="resume model, optimizer, scheduler, EMA, AMP scaler and epoch from this checkpoint")
+                       help="resume model, optimizer, scheduler, EMA, AMP scaler and epoch from this checkpoint; "
+                            "test.py and firing_num.py evaluate its weights")
     group.add_argument("--no-resume-opt", action="store_true",
                        help="with --resume: restore only the weights and epoch, not optimizer/scaler state")
     group.add_argument("--num-classes", type=int, default=1000, help="number of classes")
@@ -252,7 +255,9 @@ def _misc_group(parser: argparse.ArgumentParser) -> None:
                        help="pin CPU memory in the data loaders (default: on when training on CUDA)")
     group.add_argument("--no-prefetcher", action="store_true",
                        help="disable timm's prefetcher (normalisation on the device)")
-    group.add_argument("--output", default="", metavar="PATH", help="output root (default ./output/train)")
+    group.add_argument("--output", default="", metavar="PATH",
+                       help="output root (default: output/train; output/valid for test.py and firing_num.py, "
+                            "output/aster for main.py --validate-only and --study)")
     group.add_argument("--experiment", default="", metavar="NAME", help="name of the run folder under --output")
     group.add_argument("--eval-metric", default="top1", choices=("top1", "top5", "loss"),
                        help="metric that ranks checkpoints")

@@ -1,7 +1,7 @@
 """CLI: ``python -m hw.run --trace DIR --hw-config hw/config/aster_default.yaml --out DIR`` (docs/hw.md).
 
 Runs the ASTER PIM model on a spike trace (``engine.traces``) and writes summary.json, layers.csv,
-components.csv, timesteps.csv, ablations.csv and PNG charts.
+components.csv, timesteps.csv, ablations.csv and PNG charts (and rates.json in statistical mode).
 """
 from __future__ import annotations
 
