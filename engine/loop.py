@@ -198,6 +198,11 @@ def _save_recovery(saver, losses: _DeviceMean, epoch: int, batch_idx: int, args:
         saver.epoch_loss = None
 
 
+def _loss_top1_top5(sums: torch.Tensor) -> list[float]:
+    """``[loss sum, top-1 hits, top-5 hits, samples]`` -> mean loss and the two accuracies in percent."""
+    return (sums[:3] / sums[3] * torch.tensor([1.0, 100.0, 100.0], dtype=sums.dtype)).tolist()
+
+
 @torch.no_grad()
 def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namespace, *, amp: Amp,
              log_suffix: str = "", observers: Sequence[Observer] = ()) -> OrderedDict:
@@ -236,8 +241,7 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
         batch = batch.cpu()
         totals += batch
         if is_primary(args) and (batch_idx == num_batches - 1 or batch_idx % args.log_interval == 0):
-            loss, val1, val5 = (batch[:3] / batch[3] * torch.tensor([1, 100, 100])).tolist()
-            avg_loss, avg1, avg5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()
+            (loss, val1, val5), (avg_loss, avg1, avg5) = _loss_top1_top5(batch), _loss_top1_top5(totals)
             _logger.info(f"Test{log_suffix}: [{batch_idx:>4d}/{num_batches - 1}]  "
                          f"Loss: {loss:>7.4f} ({avg_loss:>6.4f})  "
                          f"Acc@1: {val1:>7.4f} ({avg1:>7.4f})  "
@@ -248,10 +252,10 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
         torch.distributed.all_reduce(totals)
         totals = totals.cpu()
         if is_primary(args):  # the lines above cover this process's share
-            loss, top1, top5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()
+            loss, top1, top5 = _loss_top1_top5(totals)
             _logger.info(f"Test{log_suffix}: all {int(totals[3])} samples of {args.world_size} processes  "
                          f"Loss: {loss:>6.4f}  Acc@1: {top1:>7.4f}  Acc@5: {top5:>7.4f}")
     if not totals[3]:
         return OrderedDict(loss=0.0, top1=0.0, top5=0.0)
-    loss, top1, top5 = (totals[:3] / totals[3] * torch.tensor([1, 100, 100])).tolist()
+    loss, top1, top5 = _loss_top1_top5(totals)
     return OrderedDict(loss=loss, top1=top1, top5=top5)
