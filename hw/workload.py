@@ -27,8 +27,7 @@ from .config import HwInputError, read_mapping
 
 __all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "check_exit_matches_trace", "exit_weights",
            "rates_from_traces", "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t",
-           "plane_densities",
-           "silent_fraction"]
+           "plane_densities", "silent_fraction"]
 
 
 def load_skip_json(path: str | Path, depths: int) -> set[int]:
@@ -45,7 +44,10 @@ def load_skip_json(path: str | Path, depths: int) -> set[int]:
 
 def load_exit_json(path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray | None]:
     """``(exit step per trace sample id, portion [T] or None)`` from an exit JSON."""
-    d = read_mapping(path, "JSON", "the exit file")
+    return _exit_steps(read_mapping(path, "JSON", "the exit file"), path, T)
+
+
+def _exit_steps(d: dict, path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray | None]:
     if "T" in d and d["T"] != T:
         raise HwInputError(f"{path}: field 'T' is {d['T']}, the trace has T={T}")
     steps, portion = d.get("exit_steps"), d.get("portion")
@@ -68,15 +70,14 @@ def load_exit_json(path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray
     return per_sample, portion
 
 
-def check_exit_matches_trace(path: str | Path, reader: TraceReader, skip: set[int]) -> None:
-    """An exit file must come from the traced samples and model: the labels it records for the trace's sample ids
-    must be the trace's, and the blocks it records as skipped (``main.py`` writes ``skipped_blocks``) those the
-    trace and the skip list skip.
+def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, skip: set[int]) -> None:
+    """An exit file's content ``d`` must come from the traced samples and model: the labels it records for the
+    trace's sample ids must be the trace's, and the blocks it records as skipped (``main.py`` writes
+    ``skipped_blocks``) those the trace and the skip list skip.
 
     Raises:
         HwInputError: naming the first sample or the blocks that differ, and what to pass instead.
     """
-    d = read_mapping(path, "JSON", "the exit file")
     labels = d.get("labels")
     if isinstance(labels, list) and isinstance(d.get("exit_steps"), list) and len(labels) == len(d["exit_steps"]):
         recorded = dict(zip((int(i) for i in d.get("sample_ids", range(len(labels)))), labels))
@@ -123,9 +124,11 @@ class Workload:
                                "export at least one sample")
         depths = 1 + max((op.block for op in reader.meta.ops if op.block is not None), default=-1)
         skip = load_skip_json(skip_json, depths) if skip_json else set()
-        steps, portion = load_exit_json(exit_json, reader.meta.T) if exit_json else ({}, None)
+        steps, portion = {}, None
         if exit_json:
-            check_exit_matches_trace(exit_json, reader, skip | set(reader.meta.skipped_blocks))
+            content = read_mapping(exit_json, "JSON", "the exit file")
+            steps, portion = _exit_steps(content, exit_json, reader.meta.T)
+            check_exit_matches_trace(content, exit_json, reader, skip | set(reader.meta.skipped_blocks))
         missing = sorted(set(reader.sample_ids) - set(steps)) if steps else []
         if missing:
             raise HwInputError(f"{exit_json}: field 'sample_ids' lacks trace samples {missing[:5]} of {trace_dir}")
