@@ -65,19 +65,19 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _given_dests(run_parser: argparse.ArgumentParser, argv: list[str] | None, config: dict) -> frozenset[str]:
-    """The ``run`` options set on the command line (after the word ``run``) or in the config."""
+def _command_line_dests(run_parser: argparse.ArgumentParser, argv: list[str] | None) -> frozenset[str]:
+    """The ``run`` options set on the command line (after the word ``run``)."""
     argv = sys.argv[1:] if argv is None else argv
-    return command_line_dests(run_parser, argv[argv.index("run") + 1:]) | frozenset(config)
+    return command_line_dests(run_parser, argv[argv.index("run") + 1:])
 
 
-def _log_batch_size(args: argparse.Namespace, config: dict, default: int) -> None:
+def _log_batch_size(args: argparse.Namespace, command_line: frozenset[str], config: dict) -> None:
     """Say how many images each run takes and where that number came from (a training config's batch_size is
     used as it is, see docs/profiler.md)."""
-    if config.get("batch_size") == args.batch_size:
-        origin = f"from 'batch_size' in {args.config} (give -b to change it; the fork used 1)"
-    elif "batch_size" in config or args.batch_size != default:
+    if "batch_size" in command_line:
         origin = "from -b/--batch-size"
+    elif "batch_size" in config:
+        origin = f"from 'batch_size' in {args.config} (give -b to change it; the fork used 1)"
     else:
         origin = "the default (the fork's)"
     _logger.info("batch size %d, %s", args.batch_size, origin)
@@ -85,7 +85,6 @@ def _log_batch_size(args: argparse.Namespace, config: dict, default: int) -> Non
 
 def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, argv: list[str] | None,
          args: argparse.Namespace) -> int:
-    default_batch_size = run_parser.get_default("batch_size")
     config = {}
     try:
         if args.config is not None:
@@ -99,8 +98,9 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         args.out = output_folder(args.out)
         device = _device(args.device)
         args.device = str(device)
-        _log_batch_size(args, config, default_batch_size)
-        apply_variant_defaults(args, _given_dests(run_parser, argv, config))
+        command_line = _command_line_dests(run_parser, argv)
+        _log_batch_size(args, command_line, config)
+        apply_variant_defaults(args, command_line | frozenset(config))
         net = build_model(args)
         inputs = make_inputs(args, device, net)
     except (OSError, ValueError, SetupError) as exc:
