@@ -51,7 +51,7 @@ def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed
         raise ValueError(f"reference={reference!r} is not supported; choose one of {REFERENCES}")
     if isinstance(depths, bool) or not isinstance(depths, int) or depths < 1:
         raise ValueError(f"depths={depths!r} must be a positive int (the number of blocks)")
-    if not isinstance(T, int) or T < 1:
+    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
         raise ValueError(f"T={T!r} must be a positive int (the number of time steps)")
     if in_channels < 1:
         raise ValueError(f"in_channels={in_channels} must be positive")
@@ -282,7 +282,24 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     return {k.removeprefix("module."): v for k, v in state_dict.items()}
 
 
+def timm_size_kwargs(kwargs: dict) -> dict:
+    """Map timm's ``in_chans`` and ``img_size`` (int or (H, W)) onto ``in_channels`` and ``img_size_h``/``_w``."""
+    kwargs = dict(kwargs)
+    renames = {"in_chans": {"in_channels": kwargs.pop("in_chans")}} if "in_chans" in kwargs else {}
+    if "img_size" in kwargs:
+        size = kwargs.pop("img_size")
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        renames["img_size"] = {"img_size_h": height, "img_size_w": width}
+    for timm_name, values in renames.items():
+        for name, value in values.items():
+            if kwargs.get(name, value) != value:
+                raise ValueError(f"{timm_name} and {name} disagree ({name}={kwargs[name]!r}); pass one of them")
+            kwargs[name] = value
+    return kwargs
+
+
 def _create_sdt(variant: str, pretrained: bool = False, **kwargs) -> SpikeDrivenTransformer:
+    kwargs = timm_size_kwargs(kwargs)
     return build_model_with_cfg(SpikeDrivenTransformer, variant, pretrained,
                                 pretrained_filter_fn=checkpoint_filter_fn, kwargs_filter=("img_size", "in_chans"),
                                 **kwargs)
@@ -326,7 +343,7 @@ def variant_defaults(name: str) -> dict:
 
 
 def _variant(variant: str, pretrained: bool, kwargs: dict) -> SpikeDrivenTransformer:
-    return _create_sdt(variant, pretrained=pretrained, **{**VARIANTS[variant], **kwargs})
+    return _create_sdt(variant, pretrained=pretrained, **{**VARIANTS[variant], **timm_size_kwargs(kwargs)})
 
 
 @register_model

@@ -49,10 +49,21 @@ def test_generic_entry_point_equals_variant():
     (dict(pooling_stat="011"), "pooling_stat"),
     (dict(depths=[2]), "depths"),
     (dict(reference="spikformer"), "reference"),
+    (dict(T=True), "T"),
+    (dict(in_chans=3, in_channels=2), "in_chans"),
+    (dict(img_size=32, img_size_h=64), "img_size"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
         timm.create_model("sdt", **{**TINY, **kwargs})
+
+
+@pytest.mark.parametrize("name", ["sdt", "sdt_test"])
+def test_timms_size_keywords_build_that_size(name):
+    sizes = ("in_channels", "img_size_h", "img_size_w")
+    net = timm.create_model(name, **{k: v for k, v in TINY.items() if k not in sizes}, in_chans=1, img_size=(16, 32))
+    assert net.patch_embed.proj_conv.in_channels == 1
+    assert net(torch.rand(2, 1, 16, 32)).shape == (2, net.num_classes)
 
 
 def test_unknown_keyword_is_rejected():
