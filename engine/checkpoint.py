@@ -31,7 +31,7 @@ from .errors import CheckpointError
 from .model import unwrap
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "resume_checkpoint", "load_initial_checkpoint",
-           "restore_model_ema", "build_saver", "epoch_loss_so_far"]
+           "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start", "set_aside_later_checkpoints"]
 
 _logger = logging.getLogger(__name__)
 
@@ -213,19 +213,24 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
             _restore_optimizer(args, optimizer, checkpoint)
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+    start_epoch, done = resume_start(args, checkpoint)
+    within = f" after batch {done - 1} of it" if done else ""
+    _logger.info("Resumed from %s (epoch %s); continuing at epoch %d%s.", args.resume, checkpoint.get("epoch"),
+                 start_epoch, within)
+    return start_epoch, done, checkpoint
+
+
+def resume_start(args: argparse.Namespace, checkpoint: dict) -> tuple[int, int]:
+    """``(start_epoch, start_batch)`` of a run resumed from ``checkpoint`` (``--resume``; ``--start-epoch`` wins)."""
     epoch = checkpoint.get("epoch")
     done = 0 if args.start_epoch is not None else batches_done(args.resume, checkpoint)
-    if epoch is None:  # a bare state dict: weights only
-        start_epoch = 0
-    elif done:  # a recovery checkpoint: its epoch is unfinished
-        start_epoch = epoch
-    else:  # version 2 stores the finished epoch; older checkpoints stored the next one
-        start_epoch = epoch + 1 if checkpoint.get("version", 1) > 1 else epoch
     if args.start_epoch is not None:
-        start_epoch = args.start_epoch
-    within = f" after batch {done - 1} of it" if done else ""
-    _logger.info("Resumed from %s (epoch %s); continuing at epoch %d%s.", args.resume, epoch, start_epoch, within)
-    return start_epoch, done, checkpoint
+        return args.start_epoch, done
+    if epoch is None:  # a bare state dict: weights only
+        return 0, done
+    if done:  # a recovery checkpoint: its epoch is unfinished
+        return epoch, done
+    return (epoch + 1 if checkpoint.get("version", 1) > 1 else epoch), done  # version 1 stored the next epoch
 
 
 _RECOVERY_NAME = re.compile(r"recovery-(\d+)-(\d+)\.pth\.tar")
@@ -307,5 +312,50 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
                            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
     same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
     if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
-        saver.load_state_dict(resume_checkpoint_dict["saver"])
+        start_epoch = resume_start(args, resume_checkpoint_dict)[0]
+        moved = set_aside_later_checkpoints(output_dir, start_epoch, args.resume)
+        saver.load_state_dict(resume_checkpoint_dict["saver"])  # drops history entries whose files were moved
+        best = os.path.join(output_dir, f"checkpoint-{saver.best_epoch}{saver.extension}")
+        model_best = os.path.join(output_dir, f"model_best{saver.extension}")
+        if not os.path.exists(model_best) and saver.best_epoch is not None and os.path.isfile(best):
+            saver._duplicate(best, model_best)
+        if moved:
+            _logger.warning("Resuming at epoch %d of a run that went further: its later files (%s) were moved to %s; "
+                            "model_best%s is the best of epochs 0-%d again", start_epoch,
+                            ", ".join(os.path.basename(f) for f in moved), os.path.dirname(moved[0]),
+                            saver.extension, start_epoch - 1)
     return saver
+
+
+_CHECKPOINT_NAME = re.compile(r"(checkpoint-\d+|recovery-\d+-\d+|model_best|last)\.pth\.tar")
+
+
+def _stored_epoch(path: str) -> int | None:
+    """The ``epoch`` a checkpoint file stores (read through a memory map), or None if it cannot be read."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            epoch = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("epoch")
+    except Exception:  # noqa: BLE001 - an unreadable file is not this run's to move
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def set_aside_later_checkpoints(output_dir: str, start_epoch: int, resumed_from: str) -> list[str]:
+    """Move the checkpoint files of epochs ``>= start_epoch`` (a run resumed from an earlier checkpoint abandons
+    them) into ``output_dir/superseded-from-epoch-<start_epoch>[-N]/``, so that ``model_best``, ``last`` and the
+    epoch files describe the resumed run only and nothing is deleted.  Returns the new paths."""
+    later = [os.path.join(output_dir, name) for name in sorted(os.listdir(output_dir))
+             if _CHECKPOINT_NAME.fullmatch(name)
+             and not os.path.samefile(os.path.join(output_dir, name), resumed_from)]
+    epochs = {path: _stored_epoch(path) for path in later}
+    later = [path for path in later if epochs[path] is not None and epochs[path] >= start_epoch]
+    if not later:
+        return []
+    folder, suffix = os.path.join(output_dir, f"superseded-from-epoch-{start_epoch}"), 1
+    while os.path.exists(folder):
+        folder, suffix = os.path.join(output_dir, f"superseded-from-epoch-{start_epoch}-{suffix}"), suffix + 1
+    os.mkdir(folder)
+    moved = [os.path.join(folder, os.path.basename(path)) for path in later]
+    for source, target in zip(later, moved):
+        os.replace(source, target)
+    return moved

@@ -134,3 +134,22 @@ def test_eval_metric_loss_ranks_checkpoints_by_the_lowest_loss(tmp_path):
     best = load_checkpoint_file(str(tmp_path / "loss" / "model_best.pth.tar"))
     assert best["metric"] == pytest.approx(min(losses)) and best["epoch"] == losses.index(min(losses))
     assert len(set(losses)) == 3 and losses.index(min(losses)) != losses.index(max(losses))
+
+
+def test_resume_from_an_earlier_checkpoint_sets_the_abandoned_epochs_files_aside(tmp_path):
+    """model_best, last and checkpoint-N of the abandoned epochs move to superseded-from-epoch-1/, none is lost."""
+    run_training(tiny_args(tmp_path, "--epochs", "3", "--checkpoint-hist", "5", "--experiment", "run"))
+    run_dir = tmp_path / "run"
+    abandoned = {name: (run_dir / name).read_bytes() for name in
+                 ("checkpoint-1.pth.tar", "checkpoint-2.pth.tar", "last.pth.tar")}
+    best_before = load_checkpoint_file(str(run_dir / "model_best.pth.tar"))["epoch"]
+    resumed = run_training(tiny_args(tmp_path, "--epochs", "2", "--checkpoint-hist", "5", "--experiment", "run",
+                                     "--resume", str(run_dir / "checkpoint-0.pth.tar"), "--lr", "1e-9"))
+    aside = run_dir / "superseded-from-epoch-1"
+    assert {name: (aside / name).read_bytes() for name in abandoned} == abandoned
+    assert (aside / "model_best.pth.tar").exists() == (best_before >= 1)
+    rows = read_summary(run_dir / "summary.csv")
+    best = max(rows, key=lambda row: float(row["eval_top1"]))  # max keeps the earlier epoch of a tie, as timm
+    assert resumed["best_epoch"] == int(best["epoch"])
+    assert load_checkpoint_file(str(run_dir / "model_best.pth.tar"))["epoch"] == int(best["epoch"])
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar"]
