@@ -12,17 +12,20 @@ missing weight is an error unless it belongs to a skipped attention branch.
 """
 import argparse
 import logging
+import re
 import sys
 
 from engine.args import get_args_parser
 from engine.aster import aster_finetune_parser, aster_skip_parser, resolve_skip, skip_record, write_aster_outputs
-from engine.checkpoint import load_checkpoint_file, load_model_weights
+from engine.checkpoint import load_checkpoint_file, load_model_weights, weights_key
 from engine.distributed import is_primary
-from engine.errors import ConfigError
+from engine.errors import CheckpointError, ConfigError
 from engine.model import freeze_parameters
 from engine.run import RunHooks, cli_main, run_training
 
 _logger = logging.getLogger("finetune")
+
+_BLOCK_KEY = re.compile(r"block\.(\d+)\.")
 
 # Parameters that train (ASTER finetune.py): the classifier; head_lif has no parameters.
 TRAINABLE_PREFIXES = ("head_lif", "head.")
@@ -34,18 +37,25 @@ def make_parser() -> argparse.ArgumentParser:
                                    parents=[get_args_parser(), aster_skip_parser(), aster_finetune_parser()])
 
 
-def load_finetune_weights(path: str, model, skipped_blocks: list[int]) -> tuple[list[str], list[str]]:
-    """Load ``path`` into ``model``: unknown keys are ignored, a skipped block's attention weights may be missing.
+def load_finetune_weights(path: str, model, skipped_blocks: list[int],
+                          use_ema: bool = False) -> tuple[list[str], list[str]]:
+    """Load ``path`` into ``model``: unknown keys are ignored (but not whole blocks the model lacks: a checkpoint of
+    a deeper model is an error), a skipped block's attention weights may be missing.  The checkpoint's
+    ``state_dict`` (its EMA weights with ``use_ema`` or when it has only those).
 
     Returns:
         ``(ignored keys, missing keys)``, both logged.
     """
     checkpoint = load_checkpoint_file(path)
-    key = "state_dict" if "state_dict" in checkpoint or "state_dict_ema" not in checkpoint else "state_dict_ema"
+    key = weights_key(checkpoint, path, use_ema)
     skipped = tuple(f"block.{b}.attn." for b in skipped_blocks)
     ignored, missing = load_model_weights(model, checkpoint, path, key=key, ignore_unexpected=True,
                                           may_be_missing=lambda k: k.startswith(skipped) if skipped else False)
     _logger.info("Loaded %s (%s).", path, key)
+    extra_blocks = sorted({int(match.group(1)) for k in ignored if (match := _BLOCK_KEY.match(k))})
+    if extra_blocks:
+        raise CheckpointError(f"checkpoint {path!r} has blocks {extra_blocks} beyond this model's {len(model.block)} "
+                              f"(--layer {len(model.block)}); pass the --layer it was trained with")
     if ignored:
         _logger.warning("Ignored %d checkpoint keys the model does not have: %s", len(ignored), ", ".join(ignored))
     if missing:
@@ -79,7 +89,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
 
     hooks = RunHooks(configure_model=configure,
                      load_weights=lambda a, model: load_finetune_weights(a.finetune_checkpoint, model,
-                                                                         skip["skipped_blocks"]),
+                                                                         skip["skipped_blocks"], a.use_ema),
                      after_training=after_training)
     return run_training(args, parser, hooks)
 

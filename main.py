@@ -126,6 +126,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     skip, hooks = skip_hooks(args)
     if args.export_traces and (args.study or not args.validate_only):
         raise ConfigError("--export-traces works with --validate-only (and not with --study)")
+    if args.use_ema and not (args.validate_only or args.study):
+        raise ConfigError("--use-ema works with --validate-only/--study; a --model-ema training run evaluates its EMA "
+                          "weights anyway")
     check_export_traces(args)
     if args.validate_only or args.study:
         return _validate_only(args, parser, hooks, skip)

@@ -104,6 +104,9 @@ def aster_eval_parser(add_help: bool = False) -> argparse.ArgumentParser:
     group.add_argument("--study", action=argparse.BooleanOptionalAction, default=False,
                        help="evaluation only: accuracy for 0..--study-max-skip lowest-rate blocks skipped x the "
                             "--exit-sweep thresholds (default: the paper's 0.1..0.9); aster_heatmap.csv and .png")
+    group.add_argument("--use-ema", action="store_true",
+                       help="--validate-only / --study: evaluate --initial-checkpoint's EMA weights (a --model-ema "
+                            "run's training evaluates those)")
     group.add_argument("--study-max-skip", type=int, default=None, metavar="K",
                        help="--study: largest number of skipped blocks (default: all blocks)")
     group.add_argument("--export-traces", default="", metavar="DIR",
@@ -119,6 +122,8 @@ def aster_finetune_parser(add_help: bool = False) -> argparse.ArgumentParser:
     group = parser.add_argument_group("Fine-tuning")
     group.add_argument("--finetune-checkpoint", default="", metavar="PATH",
                        help="weights to start from (required); only the classifier head trains")
+    group.add_argument("--use-ema", action="store_true",
+                       help="start from the checkpoint's EMA weights (which ranked a --model-ema run's checkpoints)")
     group.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
                        help="keep the frozen BatchNorm layers in eval mode (no running-statistics updates)")
     return parser

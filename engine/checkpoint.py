@@ -31,7 +31,8 @@ from .errors import CheckpointError
 from .model import unwrap
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "resume_checkpoint", "load_initial_checkpoint",
-           "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start", "set_aside_later_checkpoints"]
+           "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start", "set_aside_later_checkpoints",
+           "weights_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -246,12 +247,25 @@ def batches_done(path: str, checkpoint: dict) -> int:
     return int(match.group(2)) + 1
 
 
+def weights_key(checkpoint: dict, path: str, use_ema: bool = False) -> str:
+    """``state_dict_ema`` with ``use_ema`` (``--use-ema``) or when the checkpoint has only those, else ``state_dict``.
+
+    Raises:
+        CheckpointError: ``use_ema`` and the checkpoint has no EMA weights.
+    """
+    if use_ema and "state_dict_ema" not in checkpoint:
+        raise CheckpointError(f"checkpoint {path!r} has no EMA weights (state_dict_ema); drop --use-ema")
+    if use_ema or ("state_dict" not in checkpoint and "state_dict_ema" in checkpoint):
+        return "state_dict_ema"
+    return "state_dict"
+
+
 def load_initial_checkpoint(args: argparse.Namespace, model: nn.Module) -> None:
-    """Load the weights of ``--initial-checkpoint`` (EMA weights if the checkpoint has only those)."""
+    """Load the weights of ``--initial-checkpoint`` (its EMA weights with ``--use-ema`` or if it has only those)."""
     checkpoint = load_checkpoint_file(args.initial_checkpoint)
-    key = "state_dict" if "state_dict" in checkpoint or "state_dict_ema" not in checkpoint else "state_dict_ema"
+    key = weights_key(checkpoint, args.initial_checkpoint, getattr(args, "use_ema", False))
     load_model_weights(model, checkpoint, args.initial_checkpoint, key=key)
-    _logger.info("Loaded initial weights from %s.", args.initial_checkpoint)
+    _logger.info("Loaded initial weights (%s) from %s.", key, args.initial_checkpoint)
 
 
 def restore_model_ema(model_ema: Any, checkpoint: dict | None, path: str) -> None:

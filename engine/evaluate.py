@@ -113,8 +113,7 @@ def _checkpoint_path(args: argparse.Namespace) -> str:
 
 def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
     """``--resume`` or ``--initial-checkpoint`` (``--use-ema``: its EMA weights), strictly."""
-    from .checkpoint import load_checkpoint_file, load_model_weights
-    from .errors import CheckpointError
+    from .checkpoint import load_checkpoint_file, load_model_weights, weights_key
 
     path = _checkpoint_path(args)
     if args.resume and args.initial_checkpoint:
@@ -124,9 +123,7 @@ def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
         _logger.warning("No --resume/--initial-checkpoint given: evaluating the randomly initialised model.")
         return
     checkpoint = load_checkpoint_file(path)
-    key = "state_dict_ema" if args.use_ema else "state_dict"
-    if args.use_ema and key not in checkpoint:
-        raise CheckpointError(f"checkpoint {path!r} has no EMA weights (state_dict_ema); drop --use-ema")
+    key = weights_key(checkpoint, path, args.use_ema)
     load_model_weights(model, checkpoint, path, key=key)
     _logger.info("Loaded %s from %s (epoch %s).", key, path, checkpoint.get("epoch"))
 

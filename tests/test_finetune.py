@@ -56,6 +56,25 @@ def test_tolerant_load_of_a_checkpoint_without_the_skipped_attention(tmp_path, c
         finetune.load_finetune_weights(str(path), _tiny_model(), skipped_blocks=[])
 
 
+def test_a_checkpoint_of_a_deeper_model_is_refused(tmp_path):
+    path = tmp_path / "deep.pth.tar"
+    torch.save({"state_dict": _tiny_model().state_dict()}, path)
+    shallow = timm.create_model("sdt", img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_dims=32,
+                                num_heads=4, mlp_ratios=2, depths=1, T=3, pooling_stat="1111")
+    with pytest.raises(CheckpointError, match=r"blocks \[1\] beyond this model's 1 \(--layer 1\)"):
+        finetune.load_finetune_weights(str(path), shallow, skipped_blocks=[])
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_use_ema_starts_from_the_ema_weights(tmp_path, use_ema):
+    plain, ema = _tiny_model().state_dict(), _tiny_model().state_dict()
+    path = tmp_path / "ema.pth.tar"
+    torch.save({"state_dict": plain, "state_dict_ema": ema}, path)
+    target = _tiny_model()
+    finetune.load_finetune_weights(str(path), target, skipped_blocks=[], use_ema=use_ema)
+    assert torch.equal(target.state_dict()["head.weight"], (ema if use_ema else plain)["head.weight"])
+
+
 def test_finetune_needs_a_checkpoint(tmp_path, capfd):
     assert cli_main(finetune.make_parser, finetune.run, [*ASTER_FLAGS, "--output", str(tmp_path)]) == 2
     assert "--finetune-checkpoint CKPT is required" in capfd.readouterr().err

@@ -22,6 +22,14 @@ def test_early_exit_after_training_evaluates_the_ema_weights(tmp_path):
     assert json.loads((run_dir / "aster_eval.json").read_text())["validation"]["top1"] == pytest.approx(best)
     assert "model_best.pth.tar (state_dict_ema)" in (run_dir / "train.log").read_text()
 
+    best_file = str(run_dir / "model_best.pth.tar")
+    for flags, weights in (([], "state_dict"), (["--use-ema"], "state_dict_ema")):
+        status, eval_dir = run_main(tmp_path, "--validate-only", "--initial-checkpoint", best_file, "--early-exit",
+                                    *flags, experiment=f"validate-{weights}")
+        assert status == 0 and f"Loaded initial weights ({weights})" in (eval_dir / "aster.log").read_text()
+    ema_eval = json.loads((tmp_path / "validate-state_dict_ema" / "aster_eval.json").read_text())
+    assert ema_eval["validation"]["top1"] == pytest.approx(best)  # the same number as training reported
+
 
 @pytest.mark.parametrize("flags, message", [
     (["--skip-lowest", "1", "--log-file", "{tmp}/deep.json"], "come from a model with at least 3 blocks, not 2"),
@@ -32,6 +40,7 @@ def test_early_exit_after_training_evaluates_the_ema_weights(tmp_path):
     (["--early-exit", "--exit-threshold", "nan"], "--exit-threshold nan is not a threshold"),
     (["--exit-sweep", "nan,0.5,inf"], "--exit-sweep holds nan"),
     (["--epochs", "0"], "--epochs 0: training needs at least 1 epoch"),
+    (["--use-ema"], "--use-ema works with --validate-only/--study"),
 ])
 def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, message):
     deep = {t: {**rates, "MS_SSA_Conv2_x_after_qkv": 0.1} for t, rates in RATES.items()}
