@@ -69,9 +69,9 @@ def _default_experiment(args: argparse.Namespace) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-data-{dataset}-t-{args.time_steps}-spike-{args.spike_mode}"
 
 
-def _claim_output_dir(args: argparse.Namespace, reuse_resume_dir: bool) -> str:
+def _claim_output_dir(args: argparse.Namespace, reuse_resume_dir: bool, experiment_given: bool) -> str:
     resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume and reuse_resume_dir else None
-    if resume_dir and not args.experiment and os.path.isfile(os.path.join(resume_dir, "summary.csv")):
+    if resume_dir and not experiment_given and os.path.isfile(os.path.join(resume_dir, "summary.csv")):
         return resume_dir
     base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
                                         _default_experiment(args)))
@@ -87,16 +87,19 @@ def _claim_output_dir(args: argparse.Namespace, reuse_resume_dir: bool) -> str:
             path, suffix = f"{base}-{suffix}", suffix + 1
 
 
-def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True) -> str:
+def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True,
+                       command_line_dests: frozenset[str] | None = None) -> str:
     """Claim ``<--output or output/train>/<--experiment or a timestamped name>`` for this run and return it.
 
     An existing folder is reused only when ``--resume`` points into it and ``reuse_resume_dir`` (a resumed training
     run; never an evaluation); otherwise ``-1``, ``-2``, ... is appended, so a new run never overwrites an earlier
-    one.  A resumed training run without ``--experiment`` continues in the run folder of its checkpoint (a folder
-    holding a ``summary.csv``).  The primary process creates the folder (``os.mkdir``, so two runs started at once
-    cannot both take it) and every process of a distributed run gets the primary's path.
+    one.  A resumed training run without ``--experiment`` on the command line (``command_line_dests``, from
+    :func:`engine.config.parse_args`; a config file's ``experiment`` names new runs only) continues in the run folder
+    of its checkpoint (a folder holding a ``summary.csv``).  The primary process creates the folder (``os.mkdir``, so
+    two runs started at once cannot both take it) and every process of a distributed run gets the primary's path.
     """
-    path = _claim_output_dir(args, reuse_resume_dir) if is_primary(args) else None
+    experiment_given = bool(args.experiment) and (command_line_dests is None or "experiment" in command_line_dests)
+    path = _claim_output_dir(args, reuse_resume_dir, experiment_given) if is_primary(args) else None
     if getattr(args, "distributed", False):
         shared = [path]
         torch.distributed.broadcast_object_list(shared, src=0)

@@ -70,6 +70,28 @@ def test_resume_without_experiment_continues_in_the_checkpoint_folder(tmp_path):
     assert [row["epoch"] for row in read_summary(tmp_path / "run" / "summary.csv")] == ["0", "1"]
 
 
+def test_resume_continues_in_the_checkpoint_folder_when_only_the_config_names_an_experiment(tmp_path):
+    import argparse
+
+    from _engine_helpers import TINY_FLAGS
+
+    from engine.args import get_args_parser
+    from engine.config import parse_args
+
+    config = tmp_path / "run.yml"
+    config.write_text("experiment: from-config\n")
+
+    def train(*flags: str) -> dict:
+        parser = argparse.ArgumentParser(parents=[get_args_parser()])
+        args = parse_args(parser, ["-c", str(config), *TINY_FLAGS, "--output", str(tmp_path), *flags])
+        return run_training(args, parser)
+
+    train("--epochs", "1", "--experiment", "mine")
+    result = train("--epochs", "2", "--resume", str(tmp_path / "mine" / "last.pth.tar"))
+    assert result["output_dir"] == str(tmp_path / "mine")
+    assert not (tmp_path / "from-config").exists()
+
+
 def test_resume_with_another_optimizer_is_refused_and_a_new_lr_warned(tmp_path, caplog):
     from engine.errors import CheckpointError
 
