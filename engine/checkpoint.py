@@ -215,10 +215,27 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
     start_epoch, done = resume_start(args, checkpoint)
+    if done:
+        _check_same_batches(args, checkpoint)
     within = f" after batch {done - 1} of it" if done else ""
     _logger.info("Resumed from %s (epoch %s); continuing at epoch %d%s.", args.resume, checkpoint.get("epoch"),
                  start_epoch, within)
     return start_epoch, done, checkpoint
+
+
+def _check_same_batches(args: argparse.Namespace, checkpoint: dict) -> None:
+    """A recovery checkpoint counts the batches its epoch has trained: they are the same samples only with the
+    same ``-b`` and number of processes."""
+    trained = checkpoint.get("args")
+    if not isinstance(trained, argparse.Namespace):
+        return
+    before = (getattr(trained, "batch_size", None), getattr(trained, "world_size", 1))
+    now = (args.batch_size, getattr(args, "world_size", 1))
+    if None not in before and before != now:
+        raise CheckpointError(f"recovery checkpoint {args.resume!r} is part-way through an epoch trained with -b "
+                              f"{before[0]} on {before[1]} process(es); this run has -b {now[0]} on {now[1]}, so its "
+                              "batches are other samples. Resume with the same -b and process count, or from the "
+                              "last epoch checkpoint (last.pth.tar / checkpoint-N.pth.tar)")
 
 
 def resume_start(args: argparse.Namespace, checkpoint: dict) -> tuple[int, int]:

@@ -126,6 +126,13 @@ def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, 
     # the epoch's loss is the whole epoch's (the checkpoint keeps the sum so far), not that of its last batches
     assert rows[0]["train_loss"] == read_summary(tmp_path / "full" / "summary.csv")[1]["train_loss"]
     _assert_same_last_weights(tmp_path / "full", tmp_path / "resumed")
+    if loader:
+        return
+    from engine.errors import CheckpointError
+
+    other_batch = [*recovery[:-2], "--recovery-interval", "4", "-b", "64", "--experiment", "other"]
+    with pytest.raises(CheckpointError, match="trained with -b 128 on 1 process.*this run has -b 64 on 1"):
+        run_training(tiny_args(tmp_path, *other_batch, "--resume", str(killed / "recovery-1-7.pth.tar")))
 
 
 def test_runs_started_together_get_their_own_folders(tmp_path):
