@@ -14,11 +14,13 @@ Every dataset yields ``(PIL RGB image, int label)`` and has a ``transform`` attr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import logging
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -115,6 +117,20 @@ def _find_idx_pair(folders: list[str], prefix: str) -> tuple[str | None, str | N
     return _find_idx(folders, f"{prefix}-images-idx3-ubyte"), _find_idx(folders, f"{prefix}-labels-idx1-ubyte")
 
 
+@contextlib.contextmanager
+def _download_lock(root: str, download: bool) -> Iterator[None]:
+    """With ``--download``, hold the DVS builders' lock on ``root`` (created if missing): processes sharing a root
+    (DDP ranks, or other jobs) take turns, so the first downloads and the others find the files and skip it."""
+    if not download:
+        yield
+        return
+    from .dvs_build import root_lock
+
+    os.makedirs(root, exist_ok=True)
+    with root_lock(Path(root)):
+        yield
+
+
 def _mnist_like(torchvision_name: str) -> Callable:
     def build(root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
         root = root or "."
@@ -125,7 +141,8 @@ def _mnist_like(torchvision_name: str) -> Callable:
             import torchvision.datasets
 
             try:
-                getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train", download=True)
+                with _download_lock(root, True):  # torchvision skips files that are already there
+                    getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train", download=True)
             except (OSError, RuntimeError) as exc:
                 raise DatasetError(f"{torchvision_name}: downloading to {os.path.abspath(root)} failed "
                                    f"({' '.join(str(exc).split())}); check the network, or put the IDX files "
@@ -153,8 +170,9 @@ def _cifar(torchvision_name: str, folder: str) -> Callable:
             raise DatasetError(f"{torchvision_name} not found: expected the folder "
                                f"{os.path.abspath(os.path.join(root, folder))} (set --data-dir, or pass --download)")
         try:
-            return getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train",
-                                                                   download=args.download)
+            with _download_lock(root, args.download):  # torchvision skips an archive that is already extracted
+                return getattr(torchvision.datasets, torchvision_name)(root, train=kind == "train",
+                                                                       download=args.download)
         except (OSError, RuntimeError) as exc:
             action = "downloading to" if args.download else "reading"
             reason = " ".join(str(exc).split()).replace("You can use download=True to download it",
@@ -284,12 +302,22 @@ def build_static_dataset(name: str, root: str, split: str, kind: str, args: argp
         raise DatasetError(f"unknown dataset {name!r}; static datasets: {sorted(STATIC_DATASETS)} "
                            f"(aliases {sorted(_ALIASES)})")
     dataset = STATIC_DATASETS[key](root, split, kind, args)
-    classes = _class_count(dataset)
-    num_classes = getattr(args, "num_classes", None)
-    if classes is not None and num_classes is not None and classes > num_classes:
+    _check_class_count(name, split, kind, _class_count(dataset), getattr(args, "num_classes", None))
+    return dataset
+
+
+def _check_class_count(name: str, split: str, kind: str, classes: int | None, num_classes: int | None) -> None:
+    """Refuse a head smaller than the labels; warn about a larger one (legal, but usually the wrong config), once a
+    run: only for the evaluation split, which training and evaluation both build."""
+    if classes is None or num_classes is None:
+        return
+    if classes > num_classes:
         raise DatasetError(f"{name} {kind} split has labels 0..{classes - 1} but --num-classes is {num_classes}; "
                            f"set --num-classes {classes} (or more)")
-    return dataset
+    if kind == "val" and classes < num_classes:
+        _logger.warning("--num-classes is %d but %s has %d classes (labels 0..%d in its %s split): %d outputs of the "
+                        "head are never a target; set --num-classes %d unless that is intended", num_classes, name,
+                        classes, classes - 1, split, num_classes - classes, classes)
 
 
 def _class_count(dataset: Dataset) -> int | None:

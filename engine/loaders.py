@@ -6,13 +6,16 @@ the device; mixup/CutMix is then done in the collate function (``FastCollateMixu
 returned to the training loop.  Event frames need no image transforms; their augmentation belongs to the dataset.
 
 Workers are not persistent, so each epoch's augmentation depends only on the seed set at the start of that epoch
-(see :func:`engine.loop.seed_epoch`) and a resumed run replays the same batches as an uninterrupted one.
+(see :func:`engine.loop.seed_epoch`) and a resumed run replays the same batches as an uninterrupted one.  The
+exception is ``--use-multi-epochs-loader``: timm's ``MultiEpochsDataLoader`` keeps its workers for the whole run
+(they are restarted only when mixup is turned off, see :meth:`Loaders.disable_mixup`).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +54,25 @@ class Loaders:
     mixup_active: bool = False
 
     def disable_mixup(self) -> None:
-        """Turn mixup/CutMix off (``--mixup-off-epoch``); targets stay soft, smoothed one-hot vectors."""
+        """Turn mixup/CutMix off (``--mixup-off-epoch``); targets stay soft, smoothed one-hot vectors.
+
+        Call it at the start of an epoch, before the training loader is iterated: a ``MultiEpochsDataLoader``'s
+        workers hold their own copies of the collate function, so they are restarted (from this epoch's seed).
+        """
         if self.mixup_fn is not None:
             self.mixup_fn.mixup_enabled = False
-        elif self.mixup_active:
+        elif self.mixup_active and self.train.mixup_enabled:
             self.train.mixup_enabled = False
+            _restart_workers(self.train)
+
+
+def _restart_workers(loader: Any) -> None:
+    """Make a (prefetched) timm ``MultiEpochsDataLoader`` start new workers at its next iteration."""
+    from timm.data.loader import MultiEpochsDataLoader
+
+    inner = getattr(loader, "loader", loader)  # PrefetchLoader wraps the DataLoader
+    if isinstance(inner, MultiEpochsDataLoader):
+        inner.iterator = None  # dropping the old iterator shuts its workers down
 
 
 class EvalShard(Dataset):
@@ -98,6 +115,26 @@ def _eval_dataset(args: argparse.Namespace) -> Dataset:
         raise ConfigError(f"the {args.val_split} split has {len(dataset)} samples for {args.world_size} processes: "
                           f"every process needs one; run with at most {len(dataset)} processes")
     return EvalShard(dataset, args.rank, args.world_size)
+
+
+def _check_training_batches(args: argparse.Namespace, dataset: Dataset, drop_last: bool) -> None:
+    """Refuse a training set whose epoch would have no batch: with ``drop_last`` (timm's training loader, or
+    mixup on event frames) a process's share smaller than ``-b`` is dropped whole, and the run would train nothing.
+
+    Raises:
+        ConfigError: no batch per epoch; names the set's size, each process's share and ``-b``.
+    """
+    world = args.world_size if args.distributed else 1
+    share = math.ceil(len(dataset) / world)  # DistributedSampler pads every share to this
+    if share >= args.batch_size or (share > 0 and not drop_last):
+        return
+    where = f"the {args.train_split} split of {args.dataset}"
+    if share == 0:
+        raise ConfigError(f"{where} has no samples: check --data-dir and --train-split")
+    count = f"{len(dataset)} samples" + (f", {share} per process over {world} processes" if world > 1 else "")
+    raise ConfigError(f"{where} has {count}, fewer than -b/--batch-size {args.batch_size} (the batch of each "
+                      f"process); the last short batch is dropped, so an epoch would train on nothing: give -b {share} "
+                      f"or less")
 
 
 def mixup_args(args: argparse.Namespace) -> dict | None:
@@ -145,6 +182,7 @@ def _dvs_loaders(args: argparse.Namespace, train: bool) -> Loaders:
     if not train:
         return Loaders(None, eval_loader)
     train_set = build_dataset(args.dataset, args.data_dir, args.train_split, args)
+    _check_training_batches(args, train_set, drop_last=mix is not None)
     return Loaders(loader(train_set, args.batch_size, True), eval_loader, _event_mixup(mix) if mix else None,
                    mixup_active=mix is not None)
 
@@ -202,6 +240,7 @@ def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bo
         return Loaders(None, eval_loader, data_config=data_config)
 
     dataset_train = build_dataset(args.dataset, args.data_dir, args.train_split, args)
+    _check_training_batches(args, dataset_train, drop_last=True)  # timm drops the last short training batch
     allow_zero_bit_posterize()
     if args.aug_splits > 1:
         dataset_train = AugMixDataset(dataset_train, num_splits=args.aug_splits)

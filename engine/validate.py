@@ -83,6 +83,7 @@ def _check_training(args: argparse.Namespace) -> None:
                           f"without training, use test.py or main.py --validate-only)")
     _check_positive(args, {"batch_size": "-b/--batch-size", "log_interval": "--log-interval",
                            "checkpoint_hist": "--checkpoint-hist"})
+    _check_even_batch_for_mixup(args)
     if getattr(args, "sched", None) is not None and args.sched not in SCHEDULERS:
         raise ConfigError(f"--sched {args.sched!r} is not a scheduler; choose one of {SCHEDULERS}")
     if getattr(args, "lr", None) is not None and args.lr <= 0:
@@ -107,6 +108,16 @@ def _mixes(args: argparse.Namespace) -> bool:
     from .loaders import mixup_args
 
     return mixup_args(args) is not None
+
+
+def _check_even_batch_for_mixup(args: argparse.Namespace) -> None:
+    """timm's mixup/CutMix pair each sample with the batch's mirror one and assert an even batch, mid-run."""
+    batch_size = getattr(args, "batch_size", None)
+    if batch_size is None or batch_size % 2 == 0 or not hasattr(args, "mixup") or not _mixes(args):
+        return
+    raise ConfigError(f"-b/--batch-size {batch_size} is odd, but mixup/CutMix (--mixup, --cutmix, --cutmix-minmax) "
+                      f"pair the samples of a batch and need an even one: give -b {batch_size + 1}, or turn them off "
+                      f"with --mixup 0 --cutmix 0")
 
 
 def _check_aug_splits(args: argparse.Namespace) -> None:

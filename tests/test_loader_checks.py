@@ -1,0 +1,152 @@
+"""Data set-ups that used to go wrong silently or mid-run: a batch larger than the training set, an odd batch with
+mixup, --mixup-off-epoch with long-lived workers, concurrent --download, a head larger than the labels."""
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from _engine_helpers import TINY_FLAGS, tiny_args
+
+from engine.errors import ConfigError
+from engine.loaders import build_loaders
+from engine.loop import seed_epoch
+from engine.model import resolve_model_args
+from engine.run import cli_main, run_training
+from train import make_parser
+
+DIGITS_TRAIN = 1437  # 80% of scikit-learn's 1,797 digits
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["-b", "2048"], rf"train split of digits has {DIGITS_TRAIN} samples, fewer than -b/--batch-size 2048 .*"
+                     rf"give -b {DIGITS_TRAIN} or less"),
+    (["-b", "127", "--mixup", "0.5"], r"-b/--batch-size 127 is odd, but mixup/CutMix .* give -b 128"),
+    (["-b", "63", "--cutmix-minmax", "0.2", "0.8"], r"-b/--batch-size 63 is odd"),
+])
+def test_unusable_batch_size_is_one_line_before_anything_is_written(tmp_path, capfd, flags, message):
+    argv = [*TINY_FLAGS, "--output", str(tmp_path / "out"), "--epochs", "1", "--cooldown-epochs", "0", *flags]
+    status = cli_main(make_parser, run_training, argv)
+    err = capfd.readouterr().err
+    error_lines = [line for line in err.splitlines() if " ERROR: " in line]
+    assert status == 2 and len(error_lines) == 1 and "Traceback" not in err, err
+    assert re.search(message, error_lines[0]), error_lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_larger_than_a_process_share_is_refused(tmp_path):
+    """Under DDP each process gets ceil(N / world) samples; -b is per process."""
+    args = tiny_args(tmp_path, "-b", "720")
+    args.distributed, args.world_size, args.rank = True, 2, 0
+    resolve_model_args(args)
+    with pytest.raises(ConfigError, match=rf"{DIGITS_TRAIN} samples, 719 per process over 2 processes, fewer than "
+                                          r"-b/--batch-size 720 \(the batch of each process\).*give -b 719 or less"):
+        build_loaders(args)
+
+
+def _epoch_targets(args, loaders, epoch: int) -> list[torch.Tensor]:
+    seed_epoch(args, epoch)
+    if epoch >= args.mixup_off_epoch:
+        loaders.disable_mixup()
+    return [target for _, target in loaders.train]
+
+
+def test_mixup_off_epoch_reaches_the_workers_of_the_multi_epochs_loader(tmp_path):
+    """The workers of timm's MultiEpochsDataLoader live across epochs with their own copy of the collate function;
+    turning mixup off restarts them, from the epoch's seed, as a run resumed at that epoch starts them."""
+    args = tiny_args(tmp_path, "-b", "256", "-j", "1", "--use-multi-epochs-loader", "--mixup", "1",
+                     "--mixup-prob", "1", "--mixup-off-epoch", "1", "--smoothing", "0.1")
+    args.distributed, args.rank = False, 0
+    resolve_model_args(args)
+    loaders = build_loaders(args)
+    mixed = _epoch_targets(args, loaders, 0)
+    assert min(float(t.max()) for t in torch.cat(mixed)) < 0.9  # mixed targets
+    plain = _epoch_targets(args, loaders, 1)
+    assert all(float(t.max()) == pytest.approx(0.91) for t in torch.cat(plain))  # smoothed one-hot only
+
+    resumed = _epoch_targets(args, build_loaders(args), 1)
+    assert all(torch.equal(a, b) for a, b in zip(plain, resumed, strict=True))
+
+
+class _FakeDownload:
+    """Stands for a torchvision dataset class: ``download=True`` fetches (slowly) unless the files are there."""
+
+    downloads, busy, overlapped = 0, False, False
+
+    def __init__(self, root, train, download):
+        cls, root = type(self), Path(root)
+        if download and not cls.done(root):
+            cls.overlapped |= cls.busy
+            cls.busy = True
+            time.sleep(0.3)
+            cls.write(root)
+            cls.downloads, cls.busy = cls.downloads + 1, False
+        self.targets = list(range(10))
+
+
+class _FakeCIFAR10(_FakeDownload):
+    downloads, busy, overlapped = 0, False, False
+
+    @staticmethod
+    def done(root):
+        return (root / "cifar-10-batches-py").is_dir()
+
+    @staticmethod
+    def write(root):
+        (root / "cifar-10-batches-py").mkdir()
+
+
+class _FakeMNIST(_FakeDownload):
+    downloads, busy, overlapped = 0, False, False
+    raw = ("MNIST", "raw")
+
+    @classmethod
+    def done(cls, root):
+        return root.joinpath(*cls.raw, "train-labels-idx1-ubyte").is_file()
+
+    @classmethod
+    def write(cls, root):
+        folder = root.joinpath(*cls.raw)
+        folder.mkdir(parents=True)
+        (folder / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + b"".join(
+            n.to_bytes(4, "big") for n in (10, 28, 28)) + bytes(10 * 28 * 28))
+        labels = bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(range(10))
+        (folder / "train-labels-idx1-ubyte").write_bytes(labels)
+
+
+@pytest.mark.parametrize("dataset, fake", [("torch/cifar10", _FakeCIFAR10), ("mnist", _FakeMNIST)])
+def test_processes_sharing_a_root_download_once(tmp_path, monkeypatch, dataset, fake):
+    """DDP ranks build their datasets at the same time; with --download only one of them may fetch the archive."""
+    import torchvision.datasets
+
+    from data.static import build_static_dataset
+
+    monkeypatch.setattr(torchvision.datasets, fake.__name__[len("_Fake"):], fake)
+    args = tiny_args(tmp_path, "--download")
+    errors = []
+
+    def build():
+        try:
+            build_static_dataset(dataset, str(tmp_path), "train", "train", args)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=build) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and fake.downloads == 1 and not fake.overlapped
+
+
+def test_head_larger_than_the_labels_is_a_warning(tmp_path, caplog):
+    from data.static import build_static_dataset
+
+    caplog.set_level(logging.WARNING, logger="data.static")
+    build_static_dataset("digits", "", "val", "val", tiny_args(tmp_path, "--num-classes", "12"))
+    assert re.search(r"--num-classes is 12 but digits has 10 classes .*set --num-classes 10", caplog.text)
+    caplog.clear()
+    build_static_dataset("digits", "", "val", "val", tiny_args(tmp_path, "--num-classes", "10"))
+    assert not caplog.text
