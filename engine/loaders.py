@@ -258,6 +258,8 @@ def _static_loaders(args: argparse.Namespace, model: nn.Module | None, train: bo
             hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
             num_aug_splits=args.aug_splits, interpolation=train_interpolation, collate_fn=collate_fn,
             use_multi_epochs_loader=args.use_multi_epochs_loader, distributed=args.distributed, **common)
+    if isinstance(train_loader.sampler, DistributedSampler):  # timm builds it with seed 0, whatever --seed is
+        train_loader.sampler.seed = args.seed
     return Loaders(train_loader, eval_loader, mixup_fn, data_config, mixup_active=mix is not None)
 
 

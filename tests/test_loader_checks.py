@@ -150,3 +150,23 @@ def test_head_larger_than_the_labels_is_a_warning(tmp_path, caplog):
     caplog.clear()
     build_static_dataset("digits", "", "val", "val", tiny_args(tmp_path, "--num-classes", "10"))
     assert not caplog.text
+
+
+def test_distributed_training_order_follows_the_seed(tmp_path):
+    """timm's create_loader builds its DistributedSampler with seed 0: every --seed shuffled alike on 2+ GPUs."""
+    import torch.distributed as dist
+    from _engine_helpers import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        orders = []
+        for seed in ("1", "2"):
+            args = tiny_args(tmp_path, "--seed", seed)
+            args.distributed, args.world_size, args.rank = True, 1, 0
+            resolve_model_args(args)
+            sampler = build_loaders(args).train.sampler
+            assert sampler.seed == int(seed)
+            orders.append(list(sampler))
+        assert orders[0] != orders[1]
+    finally:
+        dist.destroy_process_group()
