@@ -118,6 +118,9 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     c["lif_updates"][:] = lif * out_numel
     out_bits = lif * _transfer_bits(out_numel, act.out_nnz * _addr_bits(out_numel), f.spike_encoding)
     c["gb_wr_bits" if staged else "spike_wr_bits"][:] = out_bits
+    # moves between stages: the 16-bit residual stream to the stage of each add, q/k spikes to the attention core
+    c["noc_bit_hops"] += res * in_numel * mem.residual_bits * col("stream_hops")
+    c["noc_bit_hops"] += (out_bits[..., v["spike_src"], :] * v["spike_hops"][..., None]).sum(-2)
     c["gb_wr_bits"] += (xbar & once & t0) * positions * cout * mem.psum_bits  # the reused encoding, stored once
     spill = mapping.memory["state_spill_fraction"]
     state_rd = lif * out_numel * mem.membrane_bits + res * (in_numel + out_numel) * mem.residual_bits
@@ -132,11 +135,14 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
 
     # ---- frames into the chip, controller
     inp = col("input")
-    first = np.flatnonzero(v["first"])[:1]  # event counts above 2**count_bits - 1 (uint16 traces) need more bits
-    count_bits = np.maximum(mem.count_bits, act.planes[..., first, None]) if first.size else mem.count_bits
-    frame = np.where(input_kind == "static", t0 * in_numel * config.crossbar.analog_input_bits,
-                     _transfer_bits(in_numel * count_bits,
-                                    act.in_nnz * (_addr_bits(in_numel) + count_bits), f.spike_encoding))
+    # bits per value: count_bits (events) or analog_input_bits (a static image), more when the stored values need
+    # more bit planes (event counts above 255, a fixed-point image stored as uint16: docs/hw.md)
+    first = np.flatnonzero(v["first"])[:1]
+    value = mem.count_bits if input_kind == "events" else config.crossbar.analog_input_bits
+    value_bits = np.maximum(value, act.planes[..., first, None]) if first.size else value
+    frame = np.where(input_kind == "static", t0 * in_numel * value_bits,
+                     _transfer_bits(in_numel * value_bits,
+                                    act.in_nnz * (_addr_bits(in_numel) + value_bits), f.spike_encoding))
     c["dram_bits"] += inp * frame
     c["gb_wr_bits"] += inp * frame
     ctrl = col("control")
@@ -163,7 +169,7 @@ def _attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig, stage
     a = v["attention"][:, None]
     if not a.any():
         return
-    nd, d, heads, tokens = v["out_numel"][:, None], v["head_dim"][:, None], v["heads"][:, None], v["tokens"][:, None]
+    nd, d = v["out_numel"][:, None], v["head_dim"][:, None]
     statten, dvs = v["statten"][:, None], v["dvs"][:, None]
     if f.attention_unit == "digital":
         if f.event_driven_attention:
@@ -173,20 +179,8 @@ def _attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig, stage
         else:
             gates = np.where(statten, 0, 2 * nd)
             incs, adds = np.where(statten, nd * d, nd), np.where(statten, nd * d, 0)
-    else:  # K^T V on crossbars holding V (written every step); SDT keeps Q * mask digital, STAtten reads Q A too
-        slices = -(-config.crossbar.weight_bits // config.crossbar.cell_bits) * config.crossbar.sign_columns
-        wl_kv = act.k if f.wordline_gating else nd
-        wl_qa = np.where(statten, act.q if f.wordline_gating else nd, 0)
-        kv_cells = heads * d * d * slices / np.maximum(v["chunk_size"][:, None], 1)  # STAtten's K^T V, per step
-        c["cell_writes"] += a * (nd + np.where(statten, kv_cells, 0))
-        c["write_rows"] += a * tokens
-        c["wl_rows"] += a * (wl_kv + wl_qa)
-        c["cell_reads"] += a * (wl_kv * d + wl_qa * d * slices)
-        reads = heads * d + np.where(statten, tokens * heads, 0)
-        c["xbar_reads"] += a * reads
-        c["adc_conv"] += a * (heads * d * d + np.where(statten, tokens * heads * d * slices, 0))
-        c["shift_adds"] += a * np.where(statten, tokens * heads * d * (slices - 1), 0)
-        c["serial_reads"] += a * reads / np.maximum(heads, 1)
+    else:  # V written into crossbars every step (a token per row), read with one K channel on the wordlines
+        _crossbar_attention(c, act, mapping, config)
         gates, incs, adds = np.where(statten, 0, nd), 0 * nd, 0 * nd
     extra = statten & dvs  # STAtten DVS: out * x_pool + x_pool
     c["attn_gates"] += a * (gates + extra * nd)
@@ -196,3 +190,31 @@ def _attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig, stage
     c["gb_rd_bits" if staged else "spike_rd_bits"] += a * _transfer_bits(3 * nd, (act.q + act.k + act.v) * addr,
                                                                           f.spike_encoding)
     c["gb_wr_bits" if staged else "spike_wr_bits"] += a * _transfer_bits(nd, act.out_nnz * addr, f.spike_encoding)
+
+
+def _crossbar_attention(c: dict, act: Activity, mapping: Mapping, config: HwConfig) -> None:
+    """Attention on crossbars rewritten every step (``prior_pim``), per head: V ``[N tokens x d]`` is written a
+    token per row, into ``ceil(N / rows)`` row blocks written and read in parallel; each K channel is one read per
+    row block.  SDT needs ``sum_n K V`` per channel: one converted column per read (its own); STAtten needs
+    ``K^T V``: all d columns, whose result is written as weights (per chunk) and read with Q on the wordlines.
+    Row blocks after the first add their partial sums.  SDT's ``Q * mask`` stays a dense digital AND."""
+    v, f, xb = mapping.vec, config.features, config.crossbar
+    a = v["attention"][:, None]
+    nd, d, heads, tokens = v["out_numel"][:, None], v["head_dim"][:, None], v["heads"][:, None], v["tokens"][:, None]
+    statten = v["statten"][:, None]
+    slices = -(-xb.weight_bits // xb.cell_bits) * xb.sign_columns
+    blocks = np.maximum(np.ceil(tokens / xb.rows), 1)
+    wl_kv = act.k if f.wordline_gating else nd
+    wl_qa = np.where(statten, act.q if f.wordline_gating else nd, 0)
+    kv_cells = heads * d * d * slices / np.maximum(v["chunk_size"][:, None], 1)  # STAtten's K^T V, per step
+    c["cell_writes"] += a * (nd + np.where(statten, kv_cells, 0))
+    c["write_rows"] += a * np.ceil(tokens / blocks)
+    c["wl_rows"] += a * (wl_kv + wl_qa)
+    c["cell_reads"] += a * (wl_kv * d + wl_qa * d * slices)
+    columns = np.where(statten, d, 1)  # converted per K-channel read
+    q_reads = np.where(statten, tokens * heads, 0)
+    c["xbar_reads"] += a * (heads * d * blocks + q_reads)
+    c["adc_conv"] += a * (heads * d * blocks * columns + q_reads * d * slices)
+    c["psum_adds"] += a * heads * d * (blocks - 1) * columns
+    c["shift_adds"] += a * q_reads * d * (slices - 1)
+    c["serial_reads"] += a * (d + np.where(statten, tokens, 0))  # per crossbar: heads and row blocks in parallel

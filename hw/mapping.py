@@ -25,6 +25,8 @@ from .config import HwConfig, HwInputError
 
 __all__ = ["Segment", "CrossbarGeometry", "Row", "Mapping", "crossbar_geometry", "build_mapping"]
 
+PORT = -1  # "row" of the input port / global buffer, at tile (0, 0): the first layer's input comes from it
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -178,15 +180,11 @@ def build_mapping(meta: TraceMeta, config: HwConfig, skip: set[int] = frozenset(
     tiles_used = int(tiles_of[used].sum())
     width = max(1, math.ceil(math.sqrt(max(next_tile, 1))))
     centroid = np.zeros((len(rows), 2))
-    hops = np.zeros(len(rows))
     intra = np.zeros(len(rows))
-    prev = np.zeros(2)  # the input port / global buffer sits at tile (0, 0)
-    for i in np.flatnonzero(tiles_of):  # NoC distances follow the placement order of all layers
+    for i in np.flatnonzero(tiles_of):  # the placement holds every layer: none moves when a block is skipped
         coords = np.array([_snake(k, width) for k in range(starts[i], starts[i] + tiles_of[i])], dtype=float)
         centroid[i] = coords.mean(0)
-        hops[i] = max(1.0, np.abs(centroid[i] - prev).sum())
         intra[i] = np.abs(coords - coords[0]).sum(1).mean()
-        prev = centroid[i]
     stage_tiles = np.array([max(tiles_of[r.stage], 1) for r in rows], dtype=float)
     chunk = 1 if config.dataflow.order == "timestep_major" else (config.dataflow.layer_major_chunk or meta.T)
     if chunk > meta.T or meta.T % chunk:
@@ -194,12 +192,69 @@ def build_mapping(meta: TraceMeta, config: HwConfig, skip: set[int] = frozenset(
                            f"T={meta.T} of {meta_path}")
     mapping = Mapping(rows=rows, T=meta.T, chunk=chunk, tiles_used=tiles_used, crossbars_used=crossbars_used,
                       memory={})
-    mapping.vec = _vectors(rows, config, hops, intra, stage_tiles)
+    mapping.vec = _vectors(rows, config, intra, stage_tiles) | _distances(rows, centroid)
     mapping.memory = _memory(mapping, config)
     return mapping
 
 
-def _vectors(rows: list[Row], config: HwConfig, hops, intra, stage_tiles) -> dict[str, np.ndarray]:
+def _input_source(rows: list[Row], index: dict[str, int], i: int) -> int:
+    """Row whose output crossbar row ``i`` reads: the row before it, except for the q, k and v convs of an
+    attention block, which all read the shortcut LIF's spikes; ``PORT`` for the first layer."""
+    prefix, _, leaf = rows[i].name.rpartition(".")
+    if rows[i].sdsa and leaf in ("q_conv", "k_conv", "v_conv"):
+        return index[f"{prefix}.shortcut_lif"]
+    return PORT if rows[i - 1].kind == "input" else i - 1
+
+
+def _stream_sources(rows: list[Row], inputs: dict[int, int]) -> dict[int, int]:
+    """Row whose output each residual row adds to (the 16-bit residual stream): the previous active residual row;
+    for the first (the stem's ``x_feat``), the row feeding its stage's layer, on the stage that computed it."""
+    sources, last = {}, None
+    for i, r in enumerate(rows):
+        if r.kind == "residual" and not r.skipped:
+            sources[i] = inputs[r.stage] if last is None else last
+            last = i
+    return sources
+
+
+def _core_sources(rows: list[Row], index: dict[str, int], i: int) -> list[int]:
+    """LIF rows whose spikes an attention core reads from other stages: q and k (v is computed on the core's
+    stage), and for STAtten with DVS input the shortcut LIF's ``x`` (``out * x_pool + x_pool``)."""
+    prefix, attrs = rows[i].name.removesuffix(".core"), rows[i].op.attrs
+    names = ("q_lif", "k_lif") + (("shortcut_lif",) if attrs["mode"] == "STAtten" and attrs["dvs"] else ())
+    return [index[f"{prefix}.{name}"] for name in names]
+
+
+def _distances(rows: list[Row], centroid: np.ndarray) -> dict[str, np.ndarray]:
+    """NoC hops of every move between stages, measured from the stage of the row that produced the data.
+
+    ``hops``: a crossbar layer's input; ``stream_hops``: the residual-stream tensor a residual add reads;
+    ``spike_src`` / ``spike_hops`` ``[R, 3]``: the LIF rows whose spikes an attention core reads, and their hops.
+    A move is at least 1 hop; data produced on the consumer's own stage does not cross the NoC (0).
+    """
+    n = len(rows)
+    index = {r.name: i for i, r in enumerate(rows)}
+
+    def hops(stage: int, source: int) -> float:
+        if source != PORT and rows[source].stage == stage:
+            return 0.0
+        origin = np.zeros(2) if source == PORT else centroid[rows[source].stage]  # the port is at tile (0, 0)
+        return max(1.0, float(np.abs(centroid[stage] - origin).sum()))
+
+    out = {"hops": np.zeros(n), "stream_hops": np.zeros(n), "spike_src": np.zeros((n, 3), dtype=np.int64),
+           "spike_hops": np.zeros((n, 3))}
+    inputs = {i: _input_source(rows, index, i) for i, r in enumerate(rows) if r.geom is not None}
+    for i, source in inputs.items():
+        out["hops"][i] = hops(i, source)
+    for i, source in _stream_sources(rows, inputs).items():
+        out["stream_hops"][i] = hops(rows[i].stage, source)
+    for i in (i for i, r in enumerate(rows) if r.kind == "attention"):
+        for k, source in enumerate(_core_sources(rows, index, i)):
+            out["spike_src"][i, k], out["spike_hops"][i, k] = source, hops(rows[i].stage, source)
+    return out
+
+
+def _vectors(rows: list[Row], config: HwConfig, intra, stage_tiles) -> dict[str, np.ndarray]:
     """Per-row constants for the vectorised stages (0 where a quantity does not apply)."""
     n = len(rows)
     v = {k: np.zeros(n) for k in ("positions", "row_blocks", "col_blocks", "slices", "cout", "cols_total",
@@ -236,7 +291,7 @@ def _vectors(rows: list[Row], config: HwConfig, hops, intra, stage_tiles) -> dic
             v["out_numel"][i] = a["tokens"] * a["heads"] * a["head_dim"]
         else:
             v[r.kind][i] = True
-    v["hops"], v["intra_hops"], v["stage_tiles"] = hops, intra, stage_tiles
+    v["intra_hops"], v["stage_tiles"] = intra, stage_tiles
     return v
 
 

@@ -19,7 +19,7 @@ from hw.mapping import build_mapping, crossbar_geometry
 from hw.pipeline import simulate
 from hw.synthetic import dvs_events, firing_model
 from hw.workload import Workload, and_nnz_per_t, rates_from_traces
-from hw_helpers import write
+from hw_helpers import tiny_capture, write
 
 C = {name: i for i, name in enumerate(ALL_COUNTS)}
 
@@ -241,3 +241,47 @@ def test_event_counts_above_255_move_into_the_chip_with_their_bits(tmp_path):
     per_event = math.ceil(math.log2(max(in_numel, 2))) + 9  # address bits + 9 value bits (400 < 512)
     expected = [min(in_numel * 9, n * per_event) for n in nnz]  # spike_encoding auto: the cheaper of bitmap/AER
     assert counts[:, C["dram_bits"]].tolist() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mode", ["SDT", "STAtten"])
+def test_prior_pim_attention_fits_its_tokens_into_crossbar_rows(tmp_path, mode):
+    """prior_pim writes V a token per row: 64 tokens in 32-row crossbars are 2 row blocks, written and read in
+    parallel, and each K channel is one read per row block.  SDT's sum_n(K*V) converts one column per read (the
+    channel's own), STAtten's K^T V all d of the head; the second row block's results are partial sums."""
+    capture, summary = tiny_capture(mode, True)
+    workload = Workload.open(write(tmp_path / "t", [capture], summary))
+    config = load_config("prior_pim")
+    config = dataclasses.replace(config, crossbar=dataclasses.replace(config.crossbar, rows=32))
+    mapping = build_mapping(workload.meta, config)
+    act = exact_activity(workload.reader.load_raw(0), mapping, config)
+    core = count_actions(Activity.stack([act]), mapping, config, "events")[0][mapping.index("block.0.attn.core")]
+    attrs = mapping.rows[mapping.index("block.0.attn.core")].op.attrs
+    heads, d, tokens, blocks, slices = attrs["heads"], attrs["head_dim"], attrs["tokens"], 2, 4
+    assert (heads, d, tokens) == (4, 16, 64)
+    columns, q_reads = (1, 0) if mode == "SDT" else (d, tokens * heads)  # STAtten: Q (K^T V), d rows: one block
+    assert (core[:, C["xbar_reads"]] == heads * d * blocks + q_reads).all()
+    assert (core[:, C["adc_conv"]] == heads * d * blocks * columns + q_reads * d * slices).all()
+    assert (core[:, C["psum_adds"]] == heads * d * (blocks - 1) * columns).all()
+    assert (core[:, C["write_rows"]] == tokens / blocks).all()
+
+
+def test_fixed_point_static_image_reads_and_moves_its_bit_planes(tmp_path):
+    """A non-negative static image of multiples of 1/16 is stored fixed-point, not float32: its first layer reads
+    one pass per bit plane its largest value needs (not analog_input_bits), and its frame moves in with
+    max(analog_input_bits, planes) bits per pixel: 6/16 needs 3 planes (8 bits moved), 20 = 320/16 needs 9."""
+    net = firing_model(T=2, embed_dims=32, depths=1, img_size=32, in_channels=3, dvs=False)
+    image = (torch.arange(3 * 32 * 32) % 7).float().reshape(1, 3, 32, 32) / 16
+    hot = image.clone()
+    hot[0, 0, 5, 5] = 20.0
+    config = load_config("aster_default")
+    for x, encoding, planes in ((image, "uint8", 3), (hot, "uint16", 9)):
+        workload = Workload.open(write(tmp_path / encoding, [capture_sample(net, x)]))
+        raw = workload.reader.load_raw(0)
+        first = workload.meta.layers()[0].tensor
+        assert raw.index[first]["encoding"] == encoding and raw.index[first]["fraction_bits"] == 4
+        mapping = build_mapping(workload.meta, config)
+        act = exact_activity(raw, mapping, config)
+        counts = count_actions(Activity.stack([act]), mapping, config, "static")[0]
+        assert act.planes[mapping.index("patch_embed.proj_conv")] == planes
+        frame = counts[mapping.index("input"), :, C["dram_bits"]]
+        assert frame.tolist() == [x.numel() * max(8, planes), 0]
