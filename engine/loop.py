@@ -120,7 +120,9 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
                     saver=None, start_batch: int = 0, start_loss: tuple[float, float] | None = None) -> OrderedDict:
     """Train ``model`` for one epoch with :func:`train_step`.
 
-    The losses are summed on the device; the host reads them only on log lines and at the end of the epoch.
+    The losses are summed on the device; the host reads them only on log lines and at the end of the epoch.  A
+    Lookahead optimizer (``--opt lookahead_*``) ends the epoch on its slow weights (``sync_lookahead``, as timm's
+    ``train.py``), so validation and checkpoints see them, not the fast weights.
 
     Args:
         epoch: 0-based epoch index.
@@ -132,7 +134,8 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
         amp: autocast context and optional loss scaler.
         lr_scheduler: timm scheduler; ``step_update`` is called after every optimizer step (without the running
             loss as metric, which would cost a host sync per step: no per-update timm schedule reads it).
-        model_ema: timm ``ModelEmaV3`` to update after every step.
+        model_ema: timm ``ModelEmaV3`` to update after every step, with its constant decay from the first update
+            (the reference's ``ModelEmaV2``; a step count would make the first two updates copy the model).
         mixup_fn: timm ``Mixup`` applied to each batch (None when mixup happens in the collate function).
         saver: timm ``CheckpointSaver`` for recovery checkpoints every ``--recovery-interval`` batches.
         start_batch: batches of this epoch trained before (resuming a recovery checkpoint): they are drawn from
@@ -165,7 +168,7 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
             continue
         loss = train_step(model, inputs, target, optimizer, loss_fn, args, amp)
         if model_ema is not None:
-            model_ema.update(model, step=num_updates)
+            model_ema.update(model)
         num_updates += 1
         losses_m.update(loss, inputs.size(0))
         batch_time_m.update(time.time() - end)
@@ -182,6 +185,8 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
         if lr_scheduler is not None:
             lr_scheduler.step_update(num_updates=num_updates)
         end = time.time()
+    if hasattr(optimizer, "sync_lookahead"):
+        optimizer.sync_lookahead()
     unwrap(model).reset_neurons()
     loss_avg = _reduce(torch.tensor(losses_m.avg, device=args.device), args).item()
     return OrderedDict(loss=loss_avg)

@@ -172,7 +172,10 @@ def freeze_parameters(model: nn.Module, trainable_prefixes: tuple[str, ...],
 
 
 def build_model_ema(args: argparse.Namespace, model: nn.Module):
-    """timm ``ModelEmaV3`` of ``model`` (on the CPU with ``--model-ema-force-cpu``), or None without ``--model-ema``."""
+    """timm ``ModelEmaV3`` of ``model`` (on the CPU with ``--model-ema-force-cpu``), or None without ``--model-ema``.
+
+    Updated without a step count (:func:`engine.loop.train_one_epoch`), it decays by ``--model-ema-decay`` from
+    the first update, as the reference's ``ModelEmaV2``."""
     if not args.model_ema:
         return None
     from timm.utils import ModelEmaV3

@@ -40,23 +40,49 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.O
     (``--linear-prob``) are left out.  With :func:`uses_fused_optimizer` the update is torch's fused kernel: the
     same maths as the multi-tensor (foreach) one, in one launch, and the float16 gradient scaler hands it the scale
     and the inf check as tensors instead of reading them on the host.
+
+    Raises:
+        ConfigError: a second-order optimizer (``adahessian``, also behind ``lookahead_``).  It differentiates the
+            gradients again, and the backwards of the model's ``sdt::`` ops (LIF, BN + LIF, max-pool) are not
+            differentiable where they run Triton kernels (CUDA): the second-order terms through them would be
+            silently dropped.
     """
     from timm.optim import create_optimizer_v2, optimizer_kwargs
 
     fused = {"fused": True} if uses_fused_optimizer(args) else {}
-    return create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **fused)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **fused)
+    if getattr(optimizer, "is_second_order", False):
+        raise ConfigError(f"--opt {args.opt}: second-order optimizers are not supported (they differentiate the "
+                          "gradients again, which the CUDA kernels of the model's LIF and max-pool ops cannot: the "
+                          "terms through them would be silently lost); choose a first-order optimizer such as "
+                          "adamw, sgd or lamb")
+    return optimizer
 
 
-def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int):
-    """timm ``create_scheduler_v2`` from the ``--sched``, ``--epochs``, warmup and cooldown flags.
+def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int,
+                    start_epoch: int = 0):
+    """timm ``create_scheduler_v2`` from the ``--sched``, ``--epochs``, warmup and cooldown flags, stepped to
+    ``start_epoch`` (a resumed run).
+
+    timm schedules are functions of the epoch, except ``plateau``: it sets the warmup LR when built and, after the
+    warmup, only lowers the LR the optimizer holds.  Resumed past its warmup, it goes on from the LR the optimizer
+    held before it was built: the checkpoint's, reductions included (the base LR with ``--no-resume-opt``).
 
     Returns:
         ``(scheduler, num_epochs)``; ``num_epochs`` is ``epochs + cooldown_epochs`` for the cyclic schedules
         (cosine, tanh, poly) and ``epochs`` for the others (step, multistep, plateau, ...), as in timm.
     """
-    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+    from timm.scheduler import PlateauLRScheduler, create_scheduler_v2, scheduler_kwargs
 
-    return create_scheduler_v2(optimizer, **scheduler_kwargs(args), updates_per_epoch=updates_per_epoch)
+    held_lrs = [group["lr"] for group in optimizer.param_groups]
+    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                updates_per_epoch=updates_per_epoch)
+    if start_epoch > 0:
+        if isinstance(scheduler, PlateauLRScheduler):  # during the warmup, step() sets the warmup LR again
+            for group, lr in zip(optimizer.param_groups, held_lrs):
+                group["lr"] = lr
+        scheduler.step(start_epoch)
+    return scheduler, num_epochs
 
 
 @dataclass

@@ -51,11 +51,14 @@ class RunHooks:
         after_training: ``(args, setup, output_dir)``, called by every process after the last epoch, while the
             run's log file is still open (e.g. early-exit evaluation of the best checkpoint); only the primary
             process (:func:`~engine.distributed.is_primary`) should write files.
+        resumable: whether the script continues a run with ``--resume``; False for one that ignores it
+            (``finetune.py``), whose Ctrl-C message then advises starting it again.
     """
 
     configure_model: ModelHook | None = None
     load_weights: ModelHook | None = None
     after_training: Callable[[argparse.Namespace, TrainingSetup, str], None] | None = None
+    resumable: bool = True
 
 
 @dataclass
@@ -118,14 +121,12 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         start_epoch, start_batch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
     model_ema = build_model_ema(args, model)
     restore_model_ema(model_ema, checkpoint, args.resume)
-    lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train))
+    lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch)
     if start_epoch >= num_epochs:
         source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
                   if args.resume else "--start-epoch is")
         raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} epochs "
                           "(--epochs, plus --cooldown-epochs for cosine, tanh and poly); raise --epochs")
-    if start_epoch > 0:
-        lr_scheduler.step(start_epoch)
     model = distribute_model(args, compile_model(args, model))
     return TrainingSetup(model=model, model_ema=model_ema, optimizer=optimizer, amp=amp, loaders=loaders,
                          train_loss_fn=build_train_loss(args, loaders.mixup_active), eval_loss_fn=build_eval_loss(),
@@ -155,6 +156,26 @@ def setup_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser |
     return EvalSetup(model=model, loaders=loaders, amp=build_amp(args), eval_loss_fn=build_eval_loss())
 
 
+def _distribute_batchnorm(args: argparse.Namespace, model: nn.Module) -> None:
+    """``--dist-bn reduce|broadcast``: average the BatchNorm statistics over the processes, or take rank 0's."""
+    if args.distributed and args.dist_bn in ("broadcast", "reduce"):
+        from timm.utils import distribute_bn
+
+        distribute_bn(model, args.world_size, args.dist_bn == "reduce")
+
+
+def _validate_epoch(args: argparse.Namespace, s: TrainingSetup) -> dict:
+    """Validate the model, then the EMA (whose metrics are returned; the reference skips a CPU EMA), each after
+    :func:`_distribute_batchnorm`, as in the reference."""
+    _distribute_batchnorm(args, s.model)
+    eval_metrics = validate(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp)
+    if s.model_ema is not None and not args.model_ema_force_cpu:
+        _distribute_batchnorm(args, s.model_ema.module)
+        eval_metrics = validate(s.model_ema.module, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp,
+                                log_suffix=" (EMA)")
+    return eval_metrics
+
+
 def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutputs | None, saver) -> dict:
     best_metric = best_epoch = eval_metrics = None
     for epoch in range(s.start_epoch, s.num_epochs):
@@ -167,14 +188,7 @@ def _train_epochs(args: argparse.Namespace, s: TrainingSetup, outputs: RunOutput
                                         mixup_fn=s.loaders.mixup_fn, saver=saver,
                                         start_batch=s.start_batch if epoch == s.start_epoch else 0,
                                         start_loss=epoch_loss_so_far(s.checkpoint) if epoch == s.start_epoch else None)
-        if args.distributed and args.dist_bn in ("broadcast", "reduce"):
-            from timm.utils import distribute_bn
-
-            distribute_bn(s.model, args.world_size, args.dist_bn == "reduce")
-        eval_metrics = validate(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp)
-        if s.model_ema is not None and not args.model_ema_force_cpu:  # the reference skips a CPU EMA
-            eval_metrics = validate(s.model_ema.module, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp,
-                                    log_suffix=" (EMA)")
+        eval_metrics = _validate_epoch(args, s)
         lr = s.optimizer.param_groups[0]["lr"]
         s.lr_scheduler.step(epoch + 1, eval_metrics[args.eval_metric])
         if outputs is not None:
@@ -215,8 +229,7 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
             hooks.after_training(args, s, output_dir)
     except KeyboardInterrupt:
         if is_primary(args):
-            _logger.warning("Interrupted. %s holds the last finished epoch (and recovery-*.pth.tar files with "
-                            "--recovery-interval, a point inside the next): resume with --resume", output_dir)
+            _log_interrupted(output_dir, hooks.resumable)
         raise
     finally:
         if outputs is not None:
@@ -224,6 +237,16 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     if result["best_metric"] is not None:
         _logger.info("*** Best metric: %s (epoch %s)", result["best_metric"], result["best_epoch"])
     return {"output_dir": output_dir, **result}
+
+
+def _log_interrupted(output_dir: str, resumable: bool) -> None:
+    """After Ctrl-C: where the last finished epoch is, and how to go on."""
+    if resumable:
+        _logger.warning("Interrupted. %s holds the last finished epoch (and recovery-*.pth.tar files with "
+                        "--recovery-interval, a point inside the next): resume with --resume", output_dir)
+    else:
+        _logger.warning("Interrupted. %s holds the last finished epoch; this script does not resume (it ignores "
+                        "--resume): run it again to start over", output_dir)
 
 
 def project_option_dests() -> frozenset[str]:

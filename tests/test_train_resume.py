@@ -182,3 +182,18 @@ def test_resume_from_an_earlier_checkpoint_sets_the_abandoned_epochs_files_aside
     assert resumed["best_epoch"] == int(best["epoch"])
     assert load_checkpoint_file(str(run_dir / "model_best.pth.tar"))["epoch"] == int(best["epoch"])
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-0.pth.tar", "checkpoint-1.pth.tar"]
+
+
+
+def test_a_resumed_plateau_schedule_repeats_the_uninterrupted_learning_rates(tmp_path):
+    """timm's plateau scheduler sets its warmup LR when built and, after the warmup, only lowers the LR it finds: a
+    run resumed past the warmup trained at the warmup LR to the end.  Now it goes on from the checkpoint's LR,
+    reductions included (patience 0: epoch 2 did not beat epoch 1's accuracy, so epoch 3 runs at half the LR)."""
+    plateau = ["--sched", "plateau", "--warmup-epochs", "1", "--warmup-lr", "1e-4", "--epochs", "4",
+               "--checkpoint-hist", "5", "--patience-epochs", "0", "--decay-rate", "0.5"]
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "full"))
+    rows = read_summary(tmp_path / "full" / "summary.csv")
+    assert [float(row["lr"]) for row in rows] == [1e-4, 3e-3, 3e-3, 1.5e-3]
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "resumed", "--resume",
+                           str(tmp_path / "full" / "checkpoint-2.pth.tar")))
+    assert read_summary(tmp_path / "resumed" / "summary.csv") == rows[3:]
