@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     hooks = RunHooks(configure_model=configure,
                      load_weights=lambda a, model: load_finetune_weights(a.finetune_checkpoint, model,
                                                                          skip["skipped_blocks"], a.use_ema),
-                     after_training=after_training)
+                     after_training=after_training, resumable=False)
     return run_training(args, parser, hooks)
 
 

@@ -110,7 +110,7 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     """Move to ``args.device``; apply ``--linear-prob``, ``--sync-bn`` and ``--channels-last``.
 
     Raises:
-        ConfigError: ``--split-bn`` (see the message), or ``--sync-bn`` in a CPU run.
+        ConfigError: ``--split-bn`` (see the message), or ``--sync-bn`` in a distributed CPU run.
     """
     if args.linear_prob:
         for param in model.patch_embed.parameters():
@@ -126,6 +126,10 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
             _logger.warning("--channels-last on the CPU: PyTorch's CPU BatchNorm computes the batch statistics of "
                             "channels-last input about 100x less accurately (5e-5 instead of 6e-7 max error in "
                             "fp32), enough to flip spikes; it is meant for CUDA (docs/speed.md)")
+    between_processes = [f"--{flag}" for flag, on in (("sync-bn", args.sync_bn), ("dist-bn", args.dist_bn)) if on]
+    if between_processes and not args.distributed:
+        _logger.warning("%s act between the processes of a distributed run; with one process they do nothing",
+                        " and ".join(between_processes))
     if args.distributed and args.sync_bn:
         if torch.device(args.device).type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices: torch's SyncBatchNorm does not run on the CPU")

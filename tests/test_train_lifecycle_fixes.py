@@ -125,3 +125,15 @@ def test_ctrl_c_advises_resuming_only_for_a_script_that_resumes(tmp_path, monkey
     log = (tmp_path / "run" / "train.log").read_text()
     assert ("resume with --resume" in log) is resumable
     assert ("this script does not resume (it ignores --resume): run it again to start over" in log) is not resumable
+
+
+def test_batchnorm_sync_flags_in_one_process_are_warned_about(tmp_path, caplog):
+    from _engine_helpers import tiny_args
+
+    from engine.model import build_model, prepare_model, resolve_model_args
+
+    args = tiny_args(tmp_path, "--sync-bn", "--dist-bn", "reduce")
+    args.distributed = False  # as engine.distributed.init_distributed sets it for one process
+    resolve_model_args(args)
+    prepare_model(args, build_model(args))
+    assert "--sync-bn and --dist-bn act between the processes of a distributed run" in caplog.text
