@@ -156,21 +156,22 @@ def setup_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser |
     return EvalSetup(model=model, loaders=loaders, amp=build_amp(args), eval_loss_fn=build_eval_loss())
 
 
-def _distribute_batchnorm(args: argparse.Namespace, model: nn.Module) -> None:
-    """``--dist-bn reduce|broadcast``: average the BatchNorm statistics over the processes, or take rank 0's."""
-    if args.distributed and args.dist_bn in ("broadcast", "reduce"):
+def _distribute_batchnorm(args: argparse.Namespace, model: nn.Module, mode: str) -> None:
+    """``reduce|broadcast``: average the BatchNorm statistics over the processes, or take rank 0's."""
+    if args.distributed and mode in ("broadcast", "reduce"):
         from timm.utils import distribute_bn
 
-        distribute_bn(model, args.world_size, args.dist_bn == "reduce")
+        distribute_bn(model, args.world_size, mode == "reduce")
 
 
 def _validate_epoch(args: argparse.Namespace, s: TrainingSetup) -> dict:
     """Validate the model, then the EMA (whose metrics are returned; the reference skips a CPU EMA), each after
-    :func:`_distribute_batchnorm`, as in the reference."""
-    _distribute_batchnorm(args, s.model)
+    :func:`_distribute_batchnorm` with ``--dist-bn``, as in the reference.  Without ``--dist-bn`` the EMA gets rank
+    0's statistics (the model gets them from ``evaluation_module``), so its metric is that of the EMA saved."""
+    _distribute_batchnorm(args, s.model, args.dist_bn)
     eval_metrics = validate(s.model, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp)
     if s.model_ema is not None and not args.model_ema_force_cpu:
-        _distribute_batchnorm(args, s.model_ema.module)
+        _distribute_batchnorm(args, s.model_ema.module, args.dist_bn or "broadcast")
         eval_metrics = validate(s.model_ema.module, s.loaders.eval, s.eval_loss_fn, args, amp=s.amp,
                                 log_suffix=" (EMA)")
     return eval_metrics

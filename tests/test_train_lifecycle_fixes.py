@@ -83,9 +83,10 @@ def test_one_ema_update_moves_the_ema_by_one_minus_decay(tmp_path):
             torch.testing.assert_close(value, 0.9 * before[name] + 0.1 * after[name], msg=name)
 
 
-@pytest.mark.parametrize("dist_bn", ["reduce", "broadcast"])
+@pytest.mark.parametrize("dist_bn", ["reduce", "broadcast", ""])
 def test_dist_bn_also_distributes_the_ema_before_validating_it(tmp_path, monkeypatch, dist_bn):
-    """As the reference: with ``--dist-bn`` the EMA's BatchNorm statistics are reduced (or broadcast) too."""
+    """As the reference: with ``--dist-bn`` the EMA's BatchNorm statistics are reduced (or broadcast) too; without
+    it the EMA evaluated is rank 0's, the one saved."""
     import timm.utils
 
     import engine.run
@@ -106,8 +107,9 @@ def test_dist_bn_also_distributes_the_ema_before_validating_it(tmp_path, monkeyp
         lr_scheduler=types.SimpleNamespace(step=lambda *args: None), num_epochs=1, start_epoch=0, checkpoint=None)
     engine.run._train_epochs(args, setup, None, None)
     reduce = dist_bn == "reduce"
-    assert calls == [("distribute_bn", model, 2, reduce), ("validate", model),
-                     ("distribute_bn", ema.module, 2, reduce), ("validate", ema.module)]
+    model_calls = [("distribute_bn", model, 2, reduce)] if dist_bn else []
+    assert calls == [*model_calls, ("validate", model), ("distribute_bn", ema.module, 2, reduce),
+                     ("validate", ema.module)]
 
 
 @pytest.mark.parametrize("resumable", [True, False])
