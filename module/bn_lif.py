@@ -12,10 +12,12 @@ norm's output gradient per channel, the second writes the input gradient
 SyncBatchNorm's two backward kernels run on it.
 
 The maths is the BatchNorm's: batch statistics in training (with the same running-statistics update), running
-statistics in eval; the normalised value is computed in fp32 in ATen's order of operations and rounded to the
-activation dtype before the LIF reads it, as the unfused BN output is.  The statistics come from another reduction
-than the BN's own, so a LIF input can differ in the last bit, which flips a spike only where the membrane sits
-exactly on the threshold.
+statistics in eval; the normalised value ``weight * (x - mean) * invstd + bias`` (the order of ATen's CUDA kernel)
+is computed in fp32 (float64 for float64 input) and rounded to the activation dtype before the LIF reads it, as the
+unfused BN output is.  The unfused BN reduces its statistics in another order and on the CPU folds the norm into
+``x * alpha + beta``, so a LIF input can differ from the unfused one by rounding (in fp32 on the CPU about half of
+them do, by up to about 2e-6 on outputs of a few units; more in channels-last training, whose statistics the CPU BN
+reduces less accurately), which flips a spike only where the membrane is within that rounding of the threshold.
 
 A pair is fused only where nothing needs the BN output or the modules' own calls: the BN is a plain affine
 ``BatchNorm2d`` and the LIF a :class:`~module.fused_lif.MultiStepLIF`, neither has hooks (the hook dict, firing
@@ -27,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from . import instrument
-from .fused_lif import MultiStepLIF, empty_steps, lif_backward_reference, lif_reference, runs_triton
+from .fused_lif import MultiStepLIF, compute_dtype, empty_steps, lif_backward_reference, lif_reference, runs_triton
 from .library import define_op, register_autograd, register_fake
 
 __all__ = ["batch_norm_lif", "batch_statistics", "bn_lif", "can_fuse", "update_running_stats"]
@@ -50,9 +52,11 @@ def _channel_view(t: Tensor, x: Tensor) -> Tensor:
 
 
 def _normalize(x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """The norm of ``x`` in fp32 in ATen's order of operations, rounded to ``x``'s dtype."""
+    """The norm of ``x`` in :func:`~module.fused_lif.compute_dtype` in the order of the kernels, rounded to ``x``'s
+    dtype."""
+    dtype = compute_dtype(x)
     mean, invstd = (_channel_view(s, x) for s in stats)
-    y = _channel_view(weight.float(), x) * (x.float() - mean) * invstd + _channel_view(bias.float(), x)
+    y = _channel_view(weight.to(dtype), x) * (x.to(dtype) - mean) * invstd + _channel_view(bias.to(dtype), x)
     return y.to(x.dtype)
 
 
@@ -89,13 +93,14 @@ def _batch_norm_backward(grad_y: Tensor, x: Tensor, stats: Tensor, weight: Tenso
         grad_x = torch.batch_norm_backward_elemt(grad_flat, x_flat, mean, invstd, weight, sum_dy, sum_dy_xmu, count)
         return grad_x.view_as(x), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
     dims = [d for d in range(x.dim()) if d != 2]
-    g = grad_y.float()
-    x_hat = (x.float() - _channel_view(mean, x)) * _channel_view(invstd, x)
+    dtype = compute_dtype(x)
+    g = grad_y.to(dtype)
+    x_hat = (x.to(dtype) - _channel_view(mean, x)) * _channel_view(invstd, x)
     grad_bias, grad_weight = g.sum(dims), (g * x_hat).sum(dims)
     if batch_stats:
         count = x.numel() // x.shape[2]
         g = g - _channel_view(grad_bias / count, x) - x_hat * _channel_view(grad_weight / count, x)
-    grad_x = g * _channel_view(weight.float() * invstd, x)
+    grad_x = g * _channel_view(weight.to(dtype) * invstd, x)
     return grad_x.to(x.dtype), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
@@ -121,7 +126,8 @@ def _bn_lif_backward(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tens
 @register_fake(_bn_lif_backward)
 def _(grad_spikes: Tensor, x: Tensor, stats: Tensor, weight: Tensor, bias: Tensor, decay: Tensor,
       v_threshold: float, need_decay_grad: bool, batch_stats: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), x.new_empty((), dtype=torch.float32)
+    return (torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias),
+            x.new_empty((), dtype=compute_dtype(x)))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -148,17 +154,18 @@ def _batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tenso
     if x_flat.is_cuda:
         mean, invstd = torch.batch_norm_stats(x_flat, eps)
         return mean, invstd.pow(-2) - eps, invstd
-    var, mean = torch.var_mean(x_flat.float(), dim=[d for d in range(x_flat.dim()) if d != 1], correction=0)
+    var, mean = torch.var_mean(x_flat.to(compute_dtype(x_flat)), dim=[d for d in range(x_flat.dim()) if d != 1],
+                               correction=0)
     return mean, var, torch.rsqrt(var + eps)
 
 
 @register_fake(_batch_statistics)
 def _(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(x_flat.new_empty(x_flat.shape[1], dtype=torch.float32) for _ in range(3))
+    return tuple(x_flat.new_empty(x_flat.shape[1], dtype=compute_dtype(x_flat)) for _ in range(3))
 
 
 def batch_statistics(x_flat: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32 whatever the input dtype.
+    """``(mean, biased var, invstd)`` per channel of ``[N, C, ...]`` input, in fp32 (float64 for float64 input).
 
     An opaque op: on CUDA it is SyncBatchNorm's one-pass statistics kernel, which has no meta implementation for
     ``torch.compile`` to trace through.
@@ -176,7 +183,9 @@ def batch_norm_lif(bn: nn.BatchNorm2d, lif: MultiStepLIF, x: Tensor) -> Tensor:
                 update_running_stats(bn, mean, var, x_flat.numel() // x_flat.shape[1])
             batch_stats = True
         else:
-            mean, invstd, batch_stats = bn.running_mean.float(), torch.rsqrt(bn.running_var.float() + bn.eps), False
+            dtype = compute_dtype(x)
+            mean, invstd = bn.running_mean.to(dtype), torch.rsqrt(bn.running_var.to(dtype) + bn.eps)
+            batch_stats = False
     return _bn_lif_forward(x, torch.stack((mean, invstd)), bn.weight, bn.bias, lif.membrane_decay(),
                            float(lif.v_threshold), batch_stats)
 

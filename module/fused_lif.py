@@ -10,6 +10,9 @@ input, hard reset to 0, detached reset, sigmoid surrogate with alpha 4), with tw
 * the op is an opaque ``sdt::`` op (:mod:`module.library`): one kernel launch per direction whatever T is, the
   membrane kept in fp32 registers, spikes written in the input dtype (so bf16/fp16 autocast stays on the fast
   path), and the backward saves only the input and recomputes the membrane.
+
+The membrane is fp32 for fp32, bf16 and fp16 input and float64 for float64 input (:func:`compute_dtype`); float64
+runs the PyTorch loop on every device, the Triton kernels computing in fp32 only.
 """
 from __future__ import annotations
 
@@ -25,10 +28,18 @@ from .library import define_op, register_autograd, register_fake
 
 __all__ = ["SURROGATE_ALPHA", "MultiStepLIF", "multistep_lif", "lif_reference", "lif_backward_reference",
            "is_time_major", "empty_steps", "HISTORY_STEPS", "keeps_membrane_in_memory", "recomputes_membrane",
-           "runs_triton", "triton_available"]
+           "compute_dtype", "runs_triton", "triton_available"]
 
 # spikingjelly's default surrogate gradient: surrogate.Sigmoid(alpha=4).
 SURROGATE_ALPHA = 4.0
+# input dtypes the Triton kernels take: they compute in fp32
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the membrane (and a fused batch norm) of input ``x`` is computed in: fp32 for fp32, bf16 and fp16
+    input (under autocast too), float64 for float64."""
+    return torch.promote_types(x.dtype, torch.float32)
 
 
 def _is_dense(t: Tensor) -> bool:
@@ -80,11 +91,11 @@ def recomputes_membrane(steps: int, itemsize: int) -> bool:
 
 
 def _membrane_steps(x: Tensor, k: Tensor, v_threshold: float) -> Iterator[tuple[Tensor, Tensor]]:
-    """The LIF recurrence from v = 0 in fp32: per time step, the membrane ``h`` before the reset and the ``v`` it
-    started from."""
-    v = torch.zeros_like(x[0], dtype=torch.float32)
+    """The LIF recurrence from v = 0 in the dtype of the decay ``k``: per time step, the membrane ``h`` before the
+    reset and the ``v`` it started from."""
+    v = torch.zeros_like(x[0], dtype=k.dtype)
     for t in range(x.shape[0]):
-        h = v + (x[t].float() - v) * k
+        h = v + (x[t].to(k.dtype) - v) * k
         yield h, v
         v = torch.where(h >= v_threshold, 0.0, h)
 
@@ -99,7 +110,7 @@ def lif_reference(x: Tensor, decay: Tensor, v_threshold: float, steps: int | Non
     spike if ``h >= v_threshold``, then ``v = h (1 - spike)``, from v = 0."""
     steps = x.shape[0] if steps is None else steps
     spikes = empty_steps(x, steps)
-    for t, (h, _) in enumerate(_membrane_steps(_over_time(x, steps), decay.float(), v_threshold)):
+    for t, (h, _) in enumerate(_membrane_steps(_over_time(x, steps), decay.to(compute_dtype(x)), v_threshold)):
         spikes[t] = h >= v_threshold
     return spikes
 
@@ -108,21 +119,21 @@ def lif_backward_reference(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thre
                            need_decay_grad: bool) -> tuple[Tensor, Tensor]:
     """Gradients of :func:`lif_reference` w.r.t. ``x`` and ``decay`` (surrogate ``sigmoid(alpha (h - theta))``);
     for a repeated ``[1, ...]`` input the gradient is summed over the time steps of ``grad_spikes``."""
-    k = decay.float()
+    k = decay.to(compute_dtype(x))
     steps = grad_spikes.shape[0]
     x_steps = _over_time(x, steps)
     h_seq, v_prev_seq = zip(*_membrane_steps(x_steps, k, v_threshold))
     grad_x = empty_steps(x, steps)
     grad_v = torch.zeros_like(h_seq[0])
-    grad_decay = torch.zeros((), dtype=torch.float32, device=x.device)
+    grad_decay = torch.zeros((), dtype=k.dtype, device=x.device)
     for t in reversed(range(steps)):
         h = h_seq[t]
         sg = torch.sigmoid(SURROGATE_ALPHA * (h - v_threshold))
-        grad_h = grad_spikes[t].float() * (SURROGATE_ALPHA * sg * (1.0 - sg)) + torch.where(h >= v_threshold, 0.0,
-                                                                                           grad_v)
+        surrogate = SURROGATE_ALPHA * sg * (1.0 - sg)
+        grad_h = grad_spikes[t].to(k.dtype) * surrogate + torch.where(h >= v_threshold, 0.0, grad_v)
         grad_x[t] = grad_h * k
         if need_decay_grad:
-            grad_decay = grad_decay + (grad_h * (x_steps[t].float() - v_prev_seq[t])).sum()
+            grad_decay = grad_decay + (grad_h * (x_steps[t].to(k.dtype) - v_prev_seq[t])).sum()
         grad_v = grad_h * (1.0 - k)
     if x.shape[0] != steps:
         grad_x = empty_steps(x, 1).copy_(grad_x.sum(0, keepdim=True))
@@ -142,7 +153,10 @@ def triton_available() -> bool:
 def runs_triton(x: Tensor) -> bool:
     """Whether the ops run their Triton kernels on ``x``: on CUDA, and on the CPU under ``TRITON_INTERPRET=1``,
     where Triton's interpreter runs them as Python (the GPU code path without a GPU, slowly: ``TRITON_INTERPRET=1
-    python benchmarks/fixture_diffs.py --device cpu``).  Elsewhere the PyTorch loops run."""
+    python benchmarks/fixture_diffs.py --device cpu``), for fp32, bf16 and fp16 ``x``.  Elsewhere, and for float64
+    ``x`` (the kernels compute in fp32), the PyTorch loops and ATen's pools run."""
+    if x.dtype not in _TRITON_DTYPES:
+        return False
     if x.is_cuda:
         return triton_available()
     return x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1" and triton_available()
@@ -185,7 +199,7 @@ def _lif_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: fl
 @register_fake(_lif_backward)
 def _(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_threshold: float,
       need_decay_grad: bool) -> tuple[Tensor, Tensor]:
-    return empty_steps(x, x.shape[0]), x.new_empty((), dtype=torch.float32)
+    return empty_steps(x, x.shape[0]), x.new_empty((), dtype=compute_dtype(x))
 
 
 def _setup_context(ctx, inputs, output) -> None:

@@ -1,6 +1,7 @@
 """Triton kernels of :mod:`module.fused_lif`: one program per block of neurons loops over the T time steps.
 
-The membrane stays in fp32 registers; spikes are written in the input dtype.  The backward runs the
+The membrane stays in fp32 registers; spikes are written in the input dtype (fp32, bf16 or fp16: float64 runs the
+PyTorch loop of :mod:`module.fused_lif`, :func:`~module.fused_lif.runs_triton`).  The backward runs the
 surrogate-gradient recurrence backwards in time on the membrane recomputed from the saved input: in registers
 from step 0 at every step for short sequences (:func:`recomputes_membrane`); up to :data:`HISTORY_STEPS` steps in
 a first pass forward in time that keeps every step's ``h`` in registers; beyond that in a first pass that keeps

@@ -7,8 +7,10 @@ of the stem's max-pools are the largest tensors of the model (the first stage's 
 in fp32 for SDT-8-512 on ImageNet at batch 32, T=4), with an int64 index per output besides.  :func:`max_pool2d`
 keeps, per output, the argmax's position in its window (``r * kernel_w + s``, int8) and the input's shape.  On
 CUDA the Triton kernels of :mod:`module.pool_triton` write and read these offsets directly (7 bytes of index
-traffic less per output and direction than int64 indices, and a conversion pass less than narrowed ones); on the
-CPU, ATen's kernels run and keep their int64 indices, which need no conversion pass.  The values and the gradients
+traffic less per output and direction than int64 indices, and a conversion pass less than narrowed ones), for
+fp32, bf16 and fp16 input (:func:`~module.fused_lif.runs_triton`: they compare and sum in fp32; float64 runs ATen's
+kernels, through offsets converted from their indices); on the CPU, ATen's kernels run and keep their int64
+indices, which need no conversion pass.  The values and the gradients
 are ATen's, bit for bit: the same argmax (the first maximum of the window in row-major order; NaN wins) and, in the
 backward, the same sums in the same order.
 """

@@ -5,7 +5,8 @@ it), like ATen's kernels, and writes the output and, per output, the argmax's po
 s``) as one int8.  The backward gathers: each input element sums, in ascending output order and in fp32, the
 gradients of the outputs whose window contains it and whose offset points at it, as ATen's CUDA backward does with
 int64 input indices.  Both run in the memory order of the tensors they write (NCHW or channels-last) and read any
-strides.  Run with ``TRITON_INTERPRET=1`` to execute them on the CPU.
+strides.  They take fp32, bf16 and fp16 tensors (compared and summed in fp32); :mod:`module.pool` runs float64 through
+ATen's kernels.  Run with ``TRITON_INTERPRET=1`` to execute them on the CPU.
 """
 from __future__ import annotations
 

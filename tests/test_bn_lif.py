@@ -48,6 +48,36 @@ def test_same_spikes_gradients_and_running_statistics(parametric, training, mome
         torch.testing.assert_close(bn.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
 
 
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_float64_computes_in_float64_as_the_unfused_pair(training, device):
+    """Float64 input normalises, runs the membrane and reduces the statistics and gradients in float64 (not fp32;
+    on CUDA without the fp32 kernels): spikes, gradients and running statistics of ``lif(bn(x))`` in float64, within
+    float64 rounding."""
+    torch.manual_seed(0)
+    bn, lif = (m.to(device, torch.float64) for m in _pair(True))
+    bn.train(training)
+    bn_ref, lif_ref = copy.deepcopy(bn), copy.deepcopy(lif)
+    x = (torch.randn(4, 3, 6, 5, 5, dtype=torch.float64) * 2 + 0.3).to(device)
+    grad_out = torch.randn_like(x)
+    fused_in, ref_in = x.clone().requires_grad_(), x.clone().requires_grad_()
+    spikes = batch_norm_lif(bn, lif, fused_in)
+    expected = lif_ref(bn_ref(ref_in.flatten(0, 1)).view_as(ref_in))
+    assert spikes.dtype == torch.float64 and torch.equal(spikes, expected) and 0 < spikes.mean() < 1
+    (spikes * grad_out).sum().backward()
+    (expected * grad_out).sum().backward()
+    torch.testing.assert_close(fused_in.grad, ref_in.grad, rtol=1e-12, atol=1e-13)
+    for (name, p), q in zip([*bn.named_parameters(), *lif.named_parameters()],
+                            [*bn_ref.parameters(), *lif_ref.parameters()]):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-13, msg=name)
+    for name, value in bn_ref.state_dict().items():
+        torch.testing.assert_close(bn.state_dict()[name], value, rtol=1e-13, atol=1e-14, msg=name)
+
+
 def test_op_registration():
     """Schema, fake kernel, autograd kernel and AOT tracing of the op (``torch.library.opcheck``)."""
     x = torch.randn(3, 2, 4, 5, requires_grad=True)
@@ -55,6 +85,9 @@ def test_op_registration():
     weight, bias = torch.rand(4, requires_grad=True), torch.randn(4, requires_grad=True)
     for decay, batch_stats in ((torch.tensor(0.5), True), (torch.tensor(0.6, requires_grad=True), False)):
         torch.library.opcheck(_bn_lif_forward, (x, stats, weight, bias, decay, 1.0, batch_stats))
+    x64, weight64, bias64 = (t.detach().double().requires_grad_() for t in (x, weight, bias))
+    decay64 = torch.tensor(0.6, dtype=torch.float64, requires_grad=True)  # float64 gradients, in the fakes too
+    torch.library.opcheck(_bn_lif_forward, (x64, stats.double(), weight64, bias64, decay64, 1.0, True))
 
 
 def test_channels_last_in_real_and_fake_kernels():

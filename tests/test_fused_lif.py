@@ -48,6 +48,35 @@ def test_same_spikes_and_gradients_as_spikingjelly(parametric, v_threshold):
     assert list(ours.state_dict()) == list(sj.state_dict())
 
 
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                 reason="needs a CUDA device"))]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("parametric", [False, True], ids=["lif", "plif"])
+def test_float64_computes_in_float64_as_spikingjelly(parametric, device):
+    """Float64 input runs the membrane in float64 (not fp32; on CUDA the PyTorch loop, not the fp32 kernels), as
+    spikingjelly's neurons do: the same spikes, and input and PLIF ``w`` gradients within float64 rounding."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 4, 50, dtype=torch.float64) * 1.5
+    x[0, 0, 0] = 2.0 - 1e-12  # h = 1 - 5e-13: below the threshold in float64, on it once rounded to fp32
+    x = x.to(device).requires_grad_()
+    grad_out = torch.randn_like(x)
+    sj = _spikingjelly(parametric, 1.0).to(device, torch.float64)
+    ours = MultiStepLIF(parametric=parametric).to(device, torch.float64)
+    expected = sj(x)
+    (expected * grad_out).sum().backward()
+    expected_grad, x.grad = x.grad.clone(), None
+    spikes = ours(x)
+    (spikes * grad_out).sum().backward()
+    assert spikes.dtype == torch.float64 and spikes[0, 0, 0] == 0 and 0 < spikes.mean() < 1
+    assert torch.equal(spikes, expected)
+    torch.testing.assert_close(x.grad, expected_grad, rtol=1e-12, atol=1e-14)
+    if parametric:
+        assert ours.w.grad.dtype == torch.float64
+        torch.testing.assert_close(ours.w.grad, sj.w.grad, rtol=1e-12, atol=1e-14)
+
+
 def test_hand_computed_membrane():
     # tau 2: h = v + (x - v) / 2.  Threshold 1: h = 0.6, 0.9, 1.05 (spike, v = 0), 0.2.  Threshold 0.5: h = 0.6
     # (spike), 0.6 (spike), 0.6 (spike), 0.2.
@@ -70,6 +99,8 @@ def test_op_registration():
     torch.library.opcheck(_lif_forward, (x, torch.tensor(0.5), 1.0, 3))
     torch.library.opcheck(_lif_forward, (x, torch.tensor(0.6, requires_grad=True), 0.5, 3))
     torch.library.opcheck(_lif_forward, (x[:1], torch.tensor(0.6, requires_grad=True), 0.5, 4))  # repeated
+    x64 = x.detach().double().requires_grad_()  # float64: a float64 decay gradient, in the fake kernel too
+    torch.library.opcheck(_lif_forward, (x64, torch.tensor(0.6, dtype=torch.float64, requires_grad=True), 0.5, 3))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "repeated_channels_last", "batch_major"])
@@ -103,11 +134,14 @@ def test_outputs_keep_the_input_layout_in_real_and_fake_kernels(layout):
 
 def test_where_the_triton_kernels_run(monkeypatch):
     """CUDA tensors always (with Triton installed); CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's
-    interpreter); never the meta device, whose fake kernels stand in."""
+    interpreter); never the meta device, whose fake kernels stand in; never float64, which the kernels would
+    compute in fp32."""
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not runs_triton(torch.empty(1))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    assert runs_triton(torch.empty(1)) == triton_available()
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert runs_triton(torch.empty(1, dtype=dtype)) == triton_available()
+    assert not runs_triton(torch.empty(1, dtype=torch.float64))
     assert not runs_triton(torch.empty(1, device="meta"))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not runs_triton(torch.empty(1))

@@ -149,6 +149,37 @@ def test_triton_kernels_in_the_interpreter():
     run_in_interpreter(_TRITON_CHECK)
 
 
+def _check_float64_is_aten(device: str) -> None:
+    """Float64 values, argmax and gradients are ATen's, among values equal once rounded to fp32."""
+    torch.manual_seed(0)
+    near_ties = 1.0 + 1e-12 * torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    inputs = [torch.tensor([[[[1.0, 1.0 + 1e-12, 0.5]]]], dtype=torch.float64),
+              near_ties.contiguous(memory_format=torch.channels_last)]
+    for x in inputs:
+        for kernel, stride, padding in (((1, 3), 1, (0, 1)), (3, 2, 1)):
+            ours_in, ref_in = (x.to(device, copy=True).requires_grad_() for _ in range(2))
+            ours = max_pool2d(ours_in, kernel, stride, padding)
+            expected = torch.nn.functional.max_pool2d(ref_in, kernel, stride, padding)
+            assert torch.equal(ours, expected)
+            grad_out = torch.arange(float(ours.numel()), dtype=torch.float64, device=device).view_as(ours)
+            ours.backward(grad_out)
+            expected.backward(grad_out)
+            assert torch.equal(ours_in.grad, ref_in.grad), kernel
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_float64_runs_aten_where_the_triton_kernels_run():
+    """Under ``TRITON_INTERPRET=1`` (the CUDA dispatch on the CPU), float64 runs ATen's kernels: the Triton ones
+    compare in fp32 and would pick another argmax among values equal once rounded."""
+    run_in_interpreter("from test_pool import _check_float64_is_aten\n_check_float64_is_aten('cpu')\nprint('ok')")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_float64_runs_aten():
+    _check_float64_is_aten("cuda")
+
+
 _TRITON_COMPILE = """
 from module import pool_triton as P
 from triton_scripts import compile_for_hopper
