@@ -20,7 +20,8 @@ synchronisations, and ``--profile-steps`` steps under the torch profiler.
 Reported: median ms/step with p10/p90, host ms/step (the time until the step returns, before the synchronisation:
 close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
 the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step) and
-kernels per step, peak memory (``torch.cuda.max_memory_allocated`` over the timed steps; on the CPU the process's
+kernels per step, peak memory (``torch.cuda.max_memory_allocated`` over the timed steps, ``max_memory_reserved``
+with CUDA graphs, whose private pool the allocated count misses; on the CPU the process's
 peak resident memory over the timed steps, runtime included), TFLOP per step and model FLOP utilisation (achieved
 FLOP/s over ``--peak-tflops``, by default the GPU's dense peak from ``benchmarks/peaks.py``: fp16/bf16 with AMP,
 TF32 in fp32 while ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default: cuDNN runs these
@@ -64,7 +65,8 @@ from engine.distributed import init_distributed  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
-from engine.model import build_model, compile_model, model_kwargs, prepare_model, resolve_model_args  # noqa: E402
+from engine.model import CUDA_GRAPH_MODES, build_model, compile_model, model_kwargs, prepare_model, \
+    resolve_model_args  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
 __all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "workload", "default_peak", "bench_step",
@@ -320,7 +322,10 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         host_ms.append(1e3 * (time.perf_counter() - start))
         sync()
         times_ms.append(1e3 * (time.perf_counter() - start))
-    if on_cuda:
+    if on_cuda and args.torchcompile and args.torchcompile_mode in CUDA_GRAPH_MODES:
+        # CUDA graphs replay into a private memory pool whose blocks the allocator no longer counts as allocated
+        peak_gib, memory_kind = torch.cuda.max_memory_reserved(device) / _GIB, "cuda_max_reserved"
+    elif on_cuda:
         peak_gib, memory_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
     else:
         peak_gib, memory_kind = _cpu_peak(cpu_peak_reset)

@@ -7,7 +7,8 @@ Triton, and the static encoding conv run once), ``spikingjelly`` (spikingjelly 2
 on T repeated copies), ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train step runs without the hook dict,
 whose hooks would keep the pairs unfused) and ``channels_last`` (the defaults with the model and a static input in
 NHWC memory, as ``--channels-last`` trains).  This shows how far each path is from the reference's CPU float32
-numbers (eval output, hook tensors, train output, loss, gradients, BN running stats).
+numbers (eval output, hook tensors, train output, loss, gradients, BN running stats), in true float32 unless
+``--tf32``.
 
 Without a GPU, ``TRITON_INTERPRET=1`` runs our ops' Triton kernels (the CUDA code path) on the CPU in Triton's
 interpreter, slowly (about 20 s per static fixture and variant, ten minutes per event-frame one)::
@@ -41,7 +42,8 @@ MEMORY_FORMATS = {"channels_last": torch.channels_last}  # the other variants: c
 
 
 def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> dict:
-    """Max absolute differences for one fixture file and model variant (:data:`MODEL_VARIANTS`)."""
+    """Max absolute differences for one fixture file and model variant (:data:`MODEL_VARIANTS`), and the share of
+    hook elements that differ."""
     fixture = load_fixture(path)
     net = build_seeded(fixture, **MODEL_VARIANTS[variant])
     net.load_state_dict(fixture["state_dict"])
@@ -52,7 +54,9 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
         x = x.contiguous(memory_format=memory_format)
     with torch.no_grad():
         out, hook = net(x, hook=dict())
-    hook_err = max(_max_abs(hook[k][:, :1], unpack_hook(e)) for k, e in fixture["hook"].items())
+    pairs = [(hook[k][:, :1].detach().float().cpu(), unpack_hook(e).float()) for k, e in fixture["hook"].items()]
+    hook_err = max((ours - theirs).abs().max().item() for ours, theirs in pairs)
+    flips = sum((ours != theirs).sum().item() for ours, theirs in pairs) / sum(t.numel() for _, t in pairs)
     train = copy.deepcopy(net).train()
     out_t = train(x)
     loss = reference_loss({**fixture, "labels": fixture["labels"].to(device)}, out_t)
@@ -63,6 +67,7 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
         "fixture": f"{variant}:{path.stem}",
         "eval_out": _max_abs(out, fixture["eval_output"]),
         "hooks": hook_err,
+        "hook_flips": flips,
         "train_out": _max_abs(out_t, fixture["train_output"]),
         "loss": abs(loss.item() - fixture["train_loss"]),
         "grads": max(_max_abs(params[k].grad, g) for k, g in fixture["grads"].items()),
@@ -77,18 +82,24 @@ def main() -> None:
                         help="model variants (default: all)")
     parser.add_argument("--fixtures", nargs="+", default=None, metavar="NAME",
                         help="fixture names, e.g. sdt_A_lif_static (default: all)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="let cuDNN and cuBLAS run float32 in TF32 (PyTorch's default for convolutions, so also "
+                             "training's): its 10-bit mantissa moves membranes across the threshold, so the spikes "
+                             "differ; without it the comparison is in true float32")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     device = torch.device(args.device)
     names = [p.stem for p in FIXTURES]
     unknown = sorted(set(args.fixtures or ()) - set(names))
     if unknown:
         parser.error(f"no fixture named {unknown}; choose from {names}")
     paths = [p for p in FIXTURES if args.fixtures is None or p.stem in args.fixtures]
-    cols = ["fixture", "eval_out", "hooks", "train_out", "loss", "grads", "bn_stats"]
+    cols = ["fixture", "eval_out", "hooks", "hook_flips", "train_out", "loss", "grads", "bn_stats"]
     kernels = "Triton kernels" if runs_triton(torch.empty(0, device=device)) else "PyTorch loops and ATen"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    _logger.info("device: %s (%s; our ops run %s)", args.device, name, kernels)
+    _logger.info("device: %s (%s; our ops run %s; TF32 %s); hook_flips: the share of hook elements (spikes) "
+                 "that differ", args.device, name, kernels, "on" if args.tf32 else "off")
     _logger.info(" | ".join(f"{c:>47s}" if c == "fixture" else f"{c:>9s}" for c in cols))
     rows, failed = [], 0
     for variant in args.variants:  # each row as soon as it is known: a variant that fails keeps the others
