@@ -66,7 +66,7 @@ from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
 from engine.model import CUDA_GRAPH_MODES, build_model, compile_model, model_kwargs, prepare_model, \
-    resolve_model_args  # noqa: E402
+    resolve_model_args, uses_channels_last  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
 __all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "workload", "default_peak", "bench_step",
@@ -167,7 +167,7 @@ def _random_batch(args: argparse.Namespace, soft_targets: bool) -> tuple[torch.T
         inputs = torch.rand(args.batch_size, args.time_steps, args.in_channels, size, size, device=args.device)
     else:
         inputs = torch.randn(args.batch_size, args.in_channels, size, size, device=args.device)
-        if args.channels_last:
+        if uses_channels_last(args):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), device=args.device)
     if soft_targets:
@@ -343,7 +343,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         time_steps=args.time_steps, chunk_size=args.chunk_size if args.attention_mode == "STAtten" else None,
         dataset=args.dataset, img_size=args.img_size, batch_size=args.batch_size, opt=args.opt,
         opt_fused=uses_fused_optimizer(args), precision=args.amp_dtype if args.amp else "float32",
-        channels_last=args.channels_last, event_frames=is_neuromorphic(args.dataset),
+        channels_last=uses_channels_last(args), event_frames=is_neuromorphic(args.dataset),
         neuron_backend=args.neuron_backend, encode_once=args.encode_once, fuse_bn_lif=args.fuse_bn_lif,
         torchcompile=args.torchcompile,
         torchcompile_mode=args.torchcompile_mode, device=str(device), gpu=gpu, workload=workload(args),

@@ -15,10 +15,10 @@ and a step that runs out is stopped so that the ones before it still come back:
    their references, CUDA-event timers, the fused optimizer);
 3. ``profiler`` and ``profiler_timers``: the fork's default model, 30 runs with probes and 30 with timers only
    (issue 7), and ``bench_probes``: the cost of the probes when off;
-4. ``bench_train``: every anchor config on the default fast path, ``bench_train_bn_lif`` with ``--fuse-bn-lif``
-   (whether it pays decides its default), ``bench_train_channels_last`` with ``--channels-last`` (likewise), then
-   ``bench_train_compiled`` with ``--torchcompile --torchcompile-mode reduce-overhead`` on the three launch-bound
-   CIFAR anchors (issue 10).
+4. ``bench_train``: every anchor config on the default fast path (channels-last on CUDA), ``bench_train_bn_lif``
+   with ``--fuse-bn-lif`` (whether it pays decides its default), ``bench_train_contiguous`` with
+   ``--no-channels-last`` (likewise), then ``bench_train_compiled`` with ``--torchcompile --torchcompile-mode
+   reduce-overhead`` (CUDA graphs) on every anchor (issue 10).
 
 ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
 records, benchmark JSON): two files in all, as the device tool returns at most eight.  The archive is packed
@@ -54,9 +54,6 @@ class Step:
 
 _PROFILER_TINY = ("--dim", "32", "--layer", "1", "--num-heads", "2", "--num-classes", "10", "--runs", "2",
                   "--warmup", "1")
-# The launch-bound anchors, for which CUDA graphs are meant (each compile costs tens of seconds).
-_LAUNCH_BOUND = ("--anchor", "sdt-2-512-cifar-fp32", "--anchor", "sdt-2-512-cifar-amp", "--anchor",
-                 "statten-2-512-c2-cifar-amp")
 _BENCH_TINY = ("--tiny", "--warmup", "1", "--steps", "2", "--profile-steps", "1")
 
 STEPS = (
@@ -82,11 +79,11 @@ STEPS = (
                                 "--json", "{files}/bench_train_bn_lif.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--fuse-bn-lif", "--json",
           "{files}/bench_train_bn_lif.json")),
-    Step("bench_train_channels_last", ("benchmarks/bench_train.py", "--all", "--device", "{device}",
-                                       "--channels-last", "--json", "{files}/bench_train_channels_last.json"),
-         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--channels-last", "--json",
-          "{files}/bench_train_channels_last.json")),
-    Step("bench_train_compiled", ("benchmarks/bench_train.py", *_LAUNCH_BOUND, "--device", "{device}",
+    Step("bench_train_contiguous", ("benchmarks/bench_train.py", "--all", "--device", "{device}",
+                                    "--no-channels-last", "--json", "{files}/bench_train_contiguous.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--no-channels-last", "--json",
+          "{files}/bench_train_contiguous.json")),
+    Step("bench_train_compiled", ("benchmarks/bench_train.py", "--all", "--device", "{device}",
                                   "--torchcompile", "--torchcompile-mode", "reduce-overhead", "--json",
                                   "{files}/bench_train_compiled.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "aot_eager",

@@ -228,8 +228,10 @@ def _speed_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--fuse-bn-lif", action=argparse.BooleanOptionalAction, default=False,
                        help="each BatchNorm followed by a LIF as one op: the LIF normalises on the fly, the BN output "
                             "is neither written nor kept for the backward (needs --neuron-backend fused)")
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                       help="channels-last memory layout for the convolutions")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                       help="channels-last (NHWC) memory layout for the convolutions and BatchNorms (default: on "
+                            "CUDA, where it cuts the GPU time of a step by 25-40 %%, off on the CPU, where PyTorch's "
+                            "BatchNorm is less accurate in it)")
     group.add_argument("--torchcompile", nargs="?", type=str, default=None, const="inductor", metavar="BACKEND",
                        help="torch.compile the model for training with this backend (default inductor)")
     group.add_argument("--torchcompile-mode", default=None,

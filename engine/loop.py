@@ -13,7 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .distributed import evaluation_module, is_primary
-from .model import unwrap
+from .model import unwrap, uses_channels_last
 from .optim import Amp
 
 __all__ = ["seed_epoch", "train_step", "train_one_epoch", "validate"]
@@ -50,7 +50,7 @@ def _reduce(value: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
 
 def _to_device(x: torch.Tensor, target: torch.Tensor, args: argparse.Namespace):
     x = x.to(args.device, non_blocking=True).float()
-    if args.channels_last and x.dim() == 4:
+    if uses_channels_last(args) and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, target.to(args.device, non_blocking=True)
 

@@ -11,7 +11,8 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "resolve_model_args", "model_kwargs", "build_model",
-           "prepare_model", "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
+           "uses_channels_last", "prepare_model", "freeze_parameters", "build_model_ema", "compile_model",
+           "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
 
@@ -106,6 +107,13 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         raise ConfigError(f"model {args.model!r}: {exc}") from None
 
 
+def uses_channels_last(args: argparse.Namespace) -> bool:
+    """``--channels-last`` as given, else on for CUDA and off on the CPU (docs/speed.md)."""
+    if args.channels_last is not None:
+        return args.channels_last
+    return torch.device(args.device).type == "cuda"
+
+
 def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     """Move to ``args.device``; apply ``--linear-prob``, ``--sync-bn`` and ``--channels-last``.
 
@@ -120,7 +128,7 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
                           "flattened time-major ([T*B, C, H, W]), so timm's split BatchNorm would split the time "
                           "steps, not the augmentation splits; drop --split-bn (--aug-splits and --jsd work)")
     model = model.to(args.device)
-    if args.channels_last:
+    if uses_channels_last(args):
         model = model.to(memory_format=torch.channels_last)
         if torch.device(args.device).type == "cpu":
             _logger.warning("--channels-last on the CPU: PyTorch's CPU BatchNorm computes the batch statistics of "

@@ -177,3 +177,13 @@ def test_linear_prob_trains_everything_but_the_stem(tmp_path):
     stem = {k for k in before if k.startswith("patch_embed.")}
     assert stem and not changed & stem and changed >= {"head.weight", "head.bias"}
     assert changed - stem - {"head.weight", "head.bias"}  # the blocks train too
+
+
+@pytest.mark.parametrize("given, device, expected", [(None, "cuda", True), (None, "cuda:1", True), (None, "cpu", False),
+                                                     (False, "cuda", False), (True, "cpu", True)])
+def test_channels_last_is_on_by_default_only_on_cuda(given, device, expected):
+    import argparse
+
+    from engine.model import uses_channels_last
+
+    assert uses_channels_last(argparse.Namespace(channels_last=given, device=device)) is expected
