@@ -15,7 +15,7 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_primary", "cleanup_distributed", "evaluation_module"]
+__all__ = ["init_distributed", "is_primary", "broadcast_state", "cleanup_distributed", "evaluation_module"]
 
 _logger = logging.getLogger(__name__)
 
@@ -64,6 +64,12 @@ def evaluation_module(model: torch.nn.Module) -> torch.nn.Module:
         for buffer in model.module.buffers():
             dist.broadcast(buffer, src=0)
     return model.module
+
+
+def broadcast_state(module: torch.nn.Module) -> None:
+    """Give every process rank 0's parameters and buffers of ``module`` (a collective: every rank calls it)."""
+    for tensor in module.state_dict().values():
+        dist.broadcast(tensor, src=0)
 
 
 def cleanup_distributed(wait_for_peers: bool = False) -> None:

@@ -20,7 +20,7 @@ from torch import nn
 
 from .checkpoint import build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, resume_checkpoint
 from .config import parse_args, warn_inert_flags
-from .distributed import cleanup_distributed, init_distributed, is_primary
+from .distributed import broadcast_state, cleanup_distributed, init_distributed, is_primary
 from .errors import ConfigError, SetupError
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
@@ -121,6 +121,8 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         start_epoch, start_batch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
     model_ema = build_model_ema(args, model)
     restore_model_ema(model_ema, checkpoint, args.resume)
+    if args.distributed and model_ema is not None and not args.model_ema_force_cpu:
+        broadcast_state(model_ema.module)  # each rank copied its own initial weights; DDP syncs only the model's
     lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch)
     if start_epoch >= num_epochs:
         source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"

@@ -101,3 +101,33 @@ def test_two_process_evaluation_equals_one(tmp_path):
         assert two["non_zero"][step] == pytest.approx(one["non_zero"][step], rel=1e-9), step
     assert any(value > 0 for value in one["firing_rate"]["t1"].values())
     assert two["energy"]["energy_mj"] == pytest.approx(one["energy"]["energy_mj"], rel=1e-9)
+
+
+_EMA_RANKS = """
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+sys.path[:0] = [{repo!r}, {tests!r}]
+from _engine_helpers import tiny_args
+from engine.run import setup_training
+
+setup = setup_training(tiny_args(Path({out!r}), "--model-ema"))
+ema = torch.cat([t.flatten().float() for t in setup.model_ema.module.state_dict().values()])
+gathered = [torch.zeros_like(ema) for _ in range(2)]
+dist.all_gather(gathered, ema)
+assert torch.equal(*gathered), "the processes' EMAs differ"
+"""
+
+
+def test_two_process_emas_start_from_rank_0s_weights(tmp_path):
+    """Each process copied its own random initial weights into the EMA (DDP syncs only the model's), so the EMA
+    metric that ranked the checkpoints mixed the processes' EMAs, and only rank 0's was saved."""
+    script = tmp_path / "ema_ranks.py"
+    script.write_text(_EMA_RANKS.format(repo=str(REPO), tests=str(REPO / "tests"), out=str(tmp_path)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script)]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
