@@ -52,10 +52,11 @@ def load_finetune_weights(path: str, model, skipped_blocks: list[int],
     ignored, missing = load_model_weights(model, checkpoint, path, key=key, ignore_unexpected=True,
                                           may_be_missing=lambda k: k.startswith(skipped) if skipped else False)
     _logger.info("Loaded %s (%s).", path, key)
-    extra_blocks = sorted({int(match.group(1)) for k in ignored if (match := _BLOCK_KEY.match(k))})
+    depth = len(model.block)
+    extra_blocks = sorted({int(m.group(1)) for k in ignored if (m := _BLOCK_KEY.match(k)) and int(m.group(1)) >= depth})
     if extra_blocks:
-        raise CheckpointError(f"checkpoint {path!r} has blocks {extra_blocks} beyond this model's {len(model.block)} "
-                              f"(--layer {len(model.block)}); pass the --layer it was trained with")
+        raise CheckpointError(f"checkpoint {path!r} has blocks {extra_blocks} beyond this model's {depth} "
+                              f"(--layer {depth}); pass the --layer it was trained with")
     if ignored:
         _logger.warning("Ignored %d checkpoint keys the model does not have: %s", len(ignored), ", ".join(ignored))
     if missing:

@@ -344,18 +344,21 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
                            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
     same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
     if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
-        start_epoch = resume_start(args, resume_checkpoint_dict)[0]
-        moved = set_aside_later_checkpoints(output_dir, start_epoch, args.resume)
+        resume_point = resume_start(args, resume_checkpoint_dict)
+        # with --start-epoch the epoch counter is rewound on purpose: the files stay where they are
+        moved = [] if args.start_epoch is not None else \
+            set_aside_later_checkpoints(output_dir, *resume_point, args.resume)
         saver.load_state_dict(resume_checkpoint_dict["saver"])  # drops history entries whose files were moved
         best = os.path.join(output_dir, f"checkpoint-{saver.best_epoch}{saver.extension}")
         model_best = os.path.join(output_dir, f"model_best{saver.extension}")
         if not os.path.exists(model_best) and saver.best_epoch is not None and os.path.isfile(best):
             saver._duplicate(best, model_best)
         if moved:
-            _logger.warning("Resuming at epoch %d of a run that went further: its later files (%s) were moved to %s; "
-                            "model_best%s is the best of epochs 0-%d again", start_epoch,
-                            ", ".join(os.path.basename(f) for f in moved), os.path.dirname(moved[0]),
-                            saver.extension, start_epoch - 1)
+            restored = (f"; model_best{saver.extension} is the best before it again (epoch {saver.best_epoch})"
+                        if os.path.exists(model_best) else "")
+            _logger.warning("Resuming at epoch %d of a run that went further: its later files (%s) were moved to "
+                            "%s%s", resume_point[0], ", ".join(os.path.basename(f) for f in moved),
+                            os.path.dirname(moved[0]), restored)
     return saver
 
 
@@ -372,15 +375,26 @@ def _stored_epoch(path: str) -> int | None:
     return epoch if isinstance(epoch, int) else None
 
 
-def set_aside_later_checkpoints(output_dir: str, start_epoch: int, resumed_from: str) -> list[str]:
-    """Move the checkpoint files of epochs ``>= start_epoch`` (a run resumed from an earlier checkpoint abandons
-    them) into ``output_dir/superseded-from-epoch-<start_epoch>[-N]/``, so that ``model_best``, ``last`` and the
-    epoch files describe the resumed run only and nothing is deleted.  Returns the new paths."""
+def _trained_past(path: str, start_epoch: int, start_batch: int) -> bool:
+    """Whether the checkpoint file ``path`` holds training beyond ``start_batch`` batches of ``start_epoch``."""
+    epoch = _stored_epoch(path)
+    if epoch is None:
+        return False
+    recovery = _RECOVERY_NAME.fullmatch(os.path.basename(path))
+    if recovery is None:  # an end-of-epoch checkpoint: epoch finished
+        return epoch >= start_epoch
+    return (epoch, int(recovery.group(2)) + 1) > (start_epoch, start_batch)
+
+
+def set_aside_later_checkpoints(output_dir: str, start_epoch: int, start_batch: int, resumed_from: str) -> list[str]:
+    """Move the checkpoint files that trained past ``start_batch`` batches of ``start_epoch`` (a run resumed from an
+    earlier checkpoint abandons them) into ``output_dir/superseded-from-epoch-<start_epoch>[-N]/``, so that
+    ``model_best``, ``last``, the epoch and the recovery files describe the resumed run only and nothing is deleted.
+    Returns the new paths."""
     later = [os.path.join(output_dir, name) for name in sorted(os.listdir(output_dir))
              if _CHECKPOINT_NAME.fullmatch(name)
              and not os.path.samefile(os.path.join(output_dir, name), resumed_from)]
-    epochs = {path: _stored_epoch(path) for path in later}
-    later = [path for path in later if epochs[path] is not None and epochs[path] >= start_epoch]
+    later = [path for path in later if _trained_past(path, start_epoch, start_batch)]
     if not later:
         return []
     folder, suffix = os.path.join(output_dir, f"superseded-from-epoch-{start_epoch}"), 1

@@ -117,7 +117,7 @@ def _check_even_batch_for_mixup(args: argparse.Namespace) -> None:
         return
     raise ConfigError(f"-b/--batch-size {batch_size} is odd, but mixup/CutMix (--mixup, --cutmix, --cutmix-minmax) "
                       f"pair the samples of a batch and need an even one: give -b {batch_size + 1}, or turn them off "
-                      f"with --mixup 0 --cutmix 0")
+                      f"with --mixup 0 --cutmix 0 (and no --cutmix-minmax)")
 
 
 def _check_aug_splits(args: argparse.Namespace) -> None:

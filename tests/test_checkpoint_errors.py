@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import os
 
 import pytest
 import timm
@@ -72,3 +73,20 @@ def test_chunk_size_mismatch_warns_and_matching_args_do_not(tmp_path, caplog):
         assert not caplog.records
         load_model_weights(statten, {"state_dict": state, "args": _trained_args(attention_mode="STAtten")}, "c2")
     assert len(caplog.records) == 1 and "chunk_size=2 (this model: 1)" in caplog.records[0].getMessage()
+
+
+def test_only_files_past_the_resume_point_are_set_aside(tmp_path):
+    """A recovery resume keeps the same epoch's earlier recovery files; an epoch resume moves them."""
+    from engine.checkpoint import set_aside_later_checkpoints
+
+    epochs = {"checkpoint-0": 0, "checkpoint-1": 1, "recovery-1-3": 1, "recovery-1-7": 1, "recovery-2-3": 2,
+              "last": 1, "model_best": 0}
+    for name, epoch in epochs.items():
+        torch.save({"epoch": epoch}, tmp_path / f"{name}.pth.tar")
+    moved = set_aside_later_checkpoints(str(tmp_path), 1, 8, str(tmp_path / "recovery-1-7.pth.tar"))
+    assert sorted(os.path.basename(path) for path in moved) == ["checkpoint-1.pth.tar", "last.pth.tar",
+                                                                "recovery-2-3.pth.tar"]
+    assert all(os.path.dirname(path) == str(tmp_path / "superseded-from-epoch-1") for path in moved)
+    moved = set_aside_later_checkpoints(str(tmp_path), 1, 0, str(tmp_path / "checkpoint-0.pth.tar"))
+    assert sorted(os.path.basename(path) for path in moved) == ["recovery-1-3.pth.tar", "recovery-1-7.pth.tar"]
+    assert os.path.dirname(moved[0]) == str(tmp_path / "superseded-from-epoch-1-1")

@@ -63,6 +63,9 @@ def test_a_checkpoint_of_a_deeper_model_is_refused(tmp_path):
                                 num_heads=4, mlp_ratios=2, depths=1, T=3, pooling_stat="1111")
     with pytest.raises(CheckpointError, match=r"blocks \[1\] beyond this model's 1 \(--layer 1\)"):
         finetune.load_finetune_weights(str(path), shallow, skipped_blocks=[])
+    torch.save({"state_dict": _tiny_model(spike_mode="plif").state_dict()}, path)  # extra keys in existing blocks
+    ignored, _ = finetune.load_finetune_weights(str(path), _tiny_model(), skipped_blocks=[])
+    assert ignored and all(key.endswith(".w") for key in ignored)
 
 
 @pytest.mark.parametrize("use_ema", [False, True])
