@@ -57,6 +57,7 @@ def read_summary(path: Path) -> list[dict[str, str]]:
 
 def subprocess_env() -> dict[str, str]:
     """Environment for child training processes: one thread each, repo importable."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)  # keep a wheels folder
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     env.pop("WORLD_SIZE", None)
     return env

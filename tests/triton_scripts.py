@@ -10,9 +10,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(script: str, **env: str) -> None:
-    """Run ``script`` with the repository and this folder importable and ``env`` set; it must exit 0 and print
-    ``ok``."""
-    path = os.pathsep.join((str(ROOT), str(ROOT / "tests")))
+    """Run ``script`` with the repository and this folder importable (before any ``PYTHONPATH`` already set, e.g.
+    the device machine's wheels) and ``env`` set; it must exit 0 and print ``ok``."""
+    path = os.pathsep.join(p for p in (str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH")) if p)
     result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": path, **env},
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
