@@ -230,7 +230,7 @@ def _speed_group(parser: argparse.ArgumentParser) -> None:
                             "is neither written nor kept for the backward (needs --neuron-backend fused)")
     group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                        help="channels-last (NHWC) memory layout for the convolutions and BatchNorms (default: on "
-                            "CUDA, where it cuts the GPU time of a step by 25-40 %%, off on the CPU, where PyTorch's "
+                            "CUDA, where it cuts the GPU time of a step by 24-39 %%, off on the CPU, where PyTorch's "
                             "BatchNorm is less accurate in it)")
     group.add_argument("--torchcompile", nargs="?", type=str, default=None, const="inductor", metavar="BACKEND",
                        help="torch.compile the model for training with this backend (default inductor)")
