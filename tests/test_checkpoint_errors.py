@@ -90,3 +90,47 @@ def test_only_files_past_the_resume_point_are_set_aside(tmp_path):
     moved = set_aside_later_checkpoints(str(tmp_path), 1, 0, str(tmp_path / "checkpoint-0.pth.tar"))
     assert sorted(os.path.basename(path) for path in moved) == ["recovery-1-3.pth.tar", "recovery-1-7.pth.tar"]
     assert os.path.dirname(moved[0]) == str(tmp_path / "superseded-from-epoch-1-1")
+
+
+def test_a_recovery_file_one_batch_past_the_resume_point_is_set_aside(tmp_path):
+    from engine.checkpoint import set_aside_later_checkpoints
+
+    for name in ("recovery-1-7", "recovery-1-8"):
+        torch.save({"epoch": 1, "version": 2}, tmp_path / f"{name}.pth.tar")
+    moved = set_aside_later_checkpoints(str(tmp_path), 1, 8, str(tmp_path / "recovery-1-7.pth.tar"))
+    assert [os.path.basename(path) for path in moved] == ["recovery-1-8.pth.tar"]
+
+
+def test_resume_point_of_each_checkpoint_kind(tmp_path):
+    """Version 2 stores the finished epoch, version 1 the next one, a recovery file its unfinished epoch;
+    --start-epoch wins and restarts the epoch from its first batch."""
+    from engine.checkpoint import resume_start
+
+    def point(name, checkpoint, start_epoch=None):
+        return resume_start(argparse.Namespace(resume=str(tmp_path / name), start_epoch=start_epoch), checkpoint)
+
+    assert point("checkpoint-3.pth.tar", {"epoch": 3, "version": 2}) == (4, 0)
+    assert point("checkpoint-3.pth.tar", {"epoch": 3}) == (3, 0)
+    assert point("recovery-3-7.pth.tar", {"epoch": 3, "version": 2}) == (3, 8)
+    assert point("recovery-3-7.pth.tar", {"epoch": 3, "version": 2}, start_epoch=1) == (1, 0)
+    assert point("weights.pth", {}) == (0, 0)
+
+
+def test_a_recovery_checkpoint_of_another_process_count_is_refused():
+    from engine.checkpoint import _check_same_batches
+
+    trained = argparse.Namespace(batch_size=64, world_size=1)
+    args = argparse.Namespace(resume="recovery-1-7.pth.tar", batch_size=64, world_size=2)
+    with pytest.raises(CheckpointError, match=r"-b 64 on 1 process\(es\); this run has -b 64 on 2,"):
+        _check_same_batches(args, {"args": trained})
+    _check_same_batches(argparse.Namespace(resume="r", batch_size=64, world_size=1), {"args": trained})
+
+
+def test_weights_key_use_ema_and_ema_only_checkpoints():
+    from engine.checkpoint import weights_key
+
+    both, ema_only = {"state_dict": {}, "state_dict_ema": {}}, {"state_dict_ema": {}}
+    assert (weights_key(both, "c"), weights_key(both, "c", use_ema=True)) == ("state_dict", "state_dict_ema")
+    assert weights_key(ema_only, "c") == "state_dict_ema"
+    with pytest.raises(CheckpointError, match="has no EMA weights .*drop --use-ema"):
+        weights_key({"state_dict": {}}, "c", use_ema=True)

@@ -170,3 +170,9 @@ def test_distributed_training_order_follows_the_seed(tmp_path):
         assert orders[0] != orders[1]
     finally:
         dist.destroy_process_group()
+
+
+def test_an_odd_batch_without_mixing_is_accepted(tmp_path):
+    from engine.validate import check_run_args
+
+    check_run_args(tiny_args(tmp_path, "-b", "63", "--mixup", "0", "--cutmix", "0"), True)
