@@ -112,12 +112,15 @@ import torch.distributed as dist
 
 sys.path[:0] = [{repo!r}, {tests!r}]
 from _engine_helpers import tiny_args
+from engine.distributed import cleanup_distributed
 from engine.run import setup_training
 
 setup = setup_training(tiny_args(Path({out!r}), "--model-ema"))
 ema = torch.cat([t.flatten().float() for t in setup.model_ema.module.state_dict().values()])
 gathered = [torch.zeros_like(ema) for _ in range(2)]
 dist.all_gather(gathered, ema)
+del setup  # the DDP model holds the process group: gloo aborts if it is torn down at interpreter exit
+cleanup_distributed(wait_for_peers=True)
 assert torch.equal(*gathered), "the processes' EMAs differ"
 """
 
