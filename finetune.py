@@ -53,7 +53,8 @@ def load_finetune_weights(path: str, model, skipped_blocks: list[int],
                                           may_be_missing=lambda k: k.startswith(skipped) if skipped else False)
     _logger.info("Loaded %s (%s).", path, key)
     depth = len(model.block)
-    extra_blocks = sorted({int(m.group(1)) for k in ignored if (m := _BLOCK_KEY.match(k)) and int(m.group(1)) >= depth})
+    ignored_blocks = {int(match.group(1)) for key in ignored if (match := _BLOCK_KEY.match(key))}
+    extra_blocks = sorted(block for block in ignored_blocks if block >= depth)
     if extra_blocks:
         raise CheckpointError(f"checkpoint {path!r} has blocks {extra_blocks} beyond this model's {depth} "
                               f"(--layer {depth}); pass the --layer it was trained with")
