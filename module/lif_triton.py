@@ -107,15 +107,17 @@ def _grad_membrane(h, grad_s, grad_v, v_threshold: tl.constexpr, alpha: tl.const
 @triton.jit
 def _fill_history(x_ptr, offs, mask, k, N, T: tl.constexpr, T_POW2: tl.constexpr, v_threshold: tl.constexpr, mean,
                   invstd, weight, bias, HAS_BN: tl.constexpr):
-    """Every step's membrane ``h`` before the reset, from v = 0: ``offs.shape + [T_POW2]`` fp32 registers."""
-    step_of = tl.arange(0, T_POW2)
+    """Every step's membrane ``h`` before the reset, from v = 0, as fp32 registers: ``offs`` (shape ``[1, ...]``)
+    broadcast to ``[T_POW2, ...]``.  Broadcasting along the leading axis keeps the layout of the loads, so each
+    thread holds every step of its own neurons and, the steps unrolled, picking one (:func:`_history_at`) is a
+    register move (a new axis would get Triton's default layout and a shared-memory shuffle at every step)."""
     v = tl.zeros(offs.shape, dtype=tl.float32)
-    history = tl.where(step_of < 0, tl.expand_dims(v, -1), 0.0)  # zeros, offs.shape + [T_POW2]
+    history = tl.where(_steps_like(v, T_POW2) < 0, v, 0.0)  # zeros, [T_POW2, ...]
     idx = offs
     for t in tl.static_range(T):
         x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
         h = v + (x - v) * k
-        history = tl.where(step_of == t, tl.expand_dims(h, -1), history)
+        history = tl.where(_steps_like(v, T_POW2) == t, h, history)
         v = tl.where(h >= v_threshold, 0.0, h)
         idx += N
     return history
@@ -123,8 +125,18 @@ def _fill_history(x_ptr, offs, mask, k, N, T: tl.constexpr, T_POW2: tl.constexpr
 
 @triton.jit
 def _history_at(history, t, T_POW2: tl.constexpr):
-    """The membrane of step ``t`` from :func:`_fill_history` (zero for t = -1)."""
-    return tl.sum(tl.where(tl.arange(0, T_POW2) == t, history, 0.0), axis=-1)
+    """The membrane of step ``t`` from :func:`_fill_history` (zero for t = -1), shaped ``[1, ...]``."""
+    return tl.sum(tl.where(_steps_like(history, T_POW2) == t, history, 0.0), axis=0, keep_dims=True)
+
+
+@triton.jit
+def _steps_like(v, T_POW2: tl.constexpr):
+    """The step numbers ``0 .. T_POW2 - 1`` along the leading axis, broadcastable against ``v`` (2-D or 3-D)."""
+    if len(v.shape) == 2:
+        steps = tl.arange(0, T_POW2)[:, None]
+    else:
+        steps = tl.arange(0, T_POW2)[:, None, None]
+    return steps
 
 
 @triton.jit
@@ -169,6 +181,32 @@ def _membrane_at(history, h_ptr, x_ptr, offs, mask, k, N, t, T_POW2: tl.constexp
 
 
 @triton.jit
+def _backward_step(t, grad_v, grad_x_sum, grad_decay, grad_spike_ptr, x_ptr, history, h_ptr, grad_x_ptr, offs, mask,
+                   k, N, T_POW2: tl.constexpr, v_threshold: tl.constexpr, alpha: tl.constexpr,
+                   NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr, mean, invstd, weight, bias,
+                   HAS_BN: tl.constexpr, BN_GRAD: tl.constexpr, mean_dy, proj_scale, grad_scale,
+                   MEMBRANE: tl.constexpr):
+    """Step ``t`` of :func:`_lif_backward_kernel`: writes (or sums) the input gradient of step ``t``; returns the
+    gradient flowing to step ``t - 1``'s ``v`` and the updated sums ``(grad_v, grad_x_sum, grad_decay)``."""
+    h, v, x, idx = _membrane_at(history, h_ptr, x_ptr, offs, mask, k, N, t, T_POW2, v_threshold, REPEATED_INPUT,
+                                mean, invstd, weight, bias, HAS_BN, MEMBRANE)
+    grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
+    if BN_GRAD:  # the LIF input's gradient, rounded as the unfused pair writes it, through the norm
+        grad_y = (grad_h * k).to(grad_x_ptr.dtype.element_ty).to(tl.float32)
+        x_raw = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+        grad_in = (grad_y - mean_dy - (x_raw - mean) * proj_scale) * grad_scale
+        tl.store(grad_x_ptr + idx, grad_in.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    elif REPEATED_INPUT:
+        grad_x_sum += grad_h * k
+    else:
+        tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
+    if NEED_DECAY_GRAD:
+        grad_decay += grad_h * (x - v)
+    return grad_h * (1.0 - k), grad_x_sum, grad_decay
+
+
+@triton.jit
 def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, h_ptr, grad_x_ptr, grad_decay_ptr,
                          N, C, S, T: tl.constexpr, T_POW2: tl.constexpr, v_threshold: tl.constexpr,
                          alpha: tl.constexpr, NEED_DECAY_GRAD: tl.constexpr, REPEATED_INPUT: tl.constexpr,
@@ -179,10 +217,11 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, 
     (recomputed only) is read once and its gradient summed over time.  With ``BN_GRAD`` the gradient written is
     the batch norm's input gradient, from the per-channel ``[3, C]`` table at ``bn_grad_ptr`` (mean of the output
     gradient, projection scale, gradient scale; the terms of ATen's ``batch_norm_backward_elemt``)."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)[None, :]  # [1, BLOCK]: see _fill_history
     mask = offs < N
     k = tl.load(decay_ptr).to(tl.float32)
     mean, invstd, weight, bias = _channel_params(bn_ptr, offs, mask, C, S, HAS_BN)
+    mean_dy, proj_scale, grad_scale = mean, mean, mean  # unused without BN_GRAD
     if BN_GRAD:
         channel = (offs // S) % C
         mean_dy = tl.load(bn_grad_ptr + channel, mask=mask, other=0.0)
@@ -194,26 +233,21 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, 
     if MEMBRANE == "memory":
         _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True, False, mean, invstd, weight, bias,
                              HAS_BN)
-    grad_v = tl.zeros([BLOCK], dtype=tl.float32)
-    grad_x_sum = tl.zeros([BLOCK], dtype=tl.float32)
-    grad_decay = tl.zeros([BLOCK], dtype=tl.float32)
-    for i in range(T):
-        h, v, x, idx = _membrane_at(history, h_ptr, x_ptr, offs, mask, k, N, T - 1 - i, T_POW2, v_threshold,
-                                    REPEATED_INPUT, mean, invstd, weight, bias, HAS_BN, MEMBRANE)
-        grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-        grad_h = _grad_membrane(h, grad_s, grad_v, v_threshold, alpha)
-        if BN_GRAD:  # the LIF input's gradient, rounded as the unfused pair writes it, through the norm
-            grad_y = (grad_h * k).to(grad_x_ptr.dtype.element_ty).to(tl.float32)
-            x_raw = tl.load(x_ptr + idx, mask=mask, other=0.0).to(tl.float32)
-            grad_in = (grad_y - mean_dy - (x_raw - mean) * proj_scale) * grad_scale
-            tl.store(grad_x_ptr + idx, grad_in.to(grad_x_ptr.dtype.element_ty), mask=mask)
-        elif REPEATED_INPUT:
-            grad_x_sum += grad_h * k
-        else:
-            tl.store(grad_x_ptr + idx, (grad_h * k).to(grad_x_ptr.dtype.element_ty), mask=mask)
-        if NEED_DECAY_GRAD:
-            grad_decay += grad_h * (x - v)
-        grad_v = grad_h * (1.0 - k)
+    grad_v = tl.zeros([1, BLOCK], dtype=tl.float32)
+    grad_x_sum = tl.zeros([1, BLOCK], dtype=tl.float32)
+    grad_decay = tl.zeros([1, BLOCK], dtype=tl.float32)
+    if MEMBRANE == "registers":  # unrolled: each step's membrane is then a fixed register of the history
+        for i in tl.static_range(T):
+            grad_v, grad_x_sum, grad_decay = _backward_step(
+                T - 1 - i, grad_v, grad_x_sum, grad_decay, grad_spike_ptr, x_ptr, history, h_ptr, grad_x_ptr, offs,
+                mask, k, N, T_POW2, v_threshold, alpha, NEED_DECAY_GRAD, REPEATED_INPUT, mean, invstd, weight, bias,
+                HAS_BN, BN_GRAD, mean_dy, proj_scale, grad_scale, MEMBRANE)
+    else:
+        for i in range(T):
+            grad_v, grad_x_sum, grad_decay = _backward_step(
+                T - 1 - i, grad_v, grad_x_sum, grad_decay, grad_spike_ptr, x_ptr, history, h_ptr, grad_x_ptr, offs,
+                mask, k, N, T_POW2, v_threshold, alpha, NEED_DECAY_GRAD, REPEATED_INPUT, mean, invstd, weight, bias,
+                HAS_BN, BN_GRAD, mean_dy, proj_scale, grad_scale, MEMBRANE)
     if REPEATED_INPUT:
         tl.store(grad_x_ptr + offs, grad_x_sum.to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_DECAY_GRAD:
@@ -229,8 +263,8 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
     position, channel), all time steps: the reduction of ATen's ``batch_norm_backward_reduce``, written to
     ``partial_ptr`` (fp32 ``[2, J blocks, C]``) per tile."""
     pid_j, pid_c = tl.program_id(0), tl.program_id(1)
-    j = pid_j.to(tl.int64) * BJ + tl.arange(0, BJ)[:, None]
-    channel = pid_c * BC + tl.arange(0, BC)[None, :]
+    j = pid_j.to(tl.int64) * BJ + tl.arange(0, BJ)[None, :, None]  # [1, BJ, BC] tiles: see _fill_history
+    channel = pid_c * BC + tl.arange(0, BC)[None, None, :]
     mask = (j < J) & (channel < C)
     offs = (j // HW) * sB + (j % HW) * sS + channel * sC
     k = tl.load(decay_ptr).to(tl.float32)
@@ -238,10 +272,10 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
     history = mean  # unused unless the membranes are kept in registers
     if MEMBRANE == "registers":
         history = _fill_history(x_ptr, offs, mask, k, N, T, T_POW2, v_threshold, mean, invstd, weight, bias, True)
-    grad_v = tl.zeros([BJ, BC], dtype=tl.float32)
-    sum_dy = tl.zeros([BJ, BC], dtype=tl.float32)
-    sum_dy_xmu = tl.zeros([BJ, BC], dtype=tl.float32)
-    for i in range(T):
+    grad_v = tl.zeros([1, BJ, BC], dtype=tl.float32)
+    sum_dy = tl.zeros([1, BJ, BC], dtype=tl.float32)
+    sum_dy_xmu = tl.zeros([1, BJ, BC], dtype=tl.float32)
+    for i in tl.static_range(T):  # at most HISTORY_STEPS: each step's membrane a fixed register of the history
         h, v, x, idx = _membrane_at(history, decay_ptr, x_ptr, offs, mask, k, N, T - 1 - i, T_POW2, v_threshold,
                                     False, mean, invstd, weight, bias, True, MEMBRANE)
         grad_s = tl.load(grad_spike_ptr + idx, mask=mask, other=0.0).to(tl.float32)
@@ -253,8 +287,8 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
         grad_v = grad_h * (1.0 - k)
     column = pid_j * C + pid_c * BC + tl.arange(0, BC)
     column_mask = pid_c * BC + tl.arange(0, BC) < C
-    tl.store(partial_ptr + column, tl.sum(sum_dy, axis=0), mask=column_mask)
-    tl.store(partial_ptr + tl.num_programs(0) * C + column, tl.sum(sum_dy_xmu, axis=0), mask=column_mask)
+    tl.store(partial_ptr + column, tl.sum(sum_dy, axis=1).reshape(BC), mask=column_mask)
+    tl.store(partial_ptr + tl.num_programs(0) * C + column, tl.sum(sum_dy_xmu, axis=1).reshape(BC), mask=column_mask)
 
 
 @triton.jit
