@@ -142,19 +142,18 @@ def _steps_like(v, T_POW2: tl.constexpr):
 @triton.jit
 def _recompute_membrane(x_ptr, offs, mask, k, N, step, v_threshold: tl.constexpr, REPEATED_INPUT: tl.constexpr,
                         mean, invstd, weight, bias, HAS_BN: tl.constexpr):
-    """``(h, v, x, idx)`` at time step ``step``, recomputed from v = 0: the membrane before the reset, the one it
-    started from, the step's input and its address."""
-    idx = offs
+    """``(h, v, x)`` at time step ``step``, recomputed from v = 0: the membrane before the reset, the one it started
+    from and the step's input.  Each address is computed from the step number, not carried through the loop, so
+    that the compiler sees it as contiguous and aligned as ``offs`` (a carried one costs a layout conversion)."""
     x = _load_input(x_ptr, offs, mask, mean, invstd, weight, bias, HAS_BN)
     v = tl.zeros(offs.shape, dtype=tl.float32)
     h = v + (x - v) * k
-    for _ in range(step):
+    for s in range(1, step + 1):
         v = tl.where(h >= v_threshold, 0.0, h)
-        idx += N
         if not REPEATED_INPUT:
-            x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
+            x = _load_input(x_ptr, offs + tl.cast(s, tl.int64) * N, mask, mean, invstd, weight, bias, HAS_BN)
         h = v + (x - v) * k
-    return h, v, x, idx
+    return h, v, x
 
 
 @triton.jit
@@ -164,11 +163,11 @@ def _membrane_at(history, h_ptr, x_ptr, offs, mask, k, N, t, T_POW2: tl.constexp
     """``(h, v, x, idx)`` of step ``t`` (see :func:`_recompute_membrane`), ``MEMBRANE`` saying where ``h`` comes
     from: ``"registers"`` (the history of :func:`_fill_history`), ``"memory"`` (the fp32 scratch at ``h_ptr``) or
     ``"recompute"`` (from step 0)."""
+    idx = offs + tl.cast(t, tl.int64) * N  # int64 before the product: T * N may pass 2**31
     if MEMBRANE == "recompute":
-        h, v, x, idx = _recompute_membrane(x_ptr, offs, mask, k, N, t, v_threshold, REPEATED_INPUT, mean, invstd,
-                                           weight, bias, HAS_BN)
+        h, v, x = _recompute_membrane(x_ptr, offs, mask, k, N, t, v_threshold, REPEATED_INPUT, mean, invstd, weight,
+                                      bias, HAS_BN)
     else:
-        idx = offs + tl.cast(t, tl.int64) * N  # int64 before the product: T * N may pass 2**31
         x = _load_input(x_ptr, idx, mask, mean, invstd, weight, bias, HAS_BN)
         if MEMBRANE == "registers":
             h = _history_at(history, t, T_POW2)

@@ -29,16 +29,10 @@ def run_compiler(script: str, cache_dir: Path) -> None:
 
 
 def compile_for_hopper(cases, common_types: dict[str, str] | None = None) -> None:
-    """Compile each ``(kernel, argument types, constexprs)`` case for sm_90; an argument's type comes from the case,
-    then ``common_types``, else ``*fp32`` for a pointer (``*_ptr``) and ``i64`` for a scalar."""
-    from triton import compile as triton_compile
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+    """Compile each ``(kernel, argument types, constexprs)`` case for sm_90 (no alignment assumed); an argument's
+    type comes from the case, then ``common_types``, else ``*fp32`` for a pointer (``*_ptr``) and ``i64`` for a
+    scalar."""
+    from benchmarks.kernel_report import compile_kernel
 
     for kernel, types, constants in cases:
-        known = {**(common_types or {}), **types}
-        signature = {name: "constexpr" if name in constants
-                     else known.get(name, "*fp32" if name.endswith("_ptr") else "i64") for name in kernel.arg_names}
-        compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants),
-                                  target=GPUTarget("cuda", 90, 32))
-        assert compiled.asm["cubin"], kernel
+        compile_kernel(kernel, constants, {**(common_types or {}), **types}, aligned=False, scalar_type="i64")

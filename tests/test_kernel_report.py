@@ -1,0 +1,56 @@
+"""benchmarks/kernel_report.py: the Triton kernels compiled for sm_90 without a GPU, and what their code must not
+contain."""
+import json
+
+import pytest
+
+from module.fused_lif import triton_available
+from triton_scripts import run_compiler
+
+pytestmark = pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+
+_LAYOUT_CHECK = """
+from benchmarks.kernel_report import compile_kernel
+from module import lif_triton as L
+backward = dict(v_threshold=1.0, alpha=4.0, REPEATED_INPUT=False, HAS_BN=False, BN_GRAD=False)
+half = {"x_ptr": "*bf16", "grad_spike_ptr": "*bf16", "grad_x_ptr": "*bf16"}
+cases = {  # the anchors' LIF backwards: CIFAR/ImageNet (T=4, recomputed) and DVS (T=16, register history)
+    "T=4 fp32": (dict(T=4, T_POW2=4, MEMBRANE="recompute", BLOCK=L.BLOCK, NEED_DECAY_GRAD=False), {}),
+    "T=4 bf16 PLIF": (dict(T=4, T_POW2=4, MEMBRANE="recompute", BLOCK=L.BLOCK, NEED_DECAY_GRAD=True), half),
+    "T=16 fp32": (dict(T=16, T_POW2=16, MEMBRANE="registers", BLOCK=L.HISTORY_BLOCK, NEED_DECAY_GRAD=False), {}),
+    "T=12 bf16 PLIF": (dict(T=12, T_POW2=16, MEMBRANE="registers", BLOCK=L.HISTORY_BLOCK, NEED_DECAY_GRAD=True),
+                       half),
+}
+for name, (constants, types) in cases.items():
+    for aligned in (True, False):  # 16-byte aligned tensors get vector loads, and with them other layouts
+        r = compile_kernel(L._lif_backward_kernel, {**backward, **constants}, types, aligned=aligned)
+        # elementwise in time: no layout conversion through shared memory in the time loop (at most one, after it:
+        # PLIF's fp32 decay gradient stored next to bf16 vectors), no cross-thread reduction, no spill
+        assert r.barriers <= 1 and (r.warp_shuffles, r.spilled_bytes) == (0, 0), (name, aligned, r)
+print("ok")
+"""
+
+
+def test_lif_backwards_keep_every_value_in_its_thread(tmp_path):
+    """The register history was once a ``[BLOCK, T]`` tensor whose step axis Triton spread over 16 lanes: a
+    shared-memory conversion and warp shuffles at every step (33 barriers, 128 shuffles at T=16), about 4x the
+    kernel's memory time on an H200.  The recomputing backward's addresses, carried through a loop, cost a
+    conversion per step too."""
+    run_compiler(_LAYOUT_CHECK, tmp_path)
+
+
+_REPORT = """
+import sys
+from benchmarks.kernel_report import main
+reports = main(["--only", "pool", "--json", sys.argv[1]])
+print("ok")
+"""
+
+
+def test_report_table_and_json(tmp_path):
+    """The pool group compiles (both layouts, stride 2 and 1) and the JSON holds one row per kernel."""
+    path = tmp_path / "report.json"
+    run_compiler(_REPORT.replace("sys.argv[1]", repr(str(path))), tmp_path / "cache")
+    rows = json.loads(path.read_text())
+    assert len(rows) == 8 and all(row["registers"] > 0 and row["ptx_instructions"] > 50 for row in rows.values())
+    assert {row["spilled_bytes"] for row in rows.values()} == {0}
