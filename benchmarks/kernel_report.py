@@ -112,15 +112,19 @@ def _lif_cases() -> list[tuple[str, object, dict, dict]]:
 def _pool_cases() -> list[tuple[str, object, dict, dict]]:
     from module import pool_triton as P
     cases = []
-    for window, (kernel, stride) in {"3x3/2 (stem)": (3, 2), "3x3/1 (DVS attention)": (3, 1)}.items():
-        shape = dict(KH=kernel, KW=kernel, SH=stride, SW=stride, PH=1, PW=1, BLOCK=P.BLOCK)
+    windows = {"3x3/2 (ImageNet stem, 64 x 224 x 224)": (3, 2, 64, 224), "3x3/1 (DVS attention, 256 x 16 x 16)":
+               (3, 1, 256, 16)}
+    for window, (kernel, stride, channels, size) in windows.items():
+        out_size = (size + 2 - kernel) // stride + 1
+        shape = dict(KH=kernel, KW=kernel, SH=stride, SW=stride, PH=1, PW=1, WIDE=False)
         for layout, channels_last, unit in (("channels-last", True, "c"), ("NCHW", False, "w")):
-            forward_units = {f"sx{unit}": 1, f"so{unit}": 1}
-            backward_units = {f"sg{unit}": 1, f"so{unit}": 1, f"sx{unit}": 1}
-            cases += [(f"max-pool forward {window}, {layout}", P._max_pool_forward_kernel,
-                       dict(shape, CHANNELS_LAST=channels_last, **forward_units), {"offset_ptr": "*i8"}),
-                      (f"max-pool backward {window}, {layout}", P._max_pool_backward_kernel,
-                       dict(shape, CHANNELS_LAST=channels_last, **backward_units), {"offset_ptr": "*i8"})]
+            tile = dict(zip(("TH", "TW", "BC"), P.tile_shape(out_size, out_size, channels, channels_last)))
+            cases.append((f"max-pool forward {window}, {layout}", P._max_pool_forward_kernel,
+                          dict(shape, **tile, **{f"sx{unit}": 1, f"so{unit}": 1}), {"offset_ptr": "*i8"}))
+            tile = dict(zip(("TH", "TW", "BC"), P.tile_shape(size, size, channels, channels_last)))
+            cases.append((f"max-pool backward {window}, {layout}", P._max_pool_backward_kernel,
+                           dict(shape, **tile, **{f"sg{unit}": 1, f"so{unit}": 1, f"sx{unit}": 1}),
+                           {"offset_ptr": "*i8"}))
     return cases
 
 

@@ -120,9 +120,14 @@ inputs = {
     "channels_last": (torch.rand(2, 5, 8, 7) < 0.5).half().contiguous(memory_format=torch.channels_last),
     "heads_view": _to_heads((torch.rand(1, 2, 8, 6, 5) < 0.4).bfloat16(), 2).flatten(0, 1),
     "inf_nan": torch.full((1, 2, 6, 6), float("-inf")),
+    # several tiles along every axis (module.pool_triton.tile_shape), the last ones masked
+    "tiles_channels_last": torch.randn(2, 20, 11, 19).contiguous(memory_format=torch.channels_last),
+    "tiles_nchw": (torch.rand(2, 3, 40, 37) < 0.3).float(),
 }
 inputs["inf_nan"][0, 1, 2:, 2:] = 1.0
 inputs["inf_nan"][0, 1, 3, 4] = float("nan")
+assert pool_triton.tile_shape(11, 19, 20, True) == (4, 8, 16)
+assert pool_triton.tile_shape(40, 37, 3, False) == (16, 32, 1)
 for name, x in inputs.items():
     for kernel, stride, padding in (([3, 3], [2, 2], [1, 1]), ([3, 3], [1, 1], [1, 1]), ([2, 2], [2, 2], [0, 0]),
                                     ([3, 2], [2, 1], [1, 0])):
@@ -183,12 +188,13 @@ def test_cuda_float64_runs_aten():
 _TRITON_COMPILE = """
 from module import pool_triton as P
 from triton_scripts import compile_for_hopper
-window = dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, BLOCK=P.BLOCK)
+window = dict(KH=3, KW=3, SH=2, SW=2, PH=1, PW=1, WIDE=False)
+channels_last, nchw = dict(zip(("TH", "TW", "BC"), P.tile_shape(56, 56, 64, True))), dict(TH=4, TW=32, BC=4)
 cases = [
-    (P._max_pool_forward_kernel, {"x_ptr": "*fp16", "out_ptr": "*fp16"}, dict(window, CHANNELS_LAST=True)),
-    (P._max_pool_forward_kernel, {}, dict(window, SH=1, SW=1, CHANNELS_LAST=False)),
-    (P._max_pool_backward_kernel, {"grad_out_ptr": "*bf16", "grad_x_ptr": "*bf16"}, dict(window, CHANNELS_LAST=True)),
-    (P._max_pool_backward_kernel, {}, dict(window, SH=1, SW=1, CHANNELS_LAST=False)),
+    (P._max_pool_forward_kernel, {"x_ptr": "*fp16", "out_ptr": "*fp16"}, dict(window, **channels_last)),
+    (P._max_pool_forward_kernel, {}, dict(window, SH=1, SW=1, **nchw)),
+    (P._max_pool_backward_kernel, {"grad_out_ptr": "*bf16", "grad_x_ptr": "*bf16"}, dict(window, **channels_last)),
+    (P._max_pool_backward_kernel, {}, dict(window, SH=1, SW=1, WIDE=True, **nchw)),
 ]
 compile_for_hopper(cases, {"offset_ptr": "*i8"})
 print("ok")
