@@ -12,7 +12,8 @@ and a step that runs out is stopped so that the ones before it still come back:
 
 1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3);
 2. ``cuda_tests``: the tests that need a GPU (``-k cuda``: the Triton LIF, BN + LIF and pool kernels against
-   their references, CUDA-event timers, the fused optimizer);
+   their references, CUDA-event timers, the fused optimizer), and ``bench_kernels``: the LIF and pool kernels alone
+   at the anchors' shapes, against the GPU's memory bandwidth;
 3. ``profiler`` and ``profiler_timers``: the fork's default model, 30 runs with probes and 30 with timers only
    (issue 7), and ``bench_probes``: the cost of the probes when off;
 4. ``bench_train``: every anchor config on the default fast path (channels-last on CUDA), ``bench_train_bn_lif``
@@ -62,6 +63,10 @@ STEPS = (
                         "tests/test_bn_lif.py", "tests/test_pool.py", "tests/test_profiler_instrument.py",
                         "tests/test_train_steps.py"),
          ("-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_lif.py", "-k", "hand_computed")),
+    Step("bench_kernels", ("benchmarks/bench_kernels.py", "--device", "{device}", "--json",
+                           "{files}/bench_kernels.json"),
+         ("benchmarks/bench_kernels.py", "--device", "{device}", "--tiny", "--repeats", "1", "--warmup", "0",
+          "--json", "{files}/bench_kernels.json")),
     Step("profiler", ("-m", "profiler", "run", "--device", "{device}", "--runs", "30", "--warmup", "3", "--out",
                       "{files}/profiler"),
          ("-m", "profiler", "run", "--device", "{device}", *_PROFILER_TINY, "--out", "{files}/profiler")),

@@ -22,9 +22,8 @@ def test_every_step_runs_and_the_files_come_back_in_one_archive(tmp_path):
         names = set(tar.getnames())
     for folder in ("profiler", "profiler_timers"):
         assert {f"device_checks/{folder}/records.jsonl", f"device_checks/{folder}/capture.txt"} <= names
-    assert {f"device_checks/{name}.json" for name in ("bench_train", "bench_train_bn_lif", "bench_train_contiguous",
-                                                     "bench_train_compiled")} \
-        <= names
+    assert {f"device_checks/{name}.json" for name in ("bench_kernels", "bench_train", "bench_train_bn_lif",
+                                                     "bench_train_contiguous", "bench_train_compiled")} <= names
 
 
 def test_a_step_out_of_time_is_stopped_and_the_rest_skipped(tmp_path):
