@@ -285,3 +285,23 @@ def test_fixed_point_static_image_reads_and_moves_its_bit_planes(tmp_path):
         assert act.planes[mapping.index("patch_embed.proj_conv")] == planes
         frame = counts[mapping.index("input"), :, C["dram_bits"]]
         assert frame.tolist() == [x.numel() * max(8, planes), 0]
+
+
+@pytest.mark.parametrize("rows,blocks,write_rows", [(64, 1, 64), (63, 2, 32), (30, 3, 22)])
+def test_prior_pim_attention_rounds_partial_row_blocks_up(tmp_path, rows, blocks, write_rows):
+    """64 tokens (4 heads x d 16, SDT) in crossbars of ``rows`` rows, by hand: blocks = ceil(64 / rows) (64 -> 1,
+    63 -> 2: the 64th token needs a second block, 30 -> 3), each written in parallel with ceil(64 / blocks) rows
+    (64, 32, 22: 64 / 3 = 21.3, a partial row is still written); every token's V is written (64 x 4 x 16 = 4096
+    cells); each K channel is one read per block, converting its own column: 4 x 16 x blocks reads and conversions,
+    and 4 x 16 x (blocks - 1) partial-sum adds."""
+    capture, summary = tiny_capture("SDT", True)
+    workload = Workload.open(write(tmp_path / "t", [capture], summary))
+    config = load_config("prior_pim")
+    config = dataclasses.replace(config, crossbar=dataclasses.replace(config.crossbar, rows=rows))
+    mapping = build_mapping(workload.meta, config)
+    act = exact_activity(workload.reader.load_raw(0), mapping, config)
+    core = count_actions(Activity.stack([act]), mapping, config, "events")[0][mapping.index("block.0.attn.core")]
+    heads_x_d = 4 * 16
+    assert (core[:, C["cell_writes"]] == 4096).all() and (core[:, C["write_rows"]] == write_rows).all()
+    for count, expected in (("xbar_reads", blocks), ("adc_conv", blocks), ("psum_adds", blocks - 1)):
+        assert (core[:, C[count]] == heads_x_d * expected).all(), count

@@ -11,6 +11,7 @@ import pytest
 from hw.activity import Activity, exact_activity, statistical_activity
 from hw.config import load_config
 from hw.counts import ALL_COUNTS, count_actions
+from hw.energy import COMPONENTS, energy_matrix
 from hw.mapping import build_mapping
 from hw.workload import Workload, rates_from_traces
 from hw_helpers import tiny_capture, write
@@ -73,3 +74,25 @@ def test_noc_charges_every_move_from_its_producer(tmp_path, mode, order):
         counts = count_actions(Activity.stack([act]), mapping, config, "events")[0]
         for name, bit_hops in expected.items():
             np.testing.assert_allclose(counts[mapping.index(name), :, NOC], bit_hops, rtol=1e-9, err_msg=name)
+
+
+def test_a_move_into_the_port_tile_still_costs_one_hop(tmp_path):
+    """The first layer (2 x 3x3 = 18 rows, 8 outputs x 4 slices = 32 columns: 1 crossbar, 1 tile) sits at tile
+    (0, 0), where the port is: Manhattan distance 0, yet its input crosses the NoC, so hops = max(1, 0) = 1 and
+    noc_bit_hops = the bits it reads from the global buffer x 1 (1 row block: no cross-tile partial sums);
+    its noc energy = noc_bit_hops x noc_bit_hop + bus_bits x bus_bit."""
+    capture, summary = tiny_capture("SDT", True)
+    workload = Workload.open(write(tmp_path / "t", [capture], summary))
+    config = load_config("aster_default")
+    mapping = build_mapping(workload.meta, config)
+    first = mapping.index("patch_embed.proj_conv")
+    assert (mapping.rows[first].geom.crossbars, _centroids(mapping)["patch_embed.proj_conv"].tolist()) == (1, [0, 0])
+    assert mapping.vec["hops"][first] == 1.0 and mapping.vec["psum_noc_fraction"][first] == 0
+    act = exact_activity(workload.reader.load_raw(0), mapping, config)
+    counts = count_actions(Activity.stack([act]), mapping, config, "events")[0][first]
+    bits = counts[:, ALL_COUNTS.index("gb_rd_bits")]
+    assert (bits > 0).all()
+    np.testing.assert_array_equal(counts[:, NOC], bits * 1)
+    noc_energy = (counts @ energy_matrix(config))[:, COMPONENTS.index("noc")]
+    e = config.energy
+    np.testing.assert_allclose(noc_energy, bits * e.noc_bit_hop + counts[:, ALL_COUNTS.index("bus_bits")] * e.bus_bit)

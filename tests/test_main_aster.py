@@ -9,6 +9,7 @@ from _aster_helpers import ASTER_FLAGS, DEPTHS, T, error_lines, reference_log, r
 from _engine_helpers import snapshot
 
 import main
+from engine.checkpoint import load_checkpoint_file
 from engine.config import parse_args
 from engine.run import setup_evaluation
 from engine.traces import capture_sample
@@ -255,3 +256,29 @@ def test_study_writes_the_heat_map(tmp_path):
         _, predictions, labels, _ = _direct_exits(setup, blocks, {"0.0": 0.0, "0.9": 0.9, "inf": 2.0}[row["threshold"]])
         assert float(row["accuracy"]) == pytest.approx(100 * sum(p == y for p, y in zip(predictions, labels))
                                                        / len(labels)), row
+
+
+def test_study_evaluates_the_ema_weights_with_use_ema(tmp_path):
+    """A checkpoint whose EMA weights are the trained ones and whose plain weights are a head that always says
+    class 3 (weights 0, bias 10 on class 3: every logit of every step, so every exit, picks it).  By hand, the
+    study's row "0 skipped, no exit" is then the trained top-1 with --use-ema and 100 x (share of class 3 in the
+    validation set) without."""
+    trained = load_checkpoint_file(_checkpoint())["state_dict"]
+    constant = {k: v.clone() for k, v in trained.items()}
+    constant["head.weight"].zero_()
+    constant["head.bias"].zero_()[3] = 10.0
+    ckpt = tmp_path / "both.pth.tar"
+    torch.save({"epoch": 0, "state_dict": constant, "state_dict_ema": trained}, ckpt)
+    log = tmp_path / "sdt.log"
+    log.write_text(reference_log(RATES))
+    labels = torch.cat([y for _, y in _evaluation_setup(tmp_path / "direct")[1].loaders.eval])
+    top1 = json.loads((trained_run() / "aster_eval.json").read_text())["validation"]["top1"]
+    for flags, expected in (([], 100 * (labels == 3).float().mean().item()), (["--use-ema"], top1)):
+        status, run_dir = run_main(tmp_path, "--study", "--initial-checkpoint", str(ckpt), "--log-file", str(log),
+                                   "--study-max-skip", "0", "--exit-sweep", "0.9", *flags,
+                                   experiment="ema" if flags else "plain")
+        assert status == 0, flags
+        no_exit = next(r for r in _read_csv(run_dir / "aster_heatmap.csv") if r["threshold"] == "inf")
+        assert no_exit["skipped_layers"] == "0"
+        assert float(no_exit["accuracy"]) == pytest.approx(expected), flags
+    assert top1 != pytest.approx(100 * (labels == 3).float().mean().item())  # the two weight sets are told apart
