@@ -10,7 +10,8 @@ The steps run in order of priority, each with the time that is left of ``--budge
 call, the machine's start outside it, less about a minute for installing the wheels, starting Python and packing),
 and a step that runs out is stopped so that the ones before it still come back:
 
-1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3);
+1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3), and ``fixture_diffs_compiled``: three of them with
+   the training step compiled by inductor (``--torchcompile``'s numbers);
 2. ``cuda_tests``: the tests that need a GPU (``-k cuda``: the Triton LIF, BN + LIF and pool kernels against
    their references, CUDA-event timers, the fused optimizer), and ``bench_kernels``: the LIF and pool kernels alone
    at the anchors' shapes, against the GPU's memory bandwidth;
@@ -59,6 +60,11 @@ _BENCH_TINY = ("--tiny", "--warmup", "1", "--steps", "2", "--profile-steps", "1"
 
 STEPS = (
     Step("fixture_diffs", ("benchmarks/fixture_diffs.py", "--device", "{device}")),
+    Step("fixture_diffs_compiled", ("benchmarks/fixture_diffs.py", "--device", "{device}", "--variants", "compiled",
+                                    "--fixtures", "sdt_A_lif_static", "statten_A_statten_static",
+                                    "statten_C_statten_dvs_chunk2"),
+         ("benchmarks/fixture_diffs.py", "--device", "{device}", "--variants", "compiled", "--compile-backend",
+          "aot_eager", "--fixtures", "sdt_A_lif_static")),
     Step("cuda_tests", ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "tests/test_fused_lif.py",
                         "tests/test_bn_lif.py", "tests/test_pool.py", "tests/test_profiler_instrument.py",
                         "tests/test_train_steps.py"),

@@ -6,14 +6,20 @@ The model variants of the fixture tests: ``fused`` (the defaults: our stateless 
 Triton, and the static encoding conv run once), ``spikingjelly`` (spikingjelly 2.0's neurons, Triton on CUDA,
 on T repeated copies), ``bn_lif`` (the defaults with ``fuse_bn_lif``: its train step runs without the hook dict,
 whose hooks would keep the pairs unfused) and ``channels_last`` (the defaults with the model and a static input in
-NHWC memory, as ``--channels-last`` trains).  This shows how far each path is from the reference's CPU float32
-numbers (eval output, hook tensors, train output, loss, gradients, BN running stats), in true float32 unless
-``--tf32``.
+NHWC memory, as ``--channels-last`` trains); opt-in, as compiling takes tens of seconds per fixture: ``compiled``
+(the defaults with the training copy compiled in place, ``train.compile(backend=--compile-backend)``, as
+``--torchcompile`` trains; the eval output and hook columns stay eager, the hooks being a Python dict).  This shows
+how far each path is from the reference's CPU float32 numbers (eval output, hook tensors, train output, loss,
+gradients, BN running stats), in true float32 unless ``--tf32``.
 
 Without a GPU, ``TRITON_INTERPRET=1`` runs our ops' Triton kernels (the CUDA code path) on the CPU in Triton's
 interpreter, slowly (about 20 s per static fixture and variant, ten minutes per event-frame one)::
 
     TRITON_INTERPRET=1 python benchmarks/fixture_diffs.py --device cpu --variants fused bn_lif channels_last
+
+The compiled training step on the CPU, without inductor's code generation (graph capture and autograd only)::
+
+    python benchmarks/fixture_diffs.py --device cpu --variants compiled --compile-backend aot_eager
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -37,13 +44,15 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach().float().cpu() - b.float()).abs().max().item()
 
 
-MODEL_VARIANTS = {**VARIANTS, "bn_lif": {"fuse_bn_lif": True}, "channels_last": {}}
+MODEL_VARIANTS = {**VARIANTS, "bn_lif": {"fuse_bn_lif": True}, "channels_last": {}, "compiled": {}}
 MEMORY_FORMATS = {"channels_last": torch.channels_last}  # the other variants: contiguous
+COMPILED_VARIANTS = {"compiled"}  # their training copy runs under torch.compile
+DEFAULT_VARIANTS = [v for v in MODEL_VARIANTS if v not in COMPILED_VARIANTS]  # compiling is slow: opt-in
 
 
-def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> dict:
+def fixture_diffs(path: Path, device: torch.device, variant: str = "fused", compile_backend: str = "inductor") -> dict:
     """Max absolute differences for one fixture file and model variant (:data:`MODEL_VARIANTS`), and the share of
-    hook elements that differ."""
+    hook elements that differ.  A compiled variant compiles the training copy with ``compile_backend``."""
     fixture = load_fixture(path)
     net = build_seeded(fixture, **MODEL_VARIANTS[variant])
     net.load_state_dict(fixture["state_dict"])
@@ -58,6 +67,9 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
     hook_err = max((ours - theirs).abs().max().item() for ours, theirs in pairs)
     flips = sum((ours != theirs).sum().item() for ours, theirs in pairs) / sum(t.numel() for _, t in pairs)
     train = copy.deepcopy(net).train()
+    if variant in COMPILED_VARIANTS:
+        torch._dynamo.reset()  # a fresh cache per fixture: its new shapes never hit the recompilation limit
+        train.compile(backend=compile_backend)
     out_t = train(x)
     loss = reference_loss({**fixture, "labels": fixture["labels"].to(device)}, out_t)
     loss.backward()
@@ -75,18 +87,22 @@ def fixture_diffs(path: Path, device: torch.device, variant: str = "fused") -> d
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", nargs="+", default=list(MODEL_VARIANTS), choices=list(MODEL_VARIANTS),
-                        help="model variants (default: all)")
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(MODEL_VARIANTS),
+                        help=f"model variants (default: {' '.join(DEFAULT_VARIANTS)}; compiled is opt-in, tens of "
+                             "seconds per fixture)")
     parser.add_argument("--fixtures", nargs="+", default=None, metavar="NAME",
                         help="fixture names, e.g. sdt_A_lif_static (default: all)")
     parser.add_argument("--tf32", action="store_true",
                         help="let cuDNN and cuBLAS run float32 in TF32 (PyTorch's default for convolutions, so also "
                              "training's): its 10-bit mantissa moves membranes across the threshold, so the spikes "
                              "differ; without it the comparison is in true float32")
-    args = parser.parse_args()
+    parser.add_argument("--compile-backend", default="inductor", metavar="BACKEND",
+                        help="torch.compile backend of the compiled variant's training step (default inductor; "
+                             "aot_eager is the fast CPU check); its eval output and hooks stay eager")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
     device = torch.device(args.device)
@@ -94,6 +110,9 @@ def main() -> None:
     unknown = sorted(set(args.fixtures or ()) - set(names))
     if unknown:
         parser.error(f"no fixture named {unknown}; choose from {names}")
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if args.compile_backend not in backends:
+        parser.error(f"no torch.compile backend named {args.compile_backend!r}; choose from {backends}")
     paths = [p for p in FIXTURES if args.fixtures is None or p.stem in args.fixtures]
     cols = ["fixture", "eval_out", "hooks", "hook_flips", "train_out", "loss", "grads", "bn_stats"]
     kernels = "Triton kernels" if runs_triton(torch.empty(0, device=device)) else "PyTorch loops and ATen"
@@ -105,7 +124,7 @@ def main() -> None:
     for variant in args.variants:  # each row as soon as it is known: a variant that fails keeps the others
         for path in paths:
             try:
-                row = fixture_diffs(path, device, variant)
+                row = fixture_diffs(path, device, variant, args.compile_backend)
             except Exception as exc:  # noqa: BLE001  (report it, go on with the next)
                 failed += 1
                 _logger.error(f"{variant + ':' + path.stem:>47s} | failed: {type(exc).__name__}: {exc}")
