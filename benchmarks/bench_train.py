@@ -65,7 +65,7 @@ from engine.distributed import init_distributed  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
-from engine.model import CUDA_GRAPH_MODES, build_model, compile_model, model_kwargs, prepare_model, \
+from engine.model import build_model, compile_model, model_kwargs, prepare_model, replays_cuda_graphs, \
     resolve_model_args, uses_channels_last  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
 
@@ -322,7 +322,7 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         host_ms.append(1e3 * (time.perf_counter() - start))
         sync()
         times_ms.append(1e3 * (time.perf_counter() - start))
-    if on_cuda and args.torchcompile and args.torchcompile_mode in CUDA_GRAPH_MODES:
+    if on_cuda and replays_cuda_graphs(args):
         # CUDA graphs replay into a private memory pool whose blocks the allocator no longer counts as allocated
         peak_gib, memory_kind = torch.cuda.max_memory_reserved(device) / _GIB, "cuda_max_reserved"
     elif on_cuda:

@@ -10,8 +10,9 @@ The steps run in order of priority, each with the time that is left of ``--budge
 call, the machine's start outside it, less about a minute for installing the wheels, starting Python and packing),
 and a step that runs out is stopped so that the ones before it still come back:
 
-1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3), and ``fixture_diffs_compiled``: three of them with
-   the training step compiled by inductor (``--torchcompile``'s numbers);
+1. ``fixture_diffs``: the reference fixtures on CUDA (issue 3), and ``fixture_diffs_compiled`` /
+   ``fixture_diffs_cudagraphs``: three of them with the training step compiled by inductor, and replayed as CUDA
+   graphs of eager's kernels (``--torchcompile cudagraphs``);
 2. ``cuda_tests``: the tests that need a GPU (``-k cuda``: the Triton LIF, BN + LIF and pool kernels against
    their references, CUDA-event timers, the fused optimizer), and ``bench_kernels``: the LIF and pool kernels alone
    at the anchors' shapes, against the GPU's memory bandwidth;
@@ -20,7 +21,8 @@ and a step that runs out is stopped so that the ones before it still come back:
 4. ``bench_train``: every anchor config on the default fast path (channels-last on CUDA), ``bench_train_bn_lif``
    with ``--fuse-bn-lif`` (whether it pays decides its default), ``bench_train_contiguous`` with
    ``--no-channels-last`` (likewise), then ``bench_train_compiled`` with ``--torchcompile --torchcompile-mode
-   reduce-overhead`` (CUDA graphs) on every anchor (issue 10).
+   reduce-overhead`` (CUDA graphs) on every anchor, and ``bench_train_cudagraphs`` with ``--torchcompile
+   cudagraphs`` (issue 10).
 
 ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
 records, benchmark JSON): two files in all, as the device tool returns at most eight.  The archive is packed
@@ -65,6 +67,11 @@ STEPS = (
                                     "statten_C_statten_dvs_chunk2"),
          ("benchmarks/fixture_diffs.py", "--device", "{device}", "--variants", "compiled", "--compile-backend",
           "aot_eager", "--fixtures", "sdt_A_lif_static")),
+    Step("fixture_diffs_cudagraphs", ("benchmarks/fixture_diffs.py", "--device", "{device}", "--variants",
+                                      "compiled", "--compile-backend", "cudagraphs", "--fixtures", "sdt_A_lif_static",
+                                      "statten_A_statten_static", "statten_C_statten_dvs_chunk2"),
+         ("benchmarks/fixture_diffs.py", "--device", "{device}", "--variants", "compiled", "--compile-backend",
+          "cudagraphs", "--fixtures", "sdt_A_lif_static")),
     Step("cuda_tests", ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", "tests/test_fused_lif.py",
                         "tests/test_bn_lif.py", "tests/test_pool.py", "tests/test_profiler_instrument.py",
                         "tests/test_train_steps.py"),
@@ -99,6 +106,10 @@ STEPS = (
                                   "{files}/bench_train_compiled.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "aot_eager",
           "--json", "{files}/bench_train_compiled.json")),
+    Step("bench_train_cudagraphs", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--torchcompile",
+                                    "cudagraphs", "--json", "{files}/bench_train_cudagraphs.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "cudagraphs",
+          "--json", "{files}/bench_train_cudagraphs.json")),
 )
 
 

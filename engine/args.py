@@ -233,7 +233,9 @@ def _speed_group(parser: argparse.ArgumentParser) -> None:
                             "CUDA, where it cuts the GPU time of a step by 24-39 %%, off on the CPU, where PyTorch's "
                             "BatchNorm is less accurate in it)")
     group.add_argument("--torchcompile", nargs="?", type=str, default=None, const="inductor", metavar="BACKEND",
-                       help="torch.compile the model for training with this backend (default inductor)")
+                       help="torch.compile the model for training with this backend (default inductor; "
+                            "cudagraphs: eager's kernels replayed as CUDA graphs, eager's numbers without its host "
+                            "time)")
     group.add_argument("--torchcompile-mode", default=None,
                        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
                        help="torch.compile mode; reduce-overhead replays CUDA graphs (needs --neuron-backend fused)")

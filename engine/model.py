@@ -198,19 +198,32 @@ def build_model_ema(args: argparse.Namespace, model: nn.Module):
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch._inductor.list_mode_options: triton.cudagraphs
 
 
+def replays_cuda_graphs(args: argparse.Namespace) -> bool:
+    """Whether ``--torchcompile`` replays CUDA graphs: inductor in a CUDA-graph mode, or the ``cudagraphs`` backend
+    (eager's own kernels captured into graphs, so eager's numbers without its host time)."""
+    graph_mode = args.torchcompile_mode in CUDA_GRAPH_MODES
+    return bool(args.torchcompile) and (graph_mode or args.torchcompile == "cudagraphs")
+
+
 def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     """``torch.compile`` the model in place with ``--torchcompile`` (backend) and ``--torchcompile-mode``.
 
     In place (``nn.Module.compile``), so state-dict keys, hooks and ``unwrap`` stay as they are.
 
     Raises:
-        ConfigError: CUDA-graph modes with stateful neurons, which would replay a stale membrane.
+        ConfigError: a backend torch.compile does not know, or CUDA graphs with stateful neurons, which would replay
+            a stale membrane.
     """
     if not args.torchcompile:
         return model
-    if args.torchcompile_mode in CUDA_GRAPH_MODES and args.neuron_backend != "fused":
-        raise ConfigError(f"--torchcompile-mode {args.torchcompile_mode} replays CUDA graphs, which need stateless "
-                          "neurons; use --neuron-backend fused")
+    backends = torch._dynamo.list_backends(exclude_tags=())
+    if args.torchcompile not in backends:
+        raise ConfigError(f"--torchcompile {args.torchcompile}: torch.compile has no such backend; choose from "
+                          f"{', '.join(sorted(backends))}")
+    if replays_cuda_graphs(args) and args.neuron_backend != "fused":
+        how = (f"--torchcompile-mode {args.torchcompile_mode}" if args.torchcompile_mode in CUDA_GRAPH_MODES
+               else "--torchcompile cudagraphs")
+        raise ConfigError(f"{how} replays CUDA graphs, which need stateless neurons; use --neuron-backend fused")
     model.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
     _logger.info("Compiling the model with torch.compile(backend=%s, mode=%s); the first steps are slow.",
                  args.torchcompile, args.torchcompile_mode)

@@ -124,18 +124,27 @@ def test_output_that_is_a_file_is_refused(tmp_path, capfd):
     assert (tmp_path / "out").read_text() == "results of something else\n"
 
 
-@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune"])
-def test_cuda_graph_compile_modes_need_stateless_neurons(tmp_path, mode):
-    """Both modes replay CUDA graphs (inductor's triton.cudagraphs), which would replay a stale membrane."""
+@pytest.mark.parametrize("flags", [("--torchcompile", "--torchcompile-mode", "reduce-overhead"),
+                                   ("--torchcompile", "--torchcompile-mode", "max-autotune"),
+                                   ("--torchcompile", "cudagraphs")], ids=["reduce-overhead", "max-autotune",
+                                                                           "cudagraphs-backend"])
+def test_cuda_graph_compiles_need_stateless_neurons(tmp_path, flags):
+    """Inductor's CUDA-graph modes (triton.cudagraphs) and the cudagraphs backend replay CUDA graphs, which would
+    replay a stale membrane."""
     from _engine_helpers import tiny_args
 
     from engine.errors import ConfigError
     from engine.model import build_model, compile_model, resolve_model_args
 
-    args = tiny_args(tmp_path, "--neuron-backend", "spikingjelly", "--torchcompile", "--torchcompile-mode", mode)
+    args = tiny_args(tmp_path, "--neuron-backend", "spikingjelly", *flags)
     resolve_model_args(args)
-    with pytest.raises(ConfigError, match=f"--torchcompile-mode {mode} replays CUDA graphs"):
+    with pytest.raises(ConfigError, match=f"{' '.join(flags[-2:])} replays CUDA graphs"):
         compile_model(args, build_model(args))
+
+
+def test_unknown_compile_backend_is_named(tmp_path, capfd):
+    status, error_lines, _ = _run_cli([*TINY_FLAGS, "--torchcompile", "inductr", "--output", str(tmp_path)], capfd)
+    assert status == 2 and "--torchcompile inductr" in error_lines[0] and "cudagraphs, " in error_lines[0]
 
 
 def test_ctrl_c_is_logged_in_the_run_and_ends_without_a_traceback(tmp_path, capfd, monkeypatch):
