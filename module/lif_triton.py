@@ -235,18 +235,12 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, 
     grad_v = tl.zeros([1, BLOCK], dtype=tl.float32)
     grad_x_sum = tl.zeros([1, BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([1, BLOCK], dtype=tl.float32)
-    if MEMBRANE == "registers":  # unrolled: each step's membrane is then a fixed register of the history
-        for i in tl.static_range(T):
-            grad_v, grad_x_sum, grad_decay = _backward_step(
-                T - 1 - i, grad_v, grad_x_sum, grad_decay, grad_spike_ptr, x_ptr, history, h_ptr, grad_x_ptr, offs,
-                mask, k, N, T_POW2, v_threshold, alpha, NEED_DECAY_GRAD, REPEATED_INPUT, mean, invstd, weight, bias,
-                HAS_BN, BN_GRAD, mean_dy, proj_scale, grad_scale, MEMBRANE)
-    else:
-        for i in range(T):
-            grad_v, grad_x_sum, grad_decay = _backward_step(
-                T - 1 - i, grad_v, grad_x_sum, grad_decay, grad_spike_ptr, x_ptr, history, h_ptr, grad_x_ptr, offs,
-                mask, k, N, T_POW2, v_threshold, alpha, NEED_DECAY_GRAD, REPEATED_INPUT, mean, invstd, weight, bias,
-                HAS_BN, BN_GRAD, mean_dy, proj_scale, grad_scale, MEMBRANE)
+    # unrolled with the register history: each step's membrane is then a fixed register of it
+    for i in tl.range(T, loop_unroll_factor=T if MEMBRANE == "registers" else 1):
+        grad_v, grad_x_sum, grad_decay = _backward_step(
+            T - 1 - i, grad_v, grad_x_sum, grad_decay, grad_spike_ptr, x_ptr, history, h_ptr, grad_x_ptr, offs,
+            mask, k, N, T_POW2, v_threshold, alpha, NEED_DECAY_GRAD, REPEATED_INPUT, mean, invstd, weight, bias,
+            HAS_BN, BN_GRAD, mean_dy, proj_scale, grad_scale, MEMBRANE)
     if REPEATED_INPUT:
         tl.store(grad_x_ptr + offs, grad_x_sum.to(grad_x_ptr.dtype.element_ty), mask=mask)
     if NEED_DECAY_GRAD:
