@@ -21,6 +21,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,8 +63,6 @@ def compile_kernel(kernel, constants: dict, types: dict[str, str] | None = None,
                    arch: int = 90, scalar_type: str = "i32") -> KernelReport:
     """Compile ``kernel`` for ``sm_<arch>`` with ``constants`` (its constexprs, and any scalar to specialise) and
     argument ``types`` (see :func:`_signature`); ``aligned`` marks every pointer and integer divisible by 16."""
-    import tempfile
-
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
