@@ -28,15 +28,18 @@ BLOCK = 512  # elements per program, about
 @triton.jit
 def _tile(C, OH, OW, TH: tl.constexpr, TW: tl.constexpr, BC: tl.constexpr):
     """``(sample, rows [TH, 1, 1], columns [1, TW, 1], channels [1, 1, BC], mask)`` of this program's tile of an
-    ``[N, C, OH, OW]`` tensor: grid axis 0 walks the samples' ``TH x TW`` spatial tiles, axis 1 the channel
-    blocks.  A tile covers neighbouring rows and columns so that the windows' overlapping reads hit the cache."""
+    ``[N, C, OH, OW]`` tensor.  The one grid axis walks the ``TH x TW`` spatial tiles of a channel block, then the
+    channel blocks, then the samples (one axis: CUDA allows 2**31 - 1 programs there, 65535 on the others).  A tile
+    covers neighbouring rows and columns so that the windows' overlapping reads hit the cache."""
     tiles_w = tl.cdiv(OW, TW)
     tiles_h = tl.cdiv(OH, TH)
     tile = tl.program_id(0)
     rows = (tile // tiles_w) % tiles_h * TH + tl.arange(0, TH)[:, None, None]
     cols = tile % tiles_w * TW + tl.arange(0, TW)[None, :, None]
-    channels = tl.program_id(1) * BC + tl.arange(0, BC)[None, None, :]
-    return tile // (tiles_w * tiles_h), rows, cols, channels, (rows < OH) & (cols < OW) & (channels < C)
+    block = tile // (tiles_w * tiles_h)
+    blocks = tl.cdiv(C, BC)
+    channels = block % blocks * BC + tl.arange(0, BC)[None, None, :]
+    return block // blocks, rows, cols, channels, (rows < OH) & (cols < OW) & (channels < C)
 
 
 @triton.jit
@@ -123,7 +126,7 @@ def _launch(kernel, tensors: tuple[Tensor, ...], strided: tuple[Tensor, ...], ti
         return
     rows, cols = tiled.shape[2:]
     th, tw, bc = tile_shape(rows, cols, tiled.shape[1], _channels_last(tiled))
-    grid = (tiled.shape[0] * triton.cdiv(rows, th) * triton.cdiv(cols, tw), triton.cdiv(tiled.shape[1], bc))
+    grid = (tiled.shape[0] * triton.cdiv(tiled.shape[1], bc) * triton.cdiv(rows, th) * triton.cdiv(cols, tw),)
     kernel[grid](*tensors, *sizes, *(s for t in strided for s in t.stride()), KH=kernel_size[0], KW=kernel_size[1],
                  SH=stride[0], SW=stride[1], PH=padding[0], PW=padding[1], TH=th, TW=tw, BC=bc,
                  WIDE=not _spans_int32(*tensors))

@@ -248,3 +248,24 @@ def test_cuda_kernels_match_aten(dtype, layout):
         ours.backward(grad_out)
         expected.backward(grad_out)
         assert torch.equal(ours_in.grad, ref_in.grad), (kernel, stride)
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_pool_grid_is_one_axis_for_any_channel_count():
+    """CUDA allows 65535 programs on grid axes 1 and 2; in NCHW a 32 x 32 output tile holds one channel, so 70000
+    channels are 70000 channel blocks: they go on the one axis with the spatial tiles and samples."""
+    from module import pool_triton
+
+    launched = {}
+
+    class RecordingKernel:
+        def __getitem__(self, grid):
+            launched["grid"] = grid
+            return lambda *args, **kwargs: launched.update(kwargs)
+
+    x = torch.empty(2, 70000, 32, 32, device="meta")
+    out = torch.empty_like(x)
+    pool_triton._launch(RecordingKernel(), (x, out, out), (x, out), out, (70000, 32, 32, 32, 32), [3, 3], [1, 1],
+                        [1, 1])
+    assert (launched["TH"], launched["TW"], launched["BC"]) == (16, 32, 1)
+    assert launched["grid"] == (2 * 70000 * 2 * 1,)
