@@ -201,8 +201,8 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch._inductor.list_m
 def replays_cuda_graphs(args: argparse.Namespace) -> bool:
     """Whether ``--torchcompile`` replays CUDA graphs: inductor in a CUDA-graph mode, or the ``cudagraphs`` backend
     (eager's own kernels captured into graphs, so eager's numbers without its host time)."""
-    graph_mode = args.torchcompile_mode in CUDA_GRAPH_MODES
-    return bool(args.torchcompile) and (graph_mode or args.torchcompile == "cudagraphs")
+    inductor_graphs = args.torchcompile == "inductor" and args.torchcompile_mode in CUDA_GRAPH_MODES
+    return inductor_graphs or args.torchcompile == "cudagraphs"
 
 
 def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
@@ -211,9 +211,13 @@ def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     In place (``nn.Module.compile``), so state-dict keys, hooks and ``unwrap`` stay as they are.
 
     Raises:
-        ConfigError: a backend torch.compile does not know, or CUDA graphs with stateful neurons, which would replay
-            a stale membrane.
+        ConfigError: a backend torch.compile does not know, a mode without inductor (torch.compile would ignore it),
+            or CUDA graphs with stateful neurons, which would replay a stale membrane.
     """
+    if args.torchcompile_mode and args.torchcompile != "inductor":
+        problem = f"--torchcompile {args.torchcompile} ignores it" if args.torchcompile else "--torchcompile is off"
+        raise ConfigError(f"--torchcompile-mode {args.torchcompile_mode} is an inductor mode and {problem}; add "
+                          "--torchcompile (inductor) or drop the mode")
     if not args.torchcompile:
         return model
     backends = torch._dynamo.list_backends(exclude_tags=())

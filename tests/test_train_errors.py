@@ -142,6 +142,24 @@ def test_cuda_graph_compiles_need_stateless_neurons(tmp_path, flags):
         compile_model(args, build_model(args))
 
 
+@pytest.mark.parametrize("backend", [(), ("--torchcompile", "aot_eager")], ids=["no-backend", "aot_eager"])
+def test_a_compile_mode_needs_inductor(tmp_path, backend):
+    """torch.compile ignores a mode with another backend (a warning), and the engine with no backend at all: neither
+    replays CUDA graphs, so neither may claim to."""
+    from _engine_helpers import tiny_args
+
+    from engine.errors import ConfigError
+    from engine.model import build_model, compile_model, replays_cuda_graphs, resolve_model_args
+
+    args = tiny_args(tmp_path, *backend, "--torchcompile-mode", "reduce-overhead")
+    resolve_model_args(args)
+    assert not replays_cuda_graphs(args)
+    with pytest.raises(ConfigError, match="--torchcompile-mode reduce-overhead is an inductor mode and "
+                                          + ("--torchcompile aot_eager ignores it" if backend else
+                                             "--torchcompile is off")):
+        compile_model(args, build_model(args))
+
+
 def test_unknown_compile_backend_is_named(tmp_path, capfd):
     status, error_lines, _ = _run_cli([*TINY_FLAGS, "--torchcompile", "inductr", "--output", str(tmp_path)], capfd)
     assert status == 2 and "--torchcompile inductr" in error_lines[0] and "cudagraphs, " in error_lines[0]
