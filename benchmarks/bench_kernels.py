@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.peaks import peaks_of  # noqa: E402
+from engine.atomic import unwritable_reason, write_text_atomic  # noqa: E402
 from module.fused_lif import multistep_lif  # noqa: E402
 from module.pool import max_pool2d  # noqa: E402
 
@@ -130,9 +131,10 @@ def _pool_rows(case: PoolCase, device: torch.device, repeats: int, warmup: int) 
     ]
 
 
-def bench(cases: dict, device: torch.device, repeats: int, warmup: int) -> list[dict]:
+def bench(cases: dict, device: torch.device, repeats: int, warmup: int,
+          after_case: Callable[[list[dict]], None] = lambda rows: None) -> list[dict]:
     """One row per case and kernel: ms, least bytes moved, GB/s and, on a GPU in :mod:`benchmarks.peaks`, the share
-    of its memory bandwidth."""
+    of its memory bandwidth; ``after_case`` gets the rows so far after each case."""
     peaks = peaks_of(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
     rows = []
     for name, case in cases.items():
@@ -144,6 +146,7 @@ def bench(cases: dict, device: torch.device, repeats: int, warmup: int) -> list[
             _logger.info("%-56s | %-13s | %8.3f ms | %7.1f MB | %7.0f GB/s | %s", name, row["kernel"], row["ms"],
                          row["bytes"] / 1e6, row["GB/s"],
                          "" if row["% of bandwidth"] is None else f"{row['% of bandwidth']:.0f} %")
+        after_case(rows)
     return rows
 
 
@@ -151,20 +154,24 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="small shapes (the CPU smoke test)")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=50, help="timed calls per kernel (at least 1)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--json", type=Path, help="also write the rows here (after every case)")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error(f"--repeats {args.repeats} --warmup {args.warmup}: give at least 1 timed call, no negative")
+    if args.json and (reason := unwritable_reason(args.json)):
+        parser.error(f"--json {args.json}: {reason}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    device = torch.device(args.device)
+    device, cases = torch.device(args.device), TINY_CASES if args.tiny else CASES
+
+    def write(rows: list[dict]) -> None:
+        if args.json:
+            write_text_atomic(args.json, json.dumps({"device": str(device), "cases": {
+                name: asdict(case) for name, case in cases.items()}, "rows": rows}, indent=1, default=str))
+
     _logger.info("%-56s | %-13s | %11s | %10s | %12s | of peak", "case", "kernel", "median", "least bytes", "bandwidth")
-    rows = bench(TINY_CASES if args.tiny else CASES, device, args.repeats, args.warmup)
-    if args.json:
-        temporary = args.json.with_name(args.json.name + ".tmp")
-        temporary.write_text(json.dumps({"device": str(device), "cases": {n: asdict(c) for n, c in (
-            TINY_CASES if args.tiny else CASES).items()}, "rows": rows}, indent=1, default=str))
-        temporary.replace(args.json)
-    return rows
+    return bench(cases, device, args.repeats, args.warmup, after_case=write)
 
 
 if __name__ == "__main__":

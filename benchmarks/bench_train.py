@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks.peaks import ANCHOR_GPU, gpu_caveat, peaks_of, short_gpu_name  # noqa: E402
 from data import is_neuromorphic  # noqa: E402
 from engine.args import get_args_parser  # noqa: E402
-from engine.atomic import write_text_atomic  # noqa: E402
+from engine.atomic import unwritable_reason, write_text_atomic  # noqa: E402
 from engine.config import parse_args  # noqa: E402
 from engine.distributed import init_distributed  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
@@ -519,6 +519,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         parser.error("nothing to benchmark: give --all, --anchor, --config or --tiny")
     if opts.warmup < 1 or opts.steps < 2:
         parser.error(f"--warmup {opts.warmup} --steps {opts.steps}: give at least 1 warm-up and 2 timed steps")
+    if opts.json and (reason := unwritable_reason(opts.json)):
+        parser.error(f"--json {opts.json}: {reason}")
     device_flags = ["--device", opts.device] if opts.device else []
     results = {}
     for name, case in cases.items():

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.atomic import unwritable_reason, write_text_atomic  # noqa: E402
 
 _logger = logging.getLogger("kernel_report")
 
@@ -151,14 +152,14 @@ def main(argv: list[str] | None = None) -> dict[str, KernelReport]:
     parser.add_argument("--only", choices=sorted(GROUPS), action="append", help="kernel groups (default: all)")
     parser.add_argument("--json", type=Path, help="also write the reports here")
     args = parser.parse_args(argv)
+    if args.json and (reason := unwritable_reason(args.json)):
+        parser.error(f"--json {args.json}: {reason}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.pop("TRITON_INTERPRET", None)
     reports = report(args.only or list(GROUPS))
     _logger.info("%s", _table(reports))
     if args.json:
-        temporary = args.json.with_name(args.json.name + ".tmp")
-        temporary.write_text(json.dumps({name: dataclasses.asdict(r) for name, r in reports.items()}, indent=1))
-        temporary.replace(args.json)
+        write_text_atomic(args.json, json.dumps({name: dataclasses.asdict(r) for name, r in reports.items()}, indent=1))
     return reports
 
 

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "write_text_atomic"]
+__all__ = ["atomic_open", "write_text_atomic", "unwritable_reason"]
 
 
 @contextmanager
@@ -35,3 +35,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path) as f:
         f.write(text)
+
+
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why a file cannot be written at ``path`` (a folder is there, or its folder is missing), to check before the
+    work that produces it; None when it can."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a folder; give a file name"
+    if not path.parent.is_dir():
+        return f"folder {path.parent} does not exist; create it first"
+    return None

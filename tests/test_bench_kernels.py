@@ -1,6 +1,8 @@
 """benchmarks/bench_kernels.py on the CPU (the smoke test; the GPU numbers come from the device tool)."""
 import json
 
+import pytest
+
 from benchmarks.bench_kernels import main
 
 
@@ -20,3 +22,28 @@ def test_rows_and_least_bytes_by_hand(tmp_path):
     written = json.loads(path.read_text())
     assert written["device"] == "cpu" and len(written["rows"]) == len(rows)
     assert written["cases"]["pool tiny 3x3/1"]["shape"] == [4, 8, 6, 6]
+
+
+@pytest.mark.parametrize("flags, message", [(["--repeats", "0"], "--repeats 0"),
+                                            (["--json", "{tmp}/missing/k.json"], "does not exist"),
+                                            (["--json", "{tmp}"], "is a folder")])
+def test_bad_flags_are_refused_before_measuring(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--device", "cpu", "--tiny", *(f.format(tmp=tmp_path) for f in flags)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_json_is_written_after_every_case(tmp_path, monkeypatch):
+    """A run stopped midway (device_checks' time budget) keeps the cases it measured."""
+    import benchmarks.bench_kernels as bench_kernels
+
+    path, seen = tmp_path / "kernels.json", []
+    real = bench_kernels._pool_rows
+
+    def pool_rows_then_check(*args):
+        seen.append(len(json.loads(path.read_text())["rows"]))  # the two LIF cases are already on disk
+        return real(*args)
+
+    monkeypatch.setattr(bench_kernels, "_pool_rows", pool_rows_then_check)
+    main(["--device", "cpu", "--tiny", "--repeats", "1", "--warmup", "0", "--json", str(path)])
+    assert seen == [4, 8] and len(json.loads(path.read_text())["rows"]) == 12

@@ -148,3 +148,10 @@ def test_top_ops_sums_per_name_and_step():
     assert top[1]["calls_per_step"] == 1.0 and top[1]["ms_per_step"] == pytest.approx(0.05)
     assert top[2]["share"] == pytest.approx(50 / 560)
     assert top_ops([], steps=1) == []
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys):
+    for path, message in ((tmp_path / "missing" / "out.json", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--tiny", "--device", "cpu", "--json", str(path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -54,3 +54,11 @@ def test_report_table_and_json(tmp_path):
     rows = json.loads(path.read_text())
     assert len(rows) == 8 and all(row["registers"] > 0 and row["ptx_instructions"] > 50 for row in rows.values())
     assert {row["spilled_bytes"] for row in rows.values()} == {0}
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_compiling(tmp_path, capsys):
+    from benchmarks.kernel_report import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--only", "pool", "--json", str(tmp_path / "missing" / "report.json")])
+    assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
