@@ -140,11 +140,11 @@ register_autograd(_max_pool_forward, _backward, setup_context=_setup_context)
 
 def max_pool2d(x: Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False) -> Tensor:
     """``torch.nn.functional.max_pool2d`` (same values and gradients) that keeps one byte of argmax per output for
-    the backward instead of ``x`` and int64 indices; with ``dilation`` or ``ceil_mode``, or a window of more than
-    127 positions, it is ``F.max_pool2d`` itself."""
+    the backward instead of ``x`` and int64 indices; with ``dilation`` or ``ceil_mode``, a window of more than 127
+    positions, or an empty channel or spatial axis (ATen's error), it is ``F.max_pool2d`` itself."""
     kernel_size = _pair(kernel_size)
     stride, padding, dilation = _pair(kernel_size if stride is None else stride), _pair(padding), _pair(dilation)
-    plain = dilation != (1, 1) or ceil_mode or kernel_size[0] * kernel_size[1] > _MAX_WINDOW
+    plain = dilation != (1, 1) or ceil_mode or kernel_size[0] * kernel_size[1] > _MAX_WINDOW or 0 in x.shape[1:]
     if plain or not (torch.is_grad_enabled() and x.requires_grad):
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
     return _max_pool_forward(x, list(kernel_size), list(stride), list(padding))[0]

@@ -269,3 +269,21 @@ def test_pool_grid_is_one_axis_for_any_channel_count():
                         [1, 1])
     assert (launched["TH"], launched["TW"], launched["BC"]) == (16, 32, 1)
     assert launched["grid"] == (2 * 70000 * 2 * 1,)
+
+
+@pytest.mark.skipif(not triton_available(), reason="Triton is not installed")
+def test_an_empty_axis_is_atens_error_on_the_triton_path():
+    """The Triton kernels would pool a padded empty image into -inf; ATen refuses it, and so does max_pool2d."""
+    run_in_interpreter("""
+import torch
+from module.pool import max_pool2d
+x = torch.empty(1, 1, 0, 4, requires_grad=True)
+messages = []
+for pool in (torch.nn.functional.max_pool2d, max_pool2d):
+    try:
+        pool(x, 2, 1, 1)
+    except RuntimeError as error:
+        messages.append(str(error))
+assert len(messages) == 2 and messages[0] == messages[1], messages
+print("ok")
+""")
