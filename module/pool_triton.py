@@ -91,9 +91,10 @@ def _max_pool_backward_kernel(grad_out_ptr, offset_ptr, grad_x_ptr, C, H, W, OH,
             s = w + PW - ow * SW
             covers = mask & (oh >= 0) & (oh < OH) & (r < KH) & (ow >= 0) & (ow < OW) & (s < KW)
             offset = tl.load(_address(offset_ptr, n, c, oh, ow, son, soc, soh, sow, WIDE), mask=covers, other=-1)
-            hit = covers & (offset.to(tl.int32) == r * KW + s)
-            grad = tl.load(_address(grad_out_ptr, n, c, oh, ow, sgn, sgc, sgh, sgw, WIDE), mask=hit, other=0.0)
-            acc += grad.to(tl.float32)
+            # every covering gradient is read (one vector load in channels-last, not one load per element under
+            # the argmax test) and selected: the cache holds it for the tile's other inputs anyway
+            grad = tl.load(_address(grad_out_ptr, n, c, oh, ow, sgn, sgc, sgh, sgw, WIDE), mask=covers, other=0.0)
+            acc += tl.where(offset.to(tl.int32) == r * KW + s, grad.to(tl.float32), 0.0)
     tl.store(_address(grad_x_ptr, n, c, h, w, sxn, sxc, sxh, sxw, WIDE), acc.to(grad_x_ptr.dtype.element_ty),
              mask=mask)
 

@@ -54,6 +54,11 @@ def test_report_table_and_json(tmp_path):
     rows = json.loads(path.read_text())
     assert len(rows) == 8 and all(row["registers"] > 0 and row["ptx_instructions"] > 50 for row in rows.values())
     assert {row["spilled_bytes"] for row in rows.values()} == {0}
+    # channels-last backward: per covering output one vector load of offsets and one of gradients (45 loads at
+    # stride 1 when the gradients were loaded element by element under the argmax test)
+    backward = {name.split(" (")[0][-3:]: row["global_loads"] for name, row in rows.items()
+                if "backward" in name and name.endswith("channels-last")}
+    assert backward == {"3/2": 2 * 2 * 2, "3/1": 2 * 3 * 3}, backward
 
 
 def test_a_json_path_that_cannot_be_written_is_refused_before_compiling(tmp_path, capsys):
