@@ -6,8 +6,9 @@ A checkpoint is a dict with ``epoch``, ``arch``, ``state_dict``, ``optimizer``, 
 killed run never leaves a truncated ``last.pth.tar``; it keeps the best ``--checkpoint-hist`` epoch files and
 ``model_best.pth.tar``.  The LR scheduler needs no state of its own: timm schedules are functions of the epoch,
 and resuming steps the scheduler to the resumed epoch (except ``plateau``: past its warmup it goes on from the LR
-the restored optimizer holds, with its reductions, but its best value and patience counter start afresh, timm keeps
-them only in the scheduler; with ``--no-resume-opt`` its LR also restarts from the base LR).
+the restored optimizer holds, with its reductions and without the ``--lr-noise`` it carries, but its best value and
+patience counter start afresh, timm keeps them only in the scheduler; with ``--no-resume-opt`` its LR also restarts
+from the base LR).
 
 Loading checks every key and shape first and raises :class:`~engine.errors.CheckpointError` with a one-line
 summary, so a checkpoint of another architecture is rejected before anything is written; a checkpoint whose

@@ -60,13 +60,15 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.O
 
 
 def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int,
-                    start_epoch: int = 0):
+                    start_epoch: int = 0, lr_from_checkpoint: bool = False):
     """timm ``create_scheduler_v2`` from the ``--sched``, ``--epochs``, warmup and cooldown flags, stepped to
     ``start_epoch`` (a resumed run).
 
     timm schedules are functions of the epoch, except ``plateau``: it sets the warmup LR when built and, after the
     warmup, only lowers the LR the optimizer holds.  Resumed past its warmup, it goes on from the LR the optimizer
     held before it was built: the checkpoint's, reductions included (the base LR with ``--no-resume-opt``).
+    ``lr_from_checkpoint``: that LR was saved after the scheduler stepped to ``start_epoch``, with that epoch's
+    ``--lr-noise`` (seeded, the same again), which is taken off before stepping adds it.
 
     Returns:
         ``(scheduler, num_epochs)``; ``num_epochs`` is ``epochs + cooldown_epochs`` for the cyclic schedules
@@ -79,8 +81,10 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
                                                 updates_per_epoch=updates_per_epoch)
     if start_epoch > 0:
         if isinstance(scheduler, PlateauLRScheduler):  # during the warmup, step() sets the warmup LR again
+            noisy = lr_from_checkpoint and start_epoch > scheduler.warmup_t and scheduler._is_apply_noise(start_epoch)
+            noise = scheduler._calculate_noise(start_epoch) if noisy else 0.0
             for group, lr in zip(optimizer.param_groups, held_lrs):
-                group["lr"] = lr
+                group["lr"] = lr / (1 + noise)
         scheduler.step(start_epoch)
     return scheduler, num_epochs
 

@@ -123,7 +123,9 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     restore_model_ema(model_ema, checkpoint, args.resume)
     if args.distributed and model_ema is not None and not args.model_ema_force_cpu:
         broadcast_state(model_ema.module)  # each rank copied its own initial weights; DDP syncs only the model's
-    lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch)
+    lr_from_checkpoint = (checkpoint is not None and "optimizer" in checkpoint and not args.no_resume_opt
+                          and args.start_epoch is None)
+    lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch, lr_from_checkpoint)
     if start_epoch >= num_epochs:
         source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
                   if args.resume else "--start-epoch is")

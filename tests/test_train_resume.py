@@ -197,3 +197,25 @@ def test_a_resumed_plateau_schedule_repeats_the_uninterrupted_learning_rates(tmp
     run_training(tiny_args(tmp_path, *plateau, "--experiment", "resumed", "--resume",
                            str(tmp_path / "full" / "checkpoint-2.pth.tar")))
     assert read_summary(tmp_path / "resumed" / "summary.csv") == rows[3:]
+
+
+def test_a_resumed_plateau_schedule_adds_its_lr_noise_once(tmp_path):
+    """With ``--lr-noise`` the checkpoint's LR already carries the next epoch's noise; the resumed scheduler used
+    to add it a second time (epoch 3 at ``lr * (1 + noise) ** 2``)."""
+    plateau = ["--sched", "plateau", "--warmup-epochs", "1", "--warmup-lr", "1e-4", "--epochs", "4",
+               "--checkpoint-hist", "5", "--patience-epochs", "10", "--lr-noise", "0.5", "--lr-noise-std", "0.3"]
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "full"))
+    rows = read_summary(tmp_path / "full" / "summary.csv")
+    lrs = [float(row["lr"]) for row in rows]
+    assert lrs[:2] == [1e-4, 3e-3] and lrs[2] != 3e-3 and lrs[3] != 3e-3  # noise from epoch 2 on
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "resumed", "--resume",
+                           str(tmp_path / "full" / "checkpoint-2.pth.tar")))
+    resumed = read_summary(tmp_path / "resumed" / "summary.csv")
+    assert float(resumed[0]["lr"]) == pytest.approx(lrs[3], rel=1e-12)
+    assert [{k: v for k, v in row.items() if k != "lr"} for row in resumed] == [
+        {k: v for k, v in row.items() if k != "lr"} for row in rows[3:]]
+    # without the optimizer's state the LR restarts from the base LR, which carries no noise yet (no reductions)
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "fresh_optimizer", "--no-resume-opt", "--resume",
+                           str(tmp_path / "full" / "checkpoint-2.pth.tar")))
+    fresh = read_summary(tmp_path / "fresh_optimizer" / "summary.csv")
+    assert float(fresh[0]["lr"]) == pytest.approx(lrs[3], rel=1e-12)
