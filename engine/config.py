@@ -152,11 +152,13 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
                foreign_keys: Collection[str] = ()) -> argparse.Namespace:
-    """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > default.  ``foreign_keys``: see
-    :func:`load_config`.
+    """Parse ``argv`` with the YAML of ``-c`` (if given) as defaults; CLI > YAML > the named variant's sizes
+    (``--model sdt_8_512``: :func:`engine.model.apply_variant_defaults`, before any check of the sizes) > default.
+    ``foreign_keys``: see :func:`load_config`.
 
-    The options given on the command line are left in ``parser.command_line_dests``, and those given on the command
-    line or in the config in ``parser.given_dests``.
+    The options given on the command line are left in ``parser.command_line_dests``, those given on the command
+    line or in the config in ``parser.given_dests``, and the sizes taken from the variant in
+    ``parser.variant_defaults_taken`` (logged once the run's log records, by the engine).
 
     Raises:
         ConfigError: see :func:`load_config`.
@@ -169,6 +171,10 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     args = parser.parse_args(argv)
     parser.command_line_dests = command_line_dests(parser, argv)
     parser.given_dests = parser.command_line_dests | frozenset(config)
+    if hasattr(args, "model"):
+        from .model import apply_variant_defaults
+
+        parser.variant_defaults_taken = apply_variant_defaults(args, parser.given_dests, log=False)
     if args.native_amp:  # the reference's torch.amp switch; --apex-amp without apex left it in float32
         args.amp = True
     return args

@@ -116,7 +116,7 @@ class EnergyMeter:
             with ``dvs_input`` it is T (each step's frame is another input) and this argument must be left at 1.
 
     Raises:
-        ValueError: ``encoding_steps`` other than 1 with ``dvs_input``.
+        ValueError: ``encoding_steps`` other than 1 with ``dvs_input``, or outside 1..T.
     """
 
     def __init__(self, model: nn.Module, T: int, dvs_input: bool = False, constants: EnergyConstants | None = None,
@@ -128,6 +128,9 @@ class EnergyMeter:
         if dvs_input and encoding_steps != 1:
             raise ValueError(f"encoding_steps {encoding_steps}: it counts the steps of a repeated static image; "
                              f"event frames differ at every step, so all T are charged")
+        if not 1 <= encoding_steps <= T:
+            raise ValueError(f"encoding_steps {encoding_steps}: charge between 1 and T={T} time steps of the "
+                             "encoding conv")
         self.encoding_steps = T if dvs_input and self.first_layer_as_mac else encoding_steps
         self._layers: dict[str, _LayerCount] = {}
         self._order: list[str] = []

@@ -90,6 +90,8 @@ def check_eval_args(args: argparse.Namespace) -> None:
     if args.encoding_steps != 1 and is_neuromorphic(args.dataset):
         raise ConfigError(f"--encoding-steps {args.encoding_steps}: it counts the steps of a repeated static image; "
                           f"event frames differ at every step, so --first-layer-as-mac charges all T of them")
+    if args.time_steps < 1:
+        raise ConfigError(f"--time-steps {args.time_steps}: T must be a positive number of time steps")
     if not 1 <= args.encoding_steps <= args.time_steps:
         raise ConfigError(f"--encoding-steps {args.encoding_steps}: charge between 1 and T={args.time_steps} "
                           f"time steps of the encoding conv (1: the papers' recipe, T: every repeated copy)")
@@ -181,7 +183,7 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     from timm.utils import accuracy
 
 
-    from .atomic import write_text_atomic
+    from .atomic import atomic_open, write_text_atomic
     from .distributed import is_primary
     from .energy import EnergyConstants, EnergyMeter, write_energy_csv
     from .firing import FiringRateMeter
@@ -220,7 +222,8 @@ def run_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             seen += target.numel()
             rates.update(hook)
             if args.save_qkv and is_primary(args):
-                torch.save(hook, os.path.join(output_dir, f"qkv_{batch_idx}.pkl"))
+                with atomic_open(os.path.join(output_dir, f"qkv_{batch_idx}.pkl"), "wb") as file:
+                    torch.save(hook, file)
     if args.distributed:  # every process saw its share of the samples
         for tensor in (correct, seen):
             dist.all_reduce(tensor)

@@ -10,9 +10,9 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "resolve_model_args", "model_kwargs", "build_model",
-           "uses_channels_last", "prepare_model", "freeze_parameters", "build_model_ema", "compile_model",
-           "distribute_model", "unwrap"]
+__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "log_variant_defaults", "resolve_model_args",
+           "model_kwargs", "build_model", "uses_channels_last", "prepare_model", "freeze_parameters",
+           "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
 
@@ -39,10 +39,11 @@ _VARIANT_ARGS = {"img_size_h": "img_size", "in_channels": "in_channels", "num_cl
                  "num_heads": "num_heads", "dvs_mode": "dvs_mode"}
 
 
-def apply_variant_defaults(args: argparse.Namespace, given: Collection[str]) -> None:
+def apply_variant_defaults(args: argparse.Namespace, given: Collection[str], log: bool = True) -> list[str]:
     """Give ``args`` the architecture of the named variant ``args.model`` (``--model sdt_8_384``: 8 blocks of width
     384, 224 px, 1000 classes) wherever the option is not in ``given`` (the options set on the command line or in
-    the config), instead of the script's default sizes."""
+    the config), instead of the script's default sizes.  Returns what changed (``["layer=8", ...]``), logged
+    unless ``log`` is false (then see :func:`log_variant_defaults`)."""
     from model import variant_defaults
 
     taken = []
@@ -51,8 +52,15 @@ def apply_variant_defaults(args: argparse.Namespace, given: Collection[str]) -> 
         if dest is not None and dest not in given and getattr(args, dest) != value:
             setattr(args, dest, value)
             taken.append(f"{dest}={value}")
+    if log:
+        log_variant_defaults(args.model, taken)
+    return taken
+
+
+def log_variant_defaults(model_name: str, taken: Collection[str]) -> None:
+    """One line naming the sizes :func:`apply_variant_defaults` took from the variant, if any."""
     if taken:
-        _logger.info("--model %s: %s (the variant's; flags and config keys override them)", args.model,
+        _logger.info("--model %s: %s (the variant's; flags and config keys override them)", model_name,
                      ", ".join(taken))
 
 

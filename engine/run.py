@@ -25,7 +25,7 @@ from .errors import ConfigError, SetupError
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
 from .losses import build_eval_loss, build_train_loss
-from .model import (apply_variant_defaults, build_model, build_model_ema, compile_model, distribute_model,
+from .model import (build_model, build_model_ema, compile_model, distribute_model, log_variant_defaults,
                     prepare_model, resolve_model_args)
 from .optim import Amp, build_amp, build_optimizer, build_scheduler
 from .outputs import RunOutputs, resolve_output_dir, setup_console_logging, start_run_log
@@ -82,8 +82,7 @@ class TrainingSetup:
 def _build_model_and_data(args: argparse.Namespace, parser: argparse.ArgumentParser | None, hooks: RunHooks,
                           train: bool) -> tuple[nn.Module, Loaders]:
     start_run_log()
-    if parser is not None and hasattr(parser, "given_dests"):  # parsed by engine.config.parse_args
-        apply_variant_defaults(args, parser.given_dests)
+    log_variant_defaults(args.model, getattr(parser, "variant_defaults_taken", ()))
     check_run_args(args, train)
     init_distributed(args)
     setup_console_logging(args.rank)

@@ -24,6 +24,11 @@ TINY_FLAGS = [
     "-b", "128", "-vb", "256", "-j", "0", "--log-interval", "50", "--device", "cpu",
 ]
 
+# TINY_FLAGS without the sizes a named variant (--model sdt_test: 1 block of width 32, T=2) fixes
+_VARIANT_SIZES = ("--model", "--dim", "--layer", "--num-heads", "--time-steps", "--pooling-stat", "--img-size")
+VARIANT_FLAGS = [flag for i, flag in enumerate(TINY_FLAGS)
+                 if flag not in _VARIANT_SIZES and TINY_FLAGS[i - 1] not in _VARIANT_SIZES] + ["--model", "sdt_test"]
+
 
 def tiny_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
     """Parsed arguments of a tiny digits run writing under ``tmp_path``."""

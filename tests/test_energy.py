@@ -52,6 +52,9 @@ def test_constants_are_configurable_and_validated():
     assert meter.summary()["energy_pj"] == pytest.approx(2 * 288 * 1.0 + 0.5 * (48 + 6))
     with pytest.raises(ValueError, match="e_ac_pj"):
         EnergyConstants(e_ac_pj=-0.9)
+    for steps in (0, 3):  # a T=2 model has one to two copies of the encoding conv to charge
+        with pytest.raises(ValueError, match=f"encoding_steps {steps}: charge between 1 and T=2"):
+            EnergyMeter(toy, T=2, encoding_steps=steps)
 
 
 def test_dvs_first_layer_is_charged_as_accumulates():

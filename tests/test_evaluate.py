@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from _engine_helpers import REPO, TINY_FLAGS, snapshot, subprocess_env
+from _engine_helpers import REPO, TINY_FLAGS, VARIANT_FLAGS, snapshot, subprocess_env
 from engine.args import get_args_parser
 from engine.config import parse_args
 from engine.errors import ConfigError
@@ -156,6 +156,7 @@ def _a_file(tmp_path):
     (lambda p: ["--e-mac", "nan"], "--e-mac nan"),
     (lambda p: ["--encoding-steps", "0"], "--encoding-steps 0: charge between 1 and T=2"),
     (lambda p: ["--encoding-steps", "3"], "--encoding-steps 3: charge between 1 and T=2"),
+    (lambda p: ["--time-steps", "0"], "--time-steps 0: T must be a positive number"),
     (lambda p: ["--export-traces", _existing_trace(p)], "already holds a trace"),
     (lambda p: ["--export-traces", _a_file(p)], "is a file, not a folder"),
     (lambda p: ["--export-traces", str(p / "new"), "--trace-samples", "0"], "--trace-samples 0"),
@@ -167,6 +168,18 @@ def test_bad_evaluation_flags_fail_before_anything_is_written(tmp_path, flags, m
     assert not (tmp_path / "valid").exists() and not (tmp_path / "new").exists()
     assert not (tmp_path / "old_trace").exists() or [p.name for p in (tmp_path / "old_trace").iterdir()] == \
         ["meta.json"]
+
+
+def test_a_named_variants_time_steps_are_the_ones_checked(tmp_path):
+    """``--model sdt_test`` runs T=2; its sizes were applied only when the model was built, after the flags had
+    been checked against the default T=4, so ``--encoding-steps 3`` charged three encoding copies of a 2-step
+    model."""
+    parser = _eval_parser()
+    args = parse_args(parser, [*VARIANT_FLAGS, "--encoding-steps", "3", "--output", str(tmp_path / "valid")])
+    assert (args.time_steps, args.layer) == (2, 1)
+    with pytest.raises(ConfigError, match="--encoding-steps 3: charge between 1 and T=2"):
+        run_evaluation(args, parser)
+    assert not (tmp_path / "valid").exists()
 
 
 def test_existing_trace_folder_is_one_error_line_from_the_script(tmp_path):

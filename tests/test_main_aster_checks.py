@@ -6,6 +6,7 @@ import pytest
 from _aster_helpers import ASTER_FLAGS, T, error_lines, reference_log, run_main, trained_run
 from _engine_helpers import read_summary, snapshot
 
+import finetune
 import main
 from engine.config import parse_args
 
@@ -55,6 +56,25 @@ def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, m
     assert message in lines[0], lines[0]
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "na.log",
                                                                                              "sdt.log"]
+
+
+def test_skip_flags_are_checked_against_a_named_variants_blocks(tmp_path, capfd):
+    """``--model sdt_test`` has 1 block: --skip-blocks 3 passed the check against the default 4 blocks, and the
+    model then raised a traceback (skip.json would have listed 4 blocks)."""
+    from _engine_helpers import VARIANT_FLAGS
+
+    from engine.run import cli_main
+
+    for script in (main, finetune):
+        argv = [*VARIANT_FLAGS, "--output", str(tmp_path), "--skip-blocks", "3",
+                *(["--validate-only", "--initial-checkpoint"] if script is main else ["--finetune-checkpoint"]),
+                str(tmp_path / "any.pth.tar")]
+        assert cli_main(script.make_parser, script.run, argv) == 2
+        err = capfd.readouterr().err
+        lines = error_lines(err)
+        assert len(lines) == 1 and "Traceback" not in err and "--skip-blocks" in lines[0], err
+        assert "1 block" in lines[0] or "0..0" in lines[0], lines[0]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_study_lists_no_exit_once(tmp_path):

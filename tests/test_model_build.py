@@ -189,12 +189,11 @@ def test_named_variants_keep_their_sizes_from_the_command_line(tmp_path):
 
     from engine.args import get_args_parser
     from engine.config import parse_args
-    from engine.model import apply_variant_defaults, model_kwargs, resolve_model_args
+    from engine.model import model_kwargs, resolve_model_args
 
     def built(*argv):
         parser = argparse.ArgumentParser(parents=[get_args_parser()])
         args = parse_args(parser, ["--dataset", "digits", *argv])
-        apply_variant_defaults(args, parser.given_dests)
         resolve_model_args(args)
         return model_kwargs(args)
 
