@@ -10,8 +10,8 @@ from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "log_variant_defaults", "resolve_model_args",
-           "model_kwargs", "build_model", "uses_channels_last", "prepare_model", "freeze_parameters",
+__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "check_model_name", "log_variant_defaults",
+           "resolve_model_args", "model_kwargs", "build_model", "uses_channels_last", "prepare_model", "freeze_parameters",
            "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
@@ -96,6 +96,18 @@ def model_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+def check_model_name(name: str) -> None:
+    """Raises :class:`ConfigError` unless ``--model name`` is one of this project's registered models."""
+    import timm
+
+    import model as _registers_sdt  # noqa: F401  (registers the sdt models with timm)
+
+    known = timm.list_models(module="spikeformer")
+    if name not in known:
+        kind = "is not a spiking transformer of this project" if timm.is_model(name) else "is unknown"
+        raise ConfigError(f"--model {name!r} {kind}; choose one of {', '.join(known)}")
+
+
 def build_model(args: argparse.Namespace) -> nn.Module:
     """Create the model named ``args.model`` with the dimensions from ``args``.
 
@@ -104,11 +116,7 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     """
     import timm
 
-    import model as _registers_sdt  # noqa: F401  (registers the sdt models with timm)
-
-    if args.model not in timm.list_models(module="spikeformer"):
-        kind = "is not a spiking transformer of this project" if timm.is_model(args.model) else "is unknown"
-        raise ConfigError(f"model {args.model!r} {kind}; choose one of {timm.list_models(module='spikeformer')}")
+    check_model_name(args.model)
     try:
         return timm.create_model(args.model, **model_kwargs(args))
     except ValueError as exc:

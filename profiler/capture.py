@@ -89,10 +89,25 @@ class Capture:
         """The records of the complete runs."""
         return [record for run in self.runs for record in run.records]
 
+    def unusable(self) -> str | None:
+        """Why no run of the capture can enter the tables (None if one can)."""
+        if self.runs:
+            return None
+        if not self.incomplete:
+            return f"no capture lines found: {self.note or _NOT_A_CAPTURE}"
+        blocks = Counter(run.blocks for run in self.incomplete)
+        if self.num_layers not in blocks:
+            found = "/".join(map(str, sorted(blocks)))
+            return (f"no run is complete: the {len(self.incomplete)} found have {found} blocks where "
+                    f"{self.num_layers} layers are expected (give --layers {blocks.most_common(1)[0][0]})")
+        first = self.incomplete[0]
+        return (f"no run is complete ({len(self.incomplete)} found; the first, lines {first.first_line}-"
+                f"{first.last_line}: {first.problem})")
+
     def log_summary(self) -> None:
         """Log the run count (a warning if nothing was found), every incomplete run and the skipped line numbers."""
         if not self.runs and not self.incomplete:
-            _logger.warning("%s: no capture lines found: %s", self.source, self.note or _NOT_A_CAPTURE)
+            _logger.warning("%s: %s", self.source, self.unusable())
         else:
             blocks = sorted({run.blocks for run in self.runs})
             _logger.info("%s: %d complete runs of %s blocks (%d layers)", self.source, len(self.runs),

@@ -1,7 +1,8 @@
 """The model with its measuring points removed from the source: the baseline of the probe-overhead benchmark.
 
 ``module.sps`` and ``module.ms_conv`` are re-compiled from their source with every ``with timer(...):`` replaced
-by its body and every ``sparsity(...)`` statement dropped, as if the instrumentation had never been written.
+by its body, every ``sparsity(...)`` statement dropped and every ``probe=`` keyword argument removed (the label
+of the probe inside ``module.bn_lif.bn_lif``), as if the instrumentation had never been written.
 Inside :func:`probes_compiled_out`, ``model.spikeformer`` builds its stem and blocks from those copies, so
 ``timm.create_model("sdt", ...)`` gives the same network (same parameters, same seed, same outputs) without a
 single measuring point.
@@ -37,11 +38,17 @@ class _StripProbes(ast.NodeTransformer):
         return node
 
     def visit_Expr(self, node: ast.Expr):
+        self.generic_visit(node)
         return ast.Pass() if _calls(node.value, "sparsity") else node
+
+    def visit_Call(self, node: ast.Call):
+        self.generic_visit(node)
+        node.keywords = [keyword for keyword in node.keywords if keyword.arg != "probe"]
+        return node
 
 
 def stripped_module(name: str) -> types.ModuleType:
-    """A fresh copy of module ``name`` compiled without its ``timer``/``sparsity`` measuring points."""
+    """A fresh copy of module ``name`` compiled without its measuring points (``timer``, ``sparsity``, ``probe=``)."""
     original = importlib.import_module(name)
     tree = ast.fix_missing_locations(_StripProbes().visit(ast.parse(inspect.getsource(original))))
     module = types.ModuleType(f"{name}_without_probes", original.__doc__)

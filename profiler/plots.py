@@ -55,7 +55,7 @@ def _need(means: dict[str, float], *labels: str) -> None:
 
 
 def _per_layer(rows: list[dict], label: str) -> list[float]:
-    return [float(row["mean_ms"]) for row in sorted(rows, key=lambda r: int(r["layer"])) if row["label"] == label]
+    return [row["mean_ms"] for row in sorted(rows, key=lambda r: r["layer"]) if row["label"] == label]
 
 
 def _stacked(ax, bars: list[tuple[str, list[tuple[str, float]]]], ylabel: str = _TIME_AXIS) -> None:
@@ -126,7 +126,7 @@ def _stem_times(ax, tables: dict, source: str) -> None:
 def _layer_sparsity(ax, tables: dict, source: str) -> None:
     values: dict[tuple[str, int], list[float]] = {}
     for row in _rows(tables, "layer_sparsity", source):
-        values.setdefault((row["label"], int(row["layer"])), []).append(float(row["mean"]))
+        values.setdefault((row["label"], row["layer"]), []).append(row["mean"])
     layers = sorted({layer for _, layer in values})
     variables = [(name, alias) for name, alias in _SPARSITY_VARIABLES
                  if any((label, layer) in values for label in (name, alias) for layer in layers)]
@@ -153,18 +153,17 @@ def _step_sparsity(fig: Figure, tables: dict, source: str) -> None:
     rows = _rows(tables, "attention_chunks", source)
     if not rows:
         raise _Missing("no per-time-step attention sparsity")
-    last = max(int(row["run"]) for row in rows)
-    rows = [row for row in rows if int(row["run"]) == last]
-    layers = sorted({int(row["layer"]) for row in rows})
-    steps = sorted({int(row["t"]) for row in rows})
+    last = max(row["run"] for row in rows)
+    rows = [row for row in rows if row["run"] == last]
+    layers = sorted({row["layer"] for row in rows})
+    steps = sorted({row["t"] for row in rows})
     width = 0.8 / len(steps)
     cmap = matplotlib.colormaps["viridis"]
     axes = fig.subplots(1, 2, sharey=True)
     for ax, column, title in zip(axes, ("output", "x"), ("attention output (before attn_lif)",
                                                           "attention spikes (after attn_lif)")):
         for i, t in enumerate(steps):
-            by_layer = {int(r["layer"]): float(r[column]) if r[column] else float("nan") for r in rows
-                        if int(r["t"]) == t}
+            by_layer = {r["layer"]: float("nan") if r[column] is None else r[column] for r in rows if r["t"] == t}
             ax.bar([layer + (i - (len(steps) - 1) / 2) * width for layer in layers],
                    [by_layer.get(layer, float("nan")) for layer in layers], width, label=f"t = {t}",
                    color=cmap(i / max(len(steps) - 1, 1)))
@@ -201,11 +200,18 @@ def _file_prefixes(sources: list[str]) -> dict[str, str]:
 
 
 def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> list[Path]:
-    """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir``; PNG paths."""
+    """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir``; PNG paths.
+
+    Raises:
+        ValueError: a table is not as 'parse' writes it (see ``read_csv``), or the tables have no rows.
+    """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     tables = {name: read_csv(tables_dir / f"{name}.csv")
               for name in ("model_times", "encoder_means", "layer_sparsity", "attention_chunks")}
     sources = sorted({row["source"] for rows in tables.values() for row in rows})
+    if not sources:
+        raise ValueError(f"{tables_dir}: the tables have no rows, so there is nothing to plot: parse captures with "
+                         f"complete runs into it first (python -m profiler parse CAPTURE --out {tables_dir})")
     prefixes = _file_prefixes(sources)
     if source is not None:
         if source not in sources:

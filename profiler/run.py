@@ -32,6 +32,7 @@ from torch import nn
 from module import ATTENTION_MODES, SPIKE_MODES
 
 from engine.atomic import atomic_open
+from engine.model import check_model_name
 from .capture import Capture, capture_from_records
 from .fork_format import ForkTextWriter
 from .records import JsonlWriter
@@ -130,10 +131,10 @@ def build_model(args: argparse.Namespace) -> nn.Module:
     fused neurons of training.
 
     Raises:
+        ConfigError: ``--model`` is not a model of this project.
         ValueError: the configuration cannot be built (the message names the argument).
     """
-    import model  # noqa: F401  (registers the models with timm)
-
+    check_model_name(args.model)  # also registers the models with timm
     torch.manual_seed(args.seed)
     net = timm.create_model(
         args.model, img_size_h=args.img_size, img_size_w=args.img_size, in_channels=args.in_channels,

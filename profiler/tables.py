@@ -143,6 +143,14 @@ TABLES: dict[str, tuple[Callable[[Capture], list[dict]], list[str]]] = {
 }
 
 
+# The numeric columns of the tables (the same name has the same type in every table), and the columns each table
+# leaves empty where there is no value (one run: no std; a probe without time steps: no t; ...).
+_INTEGER_COLUMNS = frozenset({"run", "count", "layer", "t", "runs", "first_line", "last_line", "blocks", "line"})
+_DECIMAL_COLUMNS = frozenset({"mean_ms", "std_ms", "output", "x", "mean", "std", "min", "max", "cv"})
+_MAY_BE_EMPTY = {"encoder_means": {"std_ms"}, "attention_chunks": {"output", "x"}, "layer_sparsity": {"t", "std"},
+                 "spread": {"layer", "t", "std", "cv"}}
+
+
 def write_csv(path: Path, rows: Iterable[dict], fieldnames: list[str]) -> None:
     """Write rows with ``csv.DictWriter``, atomically."""
     with atomic_open(path) as f:
@@ -151,25 +159,63 @@ def write_csv(path: Path, rows: Iterable[dict], fieldnames: list[str]) -> None:
         writer.writerows(rows)
 
 
+def _number(path: Path, line: int, column: str, text: str, empty_allowed: bool) -> int | float | None:
+    """The value of a numeric cell (None for an empty one where the column allows it)."""
+    if text == "" and empty_allowed:
+        return None
+    kind = int if column in _INTEGER_COLUMNS else float
+    try:
+        return kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(f"{path}: line {line}, column {column!r}: {text!r} is not {what} (edited? write the tables "
+                         f"again with 'parse')") from None
+
+
 def read_csv(path: Path) -> list[dict]:
-    """Rows of a CSV file as dicts of strings; a row with missing or extra fields is skipped with a warning."""
+    """Rows of a table of ``TABLES`` (named by the file name) as dicts, with the numeric columns converted (an empty
+    cell where the table leaves one empty is None); a row with missing or extra fields is skipped with a warning.
+
+    Raises:
+        ValueError: the file is not one of ``TABLES``, its header lacks a column, or a numeric cell is not a number.
+    """
+    path = Path(path)
+    if path.stem not in TABLES:
+        raise ValueError(f"{path}: not a table of 'parse' (their files are {', '.join(f'{n}.csv' for n in TABLES)})")
+    columns = TABLES[path.stem][1]
+    may_be_empty = _MAY_BE_EMPTY.get(path.stem, set())
     rows = []
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
+        missing = [column for column in columns if column not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path}: the header {','.join(reader.fieldnames or ())!r} lacks the columns "
+                             f"{', '.join(missing)} (a table of 'parse' has {','.join(columns)}, separated by "
+                             f"commas): write the tables again with 'parse'")
         for row in reader:
             if None in row or None in row.values():  # DictReader's fill for extra and missing fields
                 fields = len(reader.fieldnames) - list(row.values()).count(None) + len(row.get(None, ()))
                 _logger.warning("%s: line %d skipped: %d fields, the header has %d (cut off or edited? write the "
                                 "tables again with 'parse')", path, reader.line_num, fields, len(reader.fieldnames))
                 continue
+            for column in columns:
+                if column in _INTEGER_COLUMNS or column in _DECIMAL_COLUMNS:
+                    row[column] = _number(path, reader.line_num, column, row[column], column in may_be_empty)
             rows.append(row)
     return rows
 
 
 def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
-    """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir``."""
+    """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir``.
+
+    Raises:
+        ValueError: no capture has a complete run (nothing is written: tables already in ``out_dir`` stay).
+    """
     captures = list(captures)
     out_dir = Path(out_dir)
+    if not any(capture.runs for capture in captures):
+        reasons = "; ".join(f"{capture.source}: {capture.unusable()}" for capture in captures)
+        raise ValueError(f"no complete run to tabulate, nothing written to {out_dir}: {reasons}")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (make_rows, columns) in TABLES.items():

@@ -31,7 +31,7 @@ def test_truncated_capture(tmp_path):
     tables = write_tables([capture], tmp_path / "tables")
     runs = read_csv(tables["runs"])
     assert [r["complete"] for r in runs] == ["True", "True", "True", "False"]
-    assert read_csv(tables["skipped"])[0]["line"] == str(len(lines))
+    assert read_csv(tables["skipped"])[0]["line"] == len(lines)
 
 
 @needs_captures
@@ -103,7 +103,7 @@ def test_capture_without_run_lines_cut_inside_a_block(tmp_path):
     assert (cut.number, cut.first_line, cut.last_line, cut.blocks) == (7, 1729, 1985, 8)
     assert cut.problem == "block 7 has no closing 'MLP x after identity final' line (cut off?)"
     rows = read_csv(write_tables([capture], tmp_path / "tables")["layer_sparsity"])
-    assert {row["runs"] for row in rows} == {"6"}
+    assert {row["runs"] for row in rows} == {6}
 
 
 def test_cap8_layout_cut_inside_the_last_block(tmp_path):
@@ -160,8 +160,8 @@ def test_sources_named_by_the_shortest_distinct_path_end(tmp_path, capsys):
     main(["parse", *map(str, paths), "--out", str(tmp_path / "tables")])
     runs = read_csv(tmp_path / "tables" / "runs.csv")
     assert [(r["source"], r["run"]) for r in runs] == [
-        ("A/gpu/cap8.txt", "1"), ("A/gpu/cap8.txt", "2"), ("B/gpu/cap8.txt", "1"), ("B/gpu/cap8.txt", "2"),
-        ("other.txt", "1"), ("other.txt", "2")]
+        ("A/gpu/cap8.txt", 1), ("A/gpu/cap8.txt", 2), ("B/gpu/cap8.txt", 1), ("B/gpu/cap8.txt", 2),
+        ("other.txt", 1), ("other.txt", 2)]
     same = tmp_path / "A" / "gpu" / ".." / "gpu" / "cap8.txt"
     with pytest.raises(SystemExit):
         main(["parse", str(paths[0]), str(same), "--out", str(tmp_path / "twice")])
@@ -186,3 +186,78 @@ def test_plot_skips_a_cut_off_table_row(tmp_path, caplog):
     main(["plot", str(tmp_path / "tables"), "--out", str(tmp_path / "plots")])
     assert f"{table}: line {len(lines)} skipped: 3 fields, the header has 7" in caplog.text
     assert (tmp_path / "plots" / "cap8_layer_sparsity.png").is_file()
+
+
+def _good_tables(tmp_path):
+    """Tables of a 2-run cap8 capture in ``tmp_path / "tables"``, and the bytes of each."""
+    (tmp_path / "cap8.txt").write_text("\n".join(cap8_lines(16)) + "\n")
+    main(["parse", str(tmp_path / "cap8.txt"), "--out", str(tmp_path / "tables")])
+    return {path.name: path.read_bytes() for path in (tmp_path / "tables").iterdir()}
+
+
+@pytest.mark.parametrize("name, data, cause", [
+    ("empty.txt", b"", "empty.txt: no capture lines found: the file is empty"),
+    ("cap.txt.gz", gzip.compress(("\n".join(cap8_lines(16)) + "\n").encode()),
+     "cap.txt.gz: no capture lines found: the file is gzip-compressed"),
+    ("bin.dat", b"\x00\x01\x02\n", "bin.dat: no capture lines found: the file holds NUL bytes"),
+    ("cut.txt", ("\n".join(cap8_lines(8)[:-1]) + "\n").encode(), "cut.txt: no run is complete (1 found; the first, "
+     "lines 1-159: block 7 has no closing 'MLP x after identity final' line (cut off?))"),
+])
+def test_parse_without_a_complete_run_is_an_error_and_keeps_the_tables(tmp_path, capsys, name, data, cause):
+    before = _good_tables(tmp_path)
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["parse", str(tmp_path / name), "--out", str(tmp_path / "tables")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert f"no complete run to tabulate, nothing written to {tmp_path / 'tables'}: {cause}" in err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "tables").iterdir()} == before
+
+
+@needs_captures
+def test_parse_with_a_wrong_layer_count_names_the_blocks_found(tmp_path, capsys):
+    before = _good_tables(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["parse", str(CAPTURE_DIR / "capcifar.txt"), "--layers", "4", "--out", str(tmp_path / "tables")])
+    assert ("capcifar.txt: no run is complete: the 30 found have 8 blocks where 4 layers are expected (give "
+            "--layers 8)") in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "tables").iterdir()} == before
+
+
+def test_plot_of_tables_without_rows_is_an_error(tmp_path, capsys):
+    _good_tables(tmp_path)
+    for table in (tmp_path / "tables").iterdir():
+        table.write_text(table.read_text().splitlines()[0] + "\n")
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path / "tables"), "--out", str(tmp_path / "plots")])
+    assert f"{tmp_path / 'tables'}: the tables have no rows, so there is nothing to plot" in capsys.readouterr().err
+    assert not (tmp_path / "plots").exists()
+
+
+def test_plot_names_the_file_line_and_column_of_a_cell_that_is_no_number(tmp_path, capsys):
+    _good_tables(tmp_path)
+    table = tmp_path / "tables" / "layer_sparsity.csv"
+    lines = table.read_text().splitlines()
+    lines[3] = ",".join(lines[3].split(",")[:-2] + ["abc", lines[3].split(",")[-1]])  # the 'mean' of line 4
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path / "tables"), "--out", str(tmp_path / "plots")])
+    assert f"{table}: line 4, column 'mean': 'abc' is not a number" in capsys.readouterr().err
+
+
+def test_plot_names_the_columns_a_header_lacks(tmp_path, capsys):
+    _good_tables(tmp_path)
+    for table in (tmp_path / "tables").iterdir():
+        table.write_text(table.read_text().replace(",", ";"))  # re-saved with another separator
+    with pytest.raises(SystemExit):
+        main(["plot", str(tmp_path / "tables"), "--out", str(tmp_path / "plots")])
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'tables' / 'model_times.csv'}: the header 'source;run;label;count;mean_ms' lacks the " \
+           "columns source, run, label, count, mean_ms" in err and "Traceback" not in err
+
+
+def test_read_csv_converts_the_numbers(tmp_path):
+    _good_tables(tmp_path)
+    rows = read_csv(tmp_path / "tables" / "layer_sparsity.csv")
+    layer, t, runs, mean, std = (rows[0][column] for column in ("layer", "t", "runs", "mean", "std"))
+    assert (layer, t, runs) == (0, None, 2) and mean == pytest.approx(0.0005) and std == pytest.approx(0.001 / 2 ** 0.5)

@@ -3,6 +3,7 @@ import importlib
 import re
 import types
 from contextlib import nullcontext
+from unittest import mock
 
 import pytest
 import timm
@@ -53,9 +54,23 @@ def _names(module: types.ModuleType) -> set[str]:
 def test_off_by_default_and_free():
     assert not instrument.is_enabled()
     assert instrument.timer("Matmul") is instrument._NULL_TIMER
-    assert instrument.sparsity("q", torch.ones(2)) is None
     net = _build("STAtten")
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+    with mock.patch.object(Recorder, "count") as count, mock.patch.object(Recorder, "timer") as timer, \
+            mock.patch.object(Recorder, "add_interval") as interval, torch.no_grad():
+        net(torch.randn(1, 3, 32, 32))
+    assert not (count.called or timer.called or interval.called)  # no recorder receives a value
+
+
+@pytest.mark.parametrize("mode", ["STAtten", "SDT"])
+def test_compiled_out_forward_calls_no_measuring_point(mode):
+    x = torch.randn(1, 3, 32, 32)
+    for compiled_out in (False, True):
+        with mock.patch.object(instrument, "timer", wraps=instrument.timer) as timer, \
+                mock.patch.object(instrument, "sparsity", wraps=instrument.sparsity) as probe, torch.no_grad():
+            _build(mode, compiled_out)(x)
+        calls = timer.call_count + probe.call_count
+        assert calls == 0 if compiled_out else calls > 0  # the instrumented model shows that calls are seen
 
 
 def test_compiled_out_source_has_no_measuring_points():

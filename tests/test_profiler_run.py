@@ -221,6 +221,9 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     (["--input", "dataset", "--dataset", "digits", "--interpolation", "cubic"], None,
      "--interpolation 'cubic': choose one of"),
     (["--input", "dataset", "--dataset", "digits", "--std", "0.5", "0", "1"], None, "every value must be positive"),
+    (["--model", "sdt_8_786"], None, "--model 'sdt_8_786' is unknown; choose one of sdt, sdt_8_384, sdt_8_512, "),
+    (["--model", "resnet18"], None, "--model 'resnet18' is not a spiking transformer of this project; choose one of "
+                                    "sdt, "),
 ])
 def test_bad_run_options_are_one_error_before_anything_is_written(tmp_path, capsys, argv, config, message):
     (tmp_path / "FILE").write_text("keep me")
