@@ -211,7 +211,13 @@ def capture_sample(model: nn.Module, x: torch.Tensor) -> Capture:
     if x.dim() == 3:
         x = x.unsqueeze(0)
     if x.shape[0] != 1:
-        raise ValueError(f"traces are captured at batch 1; got a batch of {x.shape[0]}")
+        shape = list(x.shape)
+        if x.dim() == 4 and x.shape[0] == T:
+            raise ValueError(f"traces are captured at batch 1: a static image is [C, H, W] or [1, C, H, W], event "
+                             f"frames [1, T, C, H, W] (T={T}); got {shape}: for event frames add the batch axis "
+                             "(x.unsqueeze(0))")
+        raise ValueError(f"traces are captured at batch 1: a sample is [C, H, W], [1, C, H, W] or [1, T, C, H, W]; "
+                         f"got {shape}, a batch of {x.shape[0]}: pass one sample at a time")
     recorder = _Recorder(model, T)
     was_training = model.training
     model.eval()

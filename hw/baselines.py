@@ -8,13 +8,12 @@ operations of every traced layer over all T steps (a MAC is 2 ops) plus the dens
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from engine.traces import TraceMeta
 
-from .config import GpuConfig, HwInputError
+from .config import GpuConfig, HwInputError, read_mapping
 from .mapping import Mapping
 
 __all__ = ["gpu_modelled", "gpu_measured"]
@@ -41,14 +40,12 @@ def gpu_modelled(meta: TraceMeta, mapping: Mapping, gpu: GpuConfig) -> dict:
 
 def gpu_measured(path: str | Path) -> dict:
     """A measured GPU run: ``{"latency_ms", "avg_power_W", "batch" (default 1), ...}``; energy per sample."""
-    try:
-        d = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise HwInputError(f"{path}: cannot read the GPU measurement: {e}") from None
+    d = read_mapping(path, "JSON", "the GPU measurement")
     for key in ("latency_ms", "avg_power_W"):
-        if not isinstance(d.get(key), (int, float)) or d[key] <= 0:
-            raise HwInputError(f"{path}: field '{key}' must be a positive number, got {d.get(key)!r}")
+        value = d.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise HwInputError(f"{path}: field '{key}' must be a positive finite number, got {value!r}")
     batch = d.get("batch", 1)
-    if not isinstance(batch, int) or batch < 1:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise HwInputError(f"{path}: field 'batch' must be a positive integer, got {batch!r}")
     return {**d, "mode": "measured", "energy_uj": d["avg_power_W"] * d["latency_ms"] * 1e3 / batch}

@@ -21,7 +21,7 @@ import yaml
 
 __all__ = ["HwInputError", "read_mapping", "CrossbarConfig", "ChipConfig", "TimingConfig", "MemoryConfig",
            "EnergyConfig", "LeakageConfig", "FeatureConfig", "DataflowConfig", "StatisticalConfig", "GpuConfig",
-           "HwConfig", "load_config", "load_feature_overrides", "with_features", "CONFIG_DIR"]
+           "HwConfig", "preset_path", "load_config", "load_feature_overrides", "with_features", "CONFIG_DIR"]
 
 CONFIG_DIR = Path(__file__).parent / "config"
 
@@ -287,11 +287,19 @@ def _build(cls, d: dict):
                   (float(v) if hints[k] is float else v) for k, v in d.items()})
 
 
+def preset_path(path: str | Path) -> Path:
+    """A bare name (no folder, no suffix) such as ``aster_default`` means ``hw/config/<name>.yaml``, whatever the
+    working directory holds; it is taken as a path only when ``hw/config/`` has no such preset but the path exists.
+    """
+    if Path(path).name != str(path) or Path(path).suffix:
+        return Path(path)
+    preset = CONFIG_DIR / f"{path}.yaml"
+    return Path(path) if not preset.exists() and Path(path).exists() else preset
+
+
 def load_config(path: str | Path) -> HwConfig:
-    """Load, merge and validate a preset; a bare name such as ``aster_default`` means ``hw/config/<name>.yaml``."""
-    path = Path(path)
-    if not path.suffix and not path.exists():
-        path = CONFIG_DIR / f"{path}.yaml"
+    """Load, merge and validate a preset (a path, or a bare name: :func:`preset_path`)."""
+    path = preset_path(path)
     d = _resolve(path)
     _validate(HwConfig, d, path)
     return dataclasses.replace(_build(HwConfig, d), source=str(path))
@@ -299,9 +307,7 @@ def load_config(path: str | Path) -> HwConfig:
 
 def load_feature_overrides(path: str | Path) -> dict:
     """The ``features`` section a baseline preset itself sets (e.g. ``dense_pim``: every sparsity feature off)."""
-    path = Path(path)
-    if not path.suffix and not path.exists():
-        path = CONFIG_DIR / f"{path}.yaml"
+    path = preset_path(path)
     d = read_mapping(path)
     features = d.get("features", {})
     _validate(FeatureConfig, features, path, "features.", require_all=False)

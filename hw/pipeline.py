@@ -14,7 +14,7 @@ import numpy as np
 
 from .activity import Activity, exact_activity, statistical_activity
 from .baselines import gpu_modelled
-from .config import HwConfig, load_feature_overrides, with_features
+from .config import CONFIG_DIR, HwConfig, load_feature_overrides, with_features
 from .counts import ALL_COUNTS, count_actions, effective_exit, effective_portion
 from .energy import COMPONENTS, compute_energy, energy_matrix, leakage_pj
 from .mapping import Mapping, build_mapping
@@ -73,14 +73,21 @@ def make_variant(name: str, config: HwConfig, workload: Workload) -> Variant:
 
 
 def build_variants(workload: Workload, config: HwConfig) -> list[Variant]:
-    """The run's preset first, then the baselines, then ``no_<feature>`` for every feature the preset uses."""
-    variants = [make_variant(config.name, config, workload)]
+    """The run's preset first, then the baselines, then ``no_<feature>`` for every feature the preset uses.
+
+    Variant names key the per-sample totals, so a preset named like a baseline or an ablation (a YAML that only
+    changes ``prior_pim.yaml``'s features inherits its name) is the variant ``<name> (preset)``.
+    """
+    variants = []
     for name in BASELINES:
-        variants.append(make_variant(name, with_features(config, name, **load_feature_overrides(name)), workload))
+        overrides = load_feature_overrides(CONFIG_DIR / f"{name}.yaml")
+        variants.append(make_variant(name, with_features(config, name, **overrides), workload))
     for name, switches in ABLATIONS.items():
         if any(getattr(config.features, k) != value for k, value in switches.items()) and _applies(name, workload):
             variants.append(make_variant(f"no_{name}", with_features(config, **switches), workload))
-    return variants
+    reserved = {*BASELINES, *(f"no_{name}" for name in ABLATIONS)}
+    main = config.name if config.name not in reserved else f"{config.name} (preset)"
+    return [make_variant(main, config, workload), *variants]
 
 
 def _applies(feature: str, workload: Workload) -> bool:

@@ -20,7 +20,6 @@ import numpy as np
 
 from engine.atomic import atomic_open, write_text_atomic
 
-from .baselines import gpu_measured
 from .config import HwInputError
 from .counts import ALL_COUNTS
 from .energy import COMPONENTS
@@ -52,20 +51,27 @@ def _mean_total(res: Results, name: str) -> tuple[float, float]:
     return float(values[:, 0].mean()), float(values[:, 1].mean())
 
 
-def summarize(res: Results, gpu_json: str | None = None) -> dict:
+def _ratio(energy: float, reference: float) -> float | None:
+    """``energy / reference``; over a zero reference 1.0 when both are 0, else None (no finite ratio)."""
+    if reference:
+        return energy / reference
+    return 1.0 if energy == 0 else None
+
+
+def summarize(res: Results) -> dict:
     """The content of ``summary.json``."""
     cfg, meta, tally, n = res.main.config, res.workload.meta, res.tally, res.n
-    energies = np.array([e for e, _ in tally.totals[cfg.name]])
-    energy, cycles = _mean_total(res, cfg.name)
+    energies = np.array([e for e, _ in tally.totals[res.main.name]])
+    energy, cycles = _mean_total(res, res.main.name)
     us = lambda c: c / (cfg.chip.clock_ghz * 1e3)  # noqa: E731  cycles -> microseconds
     sops = tally.counts[..., _C["sops"]].sum() / n
     macs = tally.counts[..., _C["macs"]].sum() / n
     gpu = {"gpu_modelled": res.gpu_modelled}
-    if gpu_json:
-        gpu["gpu_measured"] = gpu_measured(gpu_json)
+    if res.gpu_measured is not None:
+        gpu["gpu_measured"] = res.gpu_measured
     baselines = {name: dict(zip(("energy_uj", "latency_us"), (e * 1e-6, us(c))))
                  for name, (e, c) in ((b, _mean_total(res, b)) for b in BASELINES)}
-    ratios = {name: b["energy_uj"] / (energy * 1e-6) for name, b in {**baselines, **gpu}.items() if energy}
+    ratios = {name: _ratio(b["energy_uj"], energy * 1e-6) for name, b in {**baselines, **gpu}.items()}
     memory = res.main.mapping.memory
     return {
         "preset": cfg.name, "technology_nm": cfg.technology_nm, "config_file": cfg.source,
@@ -123,7 +129,7 @@ def _ablations(res: Results, energy: float, us) -> list[dict]:
         if name in res.tally.totals:
             e, c = _mean_total(res, name)
             rows.append({"feature": feature, "energy_uj_with": energy * 1e-6, "energy_uj_without": e * 1e-6,
-                         "saving_ratio": e / energy if energy else None, "latency_us_without": us(c)})
+                         "saving_ratio": _ratio(e, energy), "latency_us_without": us(c)})
     return rows
 
 
@@ -200,10 +206,10 @@ def _dumps(obj, name: str, **kwargs) -> str:
                          "not written") from None
 
 
-def _write_files(res: Results, out: Path, gpu_json: str | None, plots: bool) -> dict:
+def _write_files(res: Results, out: Path, plots: bool) -> dict:
     """Write every report file into the (empty) folder ``out`` and return the summary."""
     cfg, tally, n = res.main.config, res.tally, res.n
-    summary = summarize(res, gpu_json)
+    summary = summarize(res)
     write_text_atomic(out / "summary.json", _dumps(summary, "summary.json", indent=2))
     layers = _layer_rows(res)
     _write_csv(out / "layers.csv", layers)
@@ -226,7 +232,7 @@ def _write_files(res: Results, out: Path, gpu_json: str | None, plots: bool) -> 
     return summary
 
 
-def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None, plots: bool = True) -> dict:
+def write_report(res: Results, out_dir: str | Path, plots: bool = True) -> dict:
     """Write the report into ``out_dir`` and return the summary.
 
     The files are written into a temporary folder inside ``out_dir`` and moved into place only once all are
@@ -237,7 +243,7 @@ def write_report(res: Results, out_dir: str | Path, gpu_json: str | None = None,
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
     try:
-        summary = _write_files(res, tmp, gpu_json, plots)
+        summary = _write_files(res, tmp, plots)
         written = {p.name for p in tmp.iterdir()}
         for name in sorted(written):
             os.replace(tmp / name, out / name)

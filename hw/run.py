@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from .baselines import gpu_measured
 from .config import HwInputError, load_config
 from .pipeline import simulate
 from .report import check_out_dir, write_report
@@ -54,16 +55,18 @@ def main(argv: list[str] | None = None) -> int:
             raise HwInputError(f"{args.exit_json}: field 'portion' applies only to --mode statistical; exact mode "
                                "needs per-sample 'exit_steps' (exit_steps.json of main.py), or add --mode statistical")
         rates = Rates.load(args.rates, workload.meta) if args.rates else None
-        results = simulate(workload, config, args.mode, rates, workers=args.workers)
-        summary = write_report(results, out, args.gpu_json, plots=not args.no_plots)
+        gpu = gpu_measured(args.gpu_json) if args.gpu_json else None
+        results = dataclasses.replace(simulate(workload, config, args.mode, rates, workers=args.workers),
+                                      gpu_measured=gpu)
+        summary = write_report(results, out, plots=not args.no_plots)
     except (HwInputError, ValueError) as e:
         _logger.error("%s", e)
         return 2
-    e = summary["energy_per_inference_uj"]
-    _logger.info("%s: %.3f uJ per inference (p5 %.3f, p95 %.3f), %.1f us; x%.2f vs dense_pim, x%.2f vs prior_pim, "
-                 "x%.1f vs GPU (modelled)", summary["preset"], e["mean"], e["p5"], e["p95"],
-                 summary["latency"]["us"], summary["ratios"]["dense_pim"], summary["ratios"]["prior_pim"],
-                 summary["ratios"]["gpu_modelled"])
+    e, ratios = summary["energy_per_inference_uj"], summary["ratios"]
+    ratio = lambda name, digits: "n/a" if ratios[name] is None else f"x{ratios[name]:.{digits}f}"  # noqa: E731
+    _logger.info("%s: %.3f uJ per inference (p5 %.3f, p95 %.3f), %.1f us; %s vs dense_pim, %s vs prior_pim, "
+                 "%s vs GPU (modelled)", summary["preset"], e["mean"], e["p5"], e["p95"], summary["latency"]["us"],
+                 ratio("dense_pim", 2), ratio("prior_pim", 2), ratio("gpu_modelled", 1))
     return 0
 
 

@@ -47,25 +47,41 @@ def load_exit_json(path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray
     return _exit_steps(read_mapping(path, "JSON", "the exit file"), path, T)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _exit_steps(d: dict, path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray | None]:
-    if "T" in d and d["T"] != T:
-        raise HwInputError(f"{path}: field 'T' is {d['T']}, the trace has T={T}")
+    if "T" in d and not (_is_int(d["T"]) and d["T"] == T):
+        raise HwInputError(f"{path}: field 'T' is {d['T']!r}; it must be the trace's time steps, the integer {T} "
+                           "(use an exit file of a run at that T)")
     steps, portion = d.get("exit_steps"), d.get("portion")
     if steps is None and portion is None:
         raise HwInputError(f"{path}: needs field 'exit_steps' (per sample) or 'portion' (per time step)")
+    skipped = d.get("skipped_blocks", [])
+    if not isinstance(skipped, list) or not all(_is_int(b) for b in skipped):
+        raise HwInputError(f"{path}: field 'skipped_blocks' must be a list of block indices, got {skipped!r}")
     per_sample = {}
     if steps is not None:
-        ids = d.get("sample_ids", list(range(len(steps))))
-        if not isinstance(steps, list) or not isinstance(ids, list) or len(ids) != len(steps):
-            raise HwInputError(f"{path}: fields 'exit_steps' and 'sample_ids' must be lists of equal length")
-        bad = [s for s in steps if not (isinstance(s, int) and 1 <= s <= T)]
+        ids = d.get("sample_ids", list(range(len(steps))) if isinstance(steps, list) else None)
+        if not isinstance(steps, list) or not steps or not isinstance(ids, list) or len(ids) != len(steps):
+            raise HwInputError(f"{path}: fields 'exit_steps' and 'sample_ids' must be non-empty lists of equal "
+                               "length")
+        bad = [s for s in steps if not (_is_int(s) and 1 <= s <= T)]
         if bad:
             raise HwInputError(f"{path}: field 'exit_steps' has {bad[:5]}; exit steps are integers in 1..{T}")
-        per_sample = dict(zip((int(i) for i in ids), steps))
+        bad = [i for i in ids if not (_is_int(i) and i >= 0)]
+        if bad:
+            raise HwInputError(f"{path}: field 'sample_ids' has {bad[:5]}; sample ids are the trace's, integers >= 0")
+        per_sample = dict(zip(ids, steps))
         if portion is None:
             portion = np.bincount(np.asarray(steps) - 1, minlength=T) / len(steps)
-    portion = np.asarray(portion, dtype=float)
-    if portion.shape != (T,) or (portion < 0).any() or not math.isclose(portion.sum(), 1.0, rel_tol=1e-6):
+    try:
+        portion = np.asarray(portion, dtype=float)
+    except (TypeError, ValueError):
+        portion = None
+    if (portion is None or portion.shape != (T,) or not (portion >= 0).all()
+            or not math.isclose(portion.sum(), 1.0, rel_tol=1e-6)):
         raise HwInputError(f"{path}: field 'portion' must be {T} non-negative fractions summing to 1")
     return per_sample, portion
 
@@ -80,7 +96,7 @@ def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, ski
     """
     labels = d.get("labels")
     if isinstance(labels, list) and isinstance(d.get("exit_steps"), list) and len(labels) == len(d["exit_steps"]):
-        recorded = dict(zip((int(i) for i in d.get("sample_ids", range(len(labels)))), labels))
+        recorded = dict(zip(d.get("sample_ids", range(len(labels))), labels))
         for sample in reader.meta.samples:
             if sample.label is not None and sample.id in recorded and recorded[sample.id] != sample.label:
                 raise HwInputError(f"{path}: sample {sample.id} has label {recorded[sample.id]}, but the trace's "
@@ -263,22 +279,61 @@ class Rates:
 
     @classmethod
     def load(cls, path: str | Path, meta: TraceMeta) -> "Rates":
+        """A rates file (:meth:`to_json`) for the trace of ``meta``; each field's type, shape and range is checked."""
         d = read_mapping(path, "JSON", "the rates")
-        if d.get("format") != "hw-rates/1" or d.get("T") != meta.T:
+        T = meta.T
+        if d.get("format") != "hw-rates/1" or not _is_int(d.get("T")) or d["T"] != T:
             raise HwInputError(f"{path}: fields 'format'/'T' are {d.get('format')!r}/{d.get('T')!r}; expected "
-                               f"'hw-rates/1' and the trace's T={meta.T}")
-        try:
-            arrays = lambda key: {k: np.asarray(v, dtype=float) for k, v in d[key].items()}  # noqa: E731
-            rates = cls(meta.T, int(d["samples"]), arrays("planes"), arrays("means"), arrays("nonzero"),
-                        arrays("kv"), np.asarray(d["lif"], dtype=float), set(d.get("analog", [])),
-                        {k: np.asarray(v, dtype=float) for k, v in d.get("silent", {}).items()})
-        except (KeyError, TypeError, ValueError) as e:
-            raise HwInputError(f"{path}: malformed rates ({e})") from None
-        missing = [name for name in meta.tensors if name not in rates.planes]
-        if missing or rates.lif.shape != (len(meta.lifs()), meta.T):
-            raise HwInputError(f"{path}: rates lack tensors {missing[:3]} or have lif {rates.lif.shape}, expected "
-                               f"({len(meta.lifs())}, {meta.T})")
-        return rates
+                               f"'hw-rates/1' and the trace's T={T}")
+        samples = d.get("samples")
+        if not _is_int(samples) or samples < 1:
+            raise HwInputError(f"{path}: field 'samples' must be a positive integer (the trace samples the rates "
+                               f"average), got {samples!r}")
+        analog = d.get("analog", [])
+        if not isinstance(analog, list) or not all(isinstance(name, str) for name in analog):
+            raise HwInputError(f"{path}: field 'analog' must be a list of tensor names, got {analog!r}")
+        tensors, attention = list(meta.tensors), [op.name for op in meta.ops if op.kind == "attention"]
+        per_step = ((T,), f"[{T}] (one value per time step)")
+        tables = {key: _rate_table(path, key, d.get(key), names, shape, upper) for key, names, shape, upper in (
+            ("planes", tensors, ((T, None), f"[{T} steps, bit planes]"), 1.0), ("means", tensors, per_step, math.inf),
+            ("nonzero", tensors, per_step, 1.0), ("kv", attention, per_step, 1.0))}
+        silent = d.get("silent", {})  # optional per tensor (0: no silent positions)
+        present = [name for name in tensors if isinstance(silent, dict) and name in silent]
+        lifs = len(meta.lifs())
+        return cls(T, samples, **tables, analog=set(analog),
+                   lif=_rate_array(path, "lif", d.get("lif"), ((lifs, T), f"[{lifs} LIFs, {T} steps]"), 1.0),
+                   silent=_rate_table(path, "silent", silent, present, per_step, 1.0))
+
+
+def _rate_table(path: str | Path, key: str, entries, names: list[str], shape: tuple[tuple, str],
+                upper: float) -> dict[str, np.ndarray]:
+    """Field ``key`` of a rates file: a mapping with an array for each of ``names`` (:func:`_rate_array`)."""
+    if not isinstance(entries, dict):
+        got = "no such field" if entries is None else f"a {type(entries).__name__}"
+        raise HwInputError(f"{path}: field '{key}' must be a mapping of names to per-step values, got {got}")
+    missing = [name for name in names if name not in entries]
+    if missing:
+        raise HwInputError(f"{path}: field '{key}' lacks {missing[:3]}: the rates come from another model than the "
+                           "trace's (write them with --mode statistical on a trace of this model)")
+    return {name: _rate_array(path, f"{key}.{name}", entries[name], shape, upper) for name in names}
+
+
+def _rate_array(path: str | Path, where: str, value, shape: tuple[tuple, str], upper: float) -> np.ndarray:
+    """``value`` as a float array of ``shape`` (dims and a description; a None dim is any positive length) with
+    finite values in ``[0, upper]``."""
+    dims, layout = shape
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        arr = None
+    if arr is None or arr.ndim != len(dims) or any(m < 1 if n is None else m != n for n, m in zip(dims, arr.shape)):
+        got = f"shape {list(arr.shape)}" if arr is not None else repr(value)[:80]
+        raise HwInputError(f"{path}: field '{where}' must be an array of shape {layout}, got {got}")
+    ok = np.isfinite(arr) & (arr >= 0) & (arr <= upper)
+    if not ok.all():
+        want = "fractions in 0..1" if upper == 1.0 else "non-negative finite numbers"
+        raise HwInputError(f"{path}: field '{where}' has {float(arr[~ok][0])!r}; its values are {want}")
+    return arr
 
 
 def _sample_rates(raw: RawSample, meta: TraceMeta) -> Rates:

@@ -88,3 +88,16 @@ def test_model_larger_than_the_chip(tmp_path):
 def test_energy_table_covers_every_action():
     assert set(ACTION_ENERGY) == set(ACTIONS)
     assert {c for pairs in ACTION_ENERGY.values() for c, _ in pairs} | {"leakage"} == set(COMPONENTS)
+
+
+def test_a_bare_name_is_a_preset_of_hw_config_before_a_path(tmp_path, monkeypatch):
+    """A bare name was looked up in the working directory first: a folder or file named like a preset hid it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "aster_default").mkdir()
+    (tmp_path / "prior_pim").write_text("not a preset")
+    assert load_config("aster_default").source == str(CONFIG_DIR / "aster_default.yaml")
+    assert load_feature_overrides("prior_pim")["attention_unit"] == "crossbar"
+    (tmp_path / "mine").write_text(f"base: {CONFIG_DIR / 'aster_default.yaml'}\nname: mine\n")
+    assert load_config("mine").name == "mine"  # no such preset in hw/config/: the path
+    with pytest.raises(HwInputError, match="aster_default: cannot read a preset"):
+        load_config("./aster_default")  # a path, not a bare name

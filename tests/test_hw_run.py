@@ -10,13 +10,15 @@ import pytest
 import torch
 
 import hw.run
-from hw.config import load_config
+from engine.traces import capture_sample
+from hw.config import CONFIG_DIR, load_config
 from hw.energy import COMPONENTS
 from hw.pipeline import simulate
 from hw.report import REPORT_FILES, write_report
 from hw.run import main
-from hw.workload import Workload
-from hw_helpers import tiny_capture, write
+from hw.synthetic import dvs_events, firing_model
+from hw.workload import Workload, rates_from_traces
+from hw_helpers import edited, tiny_capture, write
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +225,99 @@ def test_summary_figures_recomputed_from_the_report_itself(tmp_path):
     assert [samples[i].pred_per_step for i in (0, 1)] == [(1,) + (0,) * (T - 1), (0,) + (2,) * (T - 1)]
     assert s["accuracy"]["top1_all_steps"] == 0.0  # both wrong with every step
     assert s["accuracy"]["top1_at_exit"] == 50.0 and s["accuracy"]["avg_time_steps"] == (1 + T) / 2
+
+
+def test_a_preset_named_like_a_baseline_keeps_its_own_totals(tmp_path, trace):
+    """Totals were keyed by name: a prior_pim-based preset that kept the name 'prior_pim' mixed its per-sample
+    totals with the baseline's (x1.00 vs prior_pim, components not summing to the mean)."""
+    summaries = {}
+    for name in ("", "name: my_prior\n"):
+        (tmp_path / "p.yaml").write_text(f"base: {CONFIG_DIR / 'prior_pim.yaml'}\n{name}features:\n"
+                                         "  read_skipping: true\n")
+        out = tmp_path / (name or "unnamed")
+        assert main(["--trace", str(trace), "--hw-config", str(tmp_path / "p.yaml"), "--workers", "1", "--no-plots",
+                     "--out", str(out)]) == 0
+        summaries[name] = json.loads((out / "summary.json").read_text())
+    unnamed, named = summaries.values()
+    assert unnamed["preset"] == "prior_pim" and named["preset"] == "my_prior"
+    for key in ("energy_per_inference_uj", "latency", "ratios", "baselines", "ablations"):
+        assert unnamed[key] == named[key], key
+    assert unnamed["ratios"]["prior_pim"] > 1
+    assert sum(unnamed["components_uj"].values()) == pytest.approx(unnamed["energy_per_inference_uj"]["mean"])
+
+
+def test_folders_named_like_presets_in_the_working_directory(tmp_path, trace, monkeypatch):
+    """A bare name looked in the working directory first: after --out prior_pim every run failed ('prior_pim:
+    cannot read a preset (Is a directory)'), the baselines being loaded by bare name."""
+    monkeypatch.chdir(tmp_path)
+    for out in ("prior_pim", "aster_default", "again"):
+        assert main(["--trace", str(trace), "--workers", "1", "--no-plots", "--out", out]) == 0
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["config_file"] == str(
+        CONFIG_DIR / "aster_default.yaml")
+
+
+@pytest.fixture(scope="module")
+def rates(trace):
+    return rates_from_traces(Workload.open(trace).reader).to_json()
+
+
+STATISTICAL = ("--mode", "statistical")
+
+
+@pytest.mark.parametrize("flag,extra,content,message", [
+    ("--gpu-json", (), lambda r: [1, 2], "the GPU measurement must be a JSON mapping, got list"),
+    ("--gpu-json", (), lambda r: {"latency_ms": float("nan"), "avg_power_W": 5.0},
+     "field 'latency_ms' must be a positive finite number, got nan"),
+    ("--gpu-json", (), None, "cannot read the GPU measurement (No such file"),
+    ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "sample_ids": [None, 1]}, "field 'sample_ids' has [None]"),
+    ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "sample_ids": ["a", 1]}, "field 'sample_ids' has ['a']"),
+    ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "skipped_blocks": [[1]]},
+     "field 'skipped_blocks' must be a list of block indices, got [[1]]"),
+    ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "T": "4"}, "field 'T' is '4'; it must be"),
+    ("--exit-json", STATISTICAL, lambda r: {"portion": "ab"}, "field 'portion' must be 4 non-negative fractions"),
+    ("--rates", STATISTICAL, lambda r: {**r, "planes": {k: [p[0] for p in v] for k, v in r["planes"].items()}},
+     "must be an array of shape [4 steps, bit planes], got shape [4]"),
+    ("--rates", STATISTICAL, lambda r: {**r, "means": {}}, "field 'means' lacks"),
+    ("--rates", STATISTICAL, lambda r: {**r, "kv": {}}, "field 'kv' lacks"),
+    ("--rates", STATISTICAL, lambda r: {**r, "samples": 0}, "field 'samples' must be a positive integer"),
+    ("--rates", STATISTICAL, lambda r: {**r, "nonzero": {k: [-0.1] * len(v) for k, v in r["nonzero"].items()}},
+     "has -0.1; its values are fractions in 0..1"),
+    ("--rates", STATISTICAL, lambda r: {**r, "lif": [[1.5] * len(row) for row in r["lif"]]},
+     "field 'lif' has 1.5; its values are fractions in 0..1"),
+])
+def test_malformed_side_inputs_are_one_error_before_simulating(tmp_path, trace, rates, caplog, monkeypatch, flag,
+                                                               extra, content, message):
+    """Malformed GPU, exit and rates files gave tracebacks, errors naming no file, or wrong numbers; each is now
+    one error line naming the file and the field, before simulating."""
+    monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite bad input"))
+    path = tmp_path / "side.json"
+    if content is not None:
+        path.write_text(json.dumps(content(rates)))
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(trace), *extra, flag, str(path), "--out", str(tmp_path / "o")]) == 2
+    assert len(caplog.records) == 1 and str(path) in caplog.text and message in caplog.text
+
+
+def test_a_zero_energy_run_reports_its_ratios(tmp_path, caplog):
+    """sop45 on an all-zero trace spends nothing: the final log line indexed missing ratios (KeyError, exit 1)."""
+    capture, config = tiny_capture("SDT", True)
+    trace = write(tmp_path / "zeros", [edited(capture, 0.0)], config)
+    with caplog.at_level(logging.INFO):
+        assert main(["--trace", str(trace), "--hw-config", "sop45", "--workers", "1", "--no-plots",
+                     "--out", str(tmp_path / "o")]) == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["energy_per_inference_uj"]["mean"] == 0
+    assert s["ratios"] == {"dense_pim": 1.0, "prior_pim": 1.0, "gpu_modelled": None}
+    assert s["ablations"] and all(r["saving_ratio"] == 1.0 for r in s["ablations"])
+    assert "x1.00 vs dense_pim, x1.00 vs prior_pim, n/a vs GPU (modelled)" in caplog.text
+
+
+def test_an_event_sample_without_its_batch_axis_names_the_shapes():
+    """export_traces of a DVS dataset's [T, C, H, W] items said 'got a batch of 4', calling T a batch size."""
+    net = firing_model(T=4, embed_dims=64, img_size=32, in_channels=2, dvs=True)
+    events = dvs_events(4, 32)
+    with pytest.raises(ValueError, match=r"event frames \[1, T, C, H, W\] \(T=4\); got \[4, 2, 32, 32\]: .*add the "
+                                         r"batch axis"):
+        capture_sample(net, events[0])
+    with pytest.raises(ValueError, match=r"got \[2, 4, 2, 32, 32\], a batch of 2"):
+        capture_sample(net, events.expand(2, -1, -1, -1, -1))
