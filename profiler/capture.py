@@ -9,8 +9,10 @@ How the text is cut into runs and blocks (the fork prints no block or run number
   a run line that is not after the previous one, or a block line after the model total, starts the next run;
   a "Run i" line closes its run and numbers it (runs without one are numbered on from the previous run);
 * a run is **complete** when it has ``num_layers`` blocks, each with the capture's last block label (the closing
-  probe: ``MLP``, or ``MLP x after identity final`` without timers), and, if the capture has "Run i" lines, ends
-  with one; the block index within a complete run is its **layer**.  Incomplete runs (a truncated capture, a
+  probe: ``MLP``, or ``MLP x after identity final`` without timers), and, if the capture has timers, the model's
+  total time after them and, if it has "Run i" lines, ends with one; the block index within a complete run is its
+  **layer**.  Without ``--layers`` the layer count is that of most runs (with timers, of those that reach the
+  model's total), else ``DEFAULT_LAYERS``.  Incomplete runs (a truncated capture, a
   run with a missing, extra or cut-off block) are kept apart with their line range and left out of every table;
 * a stretch of blocks without any run line (the old cap8 layout: sparsity only) is cut into runs of
   ``num_layers`` consecutive blocks; blocks left over when the count is not a multiple are an incomplete run.
@@ -30,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .fork_format import LABELS, RUN_TOTAL, LineError, ParsedLine, parse_line
+from .fork_format import LABELS, RUN_TOTAL, TOTAL, LineError, ParsedLine, parse_line
 from .records import UNITS, Record, Skipped, read_jsonl
 
 __all__ = ["DEFAULT_LAYERS", "Capture", "Run", "capture_from_records", "load_capture"]
@@ -38,6 +40,7 @@ __all__ = ["DEFAULT_LAYERS", "Capture", "Run", "capture_from_records", "load_cap
 _logger = logging.getLogger(__name__)
 
 DEFAULT_LAYERS = 8  # the fork's model; used when a capture has no run lines to infer the layer count from
+_CUT_BEFORE_TOTAL = f"no {TOTAL!r} line after its blocks (cut off?)"
 _NOT_A_CAPTURE = ("is it the fork's output or a capture of 'python -m profiler run' (capture.txt, records.jsonl)? "
                   "UTF-16 files need a byte-order mark or a conversion to UTF-8")
 
@@ -96,7 +99,7 @@ class Capture:
         if not self.incomplete:
             return f"no capture lines found: {self.note or _NOT_A_CAPTURE}"
         blocks = Counter(run.blocks for run in self.incomplete)
-        if self.num_layers not in blocks:
+        if self.num_layers not in blocks and not any(run.problem == _CUT_BEFORE_TOTAL for run in self.incomplete):
             found = "/".join(map(str, sorted(blocks)))
             return (f"no run is complete: the {len(self.incomplete)} found have {found} blocks where "
                     f"{self.num_layers} layers are expected (give --layers {blocks.most_common(1)[0][0]})")
@@ -206,8 +209,21 @@ def _unclosed_block(run: Run, closing: str | None) -> int | None:
     return next((block for block in range(run.blocks) if block not in closed), None)
 
 
+def _ends_with_total(run: Run) -> bool:
+    return any(record.label in (TOTAL, RUN_TOTAL) for record in run.records)
+
+
+def _timed(runs: list[Run]) -> bool:
+    """Whether the capture has timers: then every whole run ends with the model's total time."""
+    return any(record.kind == "time" for run in runs for record in run.records)
+
+
 def _layer_count(runs: list[Run]) -> int:
-    counts = Counter(run.blocks for run in runs if run.has_run_lines and run.blocks)
+    """The most common block count of the runs with run lines; with timers, of those that reach the model's total
+    (a run cut off before it, say in a capture cut inside its first run, has not printed all its blocks)."""
+    timed = _timed(runs)
+    counts = Counter(run.blocks for run in runs
+                     if run.has_run_lines and run.blocks and (_ends_with_total(run) or not timed))
     if counts:
         return counts.most_common(1)[0][0]
     _logger.info("no run lines to infer the layer count from; assuming %d (use --layers)", DEFAULT_LAYERS)
@@ -219,6 +235,7 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
     layers = _layer_count(runs) if num_layers is None else num_layers
     runs = [part for run in runs for part in _split(run, layers)]
     needs_total = any(record.label == RUN_TOTAL for run in runs for record in run.records)
+    needs_model_total = _timed(runs)
     # every whole block ends with the last block label (in print order) that the capture has
     closing = max({r.label for run in runs for r in run.records if r.block is not None},
                   key=lambda label: LABELS[label].order, default=None)
@@ -234,7 +251,9 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
     for run, number in zip(runs, numbers):
         run.number = number
         run.records = [replace(record, run=run.number) for record in run.records]
-        if run.problem is None and run.blocks != layers:
+        if run.problem is None and needs_model_total and run.has_run_lines and not _ends_with_total(run):
+            run.problem = _CUT_BEFORE_TOTAL
+        elif run.problem is None and run.blocks != layers:
             run.problem = f"{run.blocks} blocks, expected {layers}"
         elif run.problem is None and (cut := _unclosed_block(run, closing)) is not None:
             run.problem = f"block {cut} has no closing {closing!r} line (cut off?)"

@@ -261,3 +261,18 @@ def test_read_csv_converts_the_numbers(tmp_path):
     rows = read_csv(tmp_path / "tables" / "layer_sparsity.csv")
     layer, t, runs, mean, std = (rows[0][column] for column in ("layer", "t", "runs", "mean", "std"))
     assert (layer, t, runs) == (0, None, 2) and mean == pytest.approx(0.0005) and std == pytest.approx(0.001 / 2 ** 0.5)
+
+
+@needs_captures
+def test_a_capture_cut_inside_its_first_run_is_no_run_of_fewer_layers(tmp_path, capsys):
+    """Cut after its first block's closing line, the fork's capture was read as one complete run of one layer (the
+    layer count inferred from that run) and tabulated."""
+    path = tmp_path / "cut.txt"
+    path.write_text("\n".join(_fork_lines()[:49]) + "\n")  # line 49: block 0's closing '[Time] - MLP'
+    capture = load_capture(path)
+    assert capture.runs == [] and capture.num_layers == 8
+    assert capture.incomplete[0].problem == "no 'Spikeformer Time time' line after its blocks (cut off?)"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["parse", str(path), "--out", str(tmp_path / "tables")])
+    assert exit_info.value.code == 2 and "cut off?" in capsys.readouterr().err
+    assert not (tmp_path / "tables").exists()
