@@ -9,13 +9,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 
 from engine.errors import DatasetError
 
-from .static import STATIC_DATASETS, build_static_dataset, canonical_static_name
+from .static import DATASET_ALIASES, STATIC_DATASETS, build_static_dataset, canonical_static_name
 
 __all__ = ["NEUROMORPHIC_DATASETS", "STATIC_DATASETS", "build_dataset", "canonical_static_name", "is_neuromorphic",
-           "split_kind"]
+           "split_kind", "unknown_dataset_message"]
 
 NEUROMORPHIC_DATASETS = ("cifar10-dvs", "cifar10-dvs-tet", "gesture", "ncaltech101", "nmnist")
 
@@ -26,6 +27,18 @@ _EVAL_SPLITS = ("val", "validation", "test", "eval")
 def is_neuromorphic(name: str) -> bool:
     """True for the event-camera datasets (input ``[B, T, 2, H, W]``, no image transforms)."""
     return name.lower() in NEUROMORPHIC_DATASETS
+
+
+def unknown_dataset_message(name: str) -> str | None:
+    """None if ``name`` is a dataset (static, an alias of one, or event data, in any case), else a message that
+    suggests the closest names and lists both kinds."""
+    if is_neuromorphic(name) or canonical_static_name(name) in STATIC_DATASETS:
+        return None
+    known = sorted(STATIC_DATASETS) + sorted(DATASET_ALIASES) + list(NEUROMORPHIC_DATASETS)
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.6)
+    suggestion = f"did you mean {' or '.join(close)}? " if close else ""
+    return (f"unknown dataset {name!r}; {suggestion}static datasets: {', '.join(sorted(STATIC_DATASETS))} (aliases "
+            f"{', '.join(sorted(DATASET_ALIASES))}); event datasets: {', '.join(NEUROMORPHIC_DATASETS)}")
 
 
 def split_kind(split: str) -> str:
@@ -49,6 +62,9 @@ def build_dataset(name: str, root: str, split: str, args: argparse.Namespace):
     Raises:
         DatasetError: unknown name or missing files.
     """
+    unknown = unknown_dataset_message(name)
+    if unknown:
+        raise DatasetError(unknown)
     kind = split_kind(split)
     if is_neuromorphic(name):
         from data.neuromorphic import build_dvs_dataset

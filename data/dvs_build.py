@@ -3,15 +3,19 @@
 What happens, in order (see docs/datasets.md):
 
 1. **Check before touching.** The raw layout is scanned read-only (``data.dvs_raw``); a bad root raises
-   ``DVSDataError`` and is left exactly as it was. Nothing is ever downloaded unless ``download=True``.
-2. **Lock.** Builders take an exclusive ``flock`` on the root directory itself (no lock file), so DDP ranks or
-   concurrent jobs on one root build once; the others wait and reuse the result.
+   ``DVSDataError`` and is left exactly as it was. Nothing is ever downloaded unless ``download=True``; then each
+   missing archive is written to a temporary name, checked against its MD5 and renamed when complete.
+2. **Lock.** Builders and downloads take an exclusive ``flock`` on the root directory itself (no lock file), so DDP
+   ranks or concurrent jobs on one root download and build once; the others wait and reuse the result.
 3. **Stale state.** Under the lock, leftovers of an interrupted build are removed with a warning instead of
    failing forever: spikingjelly's ``events_np.building`` / ``<frames dir>.building`` markers together with the
-   partial directory they guard, and our own ``.<dir>.tmp-<pid>`` folders. ``download/`` and the raw files are
-   never touched (no checksum step, so a user's archive is never deleted).
+   partial directory they guard, our own ``.<dir>.tmp-<pid>`` folders and ``download/.<archive>.part-<pid>``
+   files. The archives in ``download/`` and the raw files are never touched (a user's archive is not checksummed,
+   so it is never deleted).
 4. **Atomic build.** ``events_np`` and ``frames_number_<T>_split_by_number`` are written into a temporary
    sibling and renamed into place when complete, so a crash never leaves a half-written folder that looks done.
+   A new conversion first deletes what was derived from the old ``events_np``: its frame caches and the split
+   files at their default paths.
 
 The directory names and file formats are spikingjelly 2.0's, so its dataset classes and ours share a root.
 """
@@ -19,10 +23,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
 import json
 import logging
 import os
 import shutil
+import tarfile
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,11 +39,12 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .dvs_raw import ARCHIVES, SCANNERS, DVSDataError, listdir_sorted, run_job
+from .splits import default_split_files
 
 _logger = logging.getLogger(__name__)
 
 __all__ = ["root_lock", "clear_stale", "atomic_dir", "prepare_events", "build_frames", "frames_dir_name",
-           "load_events", "integrate_frames"]
+           "read_npz", "load_events", "integrate_frames"]
 
 EVENTS_DIR = "events_np"
 SOURCE_FILE = ".source.json"  # in events_np: the raw folder it was converted from
@@ -99,8 +108,13 @@ def _run_parallel(fn: Callable, items: Iterable) -> None:
             fn(item)
         return
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        for future in [pool.submit(fn, item) for item in items]:
-            future.result()
+        futures = [pool.submit(fn, item) for item in items]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:  # a failed job or Ctrl-C: drop the queued jobs instead of running every one
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 # --------------------------------------------------------------------------------------------- events_np
@@ -114,7 +128,7 @@ def _events_ready(root: Path) -> bool:
     return True
 
 
-def _resources(name: str) -> list[tuple[str, str, str]]:
+def _resources(name: str) -> tuple[list[tuple[str, str, str]], bool]:
     from spikingjelly import datasets as sj
 
     cls = {"cifar10-dvs": sj.CIFAR10DVS, "gesture": sj.DVS128Gesture, "ncaltech101": sj.NCaltech101,
@@ -123,33 +137,51 @@ def _resources(name: str) -> list[tuple[str, str, str]]:
 
 
 def _download(name: str, root: Path, download_dir: Path) -> None:
-    """Fetch the archives that are missing from ``download_dir`` (only with ``download=True``). Existing files are
-    neither checksummed nor deleted."""
+    """Fetch the archives that are missing from ``download_dir`` (only with ``download=True``), holding
+    :func:`root_lock`: each goes to a temporary name, is checked against its MD5 and renamed when complete, so an
+    interrupted download never passes for an archive and processes sharing the root download once. Existing
+    archives are neither checksummed nor deleted."""
     resources, downloadable = _resources(name)
     if not downloadable:
         raise DVSDataError(
             f"{name} cannot be downloaded automatically (its licence requires a manual download): get "
             f"{', '.join(r[0] for r in resources)} from {resources[0][1]} and put them in {download_dir} "
             f"(or extract them to {root / 'extract'})")
-    from torchvision.datasets.utils import download_url
-
     root.mkdir(parents=True, exist_ok=True)
     download_dir.mkdir(exist_ok=True)
-    for file_name, url, md5 in resources:
-        if not (download_dir / file_name).exists():
-            _logger.info("Downloading %s from %s to %s", file_name, url, download_dir)
-            try:
-                download_url(url=url, root=str(download_dir), filename=file_name, md5=md5)
-            except (OSError, RuntimeError) as exc:
-                raise DVSDataError(f"{name}: downloading {file_name} from {url} failed ({exc}); check the network, "
-                                   f"or download it yourself into {download_dir}") from None
+    with root_lock(root):
+        for file_name, url, md5 in resources:
+            for partial in sorted(download_dir.glob(f".{file_name}.part-*")):
+                partial.unlink()
+                _logger.warning("Removed %s, the partial download of an interrupted run.", partial)
+            if not (download_dir / file_name).exists():
+                _download_one(name, url, md5, download_dir / file_name)
+
+
+def _download_one(name: str, url: str, md5: str | None, target: Path) -> None:
+    """Download ``url`` to ``target`` through ``.<target>.part-<pid>``, renamed once complete and matching ``md5``."""
+    from torchvision.datasets.utils import check_md5, download_url
+
+    partial = target.with_name(f".{target.name}.part-{os.getpid()}")
+    _logger.info("Downloading %s from %s to %s", target.name, url, target.parent)
+    try:
+        download_url(url=url, root=str(target.parent), filename=partial.name)
+        intact = not md5 or check_md5(partial, md5)
+        if intact:
+            os.replace(partial, target)
+    except (OSError, RuntimeError) as exc:
+        raise DVSDataError(f"{name}: downloading {target.name} from {url} failed ({exc}); check the network, "
+                           f"or download it yourself into {target.parent}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    if not intact:
+        raise DVSDataError(f"{name}: the download of {target.name} from {url} does not match its MD5 {md5} (cut off "
+                           f"or corrupted on the way?); rerun to download it again")
 
 
 def _extract_archives(name: str, root: Path, download_dir: Path, raw_dir: Path) -> None:
     """Extract ``download/`` archives into ``raw_dir`` atomically; the extracted tree is scanned before the rename,
     so a wrong archive leaves the root unchanged."""
-    from torchvision.datasets.utils import extract_archive
-
     with root_lock(root):
         if raw_dir.exists():
             return
@@ -157,12 +189,24 @@ def _extract_archives(name: str, root: Path, download_dir: Path, raw_dir: Path) 
         with atomic_dir(root, raw_dir.name) as tmp:
             for archive in ARCHIVES[name]:
                 _logger.info("Extracting %s to %s", download_dir / archive, raw_dir)
-                extract_archive(str(download_dir / archive), str(tmp))
+                _extract(name, download_dir / archive, tmp)
             try:
                 SCANNERS[name](tmp, root)
             except DVSDataError as err:
                 raise DVSDataError(f"{str(err).replace(str(tmp), str(raw_dir))} (after extracting "
                                    f"{', '.join(ARCHIVES[name])} from {download_dir}; nothing was kept)") from None
+
+
+def _extract(name: str, archive: Path, target: Path) -> None:
+    """Extract ``archive`` into ``target``; a damaged archive is a DVSDataError naming it and the fix."""
+    from torchvision.datasets.utils import extract_archive
+
+    try:
+        extract_archive(str(archive), str(target))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        again = "rerun with --download to fetch it again" if name == "cifar10-dvs" else "put a complete copy there"
+        raise DVSDataError(f"{name}: cannot extract {archive} ({type(err).__name__}: {err}): the archive is damaged "
+                           f"or incomplete (an interrupted download or copy?); delete it and {again}") from None
 
 
 def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download: bool = False) -> Path:
@@ -205,6 +249,7 @@ def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download:
         if _events_ready(root):
             return root / EVENTS_DIR
         clear_stale(root, EVENTS_DIR)
+        _forget_old_conversion(root, name)
         _logger.info("Converting %d raw files from %s into %s", len(jobs), raw_dir, root / EVENTS_DIR)
         with atomic_dir(root, EVENTS_DIR) as tmp:
             if name == "gesture":  # every class folder in both splits, as spikingjelly makes them
@@ -213,10 +258,19 @@ def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download:
                         (tmp / split / str(label)).mkdir(parents=True)
             _run_parallel(lambda job: run_job(job, tmp), jobs)
             (tmp / SOURCE_FILE).write_text(json.dumps({"raw_dir": str(raw_dir.resolve()), "files": len(jobs)}) + "\n")
-        for stale in sorted(root.glob(frames_dir_name("*"))):  # frames of the events this conversion replaced
-            _logger.info("Deleting %s: it holds frames of an earlier conversion of the raw files", stale)
-            shutil.rmtree(stale)
     return root / EVENTS_DIR
+
+
+def _forget_old_conversion(root: Path, name: str) -> None:
+    """Delete what was derived from an earlier ``events_np``, before a new conversion (so that an interruption never
+    leaves it next to new events): the frame caches, and the split files at their default paths, which may lack
+    samples of the new raw files (a ``--dvs-split-file`` elsewhere is the user's and is kept)."""
+    for stale in sorted(root.glob(frames_dir_name("*"))):
+        _logger.info("Deleting %s: it holds frames of an earlier conversion of the raw files", stale)
+        shutil.rmtree(stale)
+    for stale in default_split_files(root, name):
+        _logger.info("Deleting %s: it splits the samples of an earlier conversion of the raw files", stale)
+        stale.unlink()
 
 
 def _warn_other_source(events: Path, raw_dir: Path) -> None:
@@ -238,11 +292,28 @@ def frames_dir_name(frames_number: int) -> str:
     return f"frames_number_{frames_number}_split_by_number"
 
 
+def read_npz(path: str | os.PathLike, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of one cached ``.npz`` file.
+
+    Raises:
+        DVSDataError: the file is missing, truncated or damaged; the message names it and the cache folder to delete
+            (its ``events_np`` or ``frames_number_*`` ancestor).
+    """
+    try:
+        with np.load(path) as data:
+            return {key: np.asarray(data[key]) for key in keys}
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        path = Path(path)
+        folder = next((p for p in path.parents if p.name == EVENTS_DIR or p.name.startswith("frames_number_")),
+                      path.parent)
+        raise DVSDataError(f"cannot read the cached file {path} ({type(err).__name__}: {err}); the cache is damaged "
+                           f"(an interrupted copy or a full disk?): delete {folder} to rebuild it") from None
+
+
 def load_events(path: str | os.PathLike) -> dict:
     """Events of one ``events_np`` file as native-endian int64 arrays (CIFAR10-DVS stores ``t`` as big-endian
     ``>u4`` and ATIS files as uint32; ``torch.from_numpy`` rejects the former and barely supports the latter)."""
-    with np.load(path) as data:
-        return {key: np.asarray(data[key]).astype(np.int64) for key in ("t", "x", "y", "p")}
+    return {key: value.astype(np.int64) for key, value in read_npz(path, ("t", "x", "y", "p")).items()}
 
 
 def integrate_frames(events: dict, frames_number: int, H: int, W: int) -> np.ndarray:

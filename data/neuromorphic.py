@@ -20,9 +20,11 @@ from torch.utils.data import Dataset
 
 from .dvs_args import DVS_ARG_DEFAULTS, SPLIT_MODES, add_dvs_arguments
 from .dvs_augment import DVSTrainTransform, sample_generator
+from .dvs_build import read_npz
 from .dvs_raw import CIFAR10_DVS_CLASSES, GESTURE_CLASSES, GESTURE_FOLDERS, DVSConfigError, DVSDataError, \
     listdir_sorted
 from .splits import load_or_create_split
+from .static import check_class_count
 
 _logger = logging.getLogger(__name__)
 
@@ -114,8 +116,8 @@ class DVSFrameDataset(Dataset):
         self.epoch = int(epoch)
 
     def load_frames(self, index: int) -> torch.Tensor:
-        with np.load(self.files[index]) as data:
-            return torch.from_numpy(np.asarray(data["frames"], dtype=np.float32))
+        frames = read_npz(self.files[index], ("frames",))["frames"]
+        return torch.from_numpy(np.asarray(frames, dtype=np.float32))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         frames = _resize(self.load_frames(index), self.img_size, self.interpolation)
@@ -247,7 +249,8 @@ def build_dvs_dataset(name: str, root: str | os.PathLike, split: str, args=None)
             ``dvs_aug``, ``dvs_trival_aug``, ``dvs_flip_roll``, ``dvs_ncaltech_aug``, ``num_classes`` (checked).
             On return ``args.dvs_split`` holds the split used ("official" for Gesture, N-MNIST and TET's
             CIFAR10-DVS), ``args.dvs_split_file`` the split JSON (or None) and ``args.dvs_split_seed`` /
-            ``args.dvs_split_ratio`` the values in it, for the run's args.yaml.
+            ``args.dvs_split_ratio`` the values in it (the ratio as given for ``published``, which has none), for
+            the run's args.yaml.
 
     Returns:
         A Dataset of ``(float32 [T, 2, H, W], int)``; its ``targets`` and ``classes`` come from the folder names.
@@ -307,12 +310,14 @@ def build_dvs_dataset(name: str, root: str | os.PathLike, split: str, args=None)
         chosen = set(record["train" if train else "val"])
         ids = [sid for c in classes for sid in by_class.get(c, []) if sid in chosen]
         labels = [label_of[sid.split("/", 1)[0]] for sid in ids]
-        _record(args, dvs_split=record["mode"], dvs_split_file=str(path), dvs_split_ratio=record["ratio"],
-                dvs_split_seed=record["seed"])
+        _record(args, dvs_split=record["mode"], dvs_split_file=str(path),
+                dvs_split_ratio=ratio if record["ratio"] is None else record["ratio"], dvs_split_seed=record["seed"])
 
     num_classes = getattr(args, "num_classes", None)
     if num_classes and len(classes) > int(num_classes):
         raise DVSConfigError(f"{name}: the data has {len(classes)} classes ({events}) but num_classes={num_classes}")
+    check_class_count(name, split, "train" if train else "val", len(classes),
+                       int(num_classes) if num_classes else None)
     if len(classes) != info.num_classes:
         _logger.warning("%s: found %d classes, the full dataset has %d", name, len(classes), info.num_classes)
 

@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from engine.atomic import write_text_atomic
@@ -42,7 +43,8 @@ from .dvs_raw import DVSConfigError, DVSDataError
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["SPLIT_MODES", "SPLIT_FORMAT", "n_train", "compute_split", "default_split_path", "load_or_create_split"]
+__all__ = ["SPLIT_MODES", "SPLIT_FORMAT", "n_train", "compute_split", "default_split_path", "default_split_files",
+           "load_or_create_split"]
 
 SPLIT_FORMAT = 1
 ROUNDING = {"cifar10-dvs": "ceil", "ncaltech101": "floor"}
@@ -106,6 +108,15 @@ def default_split_path(root: Path, name: str, mode: str, ratio: float, seed: int
     return Path(root) / "splits" / ("_".join(parts) + ".json")
 
 
+def default_split_files(root: Path, name: str) -> list[Path]:
+    """The files in ``<root>/splits`` named as :func:`default_split_path` names the splits of ``name``."""
+    pattern = re.compile(rf"{re.escape(name)}_(published|first_ratio[^_]+|stratified_ratio[^_]+_seed-?\d+)\.json")
+    folder = Path(root) / "splits"
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if pattern.fullmatch(path.name) and path.is_file())
+
+
 def _write_json(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(record, indent=1, sort_keys=True) + "\n")
@@ -138,6 +149,9 @@ def load_or_create_split(root: Path, name: str, by_class: dict[str, list[str]], 
     """
     path = Path(path) if path else default_split_path(root, name, mode, ratio, seed)
     available = {sid for ids in by_class.values() for sid in ids}
+    if path.is_dir():
+        raise DVSConfigError(f"the split file {path} is a folder; give --dvs-split-file the path of a JSON file "
+                             f"(created if missing)")
     if path.is_file():
         try:
             record = json.loads(path.read_text())

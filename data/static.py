@@ -32,8 +32,8 @@ from torch.utils.data import Dataset
 
 from engine.errors import DatasetError
 
-__all__ = ["STATIC_DATASETS", "ArrayImageDataset", "ClassFolderReader", "build_static_dataset", "canonical_static_name",
-           "read_idx", "DIGITS_SPLIT_SEED"]
+__all__ = ["STATIC_DATASETS", "DATASET_ALIASES", "ArrayImageDataset", "ClassFolderReader", "build_static_dataset",
+           "canonical_static_name", "check_class_count", "read_idx", "DIGITS_SPLIT_SEED"]
 
 _logger = logging.getLogger(__name__)
 
@@ -285,28 +285,30 @@ STATIC_DATASETS: dict[str, Callable] = {
     "torch/cifar100": _cifar("CIFAR100", "cifar-100-python"),
     "imagenet": _build_imagenet,
 }
-_ALIASES = {"cifar10": "torch/cifar10", "cifar100": "torch/cifar100", "torch/mnist": "mnist",
+DATASET_ALIASES = {"cifar10": "torch/cifar10", "cifar100": "torch/cifar100", "torch/mnist": "mnist",
             "fashion_mnist": "fashion-mnist", "torch/fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "imagenet1k": "imagenet"}
 
 
 def canonical_static_name(name: str) -> str:
     """The :data:`STATIC_DATASETS` key that ``name`` or one of its aliases (``imagenet1k``, ``cifar10``, ...) means."""
-    return _ALIASES.get(name.lower(), name.lower())
+    return DATASET_ALIASES.get(name.lower(), name.lower())
 
 
 def build_static_dataset(name: str, root: str, split: str, kind: str, args: argparse.Namespace) -> Dataset:
     """Build the static dataset ``name`` (see the module docstring); ``kind`` is ``"train"`` or ``"val"``."""
     key = canonical_static_name(name)
     if key not in STATIC_DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; static datasets: {sorted(STATIC_DATASETS)} "
-                           f"(aliases {sorted(_ALIASES)})")
+        from . import unknown_dataset_message
+
+        raise DatasetError(unknown_dataset_message(name) or f"{name!r} is an event dataset, not a static one")
     dataset = STATIC_DATASETS[key](root, split, kind, args)
-    _check_class_count(name, split, kind, _class_count(dataset), getattr(args, "num_classes", None))
+    check_class_count(name, split, kind, _class_count(dataset), getattr(args, "num_classes", None))
     return dataset
 
 
-def _check_class_count(name: str, split: str, kind: str, classes: int | None, num_classes: int | None) -> None:
+def check_class_count(name: str, split: str, kind: str, classes: int | None,
+                      num_classes: int | None) -> None:
     """Refuse a head smaller than the labels; warn about a larger one (legal, but usually the wrong config), once a
     run: only for the evaluation split, which training and evaluation both build."""
     if classes is None or num_classes is None:

@@ -50,6 +50,18 @@ def _input_channels(args: argparse.Namespace) -> int | None:
     return args.input_size[0] if getattr(args, "input_size", None) else getattr(args, "in_channels", None)
 
 
+def _check_dataset(args: argparse.Namespace) -> None:
+    """--dataset names a dataset (checked before anything that depends on its kind, such as the input channels)."""
+    dataset = getattr(args, "dataset", None)
+    if not dataset:
+        return
+    from data import unknown_dataset_message
+
+    unknown = unknown_dataset_message(dataset)
+    if unknown:
+        raise ConfigError(f"--dataset: {unknown}")
+
+
 def _check_input_channels(args: argparse.Namespace) -> None:
     """The data's channels: 2 for event frames (OFF, ON), 3 for images (grey datasets are loaded as RGB)."""
     dataset, channels = getattr(args, "dataset", None), _input_channels(args)
@@ -148,6 +160,7 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
     _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
     if getattr(args, "interpolation", "") not in INTERPOLATIONS:
         raise ConfigError(f"--interpolation {args.interpolation!r}: choose one of {INTERPOLATIONS}")
+    _check_dataset(args)
     _check_input_channels(args)
     _check_normalisation(args)
     if train:

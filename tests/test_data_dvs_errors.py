@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,104 @@ def test_num_classes_and_split_arguments_are_checked(tmp_path):
         build_dvs_dataset("ncaltech101", tmp_path, "train", dvs_args(dvs_split_ratio=0.0))
     with pytest.raises(ValueError, match="unknown DVS dataset"):
         build_dvs_dataset("dvs-imagenet", tmp_path, "train", dvs_args())
+
+
+# --------------------------------------------------------------------------------------------- downloads
+def _class_zips(tmp_path: Path) -> dict[str, bytes]:
+    """{<class>.zip: bytes} of a one-recording-per-class CIFAR10-DVS, laid out as the figshare archives."""
+    src = tmp_path / "src"
+    make_cifar10_dvs(src, per_class=1)
+    for c in os.listdir(src / "extract"):
+        shutil.make_archive(str(src / c), "zip", src / "extract", c)
+    return {f"{c}.zip": (src / f"{c}.zip").read_bytes() for c in os.listdir(src / "extract")}
+
+
+def test_an_interrupted_download_is_never_taken_for_an_archive(tmp_path, monkeypatch):
+    """A dropped connection left a partial <class>.zip that every later run trusted and died on (BadZipFile); two
+    ranks on one root extracted each other's half-written zips."""
+    import fcntl
+    import hashlib
+
+    zips = _class_zips(tmp_path)
+    md5 = {name: hashlib.md5(data).hexdigest() for name, data in zips.items()}
+    monkeypatch.setattr(dvs_build, "_resources", lambda name: ([(f, f"https://x/{f}", md5[f]) for f in sorted(zips)],
+                                                                True))
+    root = tmp_path / "root"
+    fetched, drop, corrupt = [], {"cat.zip"}, {"dog.zip"}
+
+    def download_url(url, root, filename, md5=None):  # torchvision streams straight into root/filename
+        name = url.rsplit("/", 1)[1]
+        fd = os.open(Path(root).parent, os.O_RDONLY)  # the root's lock is held by the downloader
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+        fetched.append(name)
+        with open(os.path.join(root, filename), "wb") as f:
+            if name in drop:
+                f.write(zips[name][:len(zips[name]) // 2])
+                raise OSError("Connection reset by peer")
+            f.write(zips[name][:-10] if name in corrupt else zips[name])
+
+    monkeypatch.setattr("torchvision.datasets.utils.download_url", download_url)
+    with pytest.raises(DVSDataError, match=r"downloading cat\.zip from https://x/cat\.zip failed"):
+        build_dvs_dataset("cifar10-dvs", root, "train", dvs_args(download=True))
+    assert sorted(os.listdir(root / "download")) == ["airplane.zip", "automobile.zip", "bird.zip"]
+    drop.clear()
+    (root / "download" / ".cat.zip.part-99999").write_bytes(b"left by a killed process")
+    with pytest.raises(DVSDataError, match=r"download of dog\.zip .* does not match its MD5"):
+        build_dvs_dataset("cifar10-dvs", root, "train", dvs_args(download=True))
+    assert sorted(os.listdir(root / "download")) == ["airplane.zip", "automobile.zip", "bird.zip", "cat.zip",
+                                                     "deer.zip"]
+    corrupt.clear()
+    fetched.clear()
+    assert len(build_dvs_dataset("cifar10-dvs", root, "train", dvs_args(download=True))) == 10
+    assert fetched == ["dog.zip", "frog.zip", "horse.zip", "ship.zip", "truck.zip"]
+    assert sorted(os.listdir(root / "download")) == sorted(zips)
+
+
+def test_a_damaged_archive_is_one_error_naming_it(tmp_path):
+    zips = _class_zips(tmp_path)
+    root = tmp_path / "root"
+    (root / "download").mkdir(parents=True)
+    for name, data in zips.items():
+        (root / "download" / name).write_bytes(data[:len(data) // 2] if name == "cat.zip" else data)
+    expect_error("cifar10-dvs", root, r"cannot extract .*/download/cat\.zip \(BadZipFile: .*\): the archive is "
+                 r"damaged or incomplete .*; delete it and rerun with --download", root_mtime=False)
+
+
+# --------------------------------------------------------------------------------------------- damaged caches
+def test_damaged_cache_files_are_one_error_naming_the_folder_to_delete(tmp_path):
+    make_cifar10_dvs(tmp_path, per_class=2)
+    dataset = build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args())
+    frames = Path(dataset.files[3])
+    frames.write_bytes(frames.read_bytes()[:50])
+    with pytest.raises(DVSDataError, match=rf"cannot read the cached file {frames} \(BadZipFile: .*\); .*delete "
+                                           rf"{tmp_path / 'frames_number_4_split_by_number'} to rebuild it"):
+        dataset[3]
+    shutil.rmtree(tmp_path / "frames_number_4_split_by_number")
+    events = tmp_path / "events_np" / "cat" / "cifar10_cat_1.npz"
+    events.write_bytes(b"")
+    expect_error("cifar10-dvs", tmp_path, rf"cannot read the cached file {events} \(EOFError: .*delete "
+                                          rf"{tmp_path / 'events_np'} to rebuild it", root_mtime=False)
+
+
+def test_a_larger_num_classes_is_warned_about(tmp_path, caplog):
+    make_ncaltech101(tmp_path, per_class=2)
+    with caplog.at_level(logging.WARNING):
+        build_dvs_dataset("ncaltech101", tmp_path, "val", dvs_args(num_classes=5))
+    assert "--num-classes is 5 but ncaltech101 has 3 classes" in caplog.text
+
+
+def test_a_failed_or_interrupted_conversion_stops_the_queued_jobs(monkeypatch):
+    monkeypatch.setattr(dvs_build, "_workers", lambda: 2)
+    calls = []
+
+    def job(item):
+        calls.append(item)
+        if item == 3:
+            raise KeyboardInterrupt
+        time.sleep(0.01)
+
+    with pytest.raises(KeyboardInterrupt):
+        dvs_build._run_parallel(job, range(100))
+    assert len(calls) < 10

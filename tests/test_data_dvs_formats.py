@@ -284,3 +284,32 @@ def test_reconverted_events_rebuild_their_frame_caches(tmp_path):
     fresh = build_dvs_dataset("nmnist", tmp_path / "fresh", "val", dvs_args(time_steps=2, dvs_raw_dir=str(raw_b)))
     new = build_dvs_dataset("nmnist", root, "val", dvs_args(time_steps=2, dvs_raw_dir=str(raw_b)))
     assert not torch.equal(old, fresh[0][0]) and torch.equal(new[0][0], fresh[0][0])
+
+
+def test_an_interrupted_reconversion_never_leaves_old_frames_next_to_new_events(tmp_path, monkeypatch):
+    """The new events_np was renamed into place before the old frame caches were deleted: Ctrl-C in between left
+    frames of the old recordings that the next run used with the new events."""
+    import shutil
+
+    import data.dvs_build as dvs_build
+
+    make_cifar10_dvs(tmp_path / "a", per_class=1, seed=0)
+    make_cifar10_dvs(tmp_path / "b", per_class=1, seed=1)
+    root = tmp_path / "root"
+    old = build_dvs_dataset("cifar10-dvs", root, "train", dvs_args(dvs_raw_dir=str(tmp_path / "a" / "extract")))[0][0]
+    shutil.rmtree(root / "events_np")
+    real_rmtree = shutil.rmtree
+
+    def interrupted(path, *args, **kwargs):
+        if "frames_number_" in str(path):
+            raise KeyboardInterrupt  # Ctrl-C while the old frame caches are deleted
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(dvs_build.shutil, "rmtree", interrupted)
+    args = dvs_args(dvs_raw_dir=str(tmp_path / "b" / "extract"))
+    with pytest.raises(KeyboardInterrupt):
+        build_dvs_dataset("cifar10-dvs", root, "train", args)
+    monkeypatch.undo()
+    new = build_dvs_dataset("cifar10-dvs", root, "train", args)
+    fresh = build_dvs_dataset("cifar10-dvs", tmp_path / "fresh", "train", args)
+    assert not torch.equal(old, fresh[0][0]) and torch.equal(new[0][0], fresh[0][0])

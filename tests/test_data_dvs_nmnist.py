@@ -93,6 +93,20 @@ def test_real_nmnist_loads_through_the_ncaltech101_reader(tmp_path):
     np.testing.assert_array_equal(sj_frames[0][0], train[0][0].numpy())  # both sorted by class, then name
 
 
+def test_published_split_run_records_args_that_parse_back(tmp_path):
+    """A 'published' run recorded dvs_split_ratio: null, which `-c args.yaml` refused; the rerun reuses the split."""
+    make_cifar10_dvs(tmp_path / "c10", indices=[0, 1, 100, 101])
+    args = dvs_args(dvs_split="published")
+    val = build_dvs_dataset("cifar10-dvs", tmp_path / "c10", "val", args)
+    recorded = argparse.Namespace(device="", **{k: v for k, v in vars(args).items() if k.startswith("dvs_split")})
+    dump_args(recorded, tmp_path / "args.yaml")
+    again = parse_args(get_args_parser(), ["-c", str(tmp_path / "args.yaml")])
+    assert (again.dvs_split, again.dvs_split_file) == ("published", args.dvs_split_file)
+    rerun = build_dvs_dataset("cifar10-dvs", tmp_path / "c10", "val",
+                              dvs_args(**{k: getattr(again, k) for k in vars(recorded) if k != "device"}))
+    assert rerun.sample_ids == val.sample_ids and len(val) == 20
+
+
 @needs_nmnist
 def test_nmnist_official_zip_layout_matches_list_layout(tmp_path):
     raw, train_rows, test_rows = _subset(tmp_path, 20, 10)

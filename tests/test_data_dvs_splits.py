@@ -148,3 +148,31 @@ def test_explicit_split_file_is_used_and_recorded(tmp_path):
     val = build_dvs_dataset("cifar10-dvs", tmp_path, "val", args)
     assert args.dvs_split == "first"  # the file wins and args.yaml says what was used
     assert sorted(val.sample_ids) == [f"{c}/cifar10_{c}_9" for c in CIFAR10_DVS_CLASSES]
+
+
+def test_a_new_conversion_recomputes_the_default_split_and_keeps_a_users(tmp_path, caplog):
+    """docs: deleting events_np is enough to start afresh; the old default-path split was kept and the added
+    recordings were left out with a warning."""
+    make_cifar10_dvs(tmp_path, per_class=10)
+    args = dvs_args()
+    build_dvs_dataset("cifar10-dvs", tmp_path, "train", args)
+    mine = tmp_path / "splits" / "mine.json"
+    build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args(dvs_split_file=str(mine)))
+    default = json.loads(open(args.dvs_split_file).read())
+    make_cifar10_dvs(tmp_path, indices=range(10, 12))  # recordings added ...
+    shutil.rmtree(tmp_path / "events_np")  # ... and converted afresh
+    caplog.clear()
+    args = dvs_args()
+    train = build_dvs_dataset("cifar10-dvs", tmp_path, "train", args)
+    val = build_dvs_dataset("cifar10-dvs", tmp_path, "val", args)
+    assert len(train) + len(val) == 120 and "not used" not in caplog.text
+    assert json.loads(open(args.dvs_split_file).read())["num_train"] > default["num_train"]
+    assert mine.is_file()  # a --dvs-split-file is the user's: kept (it then warns about the new samples)
+
+
+def test_a_split_file_that_is_a_folder_is_one_error(tmp_path):
+    make_cifar10_dvs(tmp_path, per_class=2)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(DVSConfigError, match=r"the split file .*/folder is a folder; give --dvs-split-file the path "
+                                             r"of a JSON file"):
+        build_dvs_dataset("cifar10-dvs", tmp_path, "train", dvs_args(dvs_split_file=str(tmp_path / "folder")))

@@ -177,6 +177,22 @@ def test_unknown_dataset():
         build_dataset("svhn", "", "train", _args())
 
 
+@pytest.mark.parametrize("argv, closest", [
+    (["--dataset", "n-mnist", "--in-channels", "2"], "nmnist"),
+    (["--dataset", "dvs128gesture", "--in-channels", "2"], "gesture"),
+    (["--dataset", "cifar10dvs"], "cifar10-dvs"),
+])
+def test_a_mistyped_dataset_name_suggests_the_closest_of_both_kinds(argv, closest):
+    """A mistyped event-dataset name was reported as a channel mismatch, or as unknown among static datasets only."""
+    from engine.validate import check_run_args
+
+    pattern = rf"--dataset: unknown dataset '{argv[1]}'; did you mean {closest}\b.*event datasets: cifar10-dvs"
+    with pytest.raises(ConfigError, match=pattern):
+        check_run_args(_args(*argv), train=True)
+    with pytest.raises(DatasetError, match=rf"did you mean {closest}\b.* event datasets: .*nmnist"):
+        build_dataset(argv[1], "", "train", _args())
+
+
 def test_randaugment_posterize_at_full_magnitude():
     """timm maps magnitude 10 of PosterizeIncreasing to 0 bits, which recent Pillow rejects; we keep it working."""
     from PIL import Image
