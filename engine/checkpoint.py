@@ -23,6 +23,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -309,6 +310,23 @@ def _saver_class():
         epoch_loss: list[float] | None = None
         _saving_recovery = False
 
+        def _replace(self, src, dst):
+            os.replace(src, dst)  # timm deletes dst first (for Windows): a kill then left no last.pth.tar
+
+        def _duplicate(self, src, dst):
+            """``dst`` as a hard link to (or, where links fail, a copy of) ``src``, made beside it and renamed over
+            it: timm deletes ``dst`` first, so a kill then left no model_best.pth.tar."""
+            tmp = f"{dst}.{os.getpid()}.tmp"
+            try:
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copy2(src, tmp)
+                os.replace(tmp, dst)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+
         def save_recovery(self, epoch, batch_idx=0):
             self._saving_recovery = True
             try:
@@ -346,9 +364,7 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
     same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
     if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
         resume_point = resume_start(args, resume_checkpoint_dict)
-        # with --start-epoch the epoch counter is rewound on purpose: the files stay where they are
-        moved = [] if args.start_epoch is not None else \
-            set_aside_later_checkpoints(output_dir, *resume_point, args.resume)
+        moved = set_aside_later_checkpoints(output_dir, *resume_point, args.resume)
         saver.load_state_dict(resume_checkpoint_dict["saver"])  # drops history entries whose files were moved
         best = os.path.join(output_dir, f"checkpoint-{saver.best_epoch}{saver.extension}")
         model_best = os.path.join(output_dir, f"model_best{saver.extension}")

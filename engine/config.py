@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from typing import Any
 
 import yaml
@@ -103,6 +103,29 @@ def _convert(key: str, action: argparse.Action, value: Any) -> Any:
     return _convert_scalar(key, action, value)
 
 
+class _DuplicateKey(yaml.YAMLError):
+    """A mapping key given twice, with the (1-based) lines of both."""
+
+    def __init__(self, key: Any, lines: tuple[int, int]):
+        super().__init__(f"duplicate key {key!r}")
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.safe_load``, except that a key given twice in a mapping is an error (PyYAML keeps the last value)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader rejects it
+            if key in first_line:
+                raise _DuplicateKey(key, (first_line[key], line))
+            first_line[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collection[str] = ()) -> dict[str, Any]:
     """Read a YAML config and return parser defaults keyed by ``dest``.
 
@@ -116,14 +139,17 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
         ``{dest: converted value}``; the keys of :data:`RECORDED_ONLY_KEYS` (written into ``args.yaml``) are skipped.
 
     Raises:
-        ConfigError: unreadable file, unknown key (naming the closest known ones), duplicate key after
-            normalisation, or a value of the wrong type.
+        ConfigError: unreadable file, unknown key (naming the closest known ones), a key given twice (also as
+            ``-`` and ``_`` spellings), or a value of the wrong type.
     """
     try:
         with open(path) as f:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_UniqueKeyLoader)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except _DuplicateKey as exc:
+        raise ConfigError(f"config key {exc.key!r} in {path} is given twice (lines {exc.lines[0]} and "
+                          f"{exc.lines[1]}); keep one") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
     if raw is None:

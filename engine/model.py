@@ -11,8 +11,8 @@ from torch import nn
 from .errors import ConfigError
 
 __all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "check_model_name", "log_variant_defaults",
-           "resolve_model_args", "model_kwargs", "build_model", "uses_channels_last", "prepare_model", "freeze_parameters",
-           "build_model_ema", "compile_model", "distribute_model", "unwrap"]
+           "resolve_model_args", "model_kwargs", "build_model", "uses_channels_last", "prepare_model",
+           "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
 _logger = logging.getLogger(__name__)
 

@@ -70,6 +70,9 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
     ``lr_from_checkpoint``: that LR was saved after the scheduler stepped to ``start_epoch``, with that epoch's
     ``--lr-noise`` (seeded, the same again), which is taken off before stepping adds it.
 
+    Raises:
+        ConfigError: timm rejects the flags (e.g. ``--sched wsd`` with ``--decay-epochs`` beyond ``--epochs``).
+
     Returns:
         ``(scheduler, num_epochs)``; ``num_epochs`` is ``epochs + cooldown_epochs`` for the cyclic schedules
         (cosine, tanh, poly) and ``epochs`` for the others (step, multistep, plateau, ...), as in timm.
@@ -77,8 +80,13 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
     from timm.scheduler import PlateauLRScheduler, create_scheduler_v2, scheduler_kwargs
 
     held_lrs = [group["lr"] for group in optimizer.param_groups]
-    scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                updates_per_epoch=updates_per_epoch)
+    try:
+        scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                    updates_per_epoch=updates_per_epoch)
+    except ValueError as err:
+        raise ConfigError(f"--sched {args.sched}: the schedule flags do not fit ({err}); check --decay-epochs "
+                          f"{args.decay_epochs:g} (epochs, or a fraction of the run below 1), --epochs {args.epochs} "
+                          f"and --warmup-epochs {args.warmup_epochs}") from None
     if start_epoch > 0:
         if isinstance(scheduler, PlateauLRScheduler):  # during the warmup, step() sets the warmup LR again
             noisy = lr_from_checkpoint and start_epoch > scheduler.warmup_t and scheduler._is_apply_noise(start_epoch)

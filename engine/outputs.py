@@ -69,9 +69,14 @@ def _default_experiment(args: argparse.Namespace) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{args.model}-data-{dataset}-t-{args.time_steps}-spike-{args.spike_mode}"
 
 
+def _is_run_folder(path: str) -> bool:
+    """A run folder of this engine: its ``args.yaml`` is written first, ``summary.csv`` after the first epoch."""
+    return any(os.path.isfile(os.path.join(path, name)) for name in ("args.yaml", "summary.csv"))
+
+
 def _claim_output_dir(args: argparse.Namespace, reuse_resume_dir: bool, experiment_given: bool) -> str:
     resume_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume and reuse_resume_dir else None
-    if resume_dir and not experiment_given and os.path.isfile(os.path.join(resume_dir, "summary.csv")):
+    if resume_dir and not experiment_given and _is_run_folder(resume_dir):
         return resume_dir
     base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
                                         _default_experiment(args)))
@@ -92,10 +97,11 @@ def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True,
     """Claim ``<--output or output/train>/<--experiment or a timestamped name>`` for this run and return it.
 
     An existing folder is reused only when ``--resume`` points into it and ``reuse_resume_dir`` (a resumed training
-    run; never an evaluation); otherwise ``-1``, ``-2``, ... is appended, so a new run never overwrites an earlier
-    one.  A resumed training run without ``--experiment`` on the command line (``command_line_dests``, from
-    :func:`engine.config.parse_args`; a config file's ``experiment`` names new runs only) continues in the run folder
-    of its checkpoint (a folder holding a ``summary.csv``).  The primary process creates the folder (``os.mkdir``, so
+    run; never an evaluation, nor a restart of the schedule with ``--start-epoch``); otherwise ``-1``, ``-2``, ... is
+    appended, so a new run never overwrites an earlier one.  A resumed training run without ``--experiment`` on the
+    command line (``command_line_dests``, from :func:`engine.config.parse_args`; a config file's ``experiment`` names
+    new runs only) continues in the run folder of its checkpoint (a folder holding an ``args.yaml`` or a
+    ``summary.csv``, even one killed in its first epoch).  The primary process creates the folder (``os.mkdir``, so
     two runs started at once cannot both take it) and every process of a distributed run gets the primary's path.
     """
     experiment_given = bool(args.experiment) and (command_line_dests is None or "experiment" in command_line_dests)
@@ -159,15 +165,30 @@ class RunOutputs:
             _logger.info("summary.csv: dropped the rows of epoch %d and later, which this run trains again.", epoch)
 
     def log_epoch(self, epoch: int, train_metrics: OrderedDict, eval_metrics: OrderedDict, lr: float) -> None:
-        """Append a ``summary.csv`` row (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr) and TB scalars."""
-        from timm.utils import update_summary
-
-        update_summary(epoch, train_metrics, eval_metrics, self.summary_path, lr=lr)
+        """Add a ``summary.csv`` row (epoch, train_loss, eval_loss, eval_top1, eval_top5, lr) and TB scalars."""
+        row = OrderedDict(epoch=epoch)
+        row.update(("train_" + name, value) for name, value in train_metrics.items())
+        row.update(("eval_" + name, value) for name, value in eval_metrics.items())
+        row["lr"] = lr
+        self._add_summary_row(row)
         for prefix, metrics in (("train", train_metrics), ("eval", eval_metrics)):
             for name, value in metrics.items():
                 self.writer.add_scalar(f"{prefix}/{name}", value, epoch)
         self.writer.add_scalar("lr", lr, epoch)
         self.writer.flush()
+
+    def _add_summary_row(self, row: OrderedDict) -> None:
+        """Rewrite ``summary.csv`` with ``row`` added (timm's format), atomically: a kill leaves the old file whole."""
+        earlier = ""
+        if os.path.isfile(self.summary_path):
+            with open(self.summary_path, newline="") as f:
+                earlier = f.read()
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=row.keys())
+        if not earlier:
+            writer.writeheader()
+        writer.writerow(row)
+        write_text_atomic(self.summary_path, earlier + buffer.getvalue())
 
     def close(self) -> None:
         """Flush and detach the TensorBoard writer and the log file."""

@@ -218,7 +218,9 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     """
     hooks = hooks or RunHooks()
     s = setup_training(args, parser, hooks)
-    output_dir = resolve_output_dir(args, command_line_dests=getattr(parser, "command_line_dests", None))
+    # --start-epoch restarts the schedule from the loaded weights: a new run, in a folder of its own
+    output_dir = resolve_output_dir(args, reuse_resume_dir=args.start_epoch is None,
+                                    command_line_dests=getattr(parser, "command_line_dests", None))
     outputs = saver = None
     if is_primary(args):
         outputs = RunOutputs(args, output_dir, resume_epoch=s.start_epoch if args.resume else None)

@@ -30,6 +30,18 @@ def _check_device(device: str) -> None:
                           "--device empty to pick CUDA when there is one")
 
 
+def _check_output(output: str) -> None:
+    """--output and the folders above it that exist are folders (the missing ones are created)."""
+    if not output:
+        return
+    path = os.path.abspath(output)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        where = "is a file" if path == os.path.abspath(output) else f"is inside {path!r}, which is a file"
+        raise ConfigError(f"--output {output!r} {where}; give a folder (it is created if missing)")
+
+
 def _check_positive(args: argparse.Namespace, names: dict[str, str]) -> None:
     for attr, flag in names.items():
         value = getattr(args, attr, None)
@@ -98,6 +110,9 @@ def _check_training(args: argparse.Namespace) -> None:
     _check_even_batch_for_mixup(args)
     if getattr(args, "sched", None) is not None and args.sched not in SCHEDULERS:
         raise ConfigError(f"--sched {args.sched!r} is not a scheduler; choose one of {SCHEDULERS}")
+    if getattr(args, "sched", None) == "step" and getattr(args, "decay_epochs", 1) <= 0:
+        raise ConfigError(f"--decay-epochs {args.decay_epochs} must be positive with --sched step (the LR decays "
+                          "every --decay-epochs epochs)")
     if getattr(args, "lr", None) is not None and args.lr <= 0:
         raise ConfigError(f"--lr {args.lr} must be positive")
     if (getattr(args, "start_epoch", None) or 0) < 0:
@@ -154,9 +169,7 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
         ConfigError: the first bad value.
     """
     _check_device(getattr(args, "device", ""))
-    output = getattr(args, "output", "")
-    if output and os.path.exists(output) and not os.path.isdir(output):
-        raise ConfigError(f"--output {output!r} is a file; give a folder (it is created if missing)")
+    _check_output(getattr(args, "output", ""))
     _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
     if getattr(args, "interpolation", "") not in INTERPOLATIONS:
         raise ConfigError(f"--interpolation {args.interpolation!r}: choose one of {INTERPOLATIONS}")

@@ -57,6 +57,7 @@ def test_unknown_key_names_key_and_closest(tmp_path):
     ("input_size: [3, 32]\n", "expected 3 values"),
     ("mean: 0.5\n", "expected a list"),
     ("model-ema: true\nmodel_ema: false\n", "given twice"),
+    ("epochs: 3\nlr: 0.1\nepochs: 5\n", r"config key 'epochs' .* is given twice \(lines 1 and 3\); keep one"),
     ("- a\n- b\n", "must hold a mapping"),
     ("epochs: 1.7\n", "'epochs': expected an int, got 1.7"),
     ("lr: null\n", "'lr': null is not a value here"),

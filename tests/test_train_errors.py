@@ -105,6 +105,9 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     (["--model", "sdt_dvs_2_256"], r"--in-channels: .* 2 input channels but --dataset digits gives images with 3"),
     (["--input-size", "3", "32", "48"], r"--input-size 3 32 48: the model takes square images"),
     (["--start-epoch", "-1"], r"--start-epoch -1 must be 0 or more"),
+    (["--sched", "step", "--decay-epochs", "0"], r"--decay-epochs 0.0 must be positive with --sched step"),
+    (["--sched", "wsd"], r"--sched wsd: the schedule flags do not fit .*--decay-epochs 30 .*--epochs 1"),
+    (["--sched", "rsqrt"], r"--sched rsqrt: the schedule flags do not fit .*--decay-epochs 30 .*--epochs 1"),
     (["--start-epoch", "5"], r"nothing to train: --start-epoch is epoch 5, and the run has 1 epochs"),
 ])
 def test_bad_flag_is_one_line_before_anything_is_written(tmp_path, capfd, flags, message):
@@ -122,6 +125,15 @@ def test_output_that_is_a_file_is_refused(tmp_path, capfd):
     status, error_lines, _ = _run_cli([*TINY_FLAGS, "--output", str(tmp_path / "out")], capfd)
     assert status == 2 and "--output" in error_lines[0] and "is a file" in error_lines[0]
     assert (tmp_path / "out").read_text() == "results of something else\n"
+
+
+def test_output_inside_a_file_is_refused(tmp_path, capfd):
+    """A file above --output: os.makedirs failed with a NotADirectoryError traceback after the whole setup."""
+    (tmp_path / "afile").write_text("results of something else\n")
+    status, error_lines, err = _run_cli([*TINY_FLAGS, "--output", str(tmp_path / "afile" / "sub")], capfd)
+    assert status == 2 and len(error_lines) == 1 and "Traceback" not in err, err
+    assert re.search(r"--output .*afile/sub' is inside .*afile', which is a file", error_lines[0]), error_lines[0]
+    assert (tmp_path / "afile").read_text() == "results of something else\n"
 
 
 @pytest.mark.parametrize("flags", [("--torchcompile", "--torchcompile-mode", "reduce-overhead"),

@@ -1,7 +1,9 @@
 """Stopping after epoch k and resuming gives epoch k+1 exactly as an uninterrupted run does."""
+import os
+
 import pytest
 import torch
-from _engine_helpers import read_summary, tiny_args
+from _engine_helpers import read_summary, snapshot, tiny_args
 
 from engine.checkpoint import load_checkpoint_file
 from engine.run import run_training
@@ -219,3 +221,83 @@ def test_a_resumed_plateau_schedule_adds_its_lr_noise_once(tmp_path):
                            str(tmp_path / "full" / "checkpoint-2.pth.tar")))
     fresh = read_summary(tmp_path / "fresh_optimizer" / "summary.csv")
     assert float(fresh[0]["lr"]) == pytest.approx(lrs[3], rel=1e-12)
+
+
+def test_restarting_the_schedule_with_start_epoch_leaves_the_run_intact(tmp_path):
+    """--resume CKPT --start-epoch 0 is a new run from the loaded weights: it went into the checkpoint's folder and
+    dropped its summary rows and TensorBoard scalars and overwrote its checkpoint-0/1, last and model_best."""
+    run_training(tiny_args(tmp_path, "--epochs", "3", "--checkpoint-hist", "5", "--experiment", "run"))
+    run_dir = tmp_path / "run"
+    before = snapshot(run_dir)
+    restart = ["--epochs", "1", "--resume", str(run_dir / "checkpoint-1.pth.tar"), "--start-epoch", "0",
+               "--no-resume-opt"]
+    without_name = run_training(tiny_args(tmp_path, *restart, "--experiment", ""))
+    named = run_training(tiny_args(tmp_path, *restart, "--experiment", "run"))
+    assert snapshot(run_dir) == before
+    assert named["output_dir"] == str(tmp_path / "run-1")
+    assert without_name["output_dir"] not in (str(run_dir), named["output_dir"])
+    assert [row["epoch"] for row in read_summary(tmp_path / "run-1" / "summary.csv")] == ["0"]
+
+
+def test_a_run_killed_in_its_first_epoch_resumes_in_its_folder(tmp_path):
+    """Before its first summary.csv row the folder holds args.yaml: the resumed run went to a new timestamped one."""
+    from engine.outputs import resolve_output_dir
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    (killed / "args.yaml").write_text("epochs: 2\n")
+    (killed / "recovery-0-3.pth.tar").write_bytes(b"")
+    args = tiny_args(tmp_path, "--experiment", "", "--resume", str(killed / "recovery-0-3.pth.tar"))
+    args.distributed = False
+    assert resolve_output_dir(args) == str(killed)
+
+
+def test_the_saver_replaces_last_and_best_in_one_step(tmp_path, monkeypatch):
+    """timm's saver deleted last.pth.tar before renaming tmp.pth.tar over it, and model_best.pth.tar before linking
+    last to it: a kill in between left none."""
+    import types
+
+    from engine.checkpoint import _saver_class
+
+    (tmp_path / "tmp.pth.tar").write_bytes(b"new")
+    (tmp_path / "last.pth.tar").write_bytes(b"old")
+    (tmp_path / "model_best.pth.tar").write_bytes(b"older")
+    targets = {str(tmp_path / "last.pth.tar"), str(tmp_path / "model_best.pth.tar")}
+    unlink = os.unlink
+
+    def refuse(path, *args, **kwargs):
+        if str(path) in targets:
+            raise AssertionError(f"{path} deleted before being replaced")
+        unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    monkeypatch.setattr(os, "remove", refuse)
+    saver = types.SimpleNamespace(can_hardlink=True)
+    _saver_class()._replace(saver, str(tmp_path / "tmp.pth.tar"), str(tmp_path / "last.pth.tar"))
+    assert (tmp_path / "last.pth.tar").read_bytes() == b"new" and not (tmp_path / "tmp.pth.tar").exists()
+    _saver_class()._duplicate(saver, str(tmp_path / "last.pth.tar"), str(tmp_path / "model_best.pth.tar"))
+    assert (tmp_path / "model_best.pth.tar").read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth.tar", "model_best.pth.tar"]
+
+
+def test_summary_rows_are_added_by_replacing_the_file(tmp_path):
+    """summary.csv is rewritten atomically (a new file each epoch, not appended in place), in timm's format."""
+    from collections import OrderedDict
+
+    from timm.utils import update_summary
+
+    from engine.outputs import RunOutputs
+
+    outputs = RunOutputs(tiny_args(tmp_path), str(tmp_path / "run"))
+    expected = str(tmp_path / "timm.csv")
+    try:
+        inodes = []
+        for epoch in range(2):
+            train, evaluation = OrderedDict(loss=2.0 - epoch), OrderedDict(loss=1.5, top1=50.0 + epoch, top5=90.0)
+            outputs.log_epoch(epoch, train, evaluation, lr=1e-3)
+            update_summary(epoch, train, evaluation, expected, lr=1e-3)
+            inodes.append(os.stat(outputs.summary_path).st_ino)
+    finally:
+        outputs.close()
+    assert inodes[0] != inodes[1]
+    assert (tmp_path / "run" / "summary.csv").read_bytes() == (tmp_path / "timm.csv").read_bytes()
