@@ -62,12 +62,14 @@ from engine.args import get_args_parser  # noqa: E402
 from engine.atomic import unwritable_reason, write_text_atomic  # noqa: E402
 from engine.config import parse_args  # noqa: E402
 from engine.distributed import init_distributed  # noqa: E402
+from engine.errors import SetupError  # noqa: E402
 from engine.loaders import mixup_args  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.loop import train_step  # noqa: E402
 from engine.model import build_model, compile_model, model_kwargs, prepare_model, replays_cuda_graphs, \
     resolve_model_args, uses_channels_last  # noqa: E402
 from engine.optim import build_amp, build_optimizer, uses_fused_optimizer  # noqa: E402
+from engine.validate import check_run_args  # noqa: E402
 
 __all__ = ["Anchor", "Case", "ANCHORS", "TINY", "engine_args", "workload", "default_peak", "bench_step",
            "busy_time", "top_ops", "compare", "speed_path", "table_rows", "log_table", "log_top_ops", "main"]
@@ -522,12 +524,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
     if opts.json and (reason := unwritable_reason(opts.json)):
         parser.error(f"--json {opts.json}: {reason}")
     device_flags = ["--device", opts.device] if opts.device else []
+    try:  # every config's flags as train.py checks them, before any is measured
+        configs = {name: engine_args([*case.flags, *device_flags, *engine_flags]) for name, case in cases.items()}
+        for args in configs.values():
+            check_run_args(args, train=True)
+    except SetupError as exc:
+        parser.error(str(exc))
     results = {}
     for name, case in cases.items():
-        args = engine_args([*case.flags, *device_flags, *engine_flags])
+        args = configs[name]
         _logger.info("%s: %s", name, " ".join([*case.flags, *engine_flags]))
-        result = bench_step(args, warmup=opts.warmup, steps=opts.steps, profile_steps=opts.profile_steps,
-                            peak_tflops=opts.peak_tflops)
+        try:
+            result = bench_step(args, warmup=opts.warmup, steps=opts.steps, profile_steps=opts.profile_steps,
+                                peak_tflops=opts.peak_tflops)
+        except SetupError as exc:  # a model the flags cannot build (e.g. T not divisible by --chunk-size)
+            parser.error(f"{name}: {exc}")
         results[name] = {**result, **compare(result, case)}
         if opts.json:  # after every config, so that a run stopped early keeps what it measured
             write_text_atomic(opts.json, json.dumps({"environment": _environment(results), "results": results},

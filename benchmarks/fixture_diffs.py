@@ -34,6 +34,8 @@ import torch._dynamo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from engine.errors import ConfigError  # noqa: E402
+from engine.validate import check_device  # noqa: E402
 from module.fused_lif import runs_triton  # noqa: E402
 from reference_fixtures import FIXTURES, VARIANTS, build_seeded, load_fixture, reference_loss, unpack_hook  # noqa: E402
 
@@ -105,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
     device = torch.device(args.device)
     names = [p.stem for p in FIXTURES]
     unknown = sorted(set(args.fixtures or ()) - set(names))

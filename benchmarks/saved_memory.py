@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_train import ANCHORS, TINY, Case, _random_batch, engine_args  # noqa: E402
-from engine.atomic import write_text_atomic  # noqa: E402
+from engine.atomic import unwritable_reason, write_text_atomic  # noqa: E402
 from engine.losses import build_train_loss  # noqa: E402
 from engine.model import build_model, resolve_model_args  # noqa: E402
 from engine.optim import compute_dtype  # noqa: E402
@@ -109,6 +109,8 @@ def measure_all(description: str, measure_case: Callable[[Case, tuple[str, ...]]
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU configs instead of the anchors")
     parser.add_argument("--json", default="", metavar="PATH", help="write the results here")
     opts = parser.parse_args(argv)
+    if opts.json and (reason := unwritable_reason(opts.json)):
+        parser.error(f"--json {opts.json}: {reason}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cases = TINY if opts.tiny else ANCHORS
     results = {name: {path: measure_case(case, flags) for path, flags in paths.items()}

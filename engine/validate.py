@@ -12,13 +12,14 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["SCHEDULERS", "INTERPOLATIONS", "check_run_args"]
+__all__ = ["SCHEDULERS", "INTERPOLATIONS", "check_device", "check_run_args"]
 
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly", "constant", "wsd", "rsqrt")
 INTERPOLATIONS = ("", "random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """Raises :class:`ConfigError` unless ``--device`` is empty (auto), or a device type this machine has."""
     if not device:
         return
     try:
@@ -168,7 +169,7 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
     Raises:
         ConfigError: the first bad value.
     """
-    _check_device(getattr(args, "device", ""))
+    check_device(getattr(args, "device", ""))
     _check_output(getattr(args, "output", ""))
     _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
     if getattr(args, "interpolation", "") not in INTERPOLATIONS:

@@ -65,7 +65,7 @@ def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed
         raise ValueError(f"embed_dims={embed_dims} must be divisible by num_heads={num_heads}")
     if embed_dims % 8:
         raise ValueError(f"embed_dims={embed_dims} must be divisible by 8 (the stem widths are D/8, D/4, D/2)")
-    if len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
+    if not isinstance(pooling_stat, str) or len(pooling_stat) != 4 or set(pooling_stat) - {"0", "1"}:
         raise ValueError(f"pooling_stat={pooling_stat!r} must be 4 characters of '0'/'1', e.g. '1111' or '0011'")
     stride = 2 ** pooling_stat.count("1")
     for name, size in (("img_size_h", img_size_h), ("img_size_w", img_size_w)):
@@ -73,6 +73,8 @@ def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed
             raise ValueError(f"{name}={size} is not divisible by {stride}, the total stride of "
                              f"pooling_stat={pooling_stat!r}; use a multiple of {stride} or fewer pooling stages")
     if attention_mode == "STAtten":
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+            raise ValueError(f"chunk_size={chunk_size!r} must be an int (the time steps per chunk)")
         if chunk_size < 1 or T % chunk_size:
             raise ValueError(f"T={T} is not divisible by chunk_size={chunk_size}; STAtten splits the time steps "
                              f"into chunks of chunk_size, so pick a chunk_size that divides T")
@@ -249,7 +251,10 @@ class SpikeDrivenTransformer(nn.Module):
         return x.transpose(0, 1).contiguous()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem and blocks: ``[T, B, D, H', W']`` real-valued features."""
+        """Stem and blocks: ``[T, B, D, H', W']`` real-valued features (an unbatched ``[C, H, W]`` image is a batch
+        of one, as in the reference)."""
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
         if x.dim() < 5 and self.encode_once:
             x = self.patch_embed(x, T=self.T)
         else:

@@ -155,3 +155,19 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(tmp_path
         with pytest.raises(SystemExit) as exit_info:
             main(["--tiny", "--device", "cpu", "--json", str(path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
+    (["--device", "cpu", "-b", "0"], "-b/--batch-size 0 must be at least 1"),
+    (["--device", "cpu", "--time-steps", "3", "--steps", "2", "--warmup", "1", "--profile-steps", "0"],
+     "tiny-statten-dvs: model 'sdt': T=3 is not divisible by chunk_size=2"),
+])
+def test_bad_engine_flags_are_one_error(flags, message, capsys, monkeypatch):
+    """The engine's flags are checked as train.py checks them (they ended in tracebacks), before measuring."""
+    if "-b" in flags:  # refused before any config is measured
+        monkeypatch.setattr("benchmarks.bench_train.bench_step", lambda *a, **k: pytest.fail("measured"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--tiny", *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err

@@ -58,6 +58,7 @@ def test_main_logs_a_row_per_fixture_and_keeps_compiled_opt_in(caplog):
     (["--variants", "compiledd"], "argument --variants: invalid choice: 'compiledd'"),
     (["--fixtures", "sdt_Z"], "no fixture named ['sdt_Z']; choose from"),
     (["--compile-backend", "inductr"], "no torch.compile backend named 'inductr'; choose from"),
+    (["--device", "gpu"], "--device 'gpu' is not a device"),
 ])
 def test_bad_input_is_one_argparse_error(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -47,6 +47,8 @@ def test_generic_entry_point_equals_variant():
     (dict(img_size_h=30, img_size_w=30), "img_size_h"),
     (dict(img_size_w=18), "img_size_w"),
     (dict(pooling_stat="011"), "pooling_stat"),
+    (dict(pooling_stat=1111), "pooling_stat"),
+    (dict(attention_mode="STAtten", T=4, chunk_size=2.0), "chunk_size"),
     (dict(depths=[2]), "depths"),
     (dict(reference="spikformer"), "reference"),
     (dict(T=True), "T"),
@@ -95,6 +97,16 @@ def test_dvs_input_is_time_major_inside():
     assert hook["MS_SPS_lif"].shape == (3, 2, 4, 32, 32)
     with pytest.raises(ValueError, match=r"the event input has 4 time steps .* built with T=3"):
         net(torch.rand(2, 4, 2, 32, 32))
+
+
+@pytest.mark.parametrize("encode_once", [True, False])
+def test_an_unbatched_image_is_a_batch_of_one(encode_once):
+    """The reference repeats a ``[C, H, W]`` image into ``[T, 1, C, H, W]``; the encode-once stem took it for a
+    batch of C grey images and failed in its first convolution."""
+    net = timm.create_model("sdt", **TINY, encode_once=encode_once).eval()
+    x = torch.randn(3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(x[None]), rtol=0, atol=0)
 
 
 def test_pretrained_and_the_references_defaults():

@@ -50,3 +50,18 @@ def test_every_tiny_config_and_path(tmp_path):
     fp32, bf16 = (results[f"tiny-sdt-{p}"]["default"]["saved_gib"] for p in ("fp32", "bf16"))
     # the same tensors in half the bytes, but for the ones that stay as they are (indices, fp32 statistics and loss)
     assert fp32 / 2 < bf16 < 0.6 * fp32
+
+
+@pytest.mark.parametrize("script", ["saved_memory", "roofline"])
+def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(script, tmp_path, capsys, monkeypatch):
+    """Both measured every config, then failed on the JSON's temporary name (a path the user never gave)."""
+    import importlib
+
+    import benchmarks.saved_memory as shared
+
+    monkeypatch.setattr(shared, "TINY", {})  # nothing to measure: the check must come first
+    script_main = importlib.import_module(f"benchmarks.{script}").main
+    for path, message in ((tmp_path / "missing" / "out.json", "does not exist"), (tmp_path, "is a folder")):
+        with pytest.raises(SystemExit) as exit_info:
+            script_main(["--tiny", "--json", str(path)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
