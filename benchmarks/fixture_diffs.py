@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         check_device(args.device)
     except ConfigError as exc:
         parser.error(str(exc))
-    device = torch.device(args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     names = [p.stem for p in FIXTURES]
     unknown = sorted(set(args.fixtures or ()) - set(names))
     if unknown:

@@ -117,6 +117,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         first_line: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *defaults``: its keys may be overridden
+                continue
             key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
             if not isinstance(key, Hashable):
                 continue  # SafeLoader rejects it

@@ -9,10 +9,10 @@ How the text is cut into runs and blocks (the fork prints no block or run number
   a run line that is not after the previous one, or a block line after the model total, starts the next run;
   a "Run i" line closes its run and numbers it (runs without one are numbered on from the previous run);
 * a run is **complete** when it has ``num_layers`` blocks, each with the capture's last block label (the closing
-  probe: ``MLP``, or ``MLP x after identity final`` without timers), and, if the capture has timers, the model's
-  total time after them and, if it has "Run i" lines, ends with one; the block index within a complete run is its
-  **layer**.  Without ``--layers`` the layer count is that of most runs (with timers, of those that reach the
-  model's total), else ``DEFAULT_LAYERS``.  Incomplete runs (a truncated capture, a
+  probe: ``MLP``, or ``MLP x after identity final`` without timers), and, if the capture has the model's total
+  time or "Run i" lines, ends with them; the block index within a complete run is its **layer**.  Without
+  ``--layers`` the layer count is that of most runs known to be whole (with timers, those that reach a total line,
+  or in a capture without one, those followed by another run), else ``DEFAULT_LAYERS``.  Incomplete runs (a truncated capture, a
   run with a missing, extra or cut-off block) are kept apart with their line range and left out of every table;
 * a stretch of blocks without any run line (the old cap8 layout: sparsity only) is cut into runs of
   ``num_layers`` consecutive blocks; blocks left over when the count is not a multiple are an incomplete run.
@@ -214,16 +214,21 @@ def _ends_with_total(run: Run) -> bool:
 
 
 def _timed(runs: list[Run]) -> bool:
-    """Whether the capture has timers: then every whole run ends with the model's total time."""
+    """Whether the capture has timers."""
     return any(record.kind == "time" for run in runs for record in run.records)
 
 
 def _layer_count(runs: list[Run]) -> int:
-    """The most common block count of the runs with run lines; with timers, of those that reach the model's total
-    (a run cut off before it, say in a capture cut inside its first run, has not printed all its blocks)."""
-    timed = _timed(runs)
-    counts = Counter(run.blocks for run in runs
-                     if run.has_run_lines and run.blocks and (_ends_with_total(run) or not timed))
+    """The most common block count of the runs with run lines that are known to be whole: with timers, those that
+    reach a total line, or where the capture has none, those followed by another run (a run cut off, say in a
+    capture cut inside its first run, has not printed all its blocks)."""
+    if not _timed(runs):
+        whole = runs
+    elif any(_ends_with_total(run) for run in runs):
+        whole = [run for run in runs if _ends_with_total(run)]
+    else:
+        whole = runs[:-1]
+    counts = Counter(run.blocks for run in whole if run.has_run_lines and run.blocks)
     if counts:
         return counts.most_common(1)[0][0]
     _logger.info("no run lines to infer the layer count from; assuming %d (use --layers)", DEFAULT_LAYERS)
@@ -235,7 +240,7 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
     layers = _layer_count(runs) if num_layers is None else num_layers
     runs = [part for run in runs for part in _split(run, layers)]
     needs_total = any(record.label == RUN_TOTAL for run in runs for record in run.records)
-    needs_model_total = _timed(runs)
+    needs_model_total = any(record.label == TOTAL for run in runs for record in run.records)
     # every whole block ends with the last block label (in print order) that the capture has
     closing = max({r.label for run in runs for r in run.records if r.block is not None},
                   key=lambda label: LABELS[label].order, default=None)

@@ -72,6 +72,12 @@ def test_bad_values_are_errors(tmp_path, text, match):
         load_config(_yaml(tmp_path, text), _parser())
 
 
+def test_a_merge_key_is_yaml_not_a_repeated_key(tmp_path):
+    """``<<: {...}`` merges defaults that the mapping's own keys override: no key is given twice."""
+    cfg = load_config(_yaml(tmp_path, "<<: {epochs: 3, lr: 0.1}\nepochs: 5\n"), _parser())
+    assert (cfg["epochs"], cfg["lr"]) == (5, 0.1)
+
+
 def test_tet_is_a_real_boolean():
     assert parse_args(_parser(), ["--TET"]).TET is True
     assert parse_args(_parser(), ["--no-TET"]).TET is False

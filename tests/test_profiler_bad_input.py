@@ -268,11 +268,26 @@ def test_a_capture_cut_inside_its_first_run_is_no_run_of_fewer_layers(tmp_path, 
     """Cut after its first block's closing line, the fork's capture was read as one complete run of one layer (the
     layer count inferred from that run) and tabulated."""
     path = tmp_path / "cut.txt"
-    path.write_text("\n".join(_fork_lines()[:49]) + "\n")  # line 49: block 0's closing '[Time] - MLP'
+    path.write_text("\n".join(_fork_lines()[:45]) + "\n")  # line 45: block 0's closing '[Time] - MLP'
     capture = load_capture(path)
-    assert capture.runs == [] and capture.num_layers == 8
-    assert capture.incomplete[0].problem == "no 'Spikeformer Time time' line after its blocks (cut off?)"
+    assert capture.runs == [] and capture.num_layers == 8 and capture.incomplete[0].problem == "1 blocks, expected 8"
     with pytest.raises(SystemExit) as exit_info:
         main(["parse", str(path), "--out", str(tmp_path / "tables")])
-    assert exit_info.value.code == 2 and "cut off?" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no run is complete" in capsys.readouterr().err
     assert not (tmp_path / "tables").exists()
+    # cut inside run 4, the partial run lacks the model's total its predecessors have
+    path.write_text("\n".join(_fork_lines()[:3 * LINES_PER_RUN + 45]) + "\n")
+    capture = load_capture(path)
+    assert len(capture.runs) == 3 and capture.incomplete[0].problem.endswith("line after its blocks (cut off?)")
+
+
+@needs_captures
+def test_a_capture_with_timers_but_no_total_lines_keeps_its_runs(tmp_path):
+    """A fork build that times the blocks but not the whole model: every run but the last is followed by another,
+    so whole, and gives the layer count."""
+    lines = [line for line in _fork_lines("capcifar.txt") if "Spikeformer Time time" not in line
+             and not line.startswith("Run ")]
+    path = tmp_path / "no_totals.txt"
+    path.write_text("\n".join(lines) + "\n")
+    capture = load_capture(path)
+    assert (len(capture.runs), capture.num_layers, capture.incomplete) == (30, 8, [])
