@@ -33,9 +33,9 @@ from torch import nn
 from .errors import CheckpointError
 from .model import unwrap
 
-__all__ = ["load_checkpoint_file", "load_model_weights", "resume_checkpoint", "load_initial_checkpoint",
-           "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start", "set_aside_later_checkpoints",
-           "weights_key"]
+__all__ = ["load_checkpoint_file", "load_model_weights", "restores_optimizer", "resume_checkpoint",
+           "load_initial_checkpoint", "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start",
+           "set_aside_later_checkpoints", "weights_key"]
 
 _logger = logging.getLogger(__name__)
 
@@ -199,6 +199,11 @@ def _restore_optimizer(args: argparse.Namespace, optimizer: torch.optim.Optimize
                         "take effect; pass --no-resume-opt to start the optimizer afresh with them", ", ".join(changed))
 
 
+def restores_optimizer(args: argparse.Namespace, checkpoint: dict | None) -> bool:
+    """Whether ``--resume`` restores the optimizer's state (and with it its learning rate) from ``checkpoint``."""
+    return checkpoint is not None and not args.no_resume_opt and "optimizer" in checkpoint
+
+
 def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                       loss_scaler: Any = None) -> tuple[int, int, dict]:
     """Restore model weights, optimizer and AMP scaler state from ``args.resume``.
@@ -213,7 +218,7 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
     checkpoint = load_checkpoint_file(args.resume)
     load_model_weights(model, checkpoint, args.resume)
     if not args.no_resume_opt:
-        if optimizer is not None and "optimizer" in checkpoint:
+        if optimizer is not None and restores_optimizer(args, checkpoint):
             _restore_optimizer(args, optimizer, checkpoint)
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])

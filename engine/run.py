@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, resume_checkpoint
+from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, restores_optimizer,
+                         resume_checkpoint)
 from .config import parse_args, warn_inert_flags
 from .distributed import broadcast_state, cleanup_distributed, init_distributed, is_primary
 from .errors import ConfigError, SetupError
@@ -122,8 +123,7 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     restore_model_ema(model_ema, checkpoint, args.resume)
     if args.distributed and model_ema is not None and not args.model_ema_force_cpu:
         broadcast_state(model_ema.module)  # each rank copied its own initial weights; DDP syncs only the model's
-    lr_from_checkpoint = (checkpoint is not None and "optimizer" in checkpoint and not args.no_resume_opt
-                          and args.start_epoch is None)
+    lr_from_checkpoint = restores_optimizer(args, checkpoint) and args.start_epoch is None
     lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch, lr_from_checkpoint)
     if start_epoch >= num_epochs:
         source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"

@@ -12,8 +12,9 @@ How the text is cut into runs and blocks (the fork prints no block or run number
   probe: ``MLP``, or ``MLP x after identity final`` without timers), and, if the capture has the model's total
   time or "Run i" lines, ends with them; the block index within a complete run is its **layer**.  Without
   ``--layers`` the layer count is that of most runs known to be whole (with timers, those that reach a total line,
-  or in a capture without one, those followed by another run), else ``DEFAULT_LAYERS``.  Incomplete runs (a truncated capture, a
-  run with a missing, extra or cut-off block) are kept apart with their line range and left out of every table;
+  or in a capture without one, those followed by another run), else ``DEFAULT_LAYERS``.  Incomplete runs (a
+  truncated capture, a run with a missing, extra or cut-off block) are kept apart with their line range and left
+  out of every table;
 * a stretch of blocks without any run line (the old cap8 layout: sparsity only) is cut into runs of
   ``num_layers`` consecutive blocks; blocks left over when the count is not a multiple are an incomplete run.
 
