@@ -21,8 +21,9 @@ and a step that runs out is stopped so that the ones before it still come back:
 4. ``bench_train``: every anchor config on the default fast path (channels-last on CUDA), ``bench_train_bn_lif``
    with ``--fuse-bn-lif`` (whether it pays decides its default), ``bench_train_contiguous`` with
    ``--no-channels-last`` (likewise), then ``bench_train_compiled`` with ``--torchcompile --torchcompile-mode
-   reduce-overhead`` (CUDA graphs) on every anchor, and ``bench_train_cudagraphs`` with ``--torchcompile
-   cudagraphs`` (issue 10).
+   reduce-overhead`` (CUDA graphs) on every anchor, ``bench_train_compiled_bn_lif`` the same with ``--fuse-bn-lif``
+   on the two fp32 DVS anchors (the configs furthest from their goal, with the least memory traffic fused), and
+   ``bench_train_cudagraphs`` with ``--torchcompile cudagraphs`` (issue 10).
 
 ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
 records, benchmark JSON): two files in all, as the device tool returns at most eight.  The archive is packed
@@ -106,6 +107,12 @@ STEPS = (
                                   "{files}/bench_train_compiled.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "aot_eager",
           "--json", "{files}/bench_train_compiled.json")),
+    Step("bench_train_compiled_bn_lif", ("benchmarks/bench_train.py", "--anchor", "sdt-2-256-dvs-t16-fp32", "--anchor",
+                                         "statten-2-256-c4-dvs-t16-fp32", "--device", "{device}", "--torchcompile",
+                                         "--torchcompile-mode", "reduce-overhead", "--fuse-bn-lif", "--json",
+                                         "{files}/bench_train_compiled_bn_lif.json"),
+         ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "aot_eager",
+          "--fuse-bn-lif", "--json", "{files}/bench_train_compiled_bn_lif.json")),
     Step("bench_train_cudagraphs", ("benchmarks/bench_train.py", "--all", "--device", "{device}", "--torchcompile",
                                     "cudagraphs", "--json", "{files}/bench_train_cudagraphs.json"),
          ("benchmarks/bench_train.py", *_BENCH_TINY, "--device", "{device}", "--torchcompile", "cudagraphs",

@@ -24,6 +24,7 @@ def test_every_step_runs_and_the_files_come_back_in_one_archive(tmp_path):
         assert {f"device_checks/{folder}/records.jsonl", f"device_checks/{folder}/capture.txt"} <= names
     assert {f"device_checks/{name}.json" for name in ("bench_kernels", "bench_train", "bench_train_bn_lif",
                                                      "bench_train_contiguous", "bench_train_compiled",
+                                                     "bench_train_compiled_bn_lif",
                                                      "bench_train_cudagraphs")} <= names
 
 
