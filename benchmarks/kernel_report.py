@@ -60,10 +60,11 @@ def _resource_usage(cubin: bytes, folder: Path) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"\b(REG|SHARED|LOCAL):(\d+)", text)}
 
 
-def compile_kernel(kernel, constants: dict, types: dict[str, str] | None = None, aligned: bool = True,
-                   arch: int = 90, scalar_type: str = "i32") -> KernelReport:
-    """Compile ``kernel`` for ``sm_<arch>`` with ``constants`` (its constexprs, and any scalar to specialise) and
-    argument ``types`` (see :func:`_signature`); ``aligned`` marks every pointer and integer divisible by 16."""
+def compile_for_arch(kernel, constants: dict, types: dict[str, str] | None = None, aligned: bool = True,
+                     arch: int = 90, scalar_type: str = "i32"):
+    """Triton's compiled kernel (``.asm`` holds its PTX and cubin) of ``kernel`` for ``sm_<arch>`` with
+    ``constants`` (its constexprs, and any scalar to specialise) and argument ``types`` (see :func:`_signature`);
+    ``aligned`` marks every pointer and integer divisible by 16."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -71,8 +72,14 @@ def compile_kernel(kernel, constants: dict, types: dict[str, str] | None = None,
     signature = _signature(kernel, constants, types or {}, scalar_type)
     attrs = {(i,): [["tt.divisibility", 16]] for i, kind in enumerate(signature.values())
              if aligned and (kind.startswith("*") or kind in ("i32", "i64"))}
-    compiled = triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32))
+    return triton_compile(ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs),
+                          target=GPUTarget("cuda", arch, 32))
+
+
+def compile_kernel(kernel, constants: dict, types: dict[str, str] | None = None, aligned: bool = True,
+                   arch: int = 90, scalar_type: str = "i32") -> KernelReport:
+    """The :class:`KernelReport` of :func:`compile_for_arch`'s kernel."""
+    compiled = compile_for_arch(kernel, constants, types, aligned, arch, scalar_type)
     ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as folder:
         usage = _resource_usage(compiled.asm["cubin"], Path(folder))

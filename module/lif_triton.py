@@ -232,6 +232,9 @@ def _lif_backward_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, bn_grad_ptr, 
     if MEMBRANE == "memory":
         _run_forward_in_time(x_ptr, h_ptr, offs, mask, k, N, T, v_threshold, True, False, mean, invstd, weight, bias,
                              HAS_BN)
+        # the backward's loads may take another thread layout than these stores (wider vectors of a half-precision
+        # gradient): another thread of this program then reads what one wrote, visible only past a barrier
+        tl.debug_barrier()
     grad_v = tl.zeros([1, BLOCK], dtype=tl.float32)
     grad_x_sum = tl.zeros([1, BLOCK], dtype=tl.float32)
     grad_decay = tl.zeros([1, BLOCK], dtype=tl.float32)

@@ -39,6 +39,34 @@ def test_lif_backwards_keep_every_value_in_its_thread(tmp_path):
     run_compiler(_LAYOUT_CHECK, tmp_path)
 
 
+_SCRATCH_CHECK = """
+import re
+from benchmarks.kernel_report import compile_for_arch
+from module import lif_triton as L
+constants = dict(T=40, T_POW2=64, MEMBRANE="memory", BLOCK=L.BLOCK, v_threshold=1.0, alpha=4.0,
+                 NEED_DECAY_GRAD=False, REPEATED_INPUT=False, HAS_BN=False, BN_GRAD=False)
+half = {"x_ptr": "*bf16", "grad_spike_ptr": "*bf16", "grad_x_ptr": "*bf16"}
+for types in ({}, half):
+    for aligned in (True, False):
+        lines = compile_for_arch(L._lif_backward_kernel, constants, types, aligned=aligned).asm["ptx"].splitlines()
+        kind = [("store" if "st.global" in line else "load" if "ld.global" in line else "barrier")
+                for line in lines if re.search(r"\\b(st\\.global|ld\\.global|bar\\.sync)", line)]
+        first_store = kind.index("store")
+        first_reload = first_store + kind[first_store:].index("load")  # the backward's first load of the scratch
+        last_store = first_reload - 1 - kind[first_reload - 1::-1].index("store")
+        assert "barrier" in kind[last_store:first_reload], (types, aligned, kind)
+print("ok")
+"""
+
+
+def test_the_backward_reads_its_membrane_scratch_past_a_barrier(tmp_path):
+    """Past 32 steps the backward writes every step's membrane to an fp32 scratch, then reads it back in the same
+    program, with the layout of its own loads: wider vectors in half precision, so a thread reads what another
+    wrote.  Without a barrier between the two phases the last step's membrane (and through it every gradient) was
+    read unordered."""
+    run_compiler(_SCRATCH_CHECK, tmp_path)
+
+
 _REPORT = """
 import sys
 from benchmarks.kernel_report import main
