@@ -288,20 +288,15 @@ def _bn_lif_grad_sums_kernel(grad_spike_ptr, x_ptr, decay_ptr, bn_ptr, partial_p
 
 
 @triton.jit
-def _bn_grad_finalize_kernel(partial_ptr, bn_ptr, grad_table_ptr, grad_weight_ptr, grad_bias_ptr, C, JB, inv_count,
-                             JB_BOUND: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Sums the ``[2, JB, C]`` partials of :func:`_bn_lif_grad_sums_kernel` in order and writes the per-channel
-    terms of the input gradient (``[3, C]``: mean of dy, projection scale, gradient scale, as in ATen's
-    ``batch_norm_backward_elemt``) and the weight and bias gradients (ATen's ``batch_norm_backward_reduce``).
-    ``JB_BOUND``: ``JB`` rounded up to a power of two, a compile-time loop bound (few compiled variants)."""
+def _bn_grad_finalize_kernel(sums_ptr, bn_ptr, grad_table_ptr, grad_weight_ptr, grad_bias_ptr, C, inv_count,
+                             BLOCK_C: tl.constexpr):
+    """From the per-channel sums ``[2, C]`` of dy and ``dy * (x - mean)``, writes the per-channel terms of the input
+    gradient (``[3, C]``: mean of dy, projection scale, gradient scale, as in ATen's ``batch_norm_backward_elemt``)
+    and the weight and bias gradients (ATen's ``batch_norm_backward_reduce``)."""
     channel = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = channel < C
-    sum_dy = tl.zeros([BLOCK_C], dtype=tl.float32)
-    sum_dy_xmu = tl.zeros([BLOCK_C], dtype=tl.float32)
-    for block in range(JB_BOUND):
-        inside = mask & (block < JB)
-        sum_dy += tl.load(partial_ptr + block * C + channel, mask=inside, other=0.0)
-        sum_dy_xmu += tl.load(partial_ptr + (JB + block) * C + channel, mask=inside, other=0.0)
+    sum_dy = tl.load(sums_ptr + channel, mask=mask, other=0.0)
+    sum_dy_xmu = tl.load(sums_ptr + C + channel, mask=mask, other=0.0)
     invstd = tl.load(bn_ptr + C + channel, mask=mask, other=0.0)
     weight = tl.load(bn_ptr + 2 * C + channel, mask=mask, other=0.0)
     tl.store(grad_table_ptr + channel, sum_dy * inv_count, mask=mask)
@@ -437,9 +432,11 @@ def batch_norm_backward(grad_spikes: Tensor, x: Tensor, decay: Tensor, v_thresho
                                    x.stride(1), position_stride, x.stride(2), steps, BJ=tile_j, BC=tile_c, **options)
     grad_table = torch.empty(3, channels, dtype=torch.float32, device=x.device)
     grad_weight, grad_bias = torch.empty_like(grad_table[0]), torch.empty_like(grad_table[0])
-    _bn_grad_finalize_kernel[(triton.cdiv(channels, 128),)](partials, table, grad_table, grad_weight, grad_bias,
-                                                            channels, grid[0], 1.0 / (steps * per_sample),
-                                                            JB_BOUND=triton.next_power_of_2(grid[0]), BLOCK_C=128)
+    # ATen's reduction over the tiles: parallel and deterministic (one program walking 16k tiles in order, as the
+    # DVS stem's first stage has, waited on each load in turn)
+    sums = partials.sum(dim=1)
+    _bn_grad_finalize_kernel[(triton.cdiv(channels, 128),)](sums, table, grad_table, grad_weight, grad_bias,
+                                                            channels, 1.0 / (steps * per_sample), BLOCK_C=128)
     grad_x = empty_steps(x, steps)
     grad_decay = torch.zeros(n if need_decay_grad else 1, dtype=torch.float32, device=x.device)
     _lif_backward_kernel[(triton.cdiv(n, tile),)](

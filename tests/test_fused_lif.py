@@ -272,9 +272,9 @@ cases = [
                                           BC=64)),
     (L._bn_lif_grad_sums_kernel, half, dict(T=12, T_POW2=16, v_threshold=1.0, alpha=4.0, MEMBRANE="registers", BJ=64,
                                             BC=4)),
-    (L._bn_grad_finalize_kernel, {}, dict(JB_BOUND=128, BLOCK_C=128)),
+    (L._bn_grad_finalize_kernel, {}, dict(BLOCK_C=128)),
 ]
-compile_for_hopper(cases, {"N": "i32", "C": "i32", "S": "i32", "JB": "i32", "inv_count": "fp32"})
+compile_for_hopper(cases, {"N": "i32", "C": "i32", "S": "i32", "inv_count": "fp32"})
 print("ok")
 """
 
