@@ -311,6 +311,9 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
     step()
     sync()
     first_step_s = time.perf_counter() - start
+    if on_cuda:  # the warm-up refills the cache, without the blocks earlier configs and the FLOP count left in it
+        gc.collect()
+        torch.cuda.empty_cache()
     for _ in range(warmup - 1):
         step()
     sync()
@@ -540,11 +543,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         except SetupError as exc:  # a model the flags cannot build (e.g. T not divisible by --chunk-size)
             parser.error(f"{name}: {exc}")
         results[name] = {**result, **compare(result, case)}
-        if opts.json:  # after every config, so that a run stopped early keeps what it measured
+        log_table({name: results[name]})  # after every config, so that a run stopped early keeps what it measured
+        log_top_ops({name: results[name]})
+        if opts.json:
             write_text_atomic(opts.json, json.dumps({"environment": _environment(results), "results": results},
                                                     indent=2))
-    log_table(results)
-    log_top_ops(results)
+    if len(results) > 1:
+        _logger.info("all configs:")
+        log_table(results)
     if opts.json:
         _logger.info("wrote %s", opts.json)
     return results

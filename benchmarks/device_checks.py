@@ -142,7 +142,8 @@ def pack(files: str, out: Path) -> None:
 
 
 def run_checks(out: Path, device: str, budget_s: float, tiny: bool = False, only: tuple[str, ...] = ()) -> dict:
-    """Run the selected steps within ``budget_s`` seconds; write ``out/log.txt`` and ``out/device_checks.tar.gz``
+    """Run the steps named in ``only`` (in its order; default: every step, in order of priority) within
+    ``budget_s`` seconds; write ``out/log.txt`` and ``out/device_checks.tar.gz``
     (packed at the start and again after every step).
 
     Returns ``{step: (exit code, "timeout" or "skipped", seconds)}``.
@@ -152,9 +153,8 @@ def run_checks(out: Path, device: str, budget_s: float, tiny: bool = False, only
     summary: dict[str, tuple[int | str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="device_checks_") as files, open(out / "log.txt", "w") as log:
         pack(files, out)
-        for step in STEPS:
-            if only and step.name not in only:
-                continue
+        by_name = {step.name: step for step in STEPS}
+        for step in [by_name[name] for name in dict.fromkeys(only)] if only else STEPS:
             left = deadline - time.monotonic()
             if left < 5:
                 summary[step.name] = ("skipped", 0.0)
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", type=float, default=540,
                         help="seconds for all steps (default: 540, for a 600 s device call)")
     parser.add_argument("--tiny", action="store_true", help="small models (the CPU smoke test)")
-    parser.add_argument("--only", nargs="+", default=(), choices=[s.name for s in STEPS], help="these steps only")
+    parser.add_argument("--only", nargs="+", default=(), choices=[s.name for s in STEPS],
+                        help="these steps only, in this order")
     opts = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_checks(opts.out, opts.device, opts.budget, tiny=opts.tiny, only=tuple(opts.only))

@@ -52,3 +52,17 @@ def test_each_finished_steps_files_are_in_the_archive_before_the_next_step(tmp_p
     assert archived == [["device_checks"], ["device_checks", "device_checks/bench_train.json"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["device_checks.tar.gz", "log.txt"]
     assert "----- bench_train: 0 in 0 s" in (tmp_path / "log.txt").read_text()
+
+
+def test_only_runs_its_steps_in_the_order_given(tmp_path, monkeypatch):
+    """A short device call puts its most wanted step first (steps past the budget are skipped)."""
+    ran = []
+
+    def fake_step(step, argv, timeout, log):
+        ran.append(step.name)
+        return 0, 0.0
+
+    monkeypatch.setattr(device_checks, "_run_step", fake_step)
+    summary = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--only", "bench_train_compiled",
+                    "cuda_tests", "bench_train_compiled"])
+    assert ran == ["bench_train_compiled", "cuda_tests"] and list(summary) == ran
