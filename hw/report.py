@@ -1,6 +1,7 @@
 """Stage 6: report.  ``summary.json``, ``layers.csv``, ``components.csv``, ``timesteps.csv``, ``ablations.csv`` and
-PNG bar charts, all from one :class:`hw.pipeline.Results`; the whole report replaces the previous one in
-its folder only once it is complete (:func:`write_report`).
+PNG bar charts, all from one :class:`hw.pipeline.Results`, moved into their folder only once all are complete; a
+folder that already holds a report is never overwritten: the report goes to ``<out>-1``, ``<out>-2``, ...
+(:func:`write_report`).  ``summary.json`` records the input files of the run and their sha256.
 
 Energies are per inference (mean over samples in exact mode, the expectation in statistical mode), in pJ in the
 CSV files and in uJ in the summary.  Every table repeats the preset name and technology node.
@@ -8,6 +9,7 @@ CSV files and in uJ in the summary.  Every table repeats the preset name and tec
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -20,18 +22,24 @@ import numpy as np
 
 from engine.atomic import atomic_open, write_text_atomic
 
-from .config import HwInputError
+from .config import HwInputError, read_mapping
 from .counts import ALL_COUNTS
 from .energy import COMPONENTS
 from .pipeline import ABLATIONS, BASELINES, Results
 
-__all__ = ["REPORT_FILES", "check_out_dir", "summarize", "write_report"]
+__all__ = ["REPORT_FILES", "ACCURACY_SOURCES", "check_out_dir", "describe_inputs", "load_exit_predictions",
+           "summarize", "write_report"]
 
 _logger = logging.getLogger(__name__)
 _C = {name: i for i, name in enumerate(ALL_COUNTS)}
 
 REPORT_FILES = ("summary.json", "layers.csv", "components.csv", "timesteps.csv", "ablations.csv",
                 "energy_by_component.png", "energy_by_layer.png", "energy_per_timestep.png", "rates.json")
+
+# where a top-1 of summary.json comes from: the traced model's predictions, the same under a skip list the trace did
+# not apply (a what-if: the simulated model skips blocks that the traced one ran), or the exit file's predictions
+ACCURACY_SOURCES = {"trace": "trace", "what_if": "trace (model without the skipped blocks applied)",
+                    "exit_file": "exit file"}
 
 TOPS_PER_W_DEFINITION = ("(SOPs + 2 * MACs) / energy: one SOP is one synaptic accumulate of the paper convention "
                          "(input spikes x nominal fan-out), a MAC of the analog first layer counts as 2 ops")
@@ -58,8 +66,10 @@ def _ratio(energy: float, reference: float) -> float | None:
     return 1.0 if energy == 0 else None
 
 
-def summarize(res: Results) -> dict:
-    """The content of ``summary.json``."""
+def summarize(res: Results, inputs: dict | None = None,
+              exit_predictions: dict[int, tuple[int, int]] | None = None) -> dict:
+    """The content of ``summary.json``; ``inputs`` (:func:`describe_inputs`) and ``exit_predictions``
+    (:func:`load_exit_predictions`) as ``hw.run`` reads them (``inputs`` is null without them)."""
     cfg, meta, tally, n = res.main.config, res.workload.meta, res.tally, res.n
     energies = np.array([e for e, _ in tally.totals[res.main.name]])
     energy, cycles = _mean_total(res, res.main.name)
@@ -76,7 +86,7 @@ def summarize(res: Results) -> dict:
     return {
         "preset": cfg.name, "technology_nm": cfg.technology_nm, "config_file": cfg.source,
         "config_hash": cfg.hash, "config": cfg.to_dict(),
-        "trace": str(res.workload.reader.dir), "mode": res.mode,
+        "trace": str(res.workload.reader.dir), "inputs": inputs, "mode": res.mode,
         "samples": res.rates.samples if res.mode == "statistical" else n, "T": meta.T,
         "dataset": meta.dataset, "model": meta.model, "input_kind": meta.input_kind,
         # skipped by the skip JSON (rows powered off) or already in the traced model (its attention never ran)
@@ -96,30 +106,88 @@ def summarize(res: Results) -> dict:
         "weight_programming_once": {
             "cells": memory["weight_cells"], "energy_uj": memory["weight_cells"] * cfg.energy.cell_write * 1e-6,
             "dram_energy_uj": memory["weight_cells"] * cfg.crossbar.cell_bits * cfg.energy.dram_bit * 1e-6},
-        "accuracy": _accuracy(res),
+        "accuracy": _accuracy(res, exit_predictions),
         "components_uj": {c: float(x) * 1e-6 / n for c, x in zip(COMPONENTS, tally.energy.sum((0, 1)))},
         "baselines": {**baselines, **gpu}, "ratios": ratios,
         "ablations": _ablations(res, energy, us),
     }
 
 
-def _accuracy(res: Results) -> dict:
-    """Top-1 of the labelled samples at T and at their exit step (exact mode), and the mean steps run.
+def _accuracy(res: Results, exit_predictions: dict[int, tuple[int, int]] | None) -> dict:
+    """Top-1 at T and at the exit step, the mean steps run, and where each top-1 comes from (``accuracy_source``).
 
-    Statistical mode simulates one expected sample: the accuracy is that of every labelled trace sample at T.
+    The trace's per-step predictions are those of the traced model: under a skip list the trace did not apply they
+    are not the skipping model's, and their source says so.  An exit file with each sample's prediction and label
+    gives ``top1_at_exit`` of the model that made the exits: over the traced samples in exact mode, over every
+    sample of the file (the exit mix simulated) in statistical mode.  Statistical mode simulates one expected
+    sample: ``top1_all_steps`` is that of every labelled trace sample, and ``top1_at_exit`` needs such a file.
     """
     meta, tally = res.workload.meta, res.tally
     by_id = {s.id: s for s in meta.samples}
     ids = list(by_id) if res.mode == "statistical" else tally.samples
     labels = [(s, by_id[s].label) for s in ids if by_id[s].label is not None]
-    accuracy = {"labelled_samples": len(labels), "avg_time_steps": float(np.mean(tally.steps))}
+    trace_source = ACCURACY_SOURCES["what_if" if res.workload.skip - set(meta.skipped_blocks) else "trace"]
+    accuracy, sources = {"labelled_samples": len(labels), "avg_time_steps": float(np.mean(tally.steps))}, {}
     if labels:
         pred = lambda s, t: by_id[s].pred_per_step[t - 1]  # noqa: E731
         accuracy["top1_all_steps"] = 100.0 * np.mean([pred(s, meta.T) == y for s, y in labels])
-        if res.mode == "exact":
+        sources["top1_all_steps"] = trace_source
+        if res.mode == "exact" and exit_predictions is None:
             steps = dict(zip(tally.samples, tally.steps))
             accuracy["top1_at_exit"] = 100.0 * np.mean([pred(s, round(steps[s])) == y for s, y in labels])
+            sources["top1_at_exit"] = trace_source
+    if exit_predictions is not None:
+        exited = list(exit_predictions.values()) if res.mode == "statistical" else [exit_predictions[s]
+                                                                                    for s in tally.samples]
+        accuracy["top1_at_exit"] = 100.0 * np.mean([p == y for p, y in exited])
+        accuracy["exit_file_samples"] = len(exited)
+        sources["top1_at_exit"] = ACCURACY_SOURCES["exit_file"]
+    accuracy["accuracy_source"] = sources
     return accuracy
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def load_exit_predictions(path: str | Path) -> dict[int, tuple[int, int]] | None:
+    """``(prediction, label)`` per sample id at its exit step, from an exit file that records both (``main.py``'s
+    ``exit_steps.json``: the predictions of the model that made the exits); None when it lacks either.
+
+    Raises:
+        HwInputError: a ``predictions`` or ``labels`` field that is not one integer class per exit step.
+    """
+    d = read_mapping(path, "JSON", "the exit file")
+    steps = d.get("exit_steps")
+    if "predictions" not in d or "labels" not in d or not isinstance(steps, list):
+        return None
+    for key in ("predictions", "labels"):
+        values = d[key]
+        if not isinstance(values, list) or len(values) != len(steps) or not all(_is_int(v) for v in values):
+            raise HwInputError(f"{path}: field '{key}' must list one integer class per entry of 'exit_steps' "
+                               f"({len(steps)}); write the file with main.py --early-exit or drop the field")
+    return dict(zip(d.get("sample_ids", range(len(steps))), zip(d["predictions"], d["labels"])))
+
+
+def _file_record(path: str | Path) -> dict:
+    """The absolute path of an input file and the sha256 of its bytes."""
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError as e:
+        raise HwInputError(f"{path}: cannot read it to record its sha256 ({e.strerror}); was it moved during the "
+                           "run?") from None
+    return {"path": os.path.abspath(path), "sha256": digest}
+
+
+def describe_inputs(trace: str | Path, skip_json: str | Path | None = None, exit_json: str | Path | None = None,
+                    rates: str | Path | None = None, gpu_json: str | Path | None = None) -> dict:
+    """The ``inputs`` section of ``summary.json``: each input file given (null when not) with its sha256; the
+    trace is identified by its folder and the sha256 of its ``meta.json`` (which holds the export's random
+    ``trace_id``, also in every sample file, and each sample's file name and label)."""
+    meta = _file_record(Path(trace) / "meta.json")
+    return {"trace": {"path": os.path.abspath(trace), "meta_sha256": meta["sha256"]},
+            **{name: None if path is None else _file_record(path) for name, path in
+               (("skip_json", skip_json), ("exit_json", exit_json), ("rates", rates), ("gpu_json", gpu_json))}}
 
 
 def _ablations(res: Results, energy: float, us) -> list[dict]:
@@ -186,14 +254,19 @@ def _plots(out: Path, res: Results, layers: list[dict], components: list[dict], 
 
 
 def check_out_dir(out_dir: str | Path) -> Path:
-    """``out_dir`` as a path; a file in its place or above it, or a folder we cannot write, is an
-    :class:`HwInputError` (the CLI checks this before simulating)."""
+    """``out_dir`` as a path; a file in its place or above it, or a folder we cannot write (for a folder holding a
+    report: its parent, where ``<out>-N`` goes), is an :class:`HwInputError` (the CLI checks this before
+    simulating)."""
     out = Path(out_dir)
     existing = next(p for p in (out, *out.absolute().parents) if p.exists())
     if not existing.is_dir():
         raise HwInputError(f"--out {out}: {existing} is a file, not a folder; choose a folder path for the report")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise HwInputError(f"--out {out}: cannot write into {existing} (permission denied); choose another folder")
+    base = Path(os.path.abspath(out))
+    if (out / "summary.json").exists() and not os.access(base.parent, os.W_OK | os.X_OK):
+        raise HwInputError(f"--out {out}: holds a report, and the next free '{base.name}-N' folder cannot be made in "
+                           f"{base.parent} (permission denied); choose another folder")
     return out
 
 
@@ -206,10 +279,11 @@ def _dumps(obj, name: str, **kwargs) -> str:
                          "not written") from None
 
 
-def _write_files(res: Results, out: Path, plots: bool) -> dict:
+def _write_files(res: Results, out: Path, plots: bool, inputs: dict | None,
+                 exit_predictions: dict[int, tuple[int, int]] | None) -> dict:
     """Write every report file into the (empty) folder ``out`` and return the summary."""
     cfg, tally, n = res.main.config, res.tally, res.n
-    summary = summarize(res)
+    summary = summarize(res, inputs, exit_predictions)
     write_text_atomic(out / "summary.json", _dumps(summary, "summary.json", indent=2))
     layers = _layer_rows(res)
     _write_csv(out / "layers.csv", layers)
@@ -232,25 +306,53 @@ def _write_files(res: Results, out: Path, plots: bool) -> dict:
     return summary
 
 
-def write_report(res: Results, out_dir: str | Path, plots: bool = True) -> dict:
-    """Write the report into ``out_dir`` and return the summary.
+def _claim_report_dir(out: Path) -> tuple[Path, bool]:
+    """The folder for this run's report and whether it was created here: ``out`` unless it holds a report (its
+    ``summary.json``), else the first free ``<out>-1``, ``<out>-2``, ... (``os.mkdir``: of two runs, one gets it)."""
+    if not (out / "summary.json").exists():
+        try:
+            out.mkdir(parents=True)
+            return out, True
+        except FileExistsError:
+            return out, False
+    base, suffix = Path(os.path.abspath(out)), 1
+    while True:
+        path = base.with_name(f"{base.name}-{suffix}")
+        try:
+            path.mkdir()
+            return path, True
+        except FileExistsError:
+            suffix += 1
 
-    The files are written into a temporary folder inside ``out_dir`` and moved into place only once all are
-    complete; then the report files of an earlier run that this run did not write are removed.  The folder so
-    holds one run's report, a failing run leaves the previous one intact, and other files in it are not touched.
+
+def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None,
+                 exit_predictions: dict[int, tuple[int, int]] | None = None) -> dict:
+    """Write the report into ``out_dir``, or into ``<out_dir>-N`` when ``out_dir`` holds a report, and return the
+    summary (``inputs``, ``exit_predictions``: see :func:`summarize`).
+
+    The files are written into a temporary folder inside the report folder and moved into place only once all are
+    complete; report files of an interrupted earlier run that this run did not write are removed, and
+    ``summary.json`` comes last: its presence marks a complete report.  A report is never overwritten, a failing run
+    leaves no report (and removes the folder it created), and other files in the folder are not touched.
     """
     out = check_out_dir(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=out))
+    folder, created = _claim_report_dir(out)
+    tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=folder))
     try:
-        summary = _write_files(res, tmp, plots)
+        summary = _write_files(res, tmp, plots, inputs, exit_predictions)
         written = {p.name for p in tmp.iterdir()}
-        for name in sorted(written):
-            os.replace(tmp / name, out / name)
+        for name in sorted(written - {"summary.json"}):
+            os.replace(tmp / name, folder / name)
         for name in REPORT_FILES:
             if name not in written:
-                (out / name).unlink(missing_ok=True)
+                (folder / name).unlink(missing_ok=True)
+        os.replace(tmp / "summary.json", folder / "summary.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _logger.info("wrote the hardware report to %s", out)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+    if folder != out:
+        _logger.warning("--out %s already holds a report (summary.json); this run's report went to %s instead",
+                        out, folder)
+    _logger.info("wrote the hardware report to %s", folder)
     return summary

@@ -1,7 +1,8 @@
 """CLI: ``python -m hw.run --trace DIR --hw-config hw/config/aster_default.yaml --out DIR`` (docs/hw.md).
 
 Runs the ASTER PIM model on a spike trace (``engine.traces``) and writes summary.json, layers.csv,
-components.csv, timesteps.csv, ablations.csv and PNG charts (and rates.json in statistical mode).
+components.csv, timesteps.csv, ablations.csv and PNG charts (and rates.json in statistical mode); into
+``<out>-1``, ``<out>-2``, ... when ``--out`` already holds a report.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from .baselines import gpu_measured
 from .config import HwInputError, load_config
 from .pipeline import simulate
-from .report import check_out_dir, write_report
+from .report import check_out_dir, describe_inputs, load_exit_predictions, write_report
 from .workload import Rates, Workload
 
 _logger = logging.getLogger("hw.run")
@@ -35,7 +36,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="processes (exact mode)")
     p.add_argument("--verify-traces", action="store_true", help="check every trace member's CRC-32")
     p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, help="output folder (<out>-N when it already holds a report)")
     return p
 
 
@@ -56,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
                                "needs per-sample 'exit_steps' (exit_steps.json of main.py), or add --mode statistical")
         rates = Rates.load(args.rates, workload.meta) if args.rates else None
         gpu = gpu_measured(args.gpu_json) if args.gpu_json else None
+        exit_predictions = load_exit_predictions(args.exit_json) if args.exit_json else None
+        inputs = describe_inputs(args.trace, args.skip_json, args.exit_json, args.rates, args.gpu_json)
         results = dataclasses.replace(simulate(workload, config, args.mode, rates, workers=args.workers),
                                       gpu_measured=gpu)
-        summary = write_report(results, out, plots=not args.no_plots)
+        summary = write_report(results, out, plots=not args.no_plots, inputs=inputs,
+                               exit_predictions=exit_predictions)
     except (HwInputError, ValueError) as e:
         _logger.error("%s", e)
         return 2

@@ -129,17 +129,22 @@ def test_out_that_is_a_file_fails_before_simulating(tmp_path, trace, caplog, mon
 
 
 def test_rerun_leaves_one_report_and_other_files(tmp_path, trace):
+    """A folder without summary.json (an interrupted run's leftovers) takes the report: its report files that this
+    run does not write go, other files stay.  A folder holding a report is never rewritten: a re-run goes to
+    <out>-1 (tests/test_hw_report_inputs.py)."""
     out = tmp_path / "out"
     run = lambda *extra: main(["--trace", str(trace), "--workers", "1", "--out", str(out), *extra])  # noqa: E731
-    assert run() == 0
+    out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert run("--mode", "statistical", "--no-plots") == 0
-    files = {p.name for p in out.iterdir()}
-    assert files == {"notes.txt", "summary.json", "layers.csv", "components.csv", "timesteps.csv", "ablations.csv",
-                     "rates.json"}
+    (out / "rates.json").write_text("{}")
+    (out / "energy_by_layer.png").write_text("stale")
     assert run("--no-plots") == 0
-    assert {p.name for p in out.iterdir()} == files - {"rates.json"}
+    files = {p.name for p in out.iterdir()}
+    assert files == {"notes.txt", "summary.json", "layers.csv", "components.csv", "timesteps.csv", "ablations.csv"}
+    assert (out / "notes.txt").read_text() == "mine"
     assert set(REPORT_FILES) >= files - {"notes.txt"}
+    assert run("--mode", "statistical", "--no-plots") == 0
+    assert {p.name for p in out.iterdir()} == files and "rates.json" in {p.name for p in (tmp_path / "out-1").iterdir()}
 
 
 def test_failing_report_keeps_the_previous_one(tmp_path, trace):
