@@ -113,8 +113,8 @@ def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str) 
                if trained != now]
     if changed:
         _logger.warning("checkpoint %r was trained with %s: the weights fit but the model computes something else; "
-                        "pass the training values to evaluate it as trained (skipped_blocks: --skip-blocks)", path,
-                        ", ".join(changed))
+                        "pass the training values to evaluate it as trained (-c the run's args.yaml gives them all; "
+                        "skipped_blocks: --skip-blocks)", path, ", ".join(changed))
 
 
 def _state_dict_of(checkpoint: dict, key: str, path: str) -> Mapping:

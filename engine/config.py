@@ -23,8 +23,11 @@ __all__ = ["RECORDED_ONLY_KEYS", "check_text_value", "command_line_dests", "pars
 
 _logger = logging.getLogger(__name__)
 
-# Keys that ``args.yaml`` records but a config cannot set (so a run's args.yaml can be reused with ``-c``).
+# Keys that ``args.yaml`` records but a config cannot set (so a run's args.yaml can be reused with ``-c``); a
+# ``skipped_blocks`` list may stand for ``skip_blocks``, see :func:`_skip_blocks_from_record`.
 RECORDED_ONLY_KEYS = ("config", "rank", "world_size", "distributed", "skipped_blocks")
+# The ASTER rules that choose skipped blocks from firing rates (main.py and finetune.py resolve them again).
+_SKIP_RULE_DESTS = ("auto_skip", "skip_lowest")
 # Store-true style actions take no value; their YAML value must be a boolean.
 _FLAG_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
 
@@ -103,6 +106,18 @@ def _convert(key: str, action: argparse.Action, value: Any) -> Any:
     return _convert_scalar(key, action, value)
 
 
+def _skip_blocks_from_record(raw: dict, actions: dict[str, argparse.Action], cfg: dict[str, Any]) -> list[int]:
+    """The config's ``skipped_blocks`` (the blocks its run skipped) as ``skip_blocks``, for a script whose only
+    skip option is ``--skip-blocks`` (``test.py``, ``firing_num.py``: they drop a finetune run's ``--auto-skip`` or
+    ``--skip-lowest``, which ``main.py`` and ``finetune.py`` resolve again), when the config sets no ``skip_blocks``.
+    ``[]`` otherwise."""
+    if "skip_blocks" not in actions or cfg.get("skip_blocks") is not None \
+            or any(dest in actions for dest in _SKIP_RULE_DESTS):
+        return []
+    recorded = {str(key).replace("-", "_"): value for key, value in raw.items()}.get("skipped_blocks")
+    return _convert("skipped_blocks", actions["skip_blocks"], recorded) or []
+
+
 class _DuplicateKey(yaml.YAMLError):
     """A mapping key given twice, with the (1-based) lines of both."""
 
@@ -138,7 +153,9 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
             dropped, and left in ``parser.ignored_config_keys`` for :func:`warn_inert_flags` to list.
 
     Returns:
-        ``{dest: converted value}``; the keys of :data:`RECORDED_ONLY_KEYS` (written into ``args.yaml``) are skipped.
+        ``{dest: converted value}``; the keys of :data:`RECORDED_ONLY_KEYS` (written into ``args.yaml``) are skipped,
+        except that a recorded ``skipped_blocks`` gives ``skip_blocks`` to the evaluation scripts when the config
+        sets none (see :func:`_skip_blocks_from_record`; left in ``parser.recorded_skip_blocks`` to be logged).
 
     Raises:
         ConfigError: unreadable file, unknown key (naming the closest known ones), a key given twice (also as
@@ -174,7 +191,11 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
         if dest in cfg:
             raise ConfigError(f"config key {key!r} in {path} is given twice (as '-' and '_' spellings)")
         cfg[dest] = _convert(str(key), actions[dest], value)
+    recorded_skip = _skip_blocks_from_record(raw, actions, cfg)
+    if recorded_skip:
+        cfg["skip_blocks"] = recorded_skip
     parser.ignored_config_keys = (path, dropped)  # warned about by warn_inert_flags, once the run log records
+    parser.recorded_skip_blocks = (path, recorded_skip)  # logged there too
     return cfg
 
 
@@ -219,11 +240,16 @@ def command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | No
 
 def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """Log a warning for every flag in :data:`~engine.args.INERT_FLAGS` set away from its default, and for the
-    config keys of another script that the config held (see :func:`load_config`)."""
+    config keys of another script that the config held; log the skipped blocks taken from the config's
+    ``skipped_blocks`` unless ``--skip-blocks`` on the command line replaced them (see :func:`load_config`)."""
     path, ignored = getattr(parser, "ignored_config_keys", ("", []))
     if ignored:
         _logger.warning("Config %s: %s belong to another script of the project, ignored here", path,
                         ", ".join(ignored))
+    path, recorded_skip = getattr(parser, "recorded_skip_blocks", ("", []))
+    if recorded_skip and "skip_blocks" not in getattr(parser, "command_line_dests", ()):
+        _logger.info("Config %s: skipping the attention of blocks %s, the skipped_blocks of the run that wrote it "
+                     "(--skip-blocks L,L skips others, --skip-blocks '' none)", path, recorded_skip)
     actions = _actions_by_dest(parser)
     for dest, why in INERT_FLAGS.items():
         if dest in actions and getattr(args, dest, None) not in (None, actions[dest].default):
