@@ -50,8 +50,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--encoding-steps", type=int, default=1, metavar="N",
                        help="time steps of the encoding conv charged as MACs (1 = the papers' recipe)")
     group.add_argument("--skip-blocks", type=int_list, default=None, metavar="L,L",
-                       help="bypass the attention branch of these blocks (ASTER; a checkpoint of main.py or "
-                            "finetune.py records its own in 'skipped_blocks')")
+                       help="bypass the attention branch of these blocks (ASTER; default: a -c args.yaml's "
+                            "'skipped_blocks', recorded by main.py and finetune.py; '' skips none)")
     return parser
 
 
