@@ -19,14 +19,12 @@ import logging
 import os
 import sys
 
-import torch.distributed as dist
-
 from engine.args import get_args_parser
 from engine.aster import HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, check_exit_args, evaluate_aster, \
     read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
 from engine.checkpoint import load_checkpoint_file, load_model_weights
 from engine.evaluate import check_export_traces, evaluation_output_root, export_model_traces
-from engine.distributed import is_primary
+from engine.distributed import agreed_setup, broadcast_state, is_primary
 from engine.errors import ConfigError
 from engine.model import unwrap
 from engine.outputs import RunOutputs, resolve_output_dir
@@ -48,18 +46,20 @@ def _exit_options(args: argparse.Namespace) -> dict:
 
 def _evaluate_best(args: argparse.Namespace, setup, output_dir: str, skip: dict) -> None:
     """After training: skip.json, and with --early-exit/--exit-sweep the evaluation of ``model_best.pth.tar``
-    (its EMA weights with --model-ema, which ranked the checkpoints)."""
+    (its EMA weights with --model-ema, which ranked the checkpoints), read by the primary process, which wrote it,
+    and broadcast: the other nodes may not see the run folder."""
     result = None
     if args.early_exit or args.exit_sweep:
-        if args.distributed:
-            dist.barrier()  # the primary process has written the last checkpoint
         best = os.path.join(output_dir, "model_best.pth.tar")
-        if os.path.isfile(best):
-            checkpoint = load_checkpoint_file(best)
-            ema_ranked = args.model_ema and not args.model_ema_force_cpu  # a CPU EMA is not validated (reference)
-            key = "state_dict_ema" if ema_ranked and "state_dict_ema" in checkpoint else "state_dict"
-            load_model_weights(unwrap(setup.model), checkpoint, best, key=key)
-            _logger.info("Early exit: evaluating %s (%s)", best, key)
+        with agreed_setup(args):  # a checkpoint rank 0 cannot load stops every process, not rank 0 alone
+            if is_primary(args) and os.path.isfile(best):
+                checkpoint = load_checkpoint_file(best)
+                ema_ranked = args.model_ema and not args.model_ema_force_cpu  # a CPU EMA is not validated (reference)
+                key = "state_dict_ema" if ema_ranked and "state_dict_ema" in checkpoint else "state_dict"
+                load_model_weights(unwrap(setup.model), checkpoint, best, key=key)
+                _logger.info("Early exit: evaluating %s (%s)", best, key)
+        if args.distributed:
+            broadcast_state(unwrap(setup.model))
         result = evaluate_aster(setup.model, setup.loaders.eval, setup.eval_loss_fn, args,
                                 **_exit_options(args))
     if is_primary(args):

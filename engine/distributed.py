@@ -11,11 +11,16 @@ import argparse
 import gc
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_distributed", "is_primary", "broadcast_state", "cleanup_distributed", "evaluation_module"]
+from .errors import SetupError
+
+__all__ = ["init_distributed", "is_primary", "agreed_setup", "broadcast_state", "cleanup_distributed",
+           "evaluation_module"]
 
 _logger = logging.getLogger(__name__)
 
@@ -47,6 +52,34 @@ def init_distributed(args: argparse.Namespace) -> None:
 def is_primary(args: argparse.Namespace) -> bool:
     """True on the process that writes logs and checkpoints (global rank 0)."""
     return getattr(args, "rank", 0) == 0
+
+
+@contextmanager
+def agreed_setup(args: argparse.Namespace) -> Iterator[None]:
+    """Run setup steps that may fail on some processes only (a checkpoint or dataset missing on one node), then
+    let every process know: after a :class:`SetupError` on any process all raise one, the failed process its own
+    and the others ``rank N failed: <message>``, so none goes on into a collective the failed one never joins.
+
+    Ends with a collective on every process of the group, so the steps inside must use none.  Without a process
+    group (one process, or a failure before joining it) an error goes on as it is.
+    """
+    try:
+        yield
+    except SetupError as exc:
+        _share_setup_failure(args, str(exc))
+        raise
+    _share_setup_failure(args, None)
+
+
+def _share_setup_failure(args: argparse.Namespace, message: str | None) -> None:
+    """Gather every process's setup failure (``None``: none); raise the first one's on a process that did not fail."""
+    if not (getattr(args, "distributed", False) and dist.is_initialized()):
+        return
+    messages = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, message)
+    failed = [rank for rank, text in enumerate(messages) if text is not None]
+    if failed and message is None:
+        raise SetupError(f"rank {failed[0]} failed: {messages[failed[0]]}")
 
 
 def evaluation_module(model: torch.nn.Module) -> torch.nn.Module:

@@ -36,13 +36,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_console_logging(rank: int = 0) -> None:
-    """Log to stderr in the reference format; processes other than rank 0 report warnings and errors only."""
+    """Log to stderr in the reference format; processes other than rank 0 report errors only (rank 0 reports the
+    warnings every process would repeat)."""
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root.setLevel(logging.INFO if rank == 0 else logging.ERROR)
 
 
 class _EarlyRecords(logging.Handler):

@@ -21,7 +21,7 @@ from torch import nn
 from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, restores_optimizer,
                          resume_checkpoint)
 from .config import parse_args, warn_inert_flags
-from .distributed import broadcast_state, cleanup_distributed, init_distributed, is_primary
+from .distributed import agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary
 from .errors import ConfigError, SetupError
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
@@ -111,26 +111,29 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
     :class:`RunHooks`.
 
     Raises:
-        SetupError: a config, dataset or checkpoint problem.
+        SetupError: a config, dataset or checkpoint problem, of any process (:func:`~engine.distributed.agreed_setup`).
     """
-    model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=True)
-    optimizer = build_optimizer(args, model)
-    amp = build_amp(args)
-    start_epoch, start_batch, checkpoint = args.start_epoch or 0, 0, None
-    if args.resume:
-        start_epoch, start_batch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
-    model_ema = build_model_ema(args, model)
-    restore_model_ema(model_ema, checkpoint, args.resume)
+    with agreed_setup(args):  # a file missing on one node stops every process with one error line
+        model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=True)
+        optimizer = build_optimizer(args, model)
+        amp = build_amp(args)
+        start_epoch, start_batch, checkpoint = args.start_epoch or 0, 0, None
+        if args.resume:
+            start_epoch, start_batch, checkpoint = resume_checkpoint(args, model, optimizer, amp.loss_scaler)
+        model_ema = build_model_ema(args, model)
+        restore_model_ema(model_ema, checkpoint, args.resume)
+        lr_from_checkpoint = restores_optimizer(args, checkpoint) and args.start_epoch is None
+        lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch,
+                                                   lr_from_checkpoint)
+        if start_epoch >= num_epochs:
+            source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
+                      if args.resume else "--start-epoch is")
+            raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} "
+                              "epochs (--epochs, plus --cooldown-epochs for cosine, tanh and poly); raise --epochs")
+        model = compile_model(args, model)
     if args.distributed and model_ema is not None and not args.model_ema_force_cpu:
         broadcast_state(model_ema.module)  # each rank copied its own initial weights; DDP syncs only the model's
-    lr_from_checkpoint = restores_optimizer(args, checkpoint) and args.start_epoch is None
-    lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch, lr_from_checkpoint)
-    if start_epoch >= num_epochs:
-        source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
-                  if args.resume else "--start-epoch is")
-        raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} epochs "
-                          "(--epochs, plus --cooldown-epochs for cosine, tanh and poly); raise --epochs")
-    model = distribute_model(args, compile_model(args, model))
+    model = distribute_model(args, model)
     return TrainingSetup(model=model, model_ema=model_ema, optimizer=optimizer, amp=amp, loaders=loaders,
                          train_loss_fn=build_train_loss(args, loaders.mixup_active), eval_loss_fn=build_eval_loss(),
                          lr_scheduler=lr_scheduler, num_epochs=num_epochs, start_epoch=start_epoch,
@@ -150,12 +153,16 @@ class EvalSetup:
 def setup_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None,
                      hooks: RunHooks | None = None) -> EvalSetup:
     """Like :func:`setup_training` without training: model (weights from ``--initial-checkpoint`` or
-    ``hooks.load_weights``), validation loader, AMP and the evaluation loss.  Writes nothing.
+    ``hooks.load_weights``), validation loader, AMP and the evaluation loss.  Writes nothing.  Every process gets
+    rank 0's weights.
 
     Raises:
-        SetupError: a config, dataset or checkpoint problem.
+        SetupError: a config, dataset or checkpoint problem, of any process (:func:`~engine.distributed.agreed_setup`).
     """
-    model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=False)
+    with agreed_setup(args):  # a checkpoint missing on one node stops every process with one error line
+        model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=False)
+    if args.distributed:
+        broadcast_state(model)  # no DDP to do it: without a checkpoint each process built its own (seed + rank)
     return EvalSetup(model=model, loaders=loaders, amp=build_amp(args), eval_loss_fn=build_eval_loss())
 
 
