@@ -35,15 +35,16 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_console_logging(rank: int = 0) -> None:
-    """Log to stderr in the reference format; processes other than rank 0 report errors only (rank 0 reports the
-    warnings every process would repeat)."""
+def setup_console_logging(rank: int = 0, local_rank: int = 0) -> None:
+    """Log to stderr in the reference format.  Rank 0 logs everything; the first process of every other node
+    (``local_rank`` 0) warnings and errors, since its files (datasets, checkpoints) may differ from rank 0's; the
+    other processes, which would repeat their node's warnings, errors only."""
     root = logging.getLogger()
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
-    root.setLevel(logging.INFO if rank == 0 else logging.ERROR)
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING if local_rank == 0 else logging.ERROR)
 
 
 class _EarlyRecords(logging.Handler):

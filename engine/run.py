@@ -86,7 +86,7 @@ def _build_model_and_data(args: argparse.Namespace, parser: argparse.ArgumentPar
     log_variant_defaults(args.model, getattr(parser, "variant_defaults_taken", ()))
     check_run_args(args, train)
     init_distributed(args)
-    setup_console_logging(args.rank)
+    setup_console_logging(args.rank, args.local_rank)
     if parser is not None and is_primary(args):
         warn_inert_flags(args, parser)
     resolve_model_args(args)
@@ -280,7 +280,7 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     Returns:
         The process exit status: 0, 2 after a setup error, 130 after Ctrl-C (no traceback).
     """
-    setup_console_logging(int(os.environ.get("RANK", 0)))
+    setup_console_logging(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
     parser = make_parser()
     finished = False
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import logging
 import os
@@ -306,23 +307,27 @@ def _write_files(res: Results, out: Path, plots: bool, inputs: dict | None,
     return summary
 
 
+_CLAIM = ".report.claim"
+
+
 def _claim_report_dir(out: Path) -> tuple[Path, bool]:
-    """The folder for this run's report and whether it was created here: ``out`` unless it holds a report (its
-    ``summary.json``), else the first free ``<out>-1``, ``<out>-2``, ... (``os.mkdir``: of two runs, one gets it)."""
-    if not (out / "summary.json").exists():
+    """The folder for this run's report, claimed by creating its ``.report.claim`` exclusively (of two runs, one
+    gets a folder), and whether it was created here: ``out`` unless it holds a report (its ``summary.json``) or
+    another run's claim, else the first such free ``<out>-1``, ``<out>-2``, ...  :func:`write_report` removes the
+    claim."""
+    base = Path(os.path.abspath(out))
+    for suffix in itertools.count():
+        path = out if suffix == 0 else base.with_name(f"{base.name}-{suffix}")
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        if (path / "summary.json").exists():
+            continue
         try:
-            out.mkdir(parents=True)
-            return out, True
+            os.close(os.open(path / _CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
-            return out, False
-    base, suffix = Path(os.path.abspath(out)), 1
-    while True:
-        path = base.with_name(f"{base.name}-{suffix}")
-        try:
-            path.mkdir()
-            return path, True
-        except FileExistsError:
-            suffix += 1
+            continue
+        return path, created
+    raise AssertionError("unreachable")
 
 
 def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None,
@@ -349,10 +354,11 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: 
         os.replace(tmp / "summary.json", folder / "summary.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        (folder / _CLAIM).unlink(missing_ok=True)
         if created and not any(folder.iterdir()):
             folder.rmdir()
     if folder != out:
-        _logger.warning("--out %s already holds a report (summary.json); this run's report went to %s instead",
-                        out, folder)
+        _logger.warning("--out %s already holds a report (summary.json) or another run is writing one; this run's "
+                        "report went to %s instead", out, folder)
     _logger.info("wrote the hardware report to %s", folder)
     return summary

@@ -135,15 +135,18 @@ def test_setup_error_on_one_rank_is_one_error_line_on_every_rank(tmp_path):
 
 
 def test_processes_other_than_rank_0_log_errors_only(capsys):
-    """Every warning appeared once per process (8 copies with 8 GPUs); errors must still show on every rank."""
+    """Every warning appeared once per process (8 copies with 8 GPUs); errors must still show on every rank, and
+    the first process of another node keeps its warnings (its dataset or checkpoint may differ from rank 0's)."""
     from engine.outputs import setup_console_logging
 
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
-        setup_console_logging(rank=1)
+        setup_console_logging(rank=1, local_rank=1)
         logging.getLogger("rank-test").warning("a warning every process would repeat")
         logging.getLogger("rank-test").error("an error of this process")
+        setup_console_logging(rank=8, local_rank=0)
+        logging.getLogger("rank-test").warning("a warning of the second node")
         setup_console_logging(rank=0)
         logging.getLogger("rank-test").warning("the warning, from rank 0")
     finally:
@@ -151,4 +154,5 @@ def test_processes_other_than_rank_0_log_errors_only(capsys):
         root.handlers[:] = handlers
     err = capsys.readouterr().err
     assert "an error of this process" in err and "the warning, from rank 0" in err
+    assert "a warning of the second node" in err
     assert "a warning every process would repeat" not in err

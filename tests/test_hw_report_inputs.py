@@ -6,6 +6,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import threading
+from unittest import mock
 
 import pytest
 import torch
@@ -60,7 +62,32 @@ def test_a_rerun_writes_the_next_free_folder_and_logs_it(tmp_path, trace, caplog
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert _summary(tmp_path / "out-1")["mode"] == "statistical" and _summary(tmp_path / "out-2")["mode"] == "exact"
     for folder in ("out-1", "out-2"):
-        assert f"already holds a report (summary.json); this run's report went to {tmp_path / folder}" in caplog.text
+        assert f"or another run is writing one; this run's report went to {tmp_path / folder}" in caplog.text
+
+
+def test_two_runs_claiming_one_new_folder_at_once_get_two_folders(tmp_path, trace):
+    """Two runs writing to the same new --out at the same time both took it (the folder existed for the second
+    one), and their files mixed; the folder is now claimed by creating a marker file exclusively."""
+    res = simulate(Workload.open(trace), load_config("aster_default"), progress=False)
+    claimed = threading.Barrier(2)
+    claim = hw.report._claim_report_dir
+
+    def claim_then_wait(out):
+        folder = claim(out)
+        claimed.wait(timeout=30)  # both runs have claimed a folder before either writes
+        return folder
+
+    with mock.patch.object(hw.report, "_claim_report_dir", claim_then_wait):
+        threads = [threading.Thread(target=write_report, args=(res, tmp_path / "out"), kwargs={"plots": False})
+                   for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == ["out", "out-1"]
+    for folder in ("out", "out-1"):
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == [
+            "ablations.csv", "components.csv", "layers.csv", "summary.json", "timesteps.csv"]
 
 
 def test_a_failing_rerun_leaves_no_new_folder(tmp_path, trace):
