@@ -23,13 +23,12 @@ import numpy as np
 
 from engine.atomic import atomic_open, write_text_atomic
 
-from .config import HwInputError, read_mapping
+from .config import HwInputError
 from .counts import ALL_COUNTS
 from .energy import COMPONENTS
 from .pipeline import ABLATIONS, BASELINES, Results
 
-__all__ = ["REPORT_FILES", "ACCURACY_SOURCES", "check_out_dir", "describe_inputs", "load_exit_predictions",
-           "summarize", "write_report"]
+__all__ = ["REPORT_FILES", "ACCURACY_SOURCES", "check_out_dir", "describe_inputs", "summarize", "write_report"]
 
 _logger = logging.getLogger(__name__)
 _C = {name: i for i, name in enumerate(ALL_COUNTS)}
@@ -67,10 +66,8 @@ def _ratio(energy: float, reference: float) -> float | None:
     return 1.0 if energy == 0 else None
 
 
-def summarize(res: Results, inputs: dict | None = None,
-              exit_predictions: dict[int, tuple[int, int]] | None = None) -> dict:
-    """The content of ``summary.json``; ``inputs`` (:func:`describe_inputs`) and ``exit_predictions``
-    (:func:`load_exit_predictions`) as ``hw.run`` reads them (``inputs`` is null without them)."""
+def summarize(res: Results, inputs: dict | None = None) -> dict:
+    """The content of ``summary.json``; ``inputs``: :func:`describe_inputs` (null without it)."""
     cfg, meta, tally, n = res.main.config, res.workload.meta, res.tally, res.n
     energies = np.array([e for e, _ in tally.totals[res.main.name]])
     energy, cycles = _mean_total(res, res.main.name)
@@ -107,14 +104,14 @@ def summarize(res: Results, inputs: dict | None = None,
         "weight_programming_once": {
             "cells": memory["weight_cells"], "energy_uj": memory["weight_cells"] * cfg.energy.cell_write * 1e-6,
             "dram_energy_uj": memory["weight_cells"] * cfg.crossbar.cell_bits * cfg.energy.dram_bit * 1e-6},
-        "accuracy": _accuracy(res, exit_predictions),
+        "accuracy": _accuracy(res),
         "components_uj": {c: float(x) * 1e-6 / n for c, x in zip(COMPONENTS, tally.energy.sum((0, 1)))},
         "baselines": {**baselines, **gpu}, "ratios": ratios,
         "ablations": _ablations(res, energy, us),
     }
 
 
-def _accuracy(res: Results, exit_predictions: dict[int, tuple[int, int]] | None) -> dict:
+def _accuracy(res: Results) -> dict:
     """Top-1 at T and at the exit step, the mean steps run, and where each top-1 comes from (``accuracy_source``).
 
     The trace's per-step predictions are those of the traced model: under a skip list the trace did not apply they
@@ -123,7 +120,7 @@ def _accuracy(res: Results, exit_predictions: dict[int, tuple[int, int]] | None)
     sample of the file (the exit mix simulated) in statistical mode.  Statistical mode simulates one expected
     sample: ``top1_all_steps`` is that of every labelled trace sample, and ``top1_at_exit`` needs such a file.
     """
-    meta, tally = res.workload.meta, res.tally
+    meta, tally, exit_predictions = res.workload.meta, res.tally, res.workload.exit_predictions
     by_id = {s.id: s for s in meta.samples}
     ids = list(by_id) if res.mode == "statistical" else tally.samples
     labels = [(s, by_id[s].label) for s in ids if by_id[s].label is not None]
@@ -145,29 +142,6 @@ def _accuracy(res: Results, exit_predictions: dict[int, tuple[int, int]] | None)
         sources["top1_at_exit"] = ACCURACY_SOURCES["exit_file"]
     accuracy["accuracy_source"] = sources
     return accuracy
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def load_exit_predictions(path: str | Path) -> dict[int, tuple[int, int]] | None:
-    """``(prediction, label)`` per sample id at its exit step, from an exit file that records both (``main.py``'s
-    ``exit_steps.json``: the predictions of the model that made the exits); None when it lacks either.
-
-    Raises:
-        HwInputError: a ``predictions`` or ``labels`` field that is not one integer class per exit step.
-    """
-    d = read_mapping(path, "JSON", "the exit file")
-    steps = d.get("exit_steps")
-    if "predictions" not in d or "labels" not in d or not isinstance(steps, list):
-        return None
-    for key in ("predictions", "labels"):
-        values = d[key]
-        if not isinstance(values, list) or len(values) != len(steps) or not all(_is_int(v) for v in values):
-            raise HwInputError(f"{path}: field '{key}' must list one integer class per entry of 'exit_steps' "
-                               f"({len(steps)}); write the file with main.py --early-exit or drop the field")
-    return dict(zip(d.get("sample_ids", range(len(steps))), zip(d["predictions"], d["labels"])))
 
 
 def _file_record(path: str | Path) -> dict:
@@ -280,11 +254,10 @@ def _dumps(obj, name: str, **kwargs) -> str:
                          "not written") from None
 
 
-def _write_files(res: Results, out: Path, plots: bool, inputs: dict | None,
-                 exit_predictions: dict[int, tuple[int, int]] | None) -> dict:
+def _write_files(res: Results, out: Path, plots: bool, inputs: dict | None) -> dict:
     """Write every report file into the (empty) folder ``out`` and return the summary."""
     cfg, tally, n = res.main.config, res.tally, res.n
-    summary = summarize(res, inputs, exit_predictions)
+    summary = summarize(res, inputs)
     write_text_atomic(out / "summary.json", _dumps(summary, "summary.json", indent=2))
     layers = _layer_rows(res)
     _write_csv(out / "layers.csv", layers)
@@ -330,10 +303,9 @@ def _claim_report_dir(out: Path) -> tuple[Path, bool]:
     raise AssertionError("unreachable")
 
 
-def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None,
-                 exit_predictions: dict[int, tuple[int, int]] | None = None) -> dict:
+def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None) -> dict:
     """Write the report into ``out_dir``, or into ``<out_dir>-N`` when ``out_dir`` holds a report, and return the
-    summary (``inputs``, ``exit_predictions``: see :func:`summarize`).
+    summary (``inputs``: see :func:`summarize`).
 
     The files are written into a temporary folder inside the report folder and moved into place only once all are
     complete; report files of an interrupted earlier run that this run did not write are removed, and
@@ -344,7 +316,7 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: 
     folder, created = _claim_report_dir(out)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=folder))
     try:
-        summary = _write_files(res, tmp, plots, inputs, exit_predictions)
+        summary = _write_files(res, tmp, plots, inputs)
         written = {p.name for p in tmp.iterdir()}
         for name in sorted(written - {"summary.json"}):
             os.replace(tmp / name, folder / name)

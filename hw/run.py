@@ -15,7 +15,7 @@ import sys
 from .baselines import gpu_measured
 from .config import HwInputError, load_config
 from .pipeline import simulate
-from .report import check_out_dir, describe_inputs, load_exit_predictions, write_report
+from .report import check_out_dir, describe_inputs, write_report
 from .workload import Rates, Workload
 
 _logger = logging.getLogger("hw.run")
@@ -57,12 +57,10 @@ def main(argv: list[str] | None = None) -> int:
                                "needs per-sample 'exit_steps' (exit_steps.json of main.py), or add --mode statistical")
         rates = Rates.load(args.rates, workload.meta) if args.rates else None
         gpu = gpu_measured(args.gpu_json) if args.gpu_json else None
-        exit_predictions = load_exit_predictions(args.exit_json) if args.exit_json else None
         inputs = describe_inputs(args.trace, args.skip_json, args.exit_json, args.rates, args.gpu_json)
         results = dataclasses.replace(simulate(workload, config, args.mode, rates, workers=args.workers),
                                       gpu_measured=gpu)
-        summary = write_report(results, out, plots=not args.no_plots, inputs=inputs,
-                               exit_predictions=exit_predictions)
+        summary = write_report(results, out, plots=not args.no_plots, inputs=inputs)
     except (HwInputError, ValueError) as e:
         _logger.error("%s", e)
         return 2

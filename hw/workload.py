@@ -86,6 +86,24 @@ def _exit_steps(d: dict, path: str | Path, T: int) -> tuple[dict[int, int], np.n
     return per_sample, portion
 
 
+def _exit_predictions(d: dict, path: str | Path) -> dict[int, tuple[int, int]] | None:
+    """``(prediction, label)`` per sample id at its exit step, from an exit file that records both (``main.py``'s
+    ``exit_steps.json``: the predictions of the model that made the exits); None when it lacks either.
+
+    Raises:
+        HwInputError: a ``predictions`` or ``labels`` field that is not one integer class per exit step.
+    """
+    steps = d.get("exit_steps")
+    if "predictions" not in d or "labels" not in d or not isinstance(steps, list):
+        return None
+    for key in ("predictions", "labels"):
+        values = d[key]
+        if not isinstance(values, list) or len(values) != len(steps) or not all(_is_int(v) for v in values):
+            raise HwInputError(f"{path}: field '{key}' must list one integer class per entry of 'exit_steps' "
+                               f"({len(steps)}); write the file with main.py --early-exit or drop the field")
+    return dict(zip(d.get("sample_ids", range(len(steps))), zip(d["predictions"], d["labels"])))
+
+
 def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, skip: set[int]) -> None:
     """An exit file's content ``d`` must come from the traced samples and model: the labels it records for the
     trace's sample ids must be the trace's, and the blocks it records as skipped (``main.py`` writes
@@ -116,12 +134,14 @@ def exit_weights(portion: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Workload:
-    """The trace, the skip set (from the trace and a skip JSON) and the per-sample exit steps."""
+    """The trace, the skip set (from the trace and a skip JSON), the per-sample exit steps and, when the exit file
+    records them, each sample's prediction and label at its exit (``exit_predictions``)."""
 
     reader: TraceReader
     skip: set[int] = field(default_factory=set)
     exit_steps: dict[int, int] = field(default_factory=dict)
     exit_portion: np.ndarray | None = None
+    exit_predictions: dict[int, tuple[int, int]] | None = None
 
     @property
     def meta(self) -> TraceMeta:
@@ -140,15 +160,16 @@ class Workload:
                                "export at least one sample")
         depths = 1 + max((op.block for op in reader.meta.ops if op.block is not None), default=-1)
         skip = load_skip_json(skip_json, depths) if skip_json else set()
-        steps, portion = {}, None
+        steps, portion, predictions = {}, None, None
         if exit_json:
             content = read_mapping(exit_json, "JSON", "the exit file")
             steps, portion = _exit_steps(content, exit_json, reader.meta.T)
+            predictions = _exit_predictions(content, exit_json)
             check_exit_matches_trace(content, exit_json, reader, skip | set(reader.meta.skipped_blocks))
         missing = sorted(set(reader.sample_ids) - set(steps)) if steps else []
         if missing:
             raise HwInputError(f"{exit_json}: field 'sample_ids' lacks trace samples {missing[:5]} of {trace_dir}")
-        return cls(reader, skip, steps, portion)
+        return cls(reader, skip, steps, portion, predictions)
 
 
 # ------------------------------------------------------------------------------------------------- spike statistics
