@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import itertools
 import json
 import logging
 import os
@@ -288,19 +287,18 @@ def _claim_report_dir(out: Path) -> tuple[Path, bool]:
     gets a folder), and whether it was created here: ``out`` unless it holds a report (its ``summary.json``) or
     another run's claim, else the first such free ``<out>-1``, ``<out>-2``, ...  :func:`write_report` removes the
     claim."""
-    base = Path(os.path.abspath(out))
-    for suffix in itertools.count():
-        path = out if suffix == 0 else base.with_name(f"{base.name}-{suffix}")
+    base, path, suffix = Path(os.path.abspath(out)), out, 0
+    while True:
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
-        if (path / "summary.json").exists():
-            continue
-        try:
-            os.close(os.open(path / _CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            continue
-        return path, created
-    raise AssertionError("unreachable")
+        if not (path / "summary.json").exists():
+            try:
+                os.close(os.open(path / _CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return path, created
+            except FileExistsError:
+                pass
+        suffix += 1
+        path = base.with_name(f"{base.name}-{suffix}")
 
 
 def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None) -> dict:
