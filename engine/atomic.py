@@ -5,13 +5,14 @@ artefact the project writes (configs, tables, JSON, plots, traces, split files).
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "write_text_atomic", "unwritable_reason"]
+__all__ = ["atomic_open", "write_text_atomic", "numbered_paths", "unwritable_reason"]
 
 
 @contextmanager
@@ -35,6 +36,14 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path) as f:
         f.write(text)
+
+
+def numbered_paths(base: str | Path) -> Iterator[Path]:
+    """``base``, then ``<base>-1``, ``<base>-2``, ...: the names a new output folder tries in turn, so that it never
+    takes the place of an earlier run's."""
+    yield Path(base)
+    for suffix in itertools.count(1):
+        yield Path(f"{base}-{suffix}")
 
 
 def unwritable_reason(path: str | Path) -> str | None:

@@ -12,7 +12,7 @@ from collections import OrderedDict, deque
 
 import torch.distributed
 
-from .atomic import write_text_atomic
+from .atomic import numbered_paths, write_text_atomic
 from .config import dump_args
 from .distributed import is_primary
 
@@ -83,15 +83,14 @@ def _claim_output_dir(args: argparse.Namespace, reuse_resume_dir: bool, experime
     base = os.path.abspath(os.path.join(args.output or DEFAULT_OUTPUT_ROOT, args.experiment or
                                         _default_experiment(args)))
     os.makedirs(os.path.dirname(base), exist_ok=True)
-    path, suffix = base, 1
-    while True:
+    for path in map(str, numbered_paths(base)):
         if path == resume_dir and os.path.isdir(path):
             return path
         try:
             os.mkdir(path)  # atomic: of two runs started together, one gets the folder, the other the next name
             return path
         except FileExistsError:
-            path, suffix = f"{base}-{suffix}", suffix + 1
+            pass
 
 
 def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True,

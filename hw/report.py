@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_open, write_text_atomic
+from engine.atomic import atomic_open, numbered_paths, write_text_atomic
 
 from .config import HwInputError
 from .counts import ALL_COUNTS
@@ -287,8 +287,7 @@ def _claim_report_dir(out: Path) -> tuple[Path, bool]:
     gets a folder), and whether it was created here: ``out`` unless it holds a report (its ``summary.json``) or
     another run's claim, else the first such free ``<out>-1``, ``<out>-2``, ...  :func:`write_report` removes the
     claim."""
-    base, path, suffix = Path(os.path.abspath(out)), out, 0
-    while True:
+    for path in numbered_paths(out):
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
         if not (path / "summary.json").exists():
@@ -297,8 +296,6 @@ def _claim_report_dir(out: Path) -> tuple[Path, bool]:
                 return path, created
             except FileExistsError:
                 pass
-        suffix += 1
-        path = base.with_name(f"{base.name}-{suffix}")
 
 
 def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None) -> dict:

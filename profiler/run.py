@@ -31,7 +31,7 @@ from torch import nn
 
 from module import ATTENTION_MODES, SPIKE_MODES
 
-from engine.atomic import atomic_open
+from engine.atomic import atomic_open, numbered_paths
 from engine.model import check_model_name
 from .capture import Capture, capture_from_records
 from .fork_format import ForkTextWriter
@@ -234,9 +234,8 @@ def output_folder(out: Path) -> Path:
     """
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file: give a folder")
-    path, suffix = out, 1
-    while path.exists() and (not path.is_dir() or any((path / name).exists() for name in _OUTPUTS)):
-        path, suffix = Path(f"{out}-{suffix}"), suffix + 1
+    path = next(path for path in numbered_paths(out)
+                if not path.exists() or path.is_dir() and not any((path / name).exists() for name in _OUTPUTS))
     if path != out:
         _logger.warning("%s already holds a capture; writing to %s", out, path)
     return path
