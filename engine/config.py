@@ -106,15 +106,14 @@ def _convert(key: str, action: argparse.Action, value: Any) -> Any:
     return _convert_scalar(key, action, value)
 
 
-def _skip_blocks_from_record(raw: dict, actions: dict[str, argparse.Action], cfg: dict[str, Any]) -> list[int]:
-    """The config's ``skipped_blocks`` (the blocks its run skipped) as ``skip_blocks``, for a script whose only
+def _skip_blocks_from_record(recorded: Any, actions: dict[str, argparse.Action], cfg: dict[str, Any]) -> list[int]:
+    """The config's ``skipped_blocks`` value ``recorded`` (the blocks its run skipped) as ``skip_blocks``, for a script whose only
     skip option is ``--skip-blocks`` (``test.py``, ``firing_num.py``: they drop a finetune run's ``--auto-skip`` or
     ``--skip-lowest``, which ``main.py`` and ``finetune.py`` resolve again), when the config sets no ``skip_blocks``.
     ``[]`` otherwise."""
     if "skip_blocks" not in actions or cfg.get("skip_blocks") is not None \
             or any(dest in actions for dest in _SKIP_RULE_DESTS):
         return []
-    recorded = {str(key).replace("-", "_"): value for key, value in raw.items()}.get("skipped_blocks")
     return _convert("skipped_blocks", actions["skip_blocks"], recorded) or []
 
 
@@ -177,10 +176,11 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
         raise ConfigError(f"config file {path!r} must hold a mapping of flag: value, not {type(raw).__name__}")
     actions = _actions_by_dest(parser)
     cfg: dict[str, Any] = {}
-    dropped = []
+    dropped, recorded = [], {}
     for key, value in raw.items():
         dest = str(key).replace("-", "_")
         if dest in RECORDED_ONLY_KEYS:
+            recorded[dest] = value
             continue
         if dest not in actions and dest in foreign_keys:
             dropped.append(str(key))
@@ -191,7 +191,7 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
         if dest in cfg:
             raise ConfigError(f"config key {key!r} in {path} is given twice (as '-' and '_' spellings)")
         cfg[dest] = _convert(str(key), actions[dest], value)
-    recorded_skip = _skip_blocks_from_record(raw, actions, cfg)
+    recorded_skip = _skip_blocks_from_record(recorded.get("skipped_blocks"), actions, cfg)
     if recorded_skip:
         cfg["skip_blocks"] = recorded_skip
     parser.ignored_config_keys = (path, dropped)  # warned about by warn_inert_flags, once the run log records
