@@ -107,10 +107,10 @@ def _convert(key: str, action: argparse.Action, value: Any) -> Any:
 
 
 def _skip_blocks_from_record(recorded: Any, actions: dict[str, argparse.Action], cfg: dict[str, Any]) -> list[int]:
-    """The config's ``skipped_blocks`` value ``recorded`` (the blocks its run skipped) as ``skip_blocks``, for a script whose only
-    skip option is ``--skip-blocks`` (``test.py``, ``firing_num.py``: they drop a finetune run's ``--auto-skip`` or
-    ``--skip-lowest``, which ``main.py`` and ``finetune.py`` resolve again), when the config sets no ``skip_blocks``.
-    ``[]`` otherwise."""
+    """The config's ``skipped_blocks`` value ``recorded`` (the blocks its run skipped) as ``skip_blocks``, for a
+    script whose only skip option is ``--skip-blocks`` (``test.py``, ``firing_num.py``: they drop a finetune run's
+    ``--auto-skip`` or ``--skip-lowest``, which ``main.py`` and ``finetune.py`` resolve again), when the config sets
+    no ``skip_blocks``.  ``[]`` otherwise."""
     if "skip_blocks" not in actions or cfg.get("skip_blocks") is not None \
             or any(dest in actions for dest in _SKIP_RULE_DESTS):
         return []
