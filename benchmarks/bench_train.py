@@ -21,7 +21,8 @@ Reported: median ms/step with p10/p90, host ms/step (the time until the step ret
 close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
 the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step) and
 kernels per step, peak memory (``torch.cuda.max_memory_allocated`` over the timed steps, ``max_memory_reserved``
-with CUDA graphs, whose private pool the allocated count misses; on the CPU the process's
+with CUDA graphs, whose private pool the allocated count misses, the allocator's cache emptied before one last
+untimed step; on the CPU the process's
 peak resident memory over the timed steps, runtime included), TFLOP per step and model FLOP utilisation (achieved
 FLOP/s over ``--peak-tflops``, by default the GPU's dense peak from ``benchmarks/peaks.py``: fp16/bf16 with AMP,
 TF32 in fp32 while ``torch.backends.cudnn.allow_tf32`` is on (PyTorch's default: cuDNN runs these
@@ -311,10 +312,12 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
     step()
     sync()
     first_step_s = time.perf_counter() - start
-    if on_cuda:  # the warm-up refills the cache, without the blocks earlier configs and the FLOP count left in it
+    for _ in range(warmup - 1):
+        step()
+    if on_cuda:  # cached free blocks (earlier configs, the FLOP count, CUDA-graph recording) go back to the device,
+        sync()  # and one more untimed step takes what a step holds: the reserved peak is the step's own
         gc.collect()
         torch.cuda.empty_cache()
-    for _ in range(warmup - 1):
         step()
     sync()
     if on_cuda:
