@@ -4,7 +4,7 @@ Entry scripts catch :class:`SetupError` and report it as one line instead of a t
 bug and keeps its traceback.
 """
 
-__all__ = ["SetupError", "ConfigError", "DatasetError", "CheckpointError"]
+__all__ = ["SetupError", "ConfigError", "DatasetError", "CheckpointError", "one_line"]
 
 
 class SetupError(RuntimeError):
@@ -21,3 +21,19 @@ class DatasetError(SetupError):
 
 class CheckpointError(SetupError):
     """A checkpoint is missing, unreadable or belongs to another architecture."""
+
+
+def one_line(exc: SetupError) -> str:
+    """The message to show for ``exc``.
+
+    A DataLoader worker's exception comes back re-raised with the worker's traceback inside its message ("Caught X in
+    DataLoader worker process 0.\nOriginal Traceback ...\npackage.X: <message>"): for such an error, the original
+    message and which worker raised it.
+    """
+    text = str(exc)
+    head, found, traceback = text.partition("\nOriginal Traceback")
+    marker = f"\n{type(exc).__module__}.{type(exc).__qualname__}: "
+    if not found or marker not in traceback:
+        return text
+    where = head.removeprefix(f"Caught {type(exc).__name__} ").rstrip(".")
+    return f"{traceback.rpartition(marker)[2].rstrip()} (raised {where})"

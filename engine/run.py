@@ -22,7 +22,7 @@ from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint
                          resume_checkpoint)
 from .config import parse_args, warn_inert_flags
 from .distributed import agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary
-from .errors import ConfigError, SetupError
+from .errors import ConfigError, SetupError, one_line
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
 from .losses import build_eval_loss, build_train_loss
@@ -287,7 +287,7 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
         run(parse_args(parser, argv, foreign_keys=project_option_dests()), parser)
         finished = True
     except SetupError as exc:
-        _logger.error("%s", exc)
+        _logger.error("%s", one_line(exc))
         return 2
     except KeyboardInterrupt:
         _logger.error("Interrupted (Ctrl-C).")

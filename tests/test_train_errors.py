@@ -193,3 +193,26 @@ def test_ctrl_c_is_logged_in_the_run_and_ends_without_a_traceback(tmp_path, capf
     assert status == 130 and "Traceback" not in err and error_lines[-1].endswith("Interrupted (Ctrl-C).")
     log = (tmp_path / "run" / "train.log").read_text()
     assert "Interrupted." in log and "resume with --resume" in log and (tmp_path / "run" / "last.pth.tar").exists()
+
+
+class _UnreadableFrames(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        from engine.errors import DatasetError
+
+        raise DatasetError(f"frame file {index}.npz is truncated; delete the frame cache and run again")
+
+
+def test_a_setup_error_in_a_loader_worker_is_one_line_naming_the_worker(capfd):
+    """DataLoader re-raises a worker's exception with the worker's traceback in its message; the CLI shows the
+    original message and the worker, as one line."""
+    def run(args, parser):
+        next(iter(torch.utils.data.DataLoader(_UnreadableFrames(), num_workers=1)))
+
+    status = cli_main(make_parser, run, [*TINY_FLAGS])
+    error_lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert status == 2 and len(error_lines) == 1 and error_lines[0].endswith(
+        " ERROR: frame file 0.npz is truncated; delete the frame cache and run again (raised in DataLoader worker "
+        "process 0)")
