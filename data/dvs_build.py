@@ -238,9 +238,7 @@ def prepare_events(name: str, root: Path, raw_dir: Path | None = None, download:
             _extract_archives(name, root, download_dir, raw_dir)
     try:
         jobs = SCANNERS[name](raw_dir, root)
-    except DVSDataError as err:
-        if not root.exists():
-            err = DVSDataError(f"{err} (the dataset root {root} does not exist)")
+    except DVSDataError as err:  # a missing root is named by the "found nothing" errors, where it is the cause
         fetchable = name == "cifar10-dvs" and not download and not raw_dir.exists()
         hint = "; pass --download to fetch it from figshare" if fetchable else ""
         raise DVSDataError(f"{err}{hint}") from None

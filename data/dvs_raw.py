@@ -31,12 +31,13 @@ import numpy as np
 _logger = logging.getLogger(__name__)
 
 __all__ = [
-    "CIFAR10_DVS_CLASSES", "GESTURE_FOLDERS", "GESTURE_CLASSES", "GESTURE_NAMES_BY_CSV", "DVSDataError",
-    "DVSConfigError", "Job",
+    "CIFAR10_DVS_CLASSES", "NMNIST_DIGITS", "GESTURE_FOLDERS", "GESTURE_CLASSES", "GESTURE_NAMES_BY_CSV",
+    "DVSDataError", "DVSConfigError", "Job",
     "SCANNERS", "ARCHIVES", "run_job", "read_atis", "listdir_sorted", "misplaced_hint",
 ]
 
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+NMNIST_DIGITS = tuple(str(d) for d in range(10))  # the N-MNIST class folders
 
 # DVS128 Gesture, gesture_mapping.csv: CSV class c (1..11) is stored by spikingjelly in folder str(c - 1).
 GESTURE_NAMES_BY_CSV = {
@@ -124,7 +125,8 @@ def misplaced_hint(root: Path, suffixes: tuple[str, ...], limit_dirs: int = 2000
 
 
 def _nothing(name: str, expected: str, raw_dir: Path, root: Path, suffixes: tuple[str, ...]) -> DVSDataError:
-    return DVSDataError(f"{name}: expected {expected}, found nothing{misplaced_hint(root, suffixes)}")
+    where = misplaced_hint(root, suffixes) if root.exists() else f" (the dataset root {root} does not exist)"
+    return DVSDataError(f"{name}: expected {expected}, found nothing{where}")
 
 
 # --------------------------------------------------------------------------------------------- scanners
@@ -194,9 +196,9 @@ def scan_gesture(raw_dir: Path, root: Path) -> list[Job]:
 def _check_atis_sizes(paths: list[Path], name: str) -> None:
     for path in paths:
         size = path.stat().st_size
-        if size % 5:
-            raise DVSDataError(f"{name}: {path} has {size} bytes, not a multiple of 5 (40-bit ATIS events); "
-                               f"the file is truncated or not an ATIS .bin")
+        if size == 0 or size % 5:
+            problem = "no events" if size == 0 else "not a multiple of 5 (40-bit ATIS events)"
+            raise DVSDataError(f"{name}: {path} has {size} bytes, {problem}; the file is truncated or not an ATIS .bin")
 
 
 def scan_ncaltech101(raw_dir: Path, root: Path) -> list[Job]:
@@ -220,13 +222,17 @@ def scan_ncaltech101(raw_dir: Path, root: Path) -> list[Job]:
 
 def _read_sample_list(path: Path) -> list[tuple[str, int]]:
     rows = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
             continue
         if len(fields) < 2 or not fields[1].lstrip("-").isdigit():
             raise DVSDataError(f"nmnist: {path}: expected '<sample> <class>' rows, got {line!r}")
-        rows.append((fields[0], int(fields[1])))
+        label = int(fields[1])
+        if not 0 <= label <= 9:
+            raise DVSDataError(f"nmnist: {path}, row {number} ({line.strip()!r}): class {label} is not a digit 0..9; "
+                               f"expected '<sample> <class>' rows with the classes 0..9 (a 1-based list? subtract 1)")
+        rows.append((fields[0], label))
     return rows
 
 
@@ -237,6 +243,10 @@ def scan_nmnist(raw_dir: Path, root: Path) -> list[Job]:
         jobs = []
         for split in ("Train", "Test"):
             digits = _subdirs(raw_dir / split) if (raw_dir / split).is_dir() else []
+            for d in digits:
+                if d not in NMNIST_DIGITS:
+                    raise DVSDataError(f"nmnist: expected {expected}; {raw_dir / split / d} is not a digit folder 0..9 "
+                                       f"(move its recordings into the folder of their digit)")
             files = {d: _files(raw_dir / split / d, (".bin",)) for d in digits}
             if not any(files.values()):
                 raise DVSDataError(f"nmnist: expected {expected}; partially extracted: no .bin files under "
@@ -312,12 +322,20 @@ def _save_events(path: Path, events: dict) -> None:
     sj_utils.np_savez(path, t=events["t"], x=events["x"], y=events["y"], p=events["p"])
 
 
+def _require_events(job: Job, events: dict) -> None:
+    """Refuse a file that decoded to no events (empty, or cut off after its header)."""
+    if not len(events["t"]):
+        raise DVSDataError(f"{job.source} ({job.kind}) holds no events; the file is truncated or not a recording: "
+                           f"replace it with a complete copy")
+
+
 def _cut_gesture_trial(job: Job, out_root: Path) -> None:
     """spikingjelly's Gesture cutting: one sample per CSV row, events with start <= t < end, saved as
     ``<split>/<class - 1>/<trial>_<k>.npz`` where k counts earlier rows of the same class in this trial."""
     from spikingjelly.datasets import utils as sj_utils
 
     events = sj_utils.load_aedat_v3(job.source)
+    _require_events(job, events)
     rows = _read_labels_csv(job.labels_csv)
     count = [0] * 11
     trial = job.source.stem
@@ -337,6 +355,7 @@ def run_job(job: Job, out_root: Path) -> None:
             _cut_gesture_trial(job, out_root)
             return
         events = _read_aedat2_dvs128(job.source) if job.kind == "aedat2" else read_atis(job.source)
+        _require_events(job, events)
         target = out_root / f"{job.target}.npz"
         target.parent.mkdir(parents=True, exist_ok=True)
         _save_events(target, events)

@@ -21,8 +21,8 @@ from torch.utils.data import Dataset
 from .dvs_args import DVS_ARG_DEFAULTS, SPLIT_MODES, add_dvs_arguments
 from .dvs_augment import DVSTrainTransform, sample_generator
 from .dvs_build import read_npz
-from .dvs_raw import CIFAR10_DVS_CLASSES, GESTURE_CLASSES, GESTURE_FOLDERS, DVSConfigError, DVSDataError, \
-    listdir_sorted
+from .dvs_raw import CIFAR10_DVS_CLASSES, GESTURE_CLASSES, GESTURE_FOLDERS, NMNIST_DIGITS, DVSConfigError, \
+    DVSDataError, listdir_sorted
 from .splits import load_or_create_split
 from .static import check_class_count
 
@@ -135,7 +135,8 @@ class TETCifar10DVS(DVSFrameDataset):
     """SDT's ``cifar10-dvs-tet``: ``<root>/{train,test}/<i>.pt`` files holding ``(data [C, H, W, T], target)``.
 
     Frames are resized per step to ``img_size`` bilinearly on tensors (the reference went through an 8-bit PIL
-    image). Labels are read lazily from the files (``targets`` is None until :meth:`load_targets`).
+    image). Labels are read lazily from the files (``targets`` is None until :meth:`load_targets`, which
+    :func:`build_dvs_dataset` calls to check ``num_classes`` when it is given).
     """
 
     def __init__(self, files: list[str], img_size: tuple[int, int], transform=None, seed: int = 0):
@@ -182,7 +183,13 @@ def _index_events(name: str, events: Path) -> tuple[list[str], dict[str, dict[st
         parts = {s: {GESTURE_CLASSES[i]: _npz_ids(events / s / f, f"{s}/{f}") for i, f in enumerate(GESTURE_FOLDERS)}
                  for s in ("train", "test")}
     else:  # nmnist: folder = digit
-        classes = [str(d) for d in range(10)]
+        classes = list(NMNIST_DIGITS)
+        for s in ("train", "test"):
+            others = [f for f in (listdir_sorted(events / s) if (events / s).is_dir() else [])
+                      if f not in classes and not f.startswith(".") and (events / s / f).is_dir()]
+            if others:
+                raise DVSDataError(f"nmnist: {events / s / others[0]} is not a digit folder 0..9, its samples would be "
+                                   f"left out; delete {events} to rebuild it from raw files labelled 0..9")
         parts = {s: {c: _npz_ids(events / s / c, f"{s}/{c}") for c in classes} for s in ("train", "test")}
     for part, by_class in parts.items():
         if not any(by_class.values()):
@@ -275,6 +282,14 @@ def build_dvs_dataset(name: str, root: str | os.PathLike, split: str, args=None)
         if frames_number and stored != int(frames_number):
             raise DVSConfigError(f"cifar10-dvs-tet: {dataset.files[0]} has {stored} frames but "
                                  f"time_steps={frames_number}")
+        num_classes = getattr(args, "num_classes", None)
+        if num_classes:
+            targets = dataset.load_targets()
+            largest = int(np.argmax(targets))
+            if targets[largest] >= int(num_classes):
+                raise DVSConfigError(f"cifar10-dvs-tet: {dataset.files[largest]} holds label {targets[largest]} but "
+                                     f"num_classes={num_classes}; set --num-classes {targets[largest] + 1} (or more)")
+            check_class_count(name, split, "train" if train else "val", targets[largest] + 1, int(num_classes))
         _record(args, dvs_split="official", dvs_split_file=None)
         return dataset
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import data.dvs_build as dvs_build
-from data.dvs_raw import DVSDataError
+from data.dvs_raw import DVSConfigError, DVSDataError
 from data.neuromorphic import build_dvs_dataset
 from test_data_dvs_formats import dvs_args, make_cifar10_dvs, make_gesture, make_ncaltech101, random_events, \
-    write_atis
+    write_atis, write_aedat2_dvs128, write_aedat31
 
 
 def snapshot(root: Path, root_mtime: bool = True):
@@ -92,6 +93,74 @@ def test_partially_extracted_roots(tmp_path):
     (raw / "test100.txt").write_text("#sample #class\n60001\t7\n")
     write_atis(raw / "1.bs2", random_events(np.random.default_rng(0), 10, 34, 34))
     expect_error("nmnist", nmnist, r"partially extracted: 2 listed samples have no \.bs2/\.bin file .*first: 2, 60001")
+
+
+def _nmnist_lists(raw: Path, train: str, test: str) -> None:
+    """The slayerPytorch layout: train.txt / test.txt lists and a small .bs2 recording for every sample listed."""
+    raw.mkdir(parents=True)
+    (raw / "train.txt").write_text(train)
+    (raw / "test.txt").write_text(test)
+    rng = np.random.default_rng(0)
+    for line in (train + test).splitlines():
+        write_atis(raw / f"{line.split()[0]}.bs2", random_events(rng, 10, 34, 34))
+
+
+def test_empty_recordings_are_truncated_files(tmp_path):
+    """A 0-byte .bs2 passed the size check (0 % 5 == 0) and, like an AEDAT file with a header but no events,
+    became an all-zero sample."""
+    raw = tmp_path / "raw"
+    _nmnist_lists(raw, "1 5\n2 0\n", "3 7\n")
+    (raw / "2.bs2").write_bytes(b"")
+    message = expect_error("nmnist", tmp_path / "nmnist", r"raw/2\.bs2 has 0 bytes, no events; the file is truncated",
+                           dvs_raw_dir=str(raw))
+    assert "does not exist" not in message  # the root is created after the scan: it is no cause here
+
+    cifar = tmp_path / "cifar"
+    make_cifar10_dvs(cifar, per_class=1)
+    write_aedat2_dvs128(cifar / "extract/cat/cifar10_cat_0.aedat", random_events(np.random.default_rng(0), 0, 1, 1))
+    expect_error("cifar10-dvs", cifar, r"extract/cat/cifar10_cat_0\.aedat \(aedat2\) holds no events; the file is "
+                 r"truncated", root_mtime=False)
+    gesture = tmp_path / "gesture"
+    make_gesture(gesture)
+    write_aedat31(gesture / "extract/DvsGesture/user02_led.aedat", random_events(np.random.default_rng(0), 0, 1, 1))
+    expect_error("gesture", gesture, r"user02_led\.aedat \(aedat3\) holds no events; the file is truncated",
+                 root_mtime=False)
+
+
+def test_the_missing_root_is_named_only_where_it_matters(tmp_path):
+    """With --dvs-raw-dir elsewhere the root is created after the scan: a bad raw file is not the root's fault."""
+    raw = tmp_path / "raw"
+    _nmnist_lists(raw, "1 5\n", "3 7\n")
+    (raw / "3.bs2").write_bytes((raw / "3.bs2").read_bytes()[:-3])
+    root = tmp_path / "nmnist"
+    message = expect_error("nmnist", root, r"3\.bs2 has \d+ bytes, not a multiple of 5", dvs_raw_dir=str(raw))
+    assert "does not exist" not in message
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    expect_error("nmnist", root, rf"found nothing \(the dataset root {root} does not exist\)", dvs_raw_dir=str(empty))
+
+
+def test_nmnist_classes_outside_the_digits_are_refused(tmp_path):
+    """1-based lists (class 10) made a folder 10 that was never indexed: its recordings silently vanished."""
+    raw = tmp_path / "raw"
+    _nmnist_lists(raw, "#sample #class\n1 10\n2 1\n", "3 0\n")
+    root = tmp_path / "nmnist"
+    expect_error("nmnist", root, r"raw/train\.txt, row 2 \('1 10'\): class 10 is not a digit 0\.\.9",
+                 dvs_raw_dir=str(raw))
+    (raw / "train.txt").write_text("1 1\n2 -1\n")
+    expect_error("nmnist", root, r"raw/train\.txt, row 2 \('2 -1'\): class -1 is not a digit", dvs_raw_dir=str(raw))
+
+    official = tmp_path / "official"
+    for path in ("Train/10/a.bin", "Train/1/b.bin", "Test/0/c.bin"):
+        write_atis(official / path, random_events(np.random.default_rng(0), 10, 34, 34))
+    expect_error("nmnist", root, r"official/Train/10 is not a digit folder 0\.\.9", dvs_raw_dir=str(official))
+
+    converted = tmp_path / "converted"  # an events_np converted before the check (or by another tool)
+    for sid in ("train/10/a", "train/1/b", "test/0/c"):
+        (converted / "events_np" / sid).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(converted / "events_np" / f"{sid}.npz", **random_events(np.random.default_rng(0), 10, 34, 34))
+    expect_error("nmnist", converted, r"events_np/train/10 is not a digit folder 0\.\.9, its samples would be left "
+                 r"out; delete .*events_np to rebuild it")
 
 
 # --------------------------------------------------------------------------------------------- wrong layout
@@ -209,6 +278,21 @@ def test_incomplete_frame_cache_and_empty_events_np_are_reported(tmp_path):
     shutil.rmtree(tmp_path / "events_np")
     (tmp_path / "events_np").mkdir()
     expect_error("cifar10-dvs", tmp_path, "exists but is empty")
+
+
+def test_tet_labels_beyond_num_classes_are_refused(tmp_path, caplog):
+    """TET's files skipped the class-count check: labels up to 9 with num_classes=5 crashed in the loss."""
+    for part in ("train", "test"):
+        (tmp_path / part).mkdir()
+        for i, label in enumerate((0, 1, 2, 9)):
+            torch.save((torch.rand(2, 8, 8, 4), torch.tensor([label])), tmp_path / part / f"{i}.pt")
+    with pytest.raises(DVSConfigError, match=r"cifar10-dvs-tet: .*/train/3\.pt holds label 9 but num_classes=5; "
+                                             r"set --num-classes 10"):
+        build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=5))
+    assert build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=10)).targets == [0, 1, 2, 9]
+    with caplog.at_level(logging.WARNING):
+        build_dvs_dataset("cifar10-dvs-tet", tmp_path, "val", dvs_args(num_classes=12))
+    assert "--num-classes is 12 but cifar10-dvs-tet has 10 classes" in caplog.text
 
 
 def test_num_classes_and_split_arguments_are_checked(tmp_path):
