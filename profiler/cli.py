@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from engine.config import command_line_dests
+from engine.config import command_line_dests, warn_inert_flags
 from engine.errors import SetupError
 from engine.model import apply_variant_defaults
 
@@ -34,7 +34,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
                               description="Time and probe a model run by run (the fork's notebook driver).")
     run.add_argument("-c", "--config", type=Path, help="YAML file of run options (CLI > YAML > defaults)")
     run.add_argument("--ignore-unknown-keys", action="store_true",
-                     help="drop config keys that are not run options (for full training configs)")
+                     help="drop config keys that are not run options (the keys of the project's other scripts, "
+                          "such as a training run's args.yaml, are dropped without it)")
     add_run_arguments(run)
 
     parse = commands.add_parser("parse", help="captures (fork text or records.jsonl) -> CSV tables",
@@ -99,6 +100,8 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         device = _device(args.device)
         args.device = str(device)
         command_line = _command_line_dests(run_parser, argv)
+        run_parser.command_line_dests = command_line  # read by warn_inert_flags
+        warn_inert_flags(args, run_parser)  # the config keys dropped, the skipped blocks it recorded
         _log_batch_size(args, command_line, config)
         apply_variant_defaults(args, command_line | frozenset(config))
         net = build_model(args)

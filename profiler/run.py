@@ -29,8 +29,9 @@ import torch
 import yaml
 from torch import nn
 
-from module import ATTENTION_MODES, SPIKE_MODES
+from module import ATTENTION_MODES, REFERENCES, SPIKE_MODES
 
+from engine.aster import int_list
 from engine.atomic import atomic_open, numbered_paths
 from engine.model import check_model_name
 from .capture import Capture, capture_from_records
@@ -47,17 +48,23 @@ _OUTPUTS = ("capture.txt", "records.jsonl", "args.yaml", "meta.json")
 _NOT_OPTIONS = ("command", "verbose", "config", "ignore_unknown_keys")  # the CLI's own, not run options
 
 
+class _NotAnIntAtLeast(argparse.ArgumentTypeError, ValueError):
+    """A bad count: argparse reports its message; the config reader (``engine.config.load_config``) reports the key
+    and the type's name."""
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer of at least ``low`` (the config reader reports its message too)."""
+    """An argparse ``type``: an integer of at least ``low`` (named so for the config reader's message)."""
     def convert(text) -> int:
         try:
             value = int(text)
         except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+            raise _NotAnIntAtLeast(f"{text!r} is not an integer") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"{value} is less than {low}")
+            raise _NotAnIntAtLeast(f"{value} is less than {low}")
         return value
 
+    convert.__name__ = f"whole number of at least {low}"
     return convert
 
 
@@ -77,6 +84,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--spike-mode", default="lif", choices=sorted(SPIKE_MODES))
     group.add_argument("--attention-mode", default="STAtten", choices=ATTENTION_MODES)
     group.add_argument("--chunk-size", type=int, default=2)
+    group.add_argument("--reference", default=None, choices=REFERENCES,
+                       help="which code base to follow where SDT and STAtten differ (default: statten for STAtten "
+                            "attention, else sdt); a STAtten-repo checkpoint in SDT mode needs statten")
+    group.add_argument("--skip-blocks", type=int_list, default=None, metavar="L,L",
+                       help="bypass the attention branch of these blocks (ASTER; default: a -c args.yaml's "
+                            "'skipped_blocks', recorded by main.py and finetune.py; '' skips none)")
     group.add_argument("--dvs-mode", action=argparse.BooleanOptionalAction, default=False)
     group.add_argument("--encode-once", action=argparse.BooleanOptionalAction, default=False,
                        help="run the stem's first conv + BN once on a static image instead of on T copies (the "
@@ -132,7 +145,8 @@ def build_model(args: argparse.Namespace) -> nn.Module:
 
     Raises:
         ConfigError: ``--model`` is not a model of this project.
-        ValueError: the configuration cannot be built (the message names the argument).
+        ValueError: the configuration cannot be built (the message names the argument), or ``--skip-blocks``
+            names a block the model lacks.
     """
     check_model_name(args.model)  # also registers the models with timm
     torch.manual_seed(args.seed)
@@ -140,8 +154,13 @@ def build_model(args: argparse.Namespace) -> nn.Module:
         args.model, img_size_h=args.img_size, img_size_w=args.img_size, in_channels=args.in_channels,
         num_classes=args.num_classes, embed_dims=args.dim, num_heads=args.num_heads, mlp_ratios=args.mlp_ratio,
         depths=args.layer, T=args.time_steps, pooling_stat=args.pooling_stat, spike_mode=args.spike_mode,
-        attention_mode=args.attention_mode, chunk_size=args.chunk_size, dvs_mode=args.dvs_mode,
-        neuron_backend="fused" if args.reset else "spikingjelly", encode_once=args.encode_once)
+        attention_mode=args.attention_mode, chunk_size=args.chunk_size, reference=args.reference,
+        dvs_mode=args.dvs_mode, neuron_backend="fused" if args.reset else "spikingjelly", encode_once=args.encode_once)
+    if args.skip_blocks:
+        try:
+            net.skip_blocks = args.skip_blocks
+        except ValueError as exc:
+            raise ValueError(f"--skip-blocks: {exc}") from None
     if not args.reset:
         net.auto_reset = False
     if args.checkpoint is not None:

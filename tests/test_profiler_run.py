@@ -94,8 +94,8 @@ def test_config_file_is_strict_and_cli_wins(tmp_path, capsys):
     config.write_text("dim: 32\nlayers: 1\nlr: 0.1\n")
     with pytest.raises(SystemExit):
         main(["run", "-c", str(config), "--out", str(tmp_path / "bad")])
-    assert "unknown config key 'layers'; did you mean layer" in capsys.readouterr().err
-    config.write_text("dim: 32\nlayer: 1\nnum_heads: 4\nlr: 0.1\nmode: sideways\n")
+    assert f"unknown config key 'layers' in {config}; closest known keys: layer" in capsys.readouterr().err
+    config.write_text("dim: 32\nlayer: 1\nnum_heads: 4\nnotes: x\nmode: sideways\n")
     with pytest.raises(SystemExit):
         main(["run", "-c", str(config), "--ignore-unknown-keys", "--out", str(tmp_path / "bad")])
     assert "'sideways' is not one of" in capsys.readouterr().err
@@ -131,6 +131,80 @@ def test_checkpoint_weights_and_the_forks_stem(tmp_path, caplog):
     loaded = build_model(args)
     for (name, a), b in zip(net.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def _fixture_flags(config: dict) -> list[str]:
+    """The ``run`` model flags of a reference fixture's ``create_model`` arguments (tests/fixtures/README.md)."""
+    flags = {"--img-size": "img_size_h", "--in-channels": "in_channels", "--num-classes": "num_classes",
+             "--dim": "embed_dims", "--num-heads": "num_heads", "--mlp-ratio": "mlp_ratios", "--layer": "depths",
+             "--time-steps": "T", "--pooling-stat": "pooling_stat", "--spike-mode": "spike_mode",
+             "--attention-mode": "attention_mode", "--chunk-size": "chunk_size"}
+    return [*(item for flag, key in flags.items() for item in (flag, str(config[key]))),
+            "--dvs-mode" if config["dvs_mode"] else "--no-dvs-mode"]
+
+
+@pytest.mark.parametrize("name", ["statten_B_sdtmode_plif_static", "statten_C_sdtmode_dvs"])
+def test_reference_statten_profiles_a_statten_checkpoint_in_sdt_mode(tmp_path, name):
+    """``--reference statten`` builds the STAtten repo's SDT mode, whose output the fixture holds (as
+    test_model_reference.py checks it); without the flag the plif checkpoint did not load (its stem and attention
+    neurons are LIF) and the DVS one loaded into SDT's model (q not max-pooled), 0.5 off."""
+    from reference_fixtures import FIXTURE_DIR, load_fixture
+    from profiler.cli import build_parser
+    from profiler.run import build_model
+
+    path = FIXTURE_DIR / f"{name}.pt"
+    fixture = load_fixture(path)
+    _, run_parser = build_parser()
+    args = run_parser.parse_args([*_fixture_flags(fixture["config"]), "--reference", "statten", "--checkpoint",
+                                  str(path), "--mode", "eval", "--device", "cpu", "--out", str(tmp_path)])
+    net = build_model(args).eval()
+    with torch.no_grad():
+        out = net(fixture["input"].float())
+    assert out.shape == fixture["eval_output"].shape
+    assert (out - fixture["eval_output"]).abs().max() < 1e-5
+
+
+def _training_args_yaml(tmp_path: Path) -> Path:
+    """The args.yaml of a tiny ``finetune.py --skip-lowest 1`` run: every training key, the model's sizes resolved,
+    ``skip_blocks: null`` and the block the rule chose in ``skipped_blocks`` (as the run records them)."""
+    import finetune
+    from _engine_helpers import TINY_FLAGS
+    from engine.config import dump_args, parse_args
+    from engine.model import resolve_model_args
+
+    args = parse_args(finetune.make_parser(), [*TINY_FLAGS, "--layer", "2", "--TET", "--finetune-checkpoint",
+                                               "start.pth.tar", "--skip-lowest", "1", "--log-file", "rates.json"])
+    resolve_model_args(args)
+    args.skipped_blocks, args.rank, args.world_size, args.distributed = [1], 0, 1, False
+    path = tmp_path / "args.yaml"
+    dump_args(args, path)
+    return path
+
+
+def test_a_training_run_s_args_yaml_profiles_its_model(tmp_path, caplog, capsys):
+    """``-c RUN/args.yaml`` failed on "unknown config key 'TET'": the keys of the project's other scripts are dropped
+    (and listed), the run's model keys and its skipped blocks used; a key no script has is still an error, or
+    dropped with its own log line under --ignore-unknown-keys."""
+    caplog.set_level(logging.INFO)
+    config = _training_args_yaml(tmp_path)
+    assert main(["run", "-c", str(config), "-b", "2", "--runs", "1", "--no-timers", "--out", str(tmp_path / "a")]) == 0
+    written = yaml.safe_load((tmp_path / "a" / "args.yaml").read_text())
+    assert (written["dim"], written["layer"], written["num_heads"], written["skip_blocks"]) == (32, 2, 4, [1])
+    assert "TET, TET_lamb, TET_means" in caplog.text and "belong to another script of the project" in caplog.text
+    assert "skipping the attention of blocks [1], the skipped_blocks of the run that wrote it" in caplog.text
+    blocks = {(r.block, r.label) for r in load_capture(tmp_path / "a" / "records.jsonl").records()}
+    assert (0, "q") in blocks and (1, "q") not in blocks and (1, "MLP x") in blocks
+    with config.open("a") as f:
+        f.write("mlp_ration: 4\n")
+    with pytest.raises(SystemExit):
+        main(["run", "-c", str(config), "--out", str(tmp_path / "bad")])
+    assert f"unknown config key 'mlp_ration' in {config}; closest known keys: mlp_ratio" in capsys.readouterr().err
+    caplog.clear()
+    main(["run", "-c", str(config), "--ignore-unknown-keys", "-b", "2", "--runs", "1", "--no-timers", "--out",
+          str(tmp_path / "b")])
+    assert "mlp_ration, no option of any script of the project, ignored (--ignore-unknown-keys)" in caplog.text
+    dropped = next(r.getMessage() for r in caplog.records if "belong to another script" in r.getMessage())
+    assert "TET, " in dropped and "mlp_ration" not in dropped
 
 
 def test_dataset_input_runs_on_validation_batches(tmp_path, capsys):
@@ -211,17 +285,18 @@ def test_an_earlier_capture_is_kept_and_an_interrupted_run_writes_nothing(tmp_pa
     (["--runs", "0"], None, "argument --runs: 0 is less than 1"),
     (["--runs", "-1"], None, "argument --runs: -1 is less than 1"),
     (["--warmup", "-1"], None, "argument --warmup: -1 is less than 0"),
-    ([], "batch_size: 0\n", "config key 'batch_size': 0 is less than 1"),
+    ([], "batch_size: 0\n", "config key 'batch_size': expected a whole number of at least 1, got 0"),
     ([], "dim: [32\nlayer: 1\n", "is not valid YAML: while parsing a flow sequence"),
     ([], "pooling_stat: 0011\n", "'pooling_stat': expected text, got the int 9; put the value in quotes"),
     (["--out", "FILE"], None, "is a file: give a folder"),
     (["--no-timers", "--no-sparsity"], None, "--no-timers with --no-sparsity records nothing"),
-    ([], "mean: 0.5\n", "config key 'mean': expected a list of values, got 0.5"),
+    ([], "mean: 0.5\n", "config key 'mean': expected a list, got 0.5"),
     ([], "model: [sdt]\n", "config key 'model': expected a single value, got ['sdt']"),
     (["--input", "dataset", "--dataset", "digits", "--interpolation", "cubic"], None,
      "--interpolation 'cubic': choose one of"),
     (["--input", "dataset", "--dataset", "digits", "--std", "0.5", "0", "1"], None, "every value must be positive"),
     (["--model", "sdt_8_786"], None, "--model 'sdt_8_786' is unknown; choose one of sdt, sdt_8_384, sdt_8_512, "),
+    (["--skip-blocks", "0,2"], None, "--skip-blocks: skip_blocks=[2] out of range: the model has blocks 0..1"),
     (["--model", "resnet18"], None, "--model 'resnet18' is not a spiking transformer of this project; choose one of "
                                     "sdt, "),
 ])
