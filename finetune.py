@@ -3,12 +3,13 @@
 ``python finetune.py -c CONF --finetune-checkpoint CKPT [--auto-skip --log-file firing.json | --skip-blocks 0,3]``
 
 As ASTER's ``finetune.py`` (``../shared/reference/aster_hw.md`` 1.5): build the model with the chosen attention
-branches bypassed, load the checkpoint tolerantly (weights the run does not need are ignored and logged), freeze
-every parameter whose name does not start with ``head_lif`` or ``head.``, log the trainable/total counts and
-train with the shared engine.  ``--finetune-checkpoint`` wins over ``--resume`` / ``--initial-checkpoint`` (with a
-warning).  Unlike the reference, the frozen BatchNorm layers also keep their running statistics
-(``--no-freeze-bn-stats`` restores the reference behaviour, where they drift with the training batches), and a
-missing weight is an error unless it belongs to a skipped attention branch.
+branches bypassed, load the checkpoint tolerantly (weights the run does not need are ignored and logged, except
+whole blocks and PLIF time constants, see :func:`load_finetune_weights`), freeze every parameter whose name does not
+start with ``head_lif`` or ``head.``, log the trainable/total counts and train with the shared engine.
+``--finetune-checkpoint`` wins over ``--resume`` / ``--initial-checkpoint`` (with a warning).  Unlike the reference,
+the frozen BatchNorm layers also keep their running statistics (``--no-freeze-bn-stats`` restores the reference
+behaviour, where they drift with the training batches), and a missing weight is an error unless it belongs to a
+skipped attention branch.
 """
 import argparse
 import logging
@@ -26,6 +27,7 @@ from engine.run import RunHooks, cli_main, run_training
 _logger = logging.getLogger("finetune")
 
 _BLOCK_KEY = re.compile(r"block\.(\d+)\.")
+_PLIF_KEY = "_lif.w"  # a PLIF neuron's learnable time constant (LIF neurons have no parameters)
 
 # Parameters that train (ASTER finetune.py): the classifier; head_lif has no parameters.
 TRAINABLE_PREFIXES = ("head_lif", "head.")
@@ -37,11 +39,12 @@ def make_parser() -> argparse.ArgumentParser:
                                    parents=[get_args_parser(), aster_skip_parser(), aster_finetune_parser()])
 
 
-def load_finetune_weights(path: str, model, skipped_blocks: list[int],
-                          use_ema: bool = False) -> tuple[list[str], list[str]]:
+def load_finetune_weights(path: str, model, skipped_blocks: list[int], use_ema: bool = False,
+                          args: argparse.Namespace | None = None) -> tuple[list[str], list[str]]:
     """Load ``path`` into ``model``: unknown keys are ignored (but not whole blocks the model lacks: a checkpoint of
-    a deeper model is an error), a skipped block's attention weights may be missing.  The checkpoint's
-    ``state_dict`` (its EMA weights with ``use_ema`` or when it has only those).
+    a deeper model is an error, nor PLIF time constants a LIF model lacks: other neuron dynamics), a skipped block's
+    attention weights may be missing.  The checkpoint's ``state_dict`` (its EMA weights with ``use_ema`` or when it
+    has only those); with the run's ``args``, another ``img_size`` than the checkpoint's is warned about too.
 
     Returns:
         ``(ignored keys, missing keys)``, both logged.
@@ -50,14 +53,20 @@ def load_finetune_weights(path: str, model, skipped_blocks: list[int],
     key = weights_key(checkpoint, path, use_ema)
     skipped = tuple(f"block.{b}.attn." for b in skipped_blocks)
     ignored, missing = load_model_weights(model, checkpoint, path, key=key, ignore_unexpected=True,
-                                          may_be_missing=lambda k: k.startswith(skipped) if skipped else False)
-    _logger.info("Loaded %s (%s).", path, key)
+                                          may_be_missing=lambda k: k.startswith(skipped) if skipped else False,
+                                          args=args)
     depth = len(model.block)
     ignored_blocks = {int(match.group(1)) for key in ignored if (match := _BLOCK_KEY.match(key))}
     extra_blocks = sorted(block for block in ignored_blocks if block >= depth)
     if extra_blocks:
         raise CheckpointError(f"checkpoint {path!r} has blocks {extra_blocks} beyond this model's {depth} "
                               f"(--layer {depth}); pass the --layer it was trained with")
+    plif_keys = [name for name in ignored if name.endswith(_PLIF_KEY)]
+    if plif_keys and not any(name.endswith(_PLIF_KEY) for name in model.state_dict()):
+        raise CheckpointError(f"checkpoint {path!r} has PLIF neurons ({len(plif_keys)} learnable time constants, "
+                              f"e.g. {plif_keys[0]}) and this model LIF neurons, whose dynamics differ; pass "
+                              "--spike-mode plif, the mode it was trained with")
+    _logger.info("Loaded %s (%s).", path, key)
     if ignored:
         _logger.warning("Ignored %d checkpoint keys the model does not have: %s", len(ignored), ", ".join(ignored))
     if missing:
@@ -91,7 +100,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
 
     hooks = RunHooks(configure_model=configure,
                      load_weights=lambda a, model: load_finetune_weights(a.finetune_checkpoint, model,
-                                                                         skip["skipped_blocks"], a.use_ema),
+                                                                         skip["skipped_blocks"], a.use_ema, a),
                      after_training=after_training, resumable=False)
     return run_training(args, parser, hooks)
 

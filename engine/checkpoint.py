@@ -12,8 +12,8 @@ from the base LR).
 
 Loading checks every key and shape first and raises :class:`~engine.errors.CheckpointError` with a one-line
 summary, so a checkpoint of another architecture is rejected before anything is written; a checkpoint whose
-``args`` differ in a field that keeps the shapes but changes the computation (e.g. ``attention_mode``) loads with a
-warning.
+``args`` differ in a field that keeps the shapes but changes the computation (e.g. ``attention_mode``,
+``time_steps``) loads with a warning.
 """
 from __future__ import annotations
 
@@ -40,8 +40,9 @@ __all__ = ["load_checkpoint_file", "load_model_weights", "restores_optimizer", "
 _logger = logging.getLogger(__name__)
 
 _ARCH_ARGS = ("model", "dim", "layer", "num_heads", "mlp_ratio", "num_classes", "in_channels", "pooling_stat",
-              "spike_mode")
+              "spike_mode", "time_steps", "img_size")
 _UNPICKLER_MARK = "WeightsUnpickler error:"
+_REFUSED_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def _load_error_detail(exc: Exception) -> str:
@@ -69,9 +70,16 @@ def load_checkpoint_file(path: str) -> dict:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+    except Exception as exc:  # a corrupted pickle raises almost anything (TypeError, AttributeError, ...)
+        refused = _REFUSED_GLOBAL.search(str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if refused:
+            raise CheckpointError(f"cannot read checkpoint {path!r}: it holds objects that weights_only loading "
+                                  f"refuses ({refused.group(1)}; only tensors, plain Python values and "
+                                  "argparse.Namespace are read); if you trust the file, load it with "
+                                  "torch.load(path, weights_only=False), turn those objects into tensors or plain "
+                                  "values and torch.save it again") from exc
         raise CheckpointError(f"cannot read checkpoint {path!r}: not a checkpoint file readable by torch.load "
-                              f"({_load_error_detail(exc)})") from None
+                              f"({_load_error_detail(exc)})") from exc
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"checkpoint {path!r} holds a {type(checkpoint).__name__}, not a dict of tensors")
     return checkpoint
@@ -85,8 +93,10 @@ def _trained_with(checkpoint: dict) -> str:
     return f"; it was trained with {values}"
 
 
-def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module) -> list[tuple[str, Any, Any]]:
-    """``(field, trained with, this model)`` of the fields that change the computation but not the weights."""
+def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module,
+                      args: argparse.Namespace | None) -> list[tuple[str, Any, Any]]:
+    """``(field, trained with, this model)`` of the fields that change the computation but not the weights
+    (``img_size`` only with the run's ``args``: the model does not hold it)."""
     bare = unwrap(model)
     mode = getattr(ckpt_args, "attention_mode", None)
     reference = getattr(ckpt_args, "reference", None) or (mode and ("statten" if mode == "STAtten" else "sdt"))
@@ -94,7 +104,10 @@ def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module) -> list[t
              ("reference", reference, getattr(bare, "reference", None)),
              ("dvs_mode", getattr(ckpt_args, "dvs_mode", None), getattr(bare, "dvs", None)),
              ("pooling_stat", getattr(ckpt_args, "pooling_stat", None),
-              getattr(getattr(bare, "patch_embed", None), "pooling_stat", None))]
+              getattr(getattr(bare, "patch_embed", None), "pooling_stat", None)),
+             ("time_steps", getattr(ckpt_args, "time_steps", None), getattr(bare, "T", None))]
+    if args is not None:
+        pairs.append(("img_size", getattr(ckpt_args, "img_size", None), getattr(args, "img_size", None)))
     if getattr(ckpt_args, "skipped_blocks", None):  # weights trained for a skip list; skipping more of an
         # unskipped model is what main.py and finetune.py are for, so only a checkpoint that skipped is compared
         pairs.append(("skipped_blocks", list(ckpt_args.skipped_blocks), list(getattr(bare, "skip_blocks", []))))
@@ -103,14 +116,16 @@ def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module) -> list[t
     return [(k, trained, now) for k, trained, now in pairs if trained is not None and now is not None]
 
 
-def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str) -> None:
+def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str,
+                                 args: argparse.Namespace | None) -> None:
     """Warn when the checkpoint's ``args`` differ from the model in a field that keeps the weights' shapes but
-    changes the computation (attention mode, reference variant, DVS attention, pooling stages, STAtten chunks)."""
+    changes the computation (attention mode, reference variant, DVS attention, pooling stages, time steps, STAtten
+    chunks, and with the run's ``args`` the image size)."""
     ckpt_args = checkpoint.get("args")
     if not isinstance(ckpt_args, argparse.Namespace):
         return
-    changed = [f"{k}={trained!r} (this model: {now!r})" for k, trained, now in _computation_args(ckpt_args, model)
-               if trained != now]
+    changed = [f"{k}={trained!r} (this model: {now!r})"
+               for k, trained, now in _computation_args(ckpt_args, model, args) if trained != now]
     if changed:
         _logger.warning("checkpoint %r was trained with %s: the weights fit but the model computes something else; "
                         "pass the training values to evaluate it as trained (-c the run's args.yaml gives them all; "
@@ -137,13 +152,14 @@ def _listing(items: list[str], limit: int = 8) -> str:
 
 
 def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str = "state_dict", *,
-                       ignore_unexpected: bool = False,
-                       may_be_missing: Callable[[str], bool] | None = None) -> tuple[list[str], list[str]]:
+                       ignore_unexpected: bool = False, may_be_missing: Callable[[str], bool] | None = None,
+                       args: argparse.Namespace | None = None) -> tuple[list[str], list[str]]:
     """Load ``checkpoint[key]`` (or a bare state dict) into ``model`` after checking keys and shapes.
 
     Strict by default.  ``ignore_unexpected`` drops checkpoint keys the model does not have, and keys for which
     ``may_be_missing(key)`` is true may be absent from the checkpoint (they keep their current values); the
-    caller logs both lists.  Shapes must always match.
+    caller logs both lists.  Shapes must always match.  The run's ``args`` add ``img_size`` to the fields compared
+    with the checkpoint's (a warning when they differ).
 
     Returns:
         ``(ignored unexpected keys, tolerated missing keys)``; both empty for a strict load.
@@ -171,7 +187,7 @@ def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str =
     if all_unexpected:
         state_dict = {k: v for k, v in state_dict.items() if k in expected}
     unwrap(model).load_state_dict(state_dict, strict=not all_missing)
-    _warn_on_changed_computation(model, checkpoint, path)
+    _warn_on_changed_computation(model, checkpoint, path, args)
     return all_unexpected, all_missing
 
 
@@ -216,12 +232,16 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
         (:func:`batches_done`; 0 when ``--start-epoch`` overrides the epoch found in the checkpoint).
     """
     checkpoint = load_checkpoint_file(args.resume)
-    load_model_weights(model, checkpoint, args.resume)
+    load_model_weights(model, checkpoint, args.resume, args=args)
     if not args.no_resume_opt:
         if optimizer is not None and restores_optimizer(args, checkpoint):
             _restore_optimizer(args, optimizer, checkpoint)
         if loss_scaler is not None and loss_scaler.state_dict_key in checkpoint:
             loss_scaler.load_state_dict(checkpoint[loss_scaler.state_dict_key])
+        elif loss_scaler is None and "amp_scaler" in checkpoint:
+            _logger.warning("checkpoint %r holds the state of a float16 loss scaler (amp_scaler), and this run has "
+                            "none: it is dropped (pass --amp with --amp-dtype float16 to continue with it)",
+                            args.resume)
     start_epoch, done = resume_start(args, checkpoint)
     if done:
         _check_same_batches(args, checkpoint)
@@ -264,10 +284,24 @@ _RECOVERY_NAME = re.compile(r"recovery-(\d+)-(\d+)\.pth\.tar")
 
 def batches_done(path: str, checkpoint: dict) -> int:
     """How many batches of its epoch a checkpoint has trained: 0 for an end-of-epoch checkpoint, ``b + 1`` for
-    a ``--recovery-interval`` checkpoint ``recovery-<epoch>-<b>.pth.tar`` (timm's saver names them so; the file
-    does not store it), whose epoch a resumed run finishes from batch ``b + 1``."""
+    a ``--recovery-interval`` checkpoint of batch ``b``, whose epoch a resumed run finishes from batch ``b + 1``.
+
+    The recovery checkpoint stores it (``saver.batches_done``), so a copied or renamed one resumes where it stopped;
+    an older one is known by its name, ``recovery-<epoch>-<b>.pth.tar``.
+
+    Raises:
+        CheckpointError: an older recovery checkpoint whose name no longer says its batch.
+    """
+    saver = checkpoint.get("saver") if isinstance(checkpoint.get("saver"), dict) else {}
+    if isinstance(saver.get("batches_done"), int):
+        return saver["batches_done"]
     match = _RECOVERY_NAME.fullmatch(os.path.basename(path))
     if match is None or checkpoint.get("epoch") != int(match.group(1)) or checkpoint.get("version", 1) < 2:
+        if "epoch_loss" in saver or tuple(saver.get("pending", ())) == (None, None):  # only recovery files have these
+            raise CheckpointError(f"checkpoint {path!r} is a recovery checkpoint part-way through epoch "
+                                  f"{checkpoint.get('epoch')}, saved before recovery checkpoints recorded their batch, "
+                                  "and its name no longer says it: rename it back to the name it was saved under "
+                                  "(recovery-<epoch>-<batch>.pth.tar), or resume from the last epoch checkpoint")
         return 0
     return int(match.group(2)) + 1
 
@@ -289,14 +323,21 @@ def load_initial_checkpoint(args: argparse.Namespace, model: nn.Module) -> None:
     """Load the weights of ``--initial-checkpoint`` (its EMA weights with ``--use-ema`` or if it has only those)."""
     checkpoint = load_checkpoint_file(args.initial_checkpoint)
     key = weights_key(checkpoint, args.initial_checkpoint, getattr(args, "use_ema", False))
-    load_model_weights(model, checkpoint, args.initial_checkpoint, key=key)
+    load_model_weights(model, checkpoint, args.initial_checkpoint, key=key, args=args)
     _logger.info("Loaded initial weights (%s) from %s.", key, args.initial_checkpoint)
 
 
 def restore_model_ema(model_ema: Any, checkpoint: dict | None, path: str) -> None:
-    """Load ``state_dict_ema`` into the EMA model when resuming (no-op without EMA or EMA weights)."""
-    if model_ema is not None and checkpoint is not None and "state_dict_ema" in checkpoint:
-        load_model_weights(model_ema.module, checkpoint, path, key="state_dict_ema")
+    """Load ``state_dict_ema`` into the EMA model when resuming (no-op without EMA weights); warn that a run
+    without EMA drops them."""
+    if checkpoint is None or "state_dict_ema" not in checkpoint:
+        return
+    if model_ema is None:
+        _logger.warning("checkpoint %r holds EMA weights (state_dict_ema), but this run has no --model-ema: they are "
+                        "dropped and the run goes on without EMA (its checkpoints ranked by the model's metric); pass "
+                        "--model-ema to continue the EMA", path)
+        return
+    load_model_weights(model_ema.module, checkpoint, path, key="state_dict_ema")
 
 
 @functools.cache
@@ -309,11 +350,12 @@ def _saver_class():
 
         timm records the epoch being saved as ``pending``, to be added to the history on resume if its
         ``checkpoint-<epoch>`` file exists; for a recovery file that epoch is unfinished, and a ``checkpoint-<epoch>``
-        written later by the interrupted run would enter the restored history unranked, so it is left out.
+        written later by the interrupted run would enter the restored history unranked, so it is left out.  A
+        recovery file also records how many batches of its epoch it has trained (``batches_done``).
         """
 
         epoch_loss: list[float] | None = None
-        _saving_recovery = False
+        _recovery_batches: int | None = None
 
         def _replace(self, src, dst):
             os.replace(src, dst)  # timm deletes dst first (for Windows): a kill then left no last.pth.tar
@@ -333,16 +375,17 @@ def _saver_class():
                     os.unlink(tmp)
 
         def save_recovery(self, epoch, batch_idx=0):
-            self._saving_recovery = True
+            self._recovery_batches = batch_idx + 1
             try:
                 super().save_recovery(epoch, batch_idx)
             finally:
-                self._saving_recovery = False
+                self._recovery_batches = None
 
         def state_dict(self, epoch=None, metric=None):
             state = super().state_dict(epoch, metric)
-            if self._saving_recovery:
+            if self._recovery_batches is not None:
                 state["pending"] = (None, None)
+                state["batches_done"] = self._recovery_batches
             if self.epoch_loss is not None:
                 state["epoch_loss"] = list(self.epoch_loss)
             return state

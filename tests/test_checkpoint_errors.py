@@ -39,6 +39,34 @@ def test_file_torch_cannot_read_says_so_first(tmp_path):
         load_checkpoint_file(str(tmp_path / "text.pth"))
 
 
+def test_a_corrupted_pickle_is_one_checkpoint_error(tmp_path):
+    """A corrupted pickle makes torch.load raise TypeError, AttributeError, ...: that was a traceback."""
+    import zipfile
+
+    torch.save({"epoch": 1}, tmp_path / "good.pth.tar")
+    path = tmp_path / "corrupt.pth.tar"
+    with zipfile.ZipFile(tmp_path / "good.pth.tar") as good, zipfile.ZipFile(path, "w") as corrupt:
+        for info in good.infolist():  # an allowed global called without its arguments
+            pickled = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n)R." if info.filename.endswith("data.pkl") else None
+            corrupt.writestr(info, pickled or good.read(info))
+    with pytest.raises(CheckpointError, match="not a checkpoint file readable by torch.load .*_rebuild_tensor") as info:
+        load_checkpoint_file(str(path))
+    assert str(path) in str(info.value) and isinstance(info.value.__cause__, TypeError)
+
+
+def test_a_checkpoint_holding_other_objects_names_the_weights_only_refusal(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "numpy_metric.pth.tar"
+    torch.save({"state_dict": {}, "metric": np.float64(0.5)}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint_file(str(path))
+    message = str(info.value)
+    assert message.startswith(f"cannot read checkpoint {str(path)!r}: it holds objects that weights_only loading "
+                              "refuses (numpy.")
+    assert "weights_only=False" in message and "not a checkpoint file" not in message and "\n" not in message
+
+
 @pytest.mark.parametrize("content,what", [({"state_dict": [1, 2]}, "'state_dict' is not a state dict"),
                                           ({"state_dict": {"w": 1}}, "has non-tensor values"),
                                           ({"epoch": 3}, "has no 'state_dict' and is not a bare state dict")])
@@ -50,7 +78,8 @@ def test_not_a_state_dict_is_one_clear_error(tmp_path, content, what):
 
 
 def _trained_args(**fields):
-    base = dict(attention_mode="SDT", reference=None, chunk_size=2, dvs_mode=False, pooling_stat="1111")
+    base = dict(attention_mode="SDT", reference=None, chunk_size=2, dvs_mode=False, pooling_stat="1111",
+                time_steps=2, img_size=32)
     return argparse.Namespace(**{**base, **fields})
 
 
@@ -73,6 +102,79 @@ def test_chunk_size_mismatch_warns_and_matching_args_do_not(tmp_path, caplog):
         assert not caplog.records
         load_model_weights(statten, {"state_dict": state, "args": _trained_args(attention_mode="STAtten")}, "c2")
     assert len(caplog.records) == 1 and "chunk_size=2 (this model: 1)" in caplog.records[0].getMessage()
+
+
+def test_time_steps_and_image_size_mismatches_warn(caplog):
+    """Evaluating at another T (or image size) on purpose is legitimate, but was silent, unlike --pooling-stat."""
+    checkpoint = {"state_dict": _tiny().state_dict(), "args": _trained_args(time_steps=4, img_size=64)}
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        load_model_weights(_tiny(), checkpoint, "t4.pth.tar")
+        load_model_weights(_tiny(), checkpoint, "t4.pth.tar", args=argparse.Namespace(img_size=32))
+    without_args, with_args = [r.getMessage() for r in caplog.records]
+    assert "time_steps=4 (this model: 2)" in without_args and "img_size" not in without_args
+    assert "time_steps=4 (this model: 2), img_size=64 (this model: 32)" in with_args
+
+
+def test_resuming_without_ema_or_float16_scaler_warns_that_their_state_is_dropped(tmp_path, caplog):
+    """A --model-ema run resumed without --model-ema dropped its EMA weights without a word (and ranked the later
+    checkpoints by another metric); likewise the float16 scaler's state."""
+    from engine.checkpoint import restore_model_ema, resume_checkpoint
+
+    model = _tiny()
+    path = str(tmp_path / "last.pth.tar")
+    torch.save({"epoch": 0, "version": 2, "state_dict": model.state_dict(), "state_dict_ema": model.state_dict(),
+                "amp_scaler": {"scale": 1024.0}}, path)
+    args = argparse.Namespace(resume=path, no_resume_opt=False, start_epoch=None)
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        _, _, checkpoint = resume_checkpoint(args, model, None, loss_scaler=None)
+        restore_model_ema(None, checkpoint, path)
+    scaler, ema = [r.getMessage() for r in caplog.records]
+    assert "amp_scaler" in scaler and "it is dropped (pass --amp with --amp-dtype float16" in scaler
+    assert "holds EMA weights (state_dict_ema), but this run has no --model-ema: they are dropped" in ema
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):  # --no-resume-opt drops the scaler on purpose
+        resume_checkpoint(argparse.Namespace(resume=path, no_resume_opt=True, start_epoch=None), model, None)
+        restore_model_ema(None, None, path)
+    assert not caplog.records
+
+
+def _recovery_checkpoint(folder, epoch: int, batch_idx: int) -> str:
+    """A recovery checkpoint of a tiny model, as ``--recovery-interval`` writes it."""
+    from engine.checkpoint import _saver_class
+
+    model = _tiny()
+    saver = _saver_class()(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           checkpoint_dir=str(folder), recovery_dir=str(folder))
+    saver.epoch_loss = [2.0, 8.0]
+    saver.save_recovery(epoch, batch_idx=batch_idx)
+    return str(folder / f"recovery-{epoch}-{batch_idx}.pth.tar")
+
+
+def test_a_renamed_recovery_checkpoint_still_finishes_its_epoch(tmp_path):
+    """Whether a checkpoint was saved mid-epoch was read from its name: a copy under another name resumed at the
+    next epoch, skipping the rest of its own."""
+    import shutil
+
+    from engine.checkpoint import resume_start
+
+    copied = str(tmp_path / "copied.pth.tar")
+    shutil.copy(_recovery_checkpoint(tmp_path, 1, 7), copied)
+    checkpoint = load_checkpoint_file(copied)
+    assert resume_start(argparse.Namespace(resume=copied, start_epoch=None), checkpoint) == (1, 8)
+    assert checkpoint["saver"]["batches_done"] == 8
+
+
+def test_an_older_recovery_checkpoint_is_known_by_its_name_and_refused_when_renamed(tmp_path):
+    """Recovery files saved before they recorded their batch: the name tells it; without it, one clear error."""
+    from engine.checkpoint import resume_start
+
+    path = _recovery_checkpoint(tmp_path, 1, 7)
+    older = load_checkpoint_file(path)
+    older["saver"].pop("batches_done", None)
+    assert resume_start(argparse.Namespace(resume=path, start_epoch=None), older) == (1, 8)
+    with pytest.raises(CheckpointError, match="'copied.pth.tar' is a recovery checkpoint part-way through epoch 1.*"
+                                              "rename it back"):
+        resume_start(argparse.Namespace(resume="copied.pth.tar", start_epoch=None), older)
 
 
 def test_only_files_past_the_resume_point_are_set_aside(tmp_path):

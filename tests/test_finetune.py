@@ -63,9 +63,24 @@ def test_a_checkpoint_of_a_deeper_model_is_refused(tmp_path):
                                 num_heads=4, mlp_ratios=2, depths=1, T=3, pooling_stat="1111")
     with pytest.raises(CheckpointError, match=r"blocks \[1\] beyond this model's 1 \(--layer 1\)"):
         finetune.load_finetune_weights(str(path), shallow, skipped_blocks=[])
-    torch.save({"state_dict": _tiny_model(spike_mode="plif").state_dict()}, path)  # extra keys in existing blocks
+    extra = {**_tiny_model().state_dict(), "block.1.attn.extra.weight": torch.zeros(2)}  # in an existing block
+    torch.save({"state_dict": extra}, path)
     ignored, _ = finetune.load_finetune_weights(str(path), _tiny_model(), skipped_blocks=[])
-    assert ignored and all(key.endswith(".w") for key in ignored)
+    assert ignored == ["block.1.attn.extra.weight"]
+
+
+def test_a_plif_checkpoint_is_refused_by_a_lif_model(tmp_path):
+    """Its learnable time constants (*_lif.w) were ignored with a warning, and the head fine-tuned on a backbone
+    with other neuron dynamics; LIF into PLIF was already an error (missing keys)."""
+    path = tmp_path / "plif.pth.tar"
+    torch.save({"state_dict": _tiny_model(spike_mode="plif").state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"has PLIF neurons \(19 learnable time constants, e\.g\. "
+                                              r"patch_embed\.proj_lif\.w\) .*pass --spike-mode plif"):
+        finetune.load_finetune_weights(str(path), _tiny_model(), skipped_blocks=[])
+    assert finetune.load_finetune_weights(str(path), _tiny_model(spike_mode="plif"), skipped_blocks=[]) == ([], [])
+    torch.save({"state_dict": _tiny_model().state_dict()}, path)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        finetune.load_finetune_weights(str(path), _tiny_model(spike_mode="plif"), skipped_blocks=[])
 
 
 @pytest.mark.parametrize("use_ema", [False, True])

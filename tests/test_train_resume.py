@@ -137,6 +137,17 @@ def test_resume_from_a_recovery_checkpoint_finishes_its_epoch_exactly(tmp_path, 
         run_training(tiny_args(tmp_path, *other_batch, "--resume", str(killed / "recovery-1-7.pth.tar")))
 
 
+def test_resuming_without_ema_and_float16_amp_warns_that_their_state_is_dropped(tmp_path, caplog):
+    """A --model-ema run resumed without --model-ema dropped the EMA weights without a word, and its later
+    checkpoints were ranked by the model's metric instead of the EMA's; likewise the float16 scaler's state."""
+    from engine.run import setup_training
+
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "run", "--model-ema", "--amp"))
+    setup_training(tiny_args(tmp_path, "--epochs", "2", "--resume", str(tmp_path / "run" / "last.pth.tar")))
+    assert "holds EMA weights (state_dict_ema), but this run has no --model-ema: they are dropped" in caplog.text
+    assert "float16 loss scaler (amp_scaler), and this run has none: it is dropped" in caplog.text
+
+
 def test_runs_started_together_get_their_own_folders(tmp_path):
     """The folder is claimed with os.mkdir when it is chosen: two runs of one name started at the same moment both
     picked the free name and wrote into one folder."""
