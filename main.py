@@ -128,7 +128,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
         raise ConfigError("--export-traces works with --validate-only (and not with --study)")
     if args.use_ema and not (args.validate_only or args.study):
         raise ConfigError("--use-ema works with --validate-only/--study; a --model-ema training run evaluates its EMA "
-                          "weights anyway")
+                          "weights anyway (--no-use-ema where the -c config sets use_ema)")
     check_export_traces(args)
     if args.validate_only or args.study:
         return _validate_only(args, parser, hooks, skip)

@@ -3,9 +3,11 @@
 Differences from the reference (see ``README.md`` "Training" and ``../shared/reference/reference_code.md`` 3.2):
 
 * booleans are ``argparse.BooleanOptionalAction`` (``--TET`` / ``--no-TET``; the reference's ``type=bool`` made
-  ``--TET False`` true), except the flags whose name already starts with ``no-`` (``--no-aug``, ``--no-resume-opt``,
-  ``--no-prefetcher``), which stay ``store_true`` because ``BooleanOptionalAction`` reads any ``--no-`` prefix as
-  "false";
+  ``--TET False`` true, here it is one error line naming both spellings), and the flags whose name already starts
+  with ``no-`` (``--no-aug``, ``--no-resume-opt``, ``--no-prefetcher``) get their negation too (``--aug``,
+  ``--resume-opt``, ``--prefetcher``: :class:`NoFlagAction`), so that the command line can take back what a config
+  set;
+* an empty value sets an option whose default is none back to none (``--start-epoch ''``: :func:`empty_means_none`);
 * the model dimensions are all flags (``--dim`` is new: the reference read it only from YAML), and
   ``--attention_mode``, ``--chunk-size``, ``--reference`` and ``--dvs-mode`` really reach the model;
 * ``--attention_mode`` defaults to ``SDT`` (STAtten's train.py defaulted to STAtten but never used the flag); the
@@ -21,7 +23,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["get_args_parser", "INERT_FLAGS", "ATTENTION_MODES", "NEURON_BACKENDS", "SPIKE_MODES"]
+__all__ = ["get_args_parser", "empty_means_none", "NoFlagAction", "INERT_FLAGS", "ATTENTION_MODES",
+           "NEURON_BACKENDS", "SPIKE_MODES"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
 SPIKE_MODES = ("lif", "plif", "alif", "blif")
@@ -46,7 +49,47 @@ INERT_FLAGS = {
     "torchscript": "the spiking neurons are not scriptable",
     "log_wandb": "Weights & Biases is not a dependency; use the TensorBoard scalars",
     "apex_amp": "apex is not used, so (as in the reference without apex) it stays float32; --amp selects torch.amp",
+    "firing_thresholds": "ASTER's main.py never used it either (its code is commented out)",
 }
+
+
+class NoFlagAction(argparse.Action):
+    """A flag named ``--no-X`` with its negation ``--X``: ``--no-aug`` sets ``no_aug`` true, ``--aug`` false.
+
+    ``BooleanOptionalAction`` cannot give such a flag its negation: it reads any ``--no-`` prefix as "false".
+    """
+
+    def __init__(self, option_strings, dest, default=False, help=None):
+        negations = ["--" + option[len("--no-"):] for option in option_strings if option.startswith("--no-")]
+        super().__init__([*option_strings, *negations], dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, option_string.startswith("--no-"))
+
+    def format_usage(self) -> str:
+        return " | ".join(self.option_strings)
+
+
+class _EmptyMeansNone:
+    """An option's ``type`` that reads ``''`` as None and anything else with ``base_type``."""
+
+    def __init__(self, base_type):
+        self.base_type = base_type
+        self.__name__ = base_type.__name__
+
+    def __call__(self, text):
+        return None if text == "" else self.base_type(text)
+
+
+def empty_means_none(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let an empty value (``--start-epoch ''``) give None to every single-value option of ``parser`` whose default
+    is None and that has no choices, so that the command line can take back a value a config set."""
+    for action in parser._actions:
+        single_value = action.option_strings and action.nargs in (None, "?") and action.choices is None
+        list_type = hasattr(action.type, "element_type")  # reads '' as its empty list (--skip-blocks '')
+        if single_value and not list_type and action.default is None and not isinstance(action.type, _EmptyMeansNone):
+            action.type = _EmptyMeansNone(action.type or str)
+    return parser
 
 
 def _model_group(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +135,7 @@ def _model_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resume", default="", metavar="PATH",
                        help="resume model, optimizer, scheduler, EMA, AMP scaler and epoch from this checkpoint; "
                             "test.py and firing_num.py evaluate its weights")
-    group.add_argument("--no-resume-opt", action="store_true",
+    group.add_argument("--no-resume-opt", action=NoFlagAction,
                        help="with --resume: restore only the weights and epoch, not optimizer/scaler state")
     group.add_argument("--num-classes", type=int, default=1000, help="number of classes")
     group.add_argument("--time-steps", type=int, default=4, help="number of time steps T")
@@ -153,8 +196,7 @@ def _scheduler_group(parser: argparse.ArgumentParser) -> None:
 
 def _augmentation_group(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Augmentation and regularization parameters (static images)")
-    group.add_argument("--no-aug", action="store_true",
-                       help="disable all training augmentation")
+    group.add_argument("--no-aug", action=NoFlagAction, help="disable all training augmentation")
     group.add_argument("--scale", type=float, nargs="+", default=[0.08, 1.0], metavar="PCT",
                        help="random resized crop scale range")
     group.add_argument("--ratio", type=float, nargs="+", default=[3.0 / 4.0, 4.0 / 3.0], metavar="RATIO",
@@ -257,7 +299,7 @@ def _misc_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--native-amp", action=argparse.BooleanOptionalAction, default=False, help="same as --amp")
     group.add_argument("--pin-mem", action=argparse.BooleanOptionalAction, default=None,
                        help="pin CPU memory in the data loaders (default: on when training on CUDA)")
-    group.add_argument("--no-prefetcher", action="store_true",
+    group.add_argument("--no-prefetcher", action=NoFlagAction,
                        help="disable timm's prefetcher (normalisation on the device)")
     group.add_argument("--output", default="", metavar="PATH",
                        help="output root (default: output/train; output/valid for test.py and firing_num.py, "
@@ -304,4 +346,4 @@ def get_args_parser(add_help: bool = False) -> argparse.ArgumentParser:
     _misc_group(parser)
     _speed_group(parser)
     _neuromorphic_group(parser)
-    return parser
+    return empty_means_none(parser)

@@ -30,9 +30,10 @@ from torch import nn
 
 from data import canonical_static_name
 
+from .args import empty_means_none
+from .atomic import write_text_atomic
 from .distributed import is_primary
 from .early_exit import EXIT_METRICS, EarlyExitMeter, EarlyExitSweep
-from .atomic import write_text_atomic
 from .errors import ConfigError
 from .firing import load_firing_rates
 from .loop import validate
@@ -83,7 +84,8 @@ def aster_skip_parser(add_help: bool = False) -> argparse.ArgumentParser:
                        help="skip the K blocks with the lowest rates in --log-file (the paper's heat-map axis)")
     group.add_argument("--skip-blocks", type=int_list, default=None, metavar="L,L",
                        help="skip exactly these blocks, e.g. 0,3")
-    return parser
+    group.add_argument("--firing-thresholds", type=float, nargs="*", default=None, metavar="X", help="(no effect)")
+    return empty_means_none(parser)
 
 
 def aster_eval_parser(add_help: bool = False) -> argparse.ArgumentParser:
@@ -104,7 +106,7 @@ def aster_eval_parser(add_help: bool = False) -> argparse.ArgumentParser:
     group.add_argument("--study", action=argparse.BooleanOptionalAction, default=False,
                        help="evaluation only: accuracy for 0..--study-max-skip lowest-rate blocks skipped x the "
                             "--exit-sweep thresholds (default: the paper's 0.1..0.9); aster_heatmap.csv and .png")
-    group.add_argument("--use-ema", action="store_true",
+    group.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=False,
                        help="--validate-only / --study: evaluate --initial-checkpoint's EMA weights (a --model-ema "
                             "run's training evaluates those)")
     group.add_argument("--study-max-skip", type=int, default=None, metavar="K",
@@ -113,7 +115,7 @@ def aster_eval_parser(add_help: bool = False) -> argparse.ArgumentParser:
                        help="--validate-only: also write spike traces of the (skipping) model for hw/ to DIR, for the "
                             "first --trace-samples validation samples (the ids of exit_steps.json)")
     group.add_argument("--trace-samples", type=int, default=16, metavar="N", help="samples to export as traces")
-    return parser
+    return empty_means_none(parser)
 
 
 def aster_finetune_parser(add_help: bool = False) -> argparse.ArgumentParser:
@@ -122,7 +124,7 @@ def aster_finetune_parser(add_help: bool = False) -> argparse.ArgumentParser:
     group = parser.add_argument_group("Fine-tuning")
     group.add_argument("--finetune-checkpoint", default="", metavar="PATH",
                        help="weights to start from (required); only the classifier head trains")
-    group.add_argument("--use-ema", action="store_true",
+    group.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=False,
                        help="start from the checkpoint's EMA weights (which ranked a --model-ema run's checkpoints)")
     group.add_argument("--freeze-bn-stats", action=argparse.BooleanOptionalAction, default=True,
                        help="keep the frozen BatchNorm layers in eval mode (no running-statistics updates)")

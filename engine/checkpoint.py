@@ -313,7 +313,8 @@ def weights_key(checkpoint: dict, path: str, use_ema: bool = False) -> str:
         CheckpointError: ``use_ema`` and the checkpoint has no EMA weights.
     """
     if use_ema and "state_dict_ema" not in checkpoint:
-        raise CheckpointError(f"checkpoint {path!r} has no EMA weights (state_dict_ema); drop --use-ema")
+        raise CheckpointError(f"checkpoint {path!r} has no EMA weights (state_dict_ema); drop --use-ema "
+                              f"(--no-use-ema where the -c config sets use_ema)")
     if use_ema or ("state_dict" not in checkpoint and "state_dict_ema" in checkpoint):
         return "state_dict_ema"
     return "state_dict"

@@ -24,6 +24,7 @@ import torch.distributed as dist
 
 from data import is_neuromorphic
 
+from .args import empty_means_none
 from .aster import int_list
 from .errors import ConfigError
 
@@ -36,10 +37,12 @@ DEFAULT_VALID_ROOT = os.path.join("output", "valid")
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The evaluation flags shared by ``firing_num.py`` and ``test.py``."""
     group = parser.add_argument_group("Evaluation")
-    group.add_argument("--large-valid", action="store_true",
+    group.add_argument("--large-valid", action=argparse.BooleanOptionalAction, default=False,
                        help="ImageNet at 288 px: Resize(320), CenterCrop(288), as the reference's 288-px test")
-    group.add_argument("--save-qkv", action="store_true", help="save the hook dict of every batch (qkv_<i>.pkl)")
-    group.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    group.add_argument("--save-qkv", action=argparse.BooleanOptionalAction, default=False,
+                       help="save the hook dict of every batch (qkv_<i>.pkl)")
+    group.add_argument("--use-ema", action=argparse.BooleanOptionalAction, default=False,
+                       help="evaluate the checkpoint's EMA weights")
     group.add_argument("--export-traces", default="", metavar="DIR",
                        help="write spike traces of --trace-samples validation samples to DIR (for hw/)")
     group.add_argument("--trace-samples", type=int, default=16, metavar="N", help="samples to export as traces")
@@ -52,7 +55,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument("--skip-blocks", type=int_list, default=None, metavar="L,L",
                        help="bypass the attention branch of these blocks (ASTER; default: a -c args.yaml's "
                             "'skipped_blocks', recorded by main.py and finetune.py; '' skips none)")
-    return parser
+    return empty_means_none(parser)
 
 
 def check_export_traces(args: argparse.Namespace) -> None:
@@ -126,7 +129,7 @@ def _load_weights(args: argparse.Namespace, model: torch.nn.Module) -> None:
         return
     checkpoint = load_checkpoint_file(path)
     key = weights_key(checkpoint, path, args.use_ema)
-    load_model_weights(model, checkpoint, path, key=key)
+    load_model_weights(model, checkpoint, path, key=key, args=args)
     _logger.info("Loaded %s from %s (epoch %s).", key, path, checkpoint.get("epoch"))
 
 

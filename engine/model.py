@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 
-__all__ = ["DVS_MODE_DATASETS", "apply_variant_defaults", "check_model_name", "log_variant_defaults",
+__all__ = ["DVS_MODE_DATASETS", "reconcile_input_size", "apply_variant_defaults", "check_model_name",
+           "log_variant_defaults",
            "resolve_model_args", "model_kwargs", "build_model", "uses_channels_last", "prepare_model",
            "freeze_parameters", "build_model_ema", "compile_model", "distribute_model", "unwrap"]
 
@@ -37,6 +38,49 @@ def _dvs_default_img_size(dataset: str) -> int | None:
 _VARIANT_ARGS = {"img_size_h": "img_size", "in_channels": "in_channels", "num_classes": "num_classes",
                  "embed_dims": "dim", "depths": "layer", "T": "time_steps", "pooling_stat": "pooling_stat",
                  "num_heads": "num_heads", "dvs_mode": "dvs_mode"}
+
+
+def _check_square(input_size: Sequence[int]) -> None:
+    if input_size[-2] != input_size[-1]:
+        raise ConfigError(f"--input-size {' '.join(map(str, input_size))}: the model takes square images (img_size); "
+                          f"give the same height and width")
+
+
+def reconcile_input_size(args: argparse.Namespace, command_line: Collection[str],
+                         given: Collection[str]) -> list[str]:
+    """Let ``--input-size C H W`` and ``--in-channels`` / ``--img-size`` follow CLI > YAML: a command-line
+    ``--input-size`` replaces the config's sizes; a config's ``input_size`` gives way to the sizes on the command
+    line (it is folded into the ones the command line leaves, then dropped).  Returns the options it set that way.
+
+    Args:
+        args: parsed arguments, changed in place.
+        command_line: the options given on the command line.
+        given: the options given on the command line or in the config.
+
+    Raises:
+        ConfigError: a non-square ``--input-size``, or one contradicted by a size given at the same level (both on
+            the command line, or both in the config).
+    """
+    input_size = getattr(args, "input_size", None)
+    if input_size is None:
+        return []
+    _check_square(input_size)
+    sizes = {"in_channels": input_size[0], "img_size": input_size[-1]}
+    from_command_line = "input_size" in command_line
+    level = command_line if from_command_line else given
+    if not from_command_line and not set(command_line).isdisjoint(sizes):
+        folded = [dest for dest in sizes if dest not in command_line]
+        for dest in folded:
+            setattr(args, dest, sizes[dest])
+        args.input_size = None
+        return folded
+    clashes = [f"--{dest.replace('_', '-')} {getattr(args, dest)}" for dest, value in sizes.items()
+               if dest in level and getattr(args, dest) not in (None, value)]
+    if clashes:
+        where = "on the command line" if from_command_line else "in the config"
+        raise ConfigError(f"--input-size {' '.join(map(str, input_size))} disagrees with {' and '.join(clashes)}, "
+                          f"both {where}; give the size one way: --input-size C H W, or --in-channels C --img-size N")
+    return []
 
 
 def apply_variant_defaults(args: argparse.Namespace, given: Collection[str], log: bool = True) -> list[str]:
@@ -74,9 +118,7 @@ def resolve_model_args(args: argparse.Namespace) -> None:
         ConfigError: a non-square ``--input-size`` (the model is ``img_size`` x ``img_size``).
     """
     if args.input_size is not None:
-        if args.input_size[-2] != args.input_size[-1]:
-            raise ConfigError(f"--input-size {' '.join(map(str, args.input_size))}: the model takes square images "
-                              f"(img_size); give the same height and width")
+        _check_square(args.input_size)
         args.in_channels, args.img_size = args.input_size[0], args.input_size[-1]
     elif args.img_size is None:
         args.img_size = _dvs_default_img_size(args.dataset) or _DEFAULT_IMG_SIZE

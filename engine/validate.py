@@ -172,6 +172,9 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
     check_device(getattr(args, "device", ""))
     _check_output(getattr(args, "output", ""))
     _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
+    if (getattr(args, "workers", None) or 0) < 0:
+        raise ConfigError(f"-j/--workers {args.workers} is negative; give 0 (load in the main process) or the number "
+                          "of data loading processes")
     if getattr(args, "interpolation", "") not in INTERPOLATIONS:
         raise ConfigError(f"--interpolation {args.interpolation!r}: choose one of {INTERPOLATIONS}")
     _check_dataset(args)

@@ -115,6 +115,18 @@ def test_time_steps_and_image_size_mismatches_warn(caplog):
     assert "time_steps=4 (this model: 2), img_size=64 (this model: 32)" in with_args
 
 
+def test_evaluation_scripts_warn_about_another_image_size(tmp_path, caplog):
+    """test.py / firing_num.py load with the run's args, so a 64 px checkpoint evaluated at 32 px warns."""
+    from engine.evaluate import _load_weights
+
+    path = tmp_path / "px64.pth.tar"
+    torch.save({"state_dict": _tiny().state_dict(), "args": _trained_args(img_size=64)}, path)
+    args = argparse.Namespace(resume=str(path), initial_checkpoint="", use_ema=False, img_size=32)
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        _load_weights(args, _tiny())
+    assert [r.getMessage() for r in caplog.records if "img_size=64 (this model: 32)" in r.getMessage()]
+
+
 def test_resuming_without_ema_or_float16_scaler_warns_that_their_state_is_dropped(tmp_path, caplog):
     """A --model-ema run resumed without --model-ema dropped its EMA weights without a word (and ranked the later
     checkpoints by another metric); likewise the float16 scaler's state."""

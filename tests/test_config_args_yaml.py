@@ -10,7 +10,7 @@ from engine.validate import check_run_args
 # Every list-typed flag of finetune.py (main.py also has --exit-sweep), set away from its default.
 LIST_FLAGS = ["--skip-blocks", "0,3", "--mean", "0.1", "0.2", "0.3", "--std", "1", "2", "3", "--input-size", "3", "32",
               "32", "--opt-betas", "0.8", "0.99", "--scale", "0.5", "1.0", "--ratio", "0.9", "1.1", "--lr-noise", "0.4",
-              "0.9", "--cutmix-minmax", "0.2", "0.8", "--decay-milestones", "10", "20"]
+              "0.9", "--cutmix-minmax", "0.2", "0.8", "--decay-milestones", "10", "20", "--firing-thresholds", "0.5"]
 
 
 @pytest.mark.parametrize("make_parser, extra", [(main.make_parser, ["--exit-sweep", "0.5,0.9,inf"]),
@@ -72,3 +72,66 @@ def test_one_scripts_args_yaml_runs_another(tmp_path, caplog):
     (tmp_path / "bad.yaml").write_text("finetune_checkpoint: x\nmlp_ration: 4\n")
     with pytest.raises(ConfigError, match="unknown config key 'mlp_ration'"):
         parse_args(firing_num.make_parser(), ["-c", str(tmp_path / "bad.yaml")], foreign_keys=project_option_dests())
+
+
+def test_a_run_s_args_yaml_does_not_restart_it_at_the_recorded_epoch(tmp_path, caplog):
+    """train.py -c RUN/args.yaml --resume RUN/last.pth.tar went on at the start_epoch recorded (and into a new
+    folder); the recorded resume would resume from an old checkpoint. A hand-written config still sets both."""
+    import logging
+
+    import firing_num
+    from engine.run import project_option_dests
+
+    caplog.set_level(logging.INFO)
+    run = parse_args(main.make_parser(), ["--resume", "old/last.pth.tar", "--start-epoch", "2",
+                                          "--initial-checkpoint", "start.pth.tar"])
+    dump_args(run, tmp_path / "args.yaml")
+    parser = main.make_parser()
+    args = parse_args(parser, ["-c", str(tmp_path / "args.yaml"), "--resume", "run/last.pth.tar"])
+    warn_inert_flags(args, parser)
+    assert (args.start_epoch, args.resume, args.initial_checkpoint) == (None, "run/last.pth.tar", "start.pth.tar")
+    assert "not applying start_epoch 2 (keys that only meant the start of that run" in caplog.text
+    args = parse_args(main.make_parser(), ["-c", str(tmp_path / "args.yaml"), "--start-epoch", "1"])
+    assert (args.start_epoch, args.resume) == (1, "")
+    (tmp_path / "hand.yml").write_text("start_epoch: 3\nresume: old/last.pth.tar\n")
+    args = parse_args(main.make_parser(), ["-c", str(tmp_path / "hand.yml")])
+    assert (args.start_epoch, args.resume) == (3, "old/last.pth.tar")
+    evaluation = parse_args(firing_num.make_parser(), ["--resume", "best.pth.tar"])  # the checkpoint it evaluated
+    dump_args(evaluation, tmp_path / "eval.yaml")
+    again = ["-c", str(tmp_path / "eval.yaml")]
+    assert parse_args(firing_num.make_parser(), again).resume == "best.pth.tar"
+    assert parse_args(main.make_parser(), again, foreign_keys=project_option_dests()).resume == ""
+
+
+@pytest.mark.parametrize("make_parser", [main.make_parser, finetune.make_parser, "firing_num"])
+def test_no_use_ema_takes_back_a_finetune_run_s_use_ema(tmp_path, make_parser):
+    """finetune.py's use_ema (start from the EMA weights) reads as "evaluate the EMA weights" in test.py and
+    main.py, which failed on a checkpoint without them and had no --no-use-ema."""
+    from engine.run import project_option_dests
+
+    if make_parser == "firing_num":
+        import firing_num
+
+        make_parser = firing_num.make_parser
+    tuned = parse_args(finetune.make_parser(), ["--finetune-checkpoint", "x.pth.tar", "--use-ema"])
+    dump_args(tuned, tmp_path / "args.yaml")
+    config = ["-c", str(tmp_path / "args.yaml")]
+    assert parse_args(make_parser(), config, foreign_keys=project_option_dests()).use_ema is True
+    assert parse_args(make_parser(), [*config, "--no-use-ema"], foreign_keys=project_option_dests()).use_ema is False
+
+
+def test_an_empty_skip_lowest_takes_back_the_config_s_rule(tmp_path):
+    """main.py -c sk.yml --skip-blocks 0, sk.yml holding skip_lowest: 2, was "two skip rules" with no way out."""
+    from engine.aster import resolve_skip
+
+    (tmp_path / "sk.yml").write_text("skip_lowest: 2\nlayer: 2\n")
+    args = parse_args(main.make_parser(), ["-c", str(tmp_path / "sk.yml"), "--skip-lowest", "", "--skip-blocks", "0"])
+    assert args.skip_lowest is None and resolve_skip(args).blocks == [0]
+
+
+@pytest.mark.parametrize("make_parser", [main.make_parser, finetune.make_parser])
+def test_aster_s_firing_thresholds_is_accepted_and_has_no_effect(make_parser, caplog):
+    parser = make_parser()
+    args = parse_args(parser, ["--firing-thresholds", "0.5", "0.9"])
+    warn_inert_flags(args, parser)
+    assert args.firing_thresholds == [0.5, 0.9] and "--firing-thresholds has no effect" in caplog.text

@@ -35,6 +35,12 @@ def test_amp_switches_as_the_reference_without_apex():
     assert parse_args(_parser(), ["--apex-amp"]).amp is False
 
 
+def test_a_config_s_native_amp_does_not_beat_no_amp_on_the_command_line(tmp_path):
+    cfg = _yaml(tmp_path, "native_amp: true\n")
+    assert parse_args(_parser(), ["-c", cfg, "--no-amp"]).amp is False
+    assert parse_args(_parser(), ["-c", cfg]).amp is True
+
+
 def test_precedence_cli_over_yaml_over_default(tmp_path):
     cfg = _yaml(tmp_path, "lr: 3e-4\nepochs: 7\nmodel-ema: true\n")
     args = parse_args(_parser(), ["-c", cfg, "--epochs", "9"])
@@ -48,6 +54,21 @@ def test_unknown_key_names_key_and_closest(tmp_path):
     cfg = _yaml(tmp_path, "mlp_ration: 4\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'mlp_ration'.*mlp_ratio"):
         load_config(cfg, _parser())
+
+
+@pytest.mark.parametrize("key, closest", [("tet", "TET"), ("depths", "layer"), ("embed_dims", "dim"),
+                                          ("T", "time_steps"), ("no_TET", "TET")])
+def test_closest_keys_ignore_case_and_know_the_model_s_argument_names(tmp_path, key, closest):
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}' .*; closest known keys: {closest}(,|$)"):
+        load_config(_yaml(tmp_path, f"{key}: 1\n"), _parser())
+
+
+def test_every_name_of_an_option_is_a_key(tmp_path):
+    cfg = load_config(_yaml(tmp_path, "dr: 0.5\nb: 7\nvb: 8\nj: 1\nd: digits\nlocal-rank: 2\n"), _parser())
+    assert cfg == {"decay_rate": 0.5, "batch_size": 7, "val_batch_size": 8, "workers": 1, "dataset": "digits",
+                   "local_rank": 2}
+    with pytest.raises(ConfigError, match="config key 'decay-rate' .* is given twice \\(also as 'dr'"):
+        load_config(_yaml(tmp_path, "dr: 0.5\ndecay-rate: 0.1\n"), _parser())
 
 
 @pytest.mark.parametrize("text, match", [
@@ -65,6 +86,12 @@ def test_unknown_key_names_key_and_closest(tmp_path):
     ("experiment: 2024\n", "'experiment': expected text, got the int 2024"),
     ("experiment: 2024-01-05\n", "'experiment': expected text, got the date"),
     ("experiment: yes\n", "'experiment': expected text, got the bool True"),
+    ("dvs_raw_dir: 2024-01-05\n", "'dvs_raw_dir': expected text, got the date"),  # text options of default None
+    ("dvs_split_file: 2024\n", "'dvs_split_file': expected text, got the int 2024"),
+    ("aa: off\n", "'aa': expected text, got the bool False"),
+    ("gp: 5\n", "'gp': expected text"),
+    ("train_split_path: 5\n", "'train_split_path': expected text"),
+    ("torchcompile: 1\n", "'torchcompile': expected text"),
     ("scale: null\n", "'scale': null is not a value here"),
 ])
 def test_bad_values_are_errors(tmp_path, text, match):
@@ -81,8 +108,41 @@ def test_a_merge_key_is_yaml_not_a_repeated_key(tmp_path):
 def test_tet_is_a_real_boolean():
     assert parse_args(_parser(), ["--TET"]).TET is True
     assert parse_args(_parser(), ["--no-TET"]).TET is False
+    assert parse_args(_parser(), ["--TET", "--lr", "0.1"]).TET is True
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--TET", "False"], "--TET False: --TET is a flag and takes no value .*; write --TET for true and --no-TET "
+                         "for false"),
+    (["--TET", "true"], "--TET true: .* write --TET for true and --no-TET for false"),
+    (["--TET=True"], "--TET True: .* write --TET for true and --no-TET for false"),
+    (["--no-aug", "0"], "--no-aug 0: .* write --no-aug for true and --aug for false"),
+])
+def test_a_flag_given_a_value_is_one_error_naming_both_spellings(argv, message):
+    """The reference's ``--TET False`` (type=bool) was an argparse usage text and 'unrecognized arguments: False'."""
+    with pytest.raises(ConfigError, match=message):
+        parse_args(_parser(), argv)
+
+
+def test_the_command_line_takes_back_a_config_s_no_flags(tmp_path):
+    cfg = _yaml(tmp_path, "no_aug: true\nno_prefetcher: true\nno_resume_opt: true\n")
+    for argv, expected in (([], True), (["--aug", "--prefetcher", "--resume-opt"], False)):
+        args = parse_args(_parser(), ["-c", cfg, *argv])
+        assert (args.no_aug, args.no_prefetcher, args.no_resume_opt) == (expected, expected, expected)
+    assert parse_args(_parser(), ["--no-aug"]).no_aug is True and parse_args(_parser(), []).no_aug is False
+
+
+def test_an_empty_value_sets_a_none_default_back_to_none(tmp_path):
+    options = {"start_epoch": 3, "clip_grad": 1.0, "opt_eps": 1e-8, "img_size": 32, "dvs_split_seed": 4,
+               "dvs_raw_dir": "raw", "aa": "rand-m9-n1-mstd0.4-inc1", "torchcompile": "inductor"}
+    cfg = _yaml(tmp_path, "".join(f"{dest}: {value!r}\n" for dest, value in options.items()))
+    assert {dest: getattr(parse_args(_parser(), ["-c", cfg]), dest) for dest in options} == options
+    argv = [token for dest in options for token in ("--" + dest.replace("_", "-"), "")]
+    args = parse_args(_parser(), ["-c", cfg, *argv])
+    assert all(getattr(args, dest) is None for dest in options)
+    assert load_config(_yaml(tmp_path, "start_epoch: ''\n"), _parser()) == {"start_epoch": None}
     with pytest.raises(SystemExit):
-        parse_args(_parser(), ["--TET", "False"])
+        parse_args(_parser(), ["--start-epoch", "x"])
 
 
 @pytest.mark.parametrize("argv", [["-data-dir", "/x"], ["--data-dir", "/x"], ["-c", "{cfg}"]])

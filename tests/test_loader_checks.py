@@ -1,5 +1,5 @@
 """Data set-ups that used to go wrong silently or mid-run: a batch larger than the training set, an odd batch with
-mixup, --mixup-off-epoch with long-lived workers, concurrent --download, a head larger than the labels."""
+mixup, --mixup-off-epoch with long-lived workers, concurrent --download, a head larger than the labels, -j -1."""
 import logging
 import re
 import threading
@@ -176,3 +176,12 @@ def test_an_odd_batch_without_mixing_is_accepted(tmp_path):
     from engine.validate import check_run_args
 
     check_run_args(tiny_args(tmp_path, "-b", "63", "--mixup", "0", "--cutmix", "0"), True)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_negative_workers_is_refused_before_the_loaders(tmp_path, train):
+    """-j -1 reached the loaders: a misleading transform error (images) or DataLoader's ValueError (event frames)."""
+    from engine.validate import check_run_args
+
+    with pytest.raises(ConfigError, match=r"^-j/--workers -1 is negative; give 0 \(load in the main process\)"):
+        check_run_args(tiny_args(tmp_path, "-j", "-1"), train)
