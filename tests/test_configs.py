@@ -168,5 +168,6 @@ def test_sizes_on_the_command_line_beat_the_config_s_input_size(tmp_path, config
 def test_input_size_contradicted_at_the_same_level_is_refused(tmp_path, config_text, argv, where):
     config = tmp_path / "input_size.yml"
     config.write_text(config_text or "{}\n")
-    with pytest.raises(ConfigError, match=rf"--input-size 3 32 32 disagrees with .*both {where}; give the size one way"):
+    message = rf"--input-size 3 32 32 disagrees with .*both {where}; give the size one way"
+    with pytest.raises(ConfigError, match=message):
         _parse(config, *argv)
