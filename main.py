@@ -78,7 +78,7 @@ def _validate_only(args: argparse.Namespace, parser: argparse.ArgumentParser, ho
         if args.study_max_skip is not None and not 0 <= args.study_max_skip <= args.layer:
             raise ConfigError(f"--study-max-skip {args.study_max_skip} must be between 0 and the number of blocks "
                               f"({args.layer})")
-        rates = read_firing_rates(args.log_file, args.layer, args.time_steps)
+        rates = read_firing_rates(args.log_file, args.layer, args.time_steps, args.attention_mode)
     s = setup_evaluation(args, parser, hooks)
     args.output = evaluation_output_root(args, parser, os.path.join("output", "aster"))
     output_dir = resolve_output_dir(args)

@@ -144,20 +144,21 @@ def check_exit_args(args: argparse.Namespace) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- skip
-def read_firing_rates(path: str, depths: int, T: int) -> dict[str, dict[str, float]]:
-    """:func:`engine.firing.load_firing_rates`, checked against a model of ``depths`` blocks and ``T`` steps.
+def read_firing_rates(path: str, depths: int, T: int, attention_mode: str | None = None) -> dict[str, dict[str, float]]:
+    """:func:`engine.firing.load_firing_rates`, checked against a model of ``depths`` blocks, ``T`` steps and
+    ``attention_mode`` (None: either mode's key, :func:`engine.skip.block_attention_rates`).
 
     Raises:
         ConfigError: naming the file, for every problem with it.
     """
     try:
         rates = load_firing_rates(Path(path))
-        block_attention_rates(rates, depths)
+        block_attention_rates(rates, depths, attention_mode)
     except (OSError, ValueError) as exc:
         message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         raise ConfigError(f"--log-file: {message}") from None
-    while len(rates) > T and not rates[f"t{len(rates) - 1}"]:  # the reference's firing_num.py always wrote
-        del rates[f"t{len(rates) - 1}"]  # "t0".."t3", leaving the steps of a T < 4 model empty
+    while rates and not rates[next(reversed(rates))]:  # the reference's firing_num.py always wrote "t0".."t3",
+        rates.popitem()  # leaving the steps of a T < 4 model empty: they are not its steps
     if len(rates) != T:
         raise ConfigError(f"--log-file: {path} holds the rates of {len(rates)} time steps, the model runs "
                           f"--time-steps {T}; measure them with firing_num.py at the same T")
@@ -186,10 +187,11 @@ def resolve_skip(args: argparse.Namespace) -> SkipDecision | None:
                           f"by firing_num.py)")
     if args.auto_skip and math.isnan(args.skip_threshold):
         raise ConfigError("--skip-threshold nan is not a threshold; give a number")
-    rates = read_firing_rates(args.log_file, args.layer, args.time_steps) if args.log_file else None
+    mode = args.attention_mode
+    rates = read_firing_rates(args.log_file, args.layer, args.time_steps, mode) if args.log_file else None
     try:
         return select_skip_blocks(args.layer, rates, threshold=args.skip_threshold if args.auto_skip else None,
-                                  lowest=args.skip_lowest, explicit=args.skip_blocks)
+                                  lowest=args.skip_lowest, explicit=args.skip_blocks, attention_mode=mode)
     except ValueError as exc:
         source = f" (rates from {args.log_file})" if args.log_file else ""
         raise ConfigError(f"{given[0]}: {exc}{source}") from None
@@ -427,7 +429,7 @@ def run_study(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Names
     before, rows = bare.skip_blocks, []
     try:
         for k in range(max_skip + 1):
-            blocks = select_skip_blocks(bare.depths, rates, lowest=k).blocks
+            blocks = select_skip_blocks(bare.depths, rates, lowest=k, attention_mode=bare.attention_mode).blocks
             bare.skip_blocks = blocks
             result = evaluate_aster(model, loader, loss_fn, args, thresholds=thresholds,
                                     metric=metric, log_suffix=f" (skip {k})")

@@ -16,28 +16,47 @@ __all__ = ["SkipDecision", "block_attention_rates", "select_skip_blocks"]
 
 _logger = logging.getLogger(__name__)
 _ATTENTION_KEY = re.compile(r"MS_SSA_Conv(\d+)_")
+_RATED_KEY = {"SDT": "_x_after_qkv", "STAtten": "_after_qkv"}  # per attention mode, the rated tensor's hook key
 
 
-def block_attention_rates(rates: dict[str, dict[str, float]], depths: int) -> list[float]:
-    """Mean over the time steps present of each block's attention-output firing rate.
+def block_attention_rates(rates: dict[str, dict[str, float]], depths: int,
+                          attention_mode: str | None = None) -> list[float]:
+    """Mean over the time steps present of each block's attention-output firing rate: ``_x_after_qkv`` for an
+    ``SDT``-mode model, ``_after_qkv`` for a ``STAtten``-mode one (the reference's keys; either when
+    ``attention_mode`` is None).
 
     Raises:
-        ValueError: the rates lack a block of the model, or hold a block it does not have (a deeper model's).
+        ValueError: the rates lack a block of the model, hold a block it does not have (a deeper model's), or hold
+            only the other attention mode's key.
     """
     deepest = max((int(m.group(1)) for per_key in rates.values() for k in per_key
                    if (m := _ATTENTION_KEY.match(k))), default=-1)
     if deepest >= depths:
         raise ValueError(f"the firing rates hold MS_SSA_Conv{deepest}_* keys, so they come from a model with at "
                          f"least {deepest + 1} blocks, not {depths}; measure this model's rates with firing_num.py")
+    suffixes = [_RATED_KEY[attention_mode]] if attention_mode else list(_RATED_KEY.values())
     per_block = []
     for layer in range(depths):
-        keys = (f"MS_SSA_Conv{layer}_x_after_qkv", f"MS_SSA_Conv{layer}_after_qkv")
+        keys = [f"MS_SSA_Conv{layer}{suffix}" for suffix in suffixes]
         values = [per_key[k] for per_key in rates.values() for k in keys if k in per_key]
         if not values:
-            raise ValueError(f"the firing rates have no {keys[0]} (or {keys[1]}) for block {layer}; they must come "
-                             f"from an un-skipped model with {depths} blocks")
+            raise ValueError(_missing_block_message(rates, layer, keys, depths, attention_mode))
         per_block.append(sum(values) / len(values))
     return per_block
+
+
+def _missing_block_message(rates: dict[str, dict[str, float]], layer: int, keys: list[str], depths: int,
+                           attention_mode: str | None) -> str:
+    """Why block ``layer`` has none of ``keys``: the rates are of the other attention mode, or of another model."""
+    other = [mode for mode, suffix in _RATED_KEY.items()
+             if any(f"MS_SSA_Conv{layer}{suffix}" in per_key for per_key in rates.values())]
+    if other:
+        return (f"the firing rates hold MS_SSA_Conv{layer}{_RATED_KEY[other[0]]}, the rate of attention mode "
+                f"{other[0]}, but the model runs attention mode {attention_mode} (rated by {keys[0]}); measure this "
+                "model's rates with firing_num.py")
+    wanted = keys[0] if len(keys) == 1 else f"{keys[0]} (or {keys[1]})"
+    return (f"the firing rates have no {wanted} for block {layer}; they must come from an un-skipped model with "
+            f"{depths} blocks")
 
 
 @dataclass
@@ -54,16 +73,19 @@ class SkipDecision:
 
 
 def select_skip_blocks(depths: int, rates: dict[str, dict[str, float]] | None = None, threshold: float | None = None,
-                       lowest: int | None = None, explicit: list[int] | None = None) -> SkipDecision:
+                       lowest: int | None = None, explicit: list[int] | None = None,
+                       attention_mode: str | None = None) -> SkipDecision:
     """Pick the blocks to skip by ``threshold`` (rate <= X), ``lowest`` (K lowest rates) or an ``explicit`` list.
 
-    Exactly one rule must be given; ``rates`` is required by the first two.  The decision is logged block by block.
+    Exactly one rule must be given; ``rates`` is required by the first two and must be of a model in
+    ``attention_mode`` (:func:`block_attention_rates`).  The decision is logged block by block.
     """
     rules = [name for name, value in (("threshold", threshold), ("lowest", lowest), ("explicit", explicit))
              if value is not None]
     if len(rules) != 1:
         raise ValueError(f"give exactly one skip rule (threshold, lowest or explicit), got {rules or 'none'}")
-    block_rates = block_attention_rates(rates, depths) if rates is not None else [float("nan")] * depths
+    block_rates = (block_attention_rates(rates, depths, attention_mode) if rates is not None
+                   else [float("nan")] * depths)
     if explicit is not None:
         bad = [b for b in explicit if not 0 <= b < depths]
         if bad:

@@ -2,8 +2,8 @@
 
 JSON inputs (docs/hw.md):
 
-* skip list: ``{"skipped_blocks": [int, ...]}`` (``engine.skip.SkipDecision.as_dict()`` writes this; other keys
-  are ignored);
+* skip list: ``{"skipped_blocks": [int, ...]}`` (``engine.skip.SkipDecision.as_dict()`` writes this; an optional
+  ``depths``, which ``main.py`` adds, must be the trace's block count; other keys are ignored);
 * exit steps: ``{"exit_steps": [t in 1..T per sample], "sample_ids": [trace sample id, ...]}`` (``sample_ids``
   defaults to 0..n-1; an optional ``T`` must match the trace; ``engine.early_exit``'s ``exit_record()`` writes
   this), or ``{"portion": [fraction exiting at t = 1..T]}`` for statistical mode only;
@@ -31,8 +31,12 @@ __all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "check_exit_
 
 
 def load_skip_json(path: str | Path, depths: int) -> set[int]:
-    """Blocks whose attention branch is skipped; out-of-range or non-integer entries name the file and field."""
+    """Blocks whose attention branch is skipped; out-of-range or non-integer entries, or a recorded ``depths``
+    (``main.py`` writes it) other than the traced model's, name the file and field."""
     d = read_mapping(path, "JSON", "the skip file")
+    if "depths" in d and not (_is_int(d["depths"]) and d["depths"] == depths):
+        raise HwInputError(f"{path}: field 'depths' is {d['depths']!r}, but the traced model has {depths} blocks: "
+                           "the skip list is of another model; pass the skip.json of a run of the traced model")
     blocks = d.get("skipped_blocks")
     if not isinstance(blocks, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in blocks):
         raise HwInputError(f"{path}: field 'skipped_blocks' must be a list of block indices, got {blocks!r}")
@@ -106,11 +110,14 @@ def _exit_predictions(d: dict, path: str | Path) -> dict[int, tuple[int, int]] |
 
 def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, skip: set[int]) -> None:
     """An exit file's content ``d`` must come from the traced samples and model: the labels it records for the
-    trace's sample ids must be the trace's, and the blocks it records as skipped (``main.py`` writes
-    ``skipped_blocks``) those the trace and the skip list skip.
+    trace's sample ids must be the trace's, the blocks it records as skipped (``main.py`` writes
+    ``skipped_blocks``) those the trace and the skip list skip, and, unless the skip list skips blocks the trace
+    ran (a what-if, whose exits come from another model than the trace's), the prediction it records for each
+    traced sample the trace's at that sample's exit step.
 
     Raises:
-        HwInputError: naming the first sample or the blocks that differ, and what to pass instead.
+        HwInputError: naming the first sample, the blocks or the number of predictions that differ, and what to
+            pass instead.
     """
     labels = d.get("labels")
     if isinstance(labels, list) and isinstance(d.get("exit_steps"), list) and len(labels) == len(d["exit_steps"]):
@@ -125,6 +132,23 @@ def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, ski
         raise HwInputError(f"{path}: its model skipped the attention of blocks {sorted(skipped)}, but the trace and "
                            f"--skip-json skip {sorted(skip)}: pass that run's skip.json with --skip-json (or a trace "
                            f"of the model that wrote the exit file)")
+    if skip == set(reader.meta.skipped_blocks):
+        _check_exit_predictions(d, path, reader)
+
+
+def _check_exit_predictions(d: dict, path: str | Path, reader: TraceReader) -> None:
+    """Each traced sample's prediction in the exit file must be the trace's at its exit step (same model)."""
+    predictions = _exit_predictions(d, path)
+    if predictions is None:
+        return
+    steps = dict(zip(d.get("sample_ids", range(len(d["exit_steps"]))), d["exit_steps"]))
+    shared = [s for s in reader.meta.samples if s.id in predictions]
+    differ = [s.id for s in shared if predictions[s.id][0] != s.pred_per_step[steps[s.id] - 1]]
+    if differ:
+        raise HwInputError(f"{path}: the predictions of {len(differ)} of the {len(shared)} traced samples (first: "
+                           f"sample {differ[0]}) differ from the trace's at their exit steps: the exit file comes "
+                           f"from another model than {reader.dir} (another checkpoint); pass the exit file of the "
+                           "run that exported the trace")
 
 
 def exit_weights(portion: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from engine.atomic import atomic_open
 from .fork_format import LABELS, RUN_TOTAL, TOTAL
-from .tables import overall_means, read_csv
+from .tables import free_folder, overall_means, read_csv
 
 __all__ = ["FIGURES", "plot_tables"]
 
@@ -200,10 +200,12 @@ def _file_prefixes(sources: list[str]) -> dict[str, str]:
 
 
 def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> list[Path]:
-    """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir``; PNG paths.
+    """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir`` into ``out_dir``, or
+    into the first free ``<out_dir>-N`` if it already holds figures (``tables.free_folder``); PNG paths.
 
     Raises:
-        ValueError: a table is not as 'parse' writes it (see ``read_csv``), or the tables have no rows.
+        ValueError: a table is not as 'parse' writes it (see ``read_csv``), the tables have no rows, or ``out_dir``
+            is a file.
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
     tables = {name: read_csv(tables_dir / f"{name}.csv")
@@ -217,6 +219,7 @@ def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> l
         if source not in sources:
             raise ValueError(f"source {source!r} not in the tables; they have {sources}")
         sources = [source]
+    out_dir = free_folder(out_dir, (f"*_{name}.png" for name in FIGURES), "the figures of an earlier plot")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src in sources:

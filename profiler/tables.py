@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_open
+from engine.atomic import atomic_open, numbered_paths
 from .capture import Capture
 from .fork_format import LABELS
 from .records import Record
 
-__all__ = ["TABLES", "overall_means", "read_csv", "summary_lines", "write_csv", "write_tables"]
+__all__ = ["TABLES", "free_folder", "overall_means", "read_csv", "summary_lines", "write_csv", "write_tables"]
 
 _logger = logging.getLogger(__name__)
 
@@ -205,17 +205,38 @@ def read_csv(path: Path) -> list[dict]:
     return rows
 
 
-def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
-    """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir``.
+def free_folder(out_dir: Path, names: Iterable[str], what: str) -> Path:
+    """``out_dir``, or ``<out_dir>-1``, ``-2``, ... (the first free one, logged) if it already holds files matching
+    one of the glob patterns ``names`` (``what`` an earlier command wrote): as ``run``, ``hw.run`` and the
+    evaluation scripts, a new output never replaces an earlier one.
 
     Raises:
-        ValueError: no capture has a complete run (nothing is written: tables already in ``out_dir`` stay).
+        ValueError: ``out_dir`` is a file.
+    """
+    out_dir, names = Path(out_dir), list(names)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file: give a folder")
+    path = next(path for path in numbered_paths(out_dir) if not path.exists()
+                or path.is_dir() and not any(next(path.glob(name), None) for name in names))
+    if path != out_dir:
+        _logger.warning("%s already holds %s; writing to %s", out_dir, what, path)
+    return path
+
+
+def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
+    """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir``, or into the first
+    free ``<out_dir>-N`` if it already holds tables (:func:`free_folder`).
+
+    Raises:
+        ValueError: no capture has a complete run (nothing is written: tables already in ``out_dir`` stay), or
+            ``out_dir`` is a file.
     """
     captures = list(captures)
     out_dir = Path(out_dir)
     if not any(capture.runs for capture in captures):
         reasons = "; ".join(f"{capture.source}: {capture.unusable()}" for capture in captures)
         raise ValueError(f"no complete run to tabulate, nothing written to {out_dir}: {reasons}")
+    out_dir = free_folder(out_dir, (f"{name}.csv" for name in TABLES), "the tables of an earlier parse")
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (make_rows, columns) in TABLES.items():

@@ -170,6 +170,23 @@ def test_rates_of_a_deeper_model_are_rejected():
         select_skip_blocks(2, RATES, lowest=1)
 
 
+@pytest.mark.parametrize("mode, other", [("SDT", "STAtten"), ("STAtten", "SDT")])
+def test_rates_of_the_other_attention_mode_are_refused(tmp_path, mode, other):
+    """An SDT-mode model ranked its blocks by a STAtten-mode model's _after_qkv rates (and the reverse): the two
+    keys were taken interchangeably.  Each mode is rated by its own key only."""
+    key = {"SDT": "MS_SSA_Conv0_x_after_qkv", "STAtten": "MS_SSA_Conv0_after_qkv"}
+    path = tmp_path / "firing.json"
+    _firing_json(path, {"t0": {key[other]: 0.1}, "t1": {key[other]: 0.2}})
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{path}: the firing rates hold {key[other]}, the rate of attention mode {other}, but the model runs "
+            f"attention mode {mode} (rated by {key[mode]})")):
+        read_firing_rates(str(path), 1, 2, mode)
+    assert read_firing_rates(str(path), 1, 2, other) == {"t0": {key[other]: 0.1}, "t1": {key[other]: 0.2}}
+    assert select_skip_blocks(1, {"t0": {key[mode]: 0.1}}, lowest=1, attention_mode=mode).rates == [0.1]
+    with pytest.raises(ValueError, match=f"runs attention mode {mode}"):
+        select_skip_blocks(1, {"t0": {key[other]: 0.1}}, lowest=1, attention_mode=mode)
+
+
 def _firing_json(path, rates, T=None):
     path.write_text(json.dumps({"format": "firing-rates/1", "T": len(rates) if T is None else T,
                                 "firing_rate": rates}))
@@ -229,6 +246,19 @@ def test_reference_log_of_a_short_model_reads_its_steps(tmp_path):
     assert read_firing_rates(str(path), 1, 3) == {"t0": {key: 0.1}, "t1": {key: 0.2}, "t2": {key: 0.3}}
     with pytest.raises(ConfigError, match="holds the rates of 3 time steps"):
         read_firing_rates(str(path), 1, 2)
+
+
+def test_reference_log_of_a_short_model_is_refused_by_a_longer_model(tmp_path):
+    """Trailing empty steps were dropped only beyond T, so a T=2 model's reference log (t2, t3 empty) passed as
+    the rates of a T=4 model."""
+    from _aster_helpers import reference_log
+
+    key = "MS_SSA_Conv0_x_after_qkv"
+    path = tmp_path / "sdt.log"
+    path.write_text(reference_log({"t0": {key: 0.1}, "t1": {key: 0.2}, "t2": {}, "t3": {}}))
+    with pytest.raises(ConfigError, match=re.escape(f"{path} holds the rates of 2 time steps, the model runs "
+                                                    "--time-steps 4")):
+        read_firing_rates(str(path), 1, 4)
 
 
 def test_nan_thresholds_are_rejected():

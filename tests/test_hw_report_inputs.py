@@ -168,6 +168,27 @@ def test_statistical_mode_takes_top1_at_exit_from_every_sample_of_the_exit_file(
     assert accuracy["accuracy_source"] == {"top1_all_steps": "trace", "top1_at_exit": "exit file"}
 
 
+def test_an_exit_file_of_another_model_is_one_error_unless_the_run_is_a_what_if(tmp_path, trace, caplog,
+                                                                               monkeypatch):
+    """Only T, labels and skipped blocks were compared, so another checkpoint's exit file was simulated as the
+    trace's; its predictions at the exit steps are not the trace's (a what-if's exits are another model's)."""
+    exits = {"exit_steps": [2, 4], "sample_ids": [0, 1], "predictions": [1, 0], "labels": LABELS}
+    other = _json(tmp_path / "other.json", {**exits, "skipped_blocks": []})
+    simulate_ = hw.run.simulate
+    monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite another model's exits"))
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(trace), "--exit-json", other, "--out", str(tmp_path / "o")]) == 2
+    assert len(caplog.records) == 1
+    assert (f"{other}: the predictions of 1 of the 2 traced samples (first: sample 1) differ from the trace's at "
+            f"their exit steps: the exit file comes from another model than {trace}") in caplog.text
+    monkeypatch.setattr(hw.run, "simulate", simulate_)
+    skip = _json(tmp_path / "skip.json", {"skipped_blocks": [1]})
+    what_if = _json(tmp_path / "what_if.json", {**exits, "skipped_blocks": [1]})
+    assert _accuracy(tmp_path, trace, "--skip-json", skip, "--exit-json", what_if)["top1_at_exit"] == 50.0
+    same = _json(tmp_path / "same.json", {**exits, "predictions": LABELS})
+    assert _accuracy(tmp_path, trace, "--exit-json", same)["top1_at_exit"] == 100.0
+
+
 @pytest.mark.parametrize("field,values", [("predictions", [1]), ("labels", [1]), ("predictions", [1, True]),
                                           ("predictions", "12")])
 def test_malformed_exit_predictions_are_one_error_before_simulating(tmp_path, trace, caplog, monkeypatch, field,

@@ -117,6 +117,22 @@ def test_cli_reports_bad_input(tmp_path, trace, caplog):
     assert "skipped_blocks" in caplog.text and "skip.json" in caplog.text
 
 
+def test_a_skip_list_of_a_model_of_another_depth_is_refused(tmp_path, trace, caplog, monkeypatch):
+    """main.py's skip.json records the model's 'depths', which was ignored: a deeper model's skip list whose
+    blocks the trace also has was applied to it."""
+    depths = Workload.open(trace).meta.model["depths"]
+    path = tmp_path / "skip.json"
+    path.write_text(json.dumps({"skipped_blocks": [0], "depths": depths}))
+    assert Workload.open(trace, skip_json=path).skip == {0}
+    path.write_text(json.dumps({"skipped_blocks": [0], "depths": depths + 2}))
+    monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite another model's skips"))
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(trace), "--skip-json", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert len(caplog.records) == 1
+    assert (f"{path}: field 'depths' is {depths + 2}, but the traced model has {depths} blocks: the skip list is of "
+            "another model") in caplog.text
+
+
 def test_out_that_is_a_file_fails_before_simulating(tmp_path, trace, caplog, monkeypatch):
     monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite a bad --out"))
     (tmp_path / "taken").write_text("keep me")

@@ -42,12 +42,15 @@ def test_early_exit_after_training_evaluates_the_ema_weights(tmp_path):
     (["--exit-sweep", "nan,0.5,inf"], "--exit-sweep holds nan"),
     (["--epochs", "0"], "--epochs 0: training needs at least 1 epoch"),
     (["--use-ema"], "--use-ema works with --validate-only/--study"),
+    (["--skip-lowest", "1", "--log-file", "{tmp}/statten.log"], "the rate of attention mode STAtten, but the model "
+                                                                 "runs attention mode SDT"),
 ])
 def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, message):
     deep = {t: {**rates, "MS_SSA_Conv2_x_after_qkv": 0.1} for t, rates in RATES.items()}
     (tmp_path / "deep.json").write_text(json.dumps({"format": "firing-rates/1", "T": T, "firing_rate": deep}))
     (tmp_path / "sdt.log").write_text(reference_log(RATES))
     (tmp_path / "na.log").write_text(reference_log(RATES).replace("0.004", '"n/a"'))
+    (tmp_path / "statten.log").write_text(reference_log(RATES).replace("_x_after_qkv", "_after_qkv"))
     before = snapshot(tmp_path)
     status, _ = run_main(tmp_path, *[f.format(tmp=tmp_path) for f in flags])
     err = capfd.readouterr().err
@@ -55,7 +58,7 @@ def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, m
     assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert message in lines[0], lines[0]
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "na.log",
-                                                                                             "sdt.log"]
+                                                                                             "sdt.log", "statten.log"]
 
 
 def test_skip_flags_are_checked_against_a_named_variants_blocks(tmp_path, capfd):

@@ -1,4 +1,5 @@
 """profiler.capture / profiler.tables on the fork's real captures and on the old cap8 layout."""
+import logging
 import re
 from dataclasses import replace
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from profiler.capture import load_capture
+from profiler.cli import main
 from profiler.fork_format import LABELS, parse_line, render_record
 from profiler.records import Record
 from profiler.tables import TABLES, attention_chunks, layer_sparsity, model_times, read_csv, write_tables
@@ -121,6 +123,28 @@ def test_cap8_layout_grouped_by_layer_not_by_consecutive_executions(tmp_path):
     # the reference grouped executions 1-10 as "Encoder 1": it would have mixed layers 0-7 and 0-1
     consecutive = np.mean([(i % 8) / 100 + (i // 8) / 1000 for i in range(10)])
     assert consecutive != pytest.approx(rows[(0, "q")]["mean"])
+
+
+def test_parse_and_plot_into_a_used_folder_write_the_next_free_one(tmp_path, caplog):
+    """parse and plot silently replaced the tables and figures of an earlier parse or plot in --out; they now move
+    to <out>-1, <out>-2, ... as run, hw.run and the evaluation scripts do, and log the folder used."""
+    capture = tmp_path / "cap8.txt"
+    capture.write_text("\n".join(cap8_lines(16)) + "\n")
+    tables, plots = tmp_path / "tables", tmp_path / "plots"
+    with caplog.at_level(logging.INFO):
+        for _ in range(2):
+            main(["parse", str(capture), "--out", str(tables)])
+            main(["plot", str(tables), "--out", str(plots)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap8.txt", "plots", "plots-1", "tables", "tables-1"]
+    for first, second in ((tables, tmp_path / "tables-1"), (plots, tmp_path / "plots-1")):
+        assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
+    assert f"{tables} already holds the tables of an earlier parse; writing to {tmp_path / 'tables-1'}" in caplog.text
+    assert f"{plots} already holds the figures of an earlier plot; writing to {tmp_path / 'plots-1'}" in caplog.text
+    assert f"wrote {len(TABLES)} tables to {tmp_path / 'tables-1'}" in caplog.text
+    (tmp_path / "tables-2").mkdir()
+    (tmp_path / "tables-2" / "notes.txt").write_text("not a table")
+    main(["parse", str(capture), "--out", str(tables)])
+    assert (tmp_path / "tables-2" / "runs.csv").is_file()
 
 
 def test_every_label_round_trips_through_the_line_format():
