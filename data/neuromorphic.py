@@ -135,17 +135,24 @@ class TETCifar10DVS(DVSFrameDataset):
     """SDT's ``cifar10-dvs-tet``: ``<root>/{train,test}/<i>.pt`` files holding ``(data [C, H, W, T], target)``.
 
     Frames are resized per step to ``img_size`` bilinearly on tensors (the reference went through an 8-bit PIL
-    image). Labels are read lazily from the files (``targets`` is None until :meth:`load_targets`, which
-    :func:`build_dvs_dataset` calls to check ``num_classes`` when it is given).
+    image). Labels are read lazily from the files (``targets`` is None until :meth:`load_targets`: each file holds
+    a whole sample), and each is checked against ``num_classes`` as it is read.
     """
 
-    def __init__(self, files: list[str], img_size: tuple[int, int], transform=None, seed: int = 0):
+    def __init__(self, files: list[str], img_size: tuple[int, int], transform=None, seed: int = 0,
+                 num_classes: int | None = None):
         super().__init__(files, [], [str(c) for c in CIFAR10_DVS_CLASSES], img_size, "bilinear", transform, seed)
         self.targets = None
+        self.num_classes = num_classes
 
     def _load(self, index: int):
         data, target = torch.load(self.files[index], weights_only=True)
-        return data, int(torch.as_tensor(target).long().reshape(-1)[0])
+        target = int(torch.as_tensor(target).long().reshape(-1)[0])
+        if self.num_classes is not None and not 0 <= target < self.num_classes:
+            raise DVSConfigError(f"cifar10-dvs-tet: {self.files[index]} holds label {target} but num_classes="
+                                 f"{self.num_classes}; the CIFAR10-DVS labels are 0..9: replace the file, or set "
+                                 f"--num-classes {target + 1} (or more) if the labels are meant")
+        return data, target
 
     def load_targets(self) -> list[int]:
         self.targets = [self._load(i)[1] for i in range(len(self))]
@@ -276,20 +283,15 @@ def build_dvs_dataset(name: str, root: str | os.PathLike, split: str, args=None)
     transform = _transform(name, args, train)
 
     if name == "cifar10-dvs-tet":
-        dataset = TETCifar10DVS(_tet_files(root, "train" if train else "test"), img_size, transform, seed)
+        num_classes = getattr(args, "num_classes", None)
+        check_class_count(name, split, "train" if train else "val", len(CIFAR10_DVS_CLASSES), num_classes)
+        dataset = TETCifar10DVS(_tet_files(root, "train" if train else "test"), img_size, transform, seed,
+                                num_classes)
         frames_number = getattr(args, "time_steps", None)
         stored = dataset.load_frames(0).shape[0]
         if frames_number and stored != int(frames_number):
             raise DVSConfigError(f"cifar10-dvs-tet: {dataset.files[0]} has {stored} frames but "
                                  f"time_steps={frames_number}")
-        num_classes = getattr(args, "num_classes", None)
-        if num_classes:
-            targets = dataset.load_targets()
-            largest = int(np.argmax(targets))
-            if targets[largest] >= int(num_classes):
-                raise DVSConfigError(f"cifar10-dvs-tet: {dataset.files[largest]} holds label {targets[largest]} but "
-                                     f"num_classes={num_classes}; set --num-classes {targets[largest] + 1} (or more)")
-            check_class_count(name, split, "train" if train else "val", targets[largest] + 1, int(num_classes))
         _record(args, dvs_split="official", dvs_split_file=None)
         return dataset
 

@@ -281,15 +281,22 @@ def test_incomplete_frame_cache_and_empty_events_np_are_reported(tmp_path):
 
 
 def test_tet_labels_beyond_num_classes_are_refused(tmp_path, caplog):
-    """TET's files skipped the class-count check: labels up to 9 with num_classes=5 crashed in the loss."""
+    """TET's files skipped the class-count check: labels up to 9 with num_classes=5 crashed in the loss.  The head
+    is checked against CIFAR10-DVS's 10 classes at once, each file's label as it is read (a file holds a whole
+    sample: reading every label up front would read the whole dataset at every start)."""
+    from engine.errors import DatasetError
+
     for part in ("train", "test"):
         (tmp_path / part).mkdir()
-        for i, label in enumerate((0, 1, 2, 9)):
+        for i, label in enumerate((0, 1, 2, 12)):
             torch.save((torch.rand(2, 8, 8, 4), torch.tensor([label])), tmp_path / part / f"{i}.pt")
-    with pytest.raises(DVSConfigError, match=r"cifar10-dvs-tet: .*/train/3\.pt holds label 9 but num_classes=5; "
-                                             r"set --num-classes 10"):
+    with pytest.raises(DatasetError, match=r"cifar10-dvs-tet train split has labels 0\.\.9 but --num-classes is 5"):
         build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=5))
-    assert build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=10)).targets == [0, 1, 2, 9]
+    dataset = build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=10))
+    assert dataset[2][1] == 2
+    with pytest.raises(DVSConfigError, match=r"cifar10-dvs-tet: .*/train/3\.pt holds label 12 but num_classes=10"):
+        dataset[3]
+    assert build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=13))[3][1] == 12
     with caplog.at_level(logging.WARNING):
         build_dvs_dataset("cifar10-dvs-tet", tmp_path, "val", dvs_args(num_classes=12))
     assert "--num-classes is 12 but cifar10-dvs-tet has 10 classes" in caplog.text
