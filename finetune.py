@@ -27,7 +27,7 @@ from engine.run import RunHooks, cli_main, run_training
 _logger = logging.getLogger("finetune")
 
 _BLOCK_KEY = re.compile(r"block\.(\d+)\.")
-_PLIF_KEY = "_lif.w"  # a PLIF neuron's learnable time constant (LIF neurons have no parameters)
+_PLIF_KEY = re.compile(r"_lif\d*\.w$")  # a PLIF neuron's learnable time constant (LIF neurons have none)
 
 # Parameters that train (ASTER finetune.py): the classifier; head_lif has no parameters.
 TRAINABLE_PREFIXES = ("head_lif", "head.")
@@ -61,8 +61,8 @@ def load_finetune_weights(path: str, model, skipped_blocks: list[int], use_ema: 
     if extra_blocks:
         raise CheckpointError(f"checkpoint {path!r} has blocks {extra_blocks} beyond this model's {depth} "
                               f"(--layer {depth}); pass the --layer it was trained with")
-    plif_keys = [name for name in ignored if name.endswith(_PLIF_KEY)]
-    if plif_keys and not any(name.endswith(_PLIF_KEY) for name in model.state_dict()):
+    plif_keys = [name for name in ignored if _PLIF_KEY.search(name)]
+    if plif_keys and not any(_PLIF_KEY.search(name) for name in model.state_dict()):
         raise CheckpointError(f"checkpoint {path!r} has PLIF neurons ({len(plif_keys)} learnable time constants, "
                               f"e.g. {plif_keys[0]}) and this model LIF neurons, whose dynamics differ; pass "
                               "--spike-mode plif, the mode it was trained with")

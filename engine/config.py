@@ -21,8 +21,8 @@ import yaml
 from .args import INERT_FLAGS, NoFlagAction
 from .errors import ConfigError
 
-__all__ = ["RECORDED_ONLY_KEYS", "ONE_SHOT_KEYS", "check_text_value", "command_line_dests", "parse_args",
-           "load_config", "dump_args", "warn_inert_flags"]
+__all__ = ["RECORDED_ONLY_KEYS", "ONE_SHOT_KEYS", "check_text_value", "command_line_dests", "config_keys",
+           "parse_args", "load_config", "dump_args", "warn_inert_flags"]
 
 _logger = logging.getLogger(__name__)
 
@@ -62,6 +62,11 @@ def _keys_by_name(actions: dict[str, argparse.Action]) -> dict[str, str]:
         if not isinstance(action, _FLAG_ACTIONS):
             names.update((option.lstrip("-").replace("-", "_"), dest) for option in action.option_strings)
     return {**names, **{dest: dest for dest in actions}}
+
+
+def config_keys(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """Every key a config for ``parser`` may hold: each option's dest and its other names (``dr``, ``j``)."""
+    return frozenset(_keys_by_name(_actions_by_dest(parser)))
 
 
 def _closest(key: str, known: Sequence[str]) -> str:
@@ -319,8 +324,9 @@ def _refuse_flag_values(parser: argparse.ArgumentParser, argv: Sequence[str]) ->
         true, false = _flag_spellings(flags[option])
         spellings = " and ".join(f"{' / '.join(options)} for {meaning}" for options, meaning in
                                  ((true, "true"), (false, "false")) if options)
-        raise ConfigError(f"{option} {value}: {option} is a flag and takes no value (the reference's type=bool read "
-                          f"any text, even False, as true); write {spellings}")
+        habit = " (the reference's type=bool --TET read any text, even False, as true)" if flags[option].dest == "TET" \
+            else ""
+        raise ConfigError(f"{option} {value}: {option} is a flag and takes no value{habit}; write {spellings}")
 
 
 def command_line_dests(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> frozenset[str]:

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from .errors import SetupError
+from .errors import SetupError, one_line
 
 __all__ = ["init_distributed", "is_primary", "agreed_setup", "broadcast_state", "cleanup_distributed",
            "evaluation_module"]
@@ -66,7 +66,7 @@ def agreed_setup(args: argparse.Namespace) -> Iterator[None]:
     try:
         yield
     except SetupError as exc:
-        _share_setup_failure(args, str(exc))
+        _share_setup_failure(args, one_line(exc))
         raise
     _share_setup_failure(args, None)
 

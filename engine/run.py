@@ -263,14 +263,16 @@ def _log_interrupted(output_dir: str, resumable: bool) -> None:
 
 
 def project_option_dests() -> frozenset[str]:
-    """Every option of the five scripts (training, evaluation, ASTER skip/exit, fine-tuning), so that one script
-    can take another's ``args.yaml`` with ``-c`` (the other's own keys are dropped, see ``load_config``)."""
+    """Every config key of the five scripts (training, evaluation, ASTER skip/exit, fine-tuning: each option's dest
+    and other names), so that one script can take another's ``args.yaml`` or config with ``-c`` (the other's own
+    keys are dropped, see ``load_config``)."""
     from .args import get_args_parser
     from .aster import aster_eval_parser, aster_finetune_parser, aster_skip_parser
+    from .config import config_keys
     from .evaluate import add_eval_arguments
 
     parsers = (add_eval_arguments(get_args_parser()), aster_skip_parser(), aster_eval_parser(), aster_finetune_parser())
-    return frozenset(action.dest for parser in parsers for action in parser._actions)
+    return frozenset().union(*(config_keys(parser) for parser in parsers))
 
 
 def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,

@@ -74,7 +74,7 @@ def test_a_plif_checkpoint_is_refused_by_a_lif_model(tmp_path):
     with other neuron dynamics; LIF into PLIF was already an error (missing keys)."""
     path = tmp_path / "plif.pth.tar"
     torch.save({"state_dict": _tiny_model(spike_mode="plif").state_dict()}, path)
-    with pytest.raises(CheckpointError, match=r"has PLIF neurons \(19 learnable time constants, e\.g\. "
+    with pytest.raises(CheckpointError, match=r"has PLIF neurons \(22 learnable time constants, e\.g\. "
                                               r"patch_embed\.proj_lif\.w\) .*pass --spike-mode plif"):
         finetune.load_finetune_weights(str(path), _tiny_model(), skipped_blocks=[])
     assert finetune.load_finetune_weights(str(path), _tiny_model(spike_mode="plif"), skipped_blocks=[]) == ([], [])

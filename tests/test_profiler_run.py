@@ -207,6 +207,16 @@ def test_a_training_run_s_args_yaml_profiles_its_model(tmp_path, caplog, capsys)
     assert "TET, " in dropped and "mlp_ration" not in dropped
 
 
+def test_a_config_with_the_short_names_of_training_options_profiles(tmp_path, caplog):
+    """train.py takes any name of an option as a key (``j``, ``vb``); the profiler drops them as other scripts' keys
+    instead of calling them unknown."""
+    caplog.set_level(logging.INFO)
+    config = tmp_path / "short.yml"
+    config.write_text("j: 0\nvb: 16\ndim: 32\nlayer: 1\nnum_heads: 2\nnum_classes: 10\n")
+    assert main(["run", "-c", str(config), "--runs", "1", "--no-timers", "--out", str(tmp_path / "a")]) == 0
+    assert "j, vb belong to another script of the project" in caplog.text
+
+
 def test_dataset_input_runs_on_validation_batches(tmp_path, capsys):
     """``--input dataset``: the engine's validation loader, cycled (digits: 360 images, no download)."""
     assert main(["run", *TINY_RUN, "--runs", "2", "-b", "4", "--input", "dataset", "--dataset", "digits",
