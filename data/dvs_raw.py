@@ -125,7 +125,12 @@ def misplaced_hint(root: Path, suffixes: tuple[str, ...], limit_dirs: int = 2000
 
 
 def _nothing(name: str, expected: str, raw_dir: Path, root: Path, suffixes: tuple[str, ...]) -> DVSDataError:
-    where = misplaced_hint(root, suffixes) if root.exists() else f" (the dataset root {root} does not exist)"
+    if root.exists():
+        where = misplaced_hint(root, suffixes)
+    elif raw_dir.resolve().is_relative_to(root.resolve()):  # the raw files were looked for inside the root
+        where = f" (the dataset root {root} does not exist)"
+    else:  # --dvs-raw-dir elsewhere: the root is only where the frames will go
+        where = "" if raw_dir.exists() else f" (the folder {raw_dir} does not exist)"
     return DVSDataError(f"{name}: expected {expected}, found nothing{where}")
 
 

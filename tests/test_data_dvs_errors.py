@@ -137,7 +137,11 @@ def test_the_missing_root_is_named_only_where_it_matters(tmp_path):
     assert "does not exist" not in message
     empty = tmp_path / "empty"
     empty.mkdir()
-    expect_error("nmnist", root, rf"found nothing \(the dataset root {root} does not exist\)", dvs_raw_dir=str(empty))
+    message = expect_error("nmnist", root, r"found nothing", dvs_raw_dir=str(empty))
+    assert "does not exist" not in message
+    expect_error("nmnist", root, rf"found nothing \(the folder {tmp_path / 'absent'} does not exist\)",
+                 dvs_raw_dir=str(tmp_path / "absent"))
+    expect_error("nmnist", root, rf"found nothing \(the dataset root {root} does not exist\)")
 
 
 def test_nmnist_classes_outside_the_digits_are_refused(tmp_path):
