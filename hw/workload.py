@@ -15,6 +15,7 @@ JSON inputs (docs/hw.md):
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 from engine.traces import INTEGER_ENCODINGS, OpMeta, RawSample, TraceMeta, TraceReader, fixed_point_scale
 
 from .config import HwInputError, read_mapping
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["Workload", "Rates", "load_skip_json", "load_exit_json", "check_exit_matches_trace", "exit_weights",
            "rates_from_traces", "nnz_per_t", "and_nnz_per_t", "pooled_and_nnz_per_t", "kv_increments_per_t",
@@ -55,6 +58,11 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _by_sample_id(d: dict, values: list) -> dict:
+    """``values`` (one per entry of ``exit_steps``) keyed by the exit file's ``sample_ids`` (default 0, 1, ...)."""
+    return dict(zip(d.get("sample_ids", range(len(values))), values))
+
+
 def _exit_steps(d: dict, path: str | Path, T: int) -> tuple[dict[int, int], np.ndarray | None]:
     if "T" in d and not (_is_int(d["T"]) and d["T"] == T):
         raise HwInputError(f"{path}: field 'T' is {d['T']!r}; it must be the trace's time steps, the integer {T} "
@@ -77,7 +85,7 @@ def _exit_steps(d: dict, path: str | Path, T: int) -> tuple[dict[int, int], np.n
         bad = [i for i in ids if not (_is_int(i) and i >= 0)]
         if bad:
             raise HwInputError(f"{path}: field 'sample_ids' has {bad[:5]}; sample ids are the trace's, integers >= 0")
-        per_sample = dict(zip(ids, steps))
+        per_sample = _by_sample_id(d, steps)
         if portion is None:
             portion = np.bincount(np.asarray(steps) - 1, minlength=T) / len(steps)
     try:
@@ -105,7 +113,7 @@ def _exit_predictions(d: dict, path: str | Path) -> dict[int, tuple[int, int]] |
         if not isinstance(values, list) or len(values) != len(steps) or not all(_is_int(v) for v in values):
             raise HwInputError(f"{path}: field '{key}' must list one integer class per entry of 'exit_steps' "
                                f"({len(steps)}); write the file with main.py --early-exit or drop the field")
-    return dict(zip(d.get("sample_ids", range(len(steps))), zip(d["predictions"], d["labels"])))
+    return _by_sample_id(d, list(zip(d["predictions"], d["labels"])))
 
 
 def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, skip: set[int]) -> None:
@@ -121,7 +129,7 @@ def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, ski
     """
     labels = d.get("labels")
     if isinstance(labels, list) and isinstance(d.get("exit_steps"), list) and len(labels) == len(d["exit_steps"]):
-        recorded = dict(zip(d.get("sample_ids", range(len(labels))), labels))
+        recorded = _by_sample_id(d, labels)
         for sample in reader.meta.samples:
             if sample.label is not None and sample.id in recorded and recorded[sample.id] != sample.label:
                 raise HwInputError(f"{path}: sample {sample.id} has label {recorded[sample.id]}, but the trace's "
@@ -137,18 +145,24 @@ def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, ski
 
 
 def _check_exit_predictions(d: dict, path: str | Path, reader: TraceReader) -> None:
-    """Each traced sample's prediction in the exit file must be the trace's at its exit step (same model)."""
+    """Each traced sample's prediction in the exit file should be the trace's at its exit step (same model): more
+    than half differing is an error, a few a warning (batched evaluation, per-sample tracing or another device may
+    round a membrane to the other side of the threshold)."""
     predictions = _exit_predictions(d, path)
     if predictions is None:
         return
-    steps = dict(zip(d.get("sample_ids", range(len(d["exit_steps"]))), d["exit_steps"]))
+    steps = _by_sample_id(d, d["exit_steps"])
     shared = [s for s in reader.meta.samples if s.id in predictions]
     differ = [s.id for s in shared if predictions[s.id][0] != s.pred_per_step[steps[s.id] - 1]]
-    if differ:
-        raise HwInputError(f"{path}: the predictions of {len(differ)} of the {len(shared)} traced samples (first: "
-                           f"sample {differ[0]}) differ from the trace's at their exit steps: the exit file comes "
-                           f"from another model than {reader.dir} (another checkpoint); pass the exit file of the "
-                           "run that exported the trace")
+    if not differ:
+        return
+    what = (f"{path}: the predictions of {len(differ)} of the {len(shared)} traced samples (first: sample "
+            f"{differ[0]}) differ from the trace's at their exit steps")
+    if 2 * len(differ) > len(shared):
+        raise HwInputError(f"{what}: the exit file comes from another model than {reader.dir} (another checkpoint); "
+                           "pass the exit file of the run that exported the trace")
+    _logger.warning("%s: rounding can flip a few, more would mean the exit file comes from another model than %s",
+                    what, reader.dir)
 
 
 def exit_weights(portion: np.ndarray) -> np.ndarray:

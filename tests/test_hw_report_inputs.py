@@ -173,13 +173,14 @@ def test_an_exit_file_of_another_model_is_one_error_unless_the_run_is_a_what_if(
     """Only T, labels and skipped blocks were compared, so another checkpoint's exit file was simulated as the
     trace's; its predictions at the exit steps are not the trace's (a what-if's exits are another model's)."""
     exits = {"exit_steps": [2, 4], "sample_ids": [0, 1], "predictions": [1, 0], "labels": LABELS}
-    other = _json(tmp_path / "other.json", {**exits, "skipped_blocks": []})
+    other = _json(tmp_path / "other.json", {**exits, "predictions": [label + 3 for label in LABELS],
+                                            "skipped_blocks": []})
     simulate_ = hw.run.simulate
     monkeypatch.setattr(hw.run, "simulate", lambda *a, **k: pytest.fail("simulated despite another model's exits"))
     with caplog.at_level(logging.ERROR):
         assert main(["--trace", str(trace), "--exit-json", other, "--out", str(tmp_path / "o")]) == 2
     assert len(caplog.records) == 1
-    assert (f"{other}: the predictions of 1 of the 2 traced samples (first: sample 1) differ from the trace's at "
+    assert (f"{other}: the predictions of 2 of the 2 traced samples (first: sample 0) differ from the trace's at "
             f"their exit steps: the exit file comes from another model than {trace}") in caplog.text
     monkeypatch.setattr(hw.run, "simulate", simulate_)
     skip = _json(tmp_path / "skip.json", {"skipped_blocks": [1]})
@@ -187,6 +188,11 @@ def test_an_exit_file_of_another_model_is_one_error_unless_the_run_is_a_what_if(
     assert _accuracy(tmp_path, trace, "--skip-json", skip, "--exit-json", what_if)["top1_at_exit"] == 50.0
     same = _json(tmp_path / "same.json", {**exits, "predictions": LABELS})
     assert _accuracy(tmp_path, trace, "--exit-json", same)["top1_at_exit"] == 100.0
+    caplog.clear()
+    one_flipped = _json(tmp_path / "one_flipped.json", exits)  # half: rounding, not another model
+    with caplog.at_level(logging.WARNING):
+        assert _accuracy(tmp_path, trace, "--exit-json", one_flipped)["top1_at_exit"] == 50.0
+    assert "the predictions of 1 of the 2 traced samples (first: sample 1) differ" in caplog.text
 
 
 @pytest.mark.parametrize("field,values", [("predictions", [1]), ("labels", [1]), ("predictions", [1, True]),
