@@ -200,8 +200,9 @@ def _file_prefixes(sources: list[str]) -> dict[str, str]:
 
 
 def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> list[Path]:
-    """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir`` into ``out_dir``, or
-    into the first free ``<out_dir>-N`` if it already holds figures (``tables.free_folder``); PNG paths.
+    """Draw every figure for every source (or only ``source``) of the tables in ``tables_dir`` into ``out_dir``
+    (replacing the figures of the same sources), or into the first free ``<out_dir>-N`` if it holds figures of other
+    sources (``tables.free_folder``); PNG paths.
 
     Raises:
         ValueError: a table is not as 'parse' writes it (see ``read_csv``), the tables have no rows, or ``out_dir``
@@ -219,7 +220,10 @@ def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> l
         if source not in sources:
             raise ValueError(f"source {source!r} not in the tables; they have {sources}")
         sources = [source]
-    out_dir = free_folder(out_dir, (f"*_{name}.png" for name in FIGURES), "the figures of an earlier plot")
+    patterns = [f"*_{name}.png" for name in FIGURES]
+    ours = {f"{prefixes[src]}_{name}.png" for src in sources for name in FIGURES}
+    out_dir = free_folder(out_dir, patterns, "the figures of other tables", rerun=lambda folder: all(
+        path.name in ours for pattern in patterns for path in folder.glob(pattern)))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src in sources:

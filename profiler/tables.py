@@ -31,7 +31,8 @@ from .capture import Capture
 from .fork_format import LABELS
 from .records import Record
 
-__all__ = ["TABLES", "free_folder", "overall_means", "read_csv", "summary_lines", "write_csv", "write_tables"]
+__all__ = ["TABLES", "free_folder", "overall_means", "read_csv", "summary_lines", "table_sources", "write_csv",
+           "write_tables"]
 
 _logger = logging.getLogger(__name__)
 
@@ -205,10 +206,12 @@ def read_csv(path: Path) -> list[dict]:
     return rows
 
 
-def free_folder(out_dir: Path, names: Iterable[str], what: str) -> Path:
+def free_folder(out_dir: Path, names: Iterable[str], what: str,
+                rerun: Callable[[Path], bool] = lambda path: False) -> Path:
     """``out_dir``, or ``<out_dir>-1``, ``-2``, ... (the first free one, logged) if it already holds files matching
-    one of the glob patterns ``names`` (``what`` an earlier command wrote): as ``run``, ``hw.run`` and the
-    evaluation scripts, a new output never replaces an earlier one.
+    one of the glob patterns ``names`` (``what`` an earlier command wrote) for which ``rerun(folder)`` is false: as
+    ``run``, ``hw.run`` and the evaluation scripts, a new output never replaces another one, while a command run
+    again on the same inputs replaces its own output (so ``parse ... --out T`` then ``plot T`` stay a pair).
 
     Raises:
         ValueError: ``out_dir`` is a file.
@@ -216,16 +219,25 @@ def free_folder(out_dir: Path, names: Iterable[str], what: str) -> Path:
     out_dir, names = Path(out_dir), list(names)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file: give a folder")
-    path = next(path for path in numbered_paths(out_dir) if not path.exists()
-                or path.is_dir() and not any(next(path.glob(name), None) for name in names))
+    path = next(path for path in numbered_paths(out_dir) if not path.exists() or path.is_dir() and (
+        not any(next(path.glob(name), None) for name in names) or rerun(path)))
     if path != out_dir:
         _logger.warning("%s already holds %s; writing to %s", out_dir, what, path)
     return path
 
 
+def table_sources(tables_dir: Path) -> set[str]:
+    """The captures (``source`` column) whose tables ``tables_dir/runs.csv`` holds; empty if it has none."""
+    try:
+        return {row["source"] for row in read_csv(Path(tables_dir) / "runs.csv")}
+    except (OSError, ValueError):
+        return set()
+
+
 def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
-    """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir``, or into the first
-    free ``<out_dir>-N`` if it already holds tables (:func:`free_folder`).
+    """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir`` (replacing the tables
+    of the same captures), or into the first free ``<out_dir>-N`` if it holds those of other captures
+    (:func:`free_folder`).
 
     Raises:
         ValueError: no capture has a complete run (nothing is written: tables already in ``out_dir`` stay), or
@@ -236,7 +248,9 @@ def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
     if not any(capture.runs for capture in captures):
         reasons = "; ".join(f"{capture.source}: {capture.unusable()}" for capture in captures)
         raise ValueError(f"no complete run to tabulate, nothing written to {out_dir}: {reasons}")
-    out_dir = free_folder(out_dir, (f"{name}.csv" for name in TABLES), "the tables of an earlier parse")
+    sources = {capture.source for capture in captures}
+    out_dir = free_folder(out_dir, (f"{name}.csv" for name in TABLES), "the tables of other captures",
+                          rerun=lambda folder: table_sources(folder) == sources)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (make_rows, columns) in TABLES.items():

@@ -125,25 +125,33 @@ def test_cap8_layout_grouped_by_layer_not_by_consecutive_executions(tmp_path):
     assert consecutive != pytest.approx(rows[(0, "q")]["mean"])
 
 
-def test_parse_and_plot_into_a_used_folder_write_the_next_free_one(tmp_path, caplog):
-    """parse and plot silently replaced the tables and figures of an earlier parse or plot in --out; they now move
-    to <out>-1, <out>-2, ... as run, hw.run and the evaluation scripts do, and log the folder used."""
-    capture = tmp_path / "cap8.txt"
+def test_parse_and_plot_keep_other_captures_outputs_and_replace_their_own(tmp_path, caplog):
+    """parse and plot silently replaced the tables and figures of other captures in --out; those now go to <out>-1,
+    <out>-2, ... (logged), as with run, hw.run and the evaluation scripts, while running the documented pair again
+    on the same capture replaces its own output, so that ``plot T`` still plots what ``parse --out T`` wrote."""
+    capture, other = tmp_path / "cap8.txt", tmp_path / "other8.txt"
     capture.write_text("\n".join(cap8_lines(16)) + "\n")
+    other.write_text("\n".join(cap8_lines(16)) + "\n")
     tables, plots = tmp_path / "tables", tmp_path / "plots"
     with caplog.at_level(logging.INFO):
         for _ in range(2):
             main(["parse", str(capture), "--out", str(tables)])
             main(["plot", str(tables), "--out", str(plots)])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap8.txt", "plots", "plots-1", "tables", "tables-1"]
-    for first, second in ((tables, tmp_path / "tables-1"), (plots, tmp_path / "plots-1")):
-        assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
-    assert f"{tables} already holds the tables of an earlier parse; writing to {tmp_path / 'tables-1'}" in caplog.text
-    assert f"{plots} already holds the figures of an earlier plot; writing to {tmp_path / 'plots-1'}" in caplog.text
-    assert f"wrote {len(TABLES)} tables to {tmp_path / 'tables-1'}" in caplog.text
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["cap8.txt", "other8.txt", "plots", "tables"]
+        assert "already holds" not in caplog.text
+        main(["parse", str(other), "--out", str(tables)])
+        main(["plot", str(tmp_path / "tables-1"), "--out", str(plots)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap8.txt", "other8.txt", "plots", "plots-1", "tables",
+                                                          "tables-1"]
+    assert {row["source"] for row in read_csv(tables / "runs.csv")} == {capture.name}
+    assert {row["source"] for row in read_csv(tmp_path / "tables-1" / "runs.csv")} == {other.name}
+    assert all(p.name.startswith("cap8") for p in plots.iterdir())
+    assert all(p.name.startswith("other8") for p in (tmp_path / "plots-1").iterdir())
+    assert f"{tables} already holds the tables of other captures; writing to {tmp_path / 'tables-1'}" in caplog.text
+    assert f"{plots} already holds the figures of other tables; writing to {tmp_path / 'plots-1'}" in caplog.text
     (tmp_path / "tables-2").mkdir()
     (tmp_path / "tables-2" / "notes.txt").write_text("not a table")
-    main(["parse", str(capture), "--out", str(tables)])
+    main(["parse", str(capture), str(other), "--out", str(tables)])
     assert (tmp_path / "tables-2" / "runs.csv").is_file()
 
 
