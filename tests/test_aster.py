@@ -293,3 +293,31 @@ def test_artefacts_are_strict_json_with_infinite_thresholds_as_text(tmp_path):
     assert content["exit_steps.json"]["exit_steps"] == [3] * 20
     steps, portion = load_exit_json(tmp_path / "exit_steps.json", 3)  # what hw/ reads is unchanged
     assert list(steps.values()) == [3] * 20 and portion.tolist() == [0.0, 0.0, 1.0]
+
+
+def test_the_study_ranks_blocks_by_the_model_s_own_attention_mode():
+    """``--study`` ranks the blocks of an SDT-mode model by ``_x_after_qkv`` only: a STAtten-mode model's rates are
+    refused before any evaluation (the model restored), as ``--skip-lowest`` refuses them."""
+    import types
+
+    from engine.aster import run_study
+
+    bare = types.SimpleNamespace(depths=1, attention_mode="SDT", skip_blocks=[])
+    with pytest.raises(ValueError, match="runs attention mode SDT"):
+        run_study(bare, None, None, argparse.Namespace(), rates={"t0": {"MS_SSA_Conv0_after_qkv": 0.1}},
+                  max_skip=1, thresholds=[0.5])
+    assert bare.skip_blocks == []
+
+
+def test_skip_rates_of_the_other_attention_mode_are_a_log_file_error(tmp_path):
+    """resolve_skip reads the rates for the model's mode: the other mode's file is a ``--log-file`` error naming
+    the file, not a skip-rule error."""
+    from engine.aster import resolve_skip
+
+    path = tmp_path / "firing.json"
+    _firing_json(path, {"t0": {"MS_SSA_Conv0_after_qkv": 0.1}})
+    args = argparse.Namespace(auto_skip=False, skip_lowest=1, skip_blocks=None, log_file=str(path), layer=1,
+                              time_steps=1, attention_mode="SDT", skip_threshold=0.1)
+    with pytest.raises(ConfigError, match=f"^--log-file: {re.escape(str(path))}: the firing rates hold "
+                                          "MS_SSA_Conv0_after_qkv, the rate of attention mode STAtten"):
+        resolve_skip(args)

@@ -248,3 +248,43 @@ def test_weights_key_use_ema_and_ema_only_checkpoints():
     assert weights_key(ema_only, "c") == "state_dict_ema"
     with pytest.raises(CheckpointError, match="has no EMA weights .*drop --use-ema"):
         weights_key({"state_dict": {}}, "c", use_ema=True)
+
+
+@pytest.mark.parametrize("saver", [{"epoch_loss": [2.0, 8.0]}, {"pending": (None, None)}])
+def test_either_mark_of_an_older_recovery_checkpoint_refuses_a_name_without_its_batch(saver):
+    """Only recovery files record ``epoch_loss`` or a ``pending`` of ``(None, None)``: each alone marks a renamed
+    older one (no ``batches_done``), which is refused; without either mark the file is an epoch checkpoint (0)."""
+    from engine.checkpoint import batches_done
+
+    with pytest.raises(CheckpointError, match="'copied.pth.tar' is a recovery checkpoint part-way through epoch 1"):
+        batches_done("copied.pth.tar", {"epoch": 1, "version": 2, "saver": saver})
+    assert batches_done("copied.pth.tar", {"epoch": 1, "version": 2, "saver": {}}) == 0
+
+
+def test_resuming_and_initial_weights_warn_about_another_image_size(tmp_path, caplog):
+    """--resume and --initial-checkpoint load with the run's args, as the evaluation scripts do: a 64 px checkpoint
+    continued or started from at 32 px warns (the model does not hold img_size, so only the args tell)."""
+    from engine.checkpoint import load_initial_checkpoint, resume_checkpoint
+
+    path = str(tmp_path / "px64.pth.tar")
+    torch.save({"epoch": 0, "version": 2, "state_dict": _tiny().state_dict(), "args": _trained_args(img_size=64)},
+               path)
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        resume_checkpoint(argparse.Namespace(resume=path, no_resume_opt=True, start_epoch=None, img_size=32),
+                          _tiny(), None)
+        load_initial_checkpoint(argparse.Namespace(initial_checkpoint=path, use_ema=False, img_size=32), _tiny())
+    assert len([r for r in caplog.records if "img_size=64 (this model: 32)" in r.getMessage()]) == 2
+
+
+def test_restoring_ema_from_a_checkpoint_without_ema_weights_leaves_the_ema_model_alone(tmp_path, caplog):
+    """A run with --model-ema resumed from a checkpoint of a run without it: nothing to restore, no error."""
+    import types
+
+    from engine.checkpoint import restore_model_ema
+
+    ema = types.SimpleNamespace(module=_tiny())
+    before = {k: v.clone() for k, v in ema.module.state_dict().items()}
+    other = _tiny(attention_mode="STAtten")
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        restore_model_ema(ema, {"epoch": 0, "state_dict": other.state_dict(), "args": _trained_args()}, "x.pth.tar")
+    assert all(torch.equal(before[k], v) for k, v in ema.module.state_dict().items()) and not caplog.records

@@ -135,3 +135,34 @@ def test_aster_s_firing_thresholds_is_accepted_and_has_no_effect(make_parser, ca
     args = parse_args(parser, ["--firing-thresholds", "0.5", "0.9"])
     warn_inert_flags(args, parser)
     assert args.firing_thresholds == [0.5, 0.9] and "--firing-thresholds has no effect" in caplog.text
+
+
+def test_a_run_s_args_yaml_with_default_one_shot_keys_logs_nothing_about_them(tmp_path, caplog):
+    """A run started without --resume / --start-epoch records ``resume: ''`` and ``start_epoch: null``, the
+    defaults: there is nothing left out to log."""
+    import logging
+
+    caplog.set_level(logging.INFO)
+    dump_args(parse_args(main.make_parser(), []), tmp_path / "args.yaml")
+    parser = main.make_parser()
+    args = parse_args(parser, ["-c", str(tmp_path / "args.yaml")])
+    warn_inert_flags(args, parser)
+    assert parser.one_shot_config_keys[1] == {} and "not applying" not in caplog.text
+
+
+def test_an_evaluation_s_args_yaml_gives_back_only_its_checkpoint(tmp_path):
+    """An evaluation script's args.yaml gives its ``resume`` (the checkpoint evaluated) to an evaluation script,
+    and like any run's args.yaml not its other one-shot key, ``start_epoch``."""
+    import firing_num
+
+    dump_args(parse_args(firing_num.make_parser(), ["--resume", "best.pth.tar", "--start-epoch", "3"]),
+              tmp_path / "eval.yaml")
+    args = parse_args(firing_num.make_parser(), ["-c", str(tmp_path / "eval.yaml")])
+    assert (args.resume, args.start_epoch) == ("best.pth.tar", None)
+
+
+def test_a_run_record_is_known_by_its_keys_in_either_spelling(tmp_path):
+    """Keys are normalised once (``world-size`` is ``world_size``): a run record written with ``-`` spellings does
+    not apply its recorded start_epoch either."""
+    (tmp_path / "args.yaml").write_text("world-size: 1\nstart-epoch: 2\n")
+    assert parse_args(main.make_parser(), ["-c", str(tmp_path / "args.yaml")]).start_epoch is None

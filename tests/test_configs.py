@@ -171,3 +171,22 @@ def test_input_size_contradicted_at_the_same_level_is_refused(tmp_path, config_t
     message = rf"--input-size 3 32 32 disagrees with .*both {where}; give the size one way"
     with pytest.raises(ConfigError, match=message):
         _parse(config, *argv)
+
+
+def test_a_config_s_non_square_input_size_is_refused_when_the_command_line_gives_a_size(tmp_path):
+    """A config's input_size folded into the sizes the command line leaves is still checked: 32 x 48 is not an
+    img_size x img_size image, whatever --in-channels says."""
+    config = tmp_path / "input_size.yml"
+    config.write_text("input_size: [3, 32, 48]\n")
+    with pytest.raises(ConfigError, match="--input-size 3 32 48: the model takes square images"):
+        _parse(config, "--in-channels", "2")
+
+
+def test_a_config_s_input_size_folded_in_is_not_replaced_by_the_variant_s_defaults(tmp_path):
+    """--model sdt_8_384 gives 3 channels unless they are given: the config's input_size gave 2 (its img_size gives
+    way to --img-size 64), so the run has 2 channels of 64 px."""
+    config = tmp_path / "input_size.yml"
+    config.write_text("input_size: [2, 32, 32]\n")
+    args = _parse(config, "--model", "sdt_8_384", "--img-size", "64")
+    resolve_model_args(args)
+    assert (args.in_channels, args.img_size) == (2, 64)

@@ -418,3 +418,27 @@ def test_a_failed_or_interrupted_conversion_stops_the_queued_jobs(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         dvs_build._run_parallel(job, range(100))
     assert len(calls) < 10
+
+
+def test_tet_labels_are_checked_at_both_ends_of_the_class_range(tmp_path):
+    """With num_classes=10 the labels are 0..9: 10 (one past the head) and -1 are refused, 9 is read."""
+    (tmp_path / "train").mkdir()
+    for i, label in enumerate((9, 10, -1)):
+        torch.save((torch.rand(2, 8, 8, 4), torch.tensor([label])), tmp_path / "train" / f"{i}.pt")
+    dataset = build_dvs_dataset("cifar10-dvs-tet", tmp_path, "train", dvs_args(num_classes=10))
+    assert dataset[0][1] == 9
+    for index, label in ((1, 10), (2, -1)):
+        with pytest.raises(DVSConfigError, match=rf"/train/{index}\.pt holds label {label} but num_classes=10"):
+            dataset[index]
+
+
+def test_nmnist_events_np_ignores_hidden_folders_and_stray_files(tmp_path):
+    """Only a visible folder outside 0..9 would hold samples left out: ``.ipynb_checkpoints`` or a ``notes``
+    file next to the digit folders is no reason to refuse the converted events."""
+    for sid in ("train/1/b", "test/0/c"):
+        (tmp_path / "events_np" / sid).parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp_path / "events_np" / f"{sid}.npz", **random_events(np.random.default_rng(0), 10, 34, 34))
+    (tmp_path / "events_np" / "train" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "events_np" / "train" / "notes").write_text("x")
+    dataset = build_dvs_dataset("nmnist", tmp_path, "train", dvs_args())
+    assert len(dataset) >= 1

@@ -227,3 +227,41 @@ def test_multistep_milestones_and_which_schedules_add_cooldown():
     assert num_epochs == 10 and lrs == [1.0] * 4 + [0.1] * 3 + [0.01] * 3  # timm: the milestone epoch is 1-based
     assert schedule("--sched", "cosine", "--cooldown-epochs", "3")[0] == 13
     assert schedule("--sched", "step", "--cooldown-epochs", "3")[0] == 10
+
+
+@pytest.mark.parametrize("key, closest", [("img_size_h", "img_size, input_size"),
+                                          ("drop_path_rate", "drop_path"), ("TET_LANB", "TET_lamb, TET_means")])
+def test_closest_keys_are_listed_once_and_matched_in_lower_case(tmp_path, key, closest):
+    """A synonym that is also the closest spelling (``img_size_h``: ``img_size``) is named once; a misspelt key in
+    capitals (``TET_LANB``) is matched by spelling in lower case, not only by the substring fallback (``TET``)."""
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}' .*; closest known keys: {closest}$"):
+        load_config(_yaml(tmp_path, f"{key}: 1\n"), _parser())
+
+
+def test_an_int_option_of_default_none_refuses_a_fraction_in_a_config(tmp_path):
+    """``start_epoch`` parses with ``int`` behind the empty-means-none wrapper: 2.5 is refused, as for ``epochs``,
+    not cut to 2."""
+    with pytest.raises(ConfigError, match="'start_epoch': expected an int, got 2.5"):
+        load_config(_yaml(tmp_path, "start_epoch: 2.5\n"), _parser())
+
+
+def test_an_empty_text_in_a_config_sets_a_none_default_to_none_as_on_the_command_line(tmp_path):
+    """``dvs_raw_dir: ''`` gives None, as ``--dvs-raw-dir ''`` does, not the empty path."""
+    assert load_config(_yaml(tmp_path, "dvs_raw_dir: ''\naa: ''\n"), _parser()) == {"dvs_raw_dir": None, "aa": None}
+
+
+def test_an_empty_value_does_not_reset_a_list_option():
+    """Only single-value options read ``''`` as None: ``--lr-noise ''`` (a list of floats) stays an argparse
+    error rather than the list ``[None]``."""
+    with pytest.raises(SystemExit):
+        parse_args(_parser(), ["--lr-noise", ""])
+
+
+def test_errors_of_an_int_option_of_default_none_name_its_type(tmp_path, capsys):
+    """The empty-means-none wrapper keeps the type's name in the messages: ``--start-epoch x`` is argparse's
+    "invalid int value", a list in a config "expected a int"."""
+    with pytest.raises(SystemExit):
+        parse_args(_parser(), ["--start-epoch", "x"])
+    assert "invalid int value: 'x'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"'start_epoch': expected a int, got \[1\]"):
+        load_config(_yaml(tmp_path, "start_epoch: [1]\n"), _parser())

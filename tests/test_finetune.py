@@ -125,3 +125,13 @@ def test_frozen_batchnorms_stay_in_eval_mode_after_sync_bn_conversion():
     norms = [m for m in net.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
     assert norms and not any(m.training for m in norms)
     assert all(torch.equal(v, stats[k]) for k, v in net.state_dict().items() if "running" in k)
+
+
+def test_an_extra_plif_key_of_a_plif_checkpoint_is_only_ignored_by_a_plif_model(tmp_path):
+    """The PLIF check is for a LIF model: a PLIF model that lacks one of a PLIF checkpoint's time constants ignores
+    it as any other extra key (same dynamics)."""
+    path = tmp_path / "plif.pth.tar"
+    extra = {**_tiny_model(spike_mode="plif").state_dict(), "block.1.attn.extra_lif.w": torch.zeros(())}
+    torch.save({"state_dict": extra}, path)
+    ignored, _ = finetune.load_finetune_weights(str(path), _tiny_model(spike_mode="plif"), skipped_blocks=[])
+    assert ignored == ["block.1.attn.extra_lif.w"]

@@ -206,3 +206,46 @@ def test_malformed_exit_predictions_are_one_error_before_simulating(tmp_path, tr
         assert main(["--trace", str(trace), "--exit-json", exit_, "--out", str(tmp_path / "o")]) == 2
     assert len(caplog.records) == 1
     assert f"{exit_}: field '{field}' must list one integer class per entry of 'exit_steps' (2)" in caplog.text
+
+
+def test_exit_predictions_are_compared_at_each_sample_s_exit_step_and_id(tmp_path, caplog):
+    """The traced model's logits favour class 0 at step 1 and the label at steps 2..4 (its prediction, from the logits
+    summed so far, is 0 at step 1 and the label from step 3): an exit file of the same model that exits both samples
+    at step 1 records 0 and 0 (not an error); its ``sample_ids`` say which recorded entry is whose."""
+    captures = []
+    for seed, label in enumerate(LABELS):
+        capture = tiny_capture("SDT", True, seed=seed)[0]
+        logits = torch.zeros_like(capture.logits)
+        logits[0, 0], logits[1:, label] = 5.0, 5.0
+        captures.append(dataclasses.replace(capture, logits=logits))
+    trace = write(tmp_path / "trace", captures, tiny_capture()[1], labels=LABELS)
+    early = _json(tmp_path / "early.json", {"exit_steps": [1, 1], "predictions": [0, 0], "labels": LABELS})
+    with caplog.at_level(logging.WARNING):
+        assert _accuracy(tmp_path, trace, "--exit-json", early)["top1_at_exit"] == 0.0
+    assert "differ" not in caplog.text
+    swapped = _json(tmp_path / "swapped.json", {"exit_steps": [4, 1], "sample_ids": [1, 0], "predictions": [2, 0],
+                                                "labels": [2, 1]})
+    assert _accuracy(tmp_path, trace, "--exit-json", swapped)["top1_at_exit"] == 50.0
+    assert "differ" not in caplog.text
+
+
+def test_a_what_if_s_exit_predictions_may_all_differ_from_the_trace(tmp_path, trace, caplog):
+    """Under a skip list the trace did not apply, the exit file is the skipping model's: predictions that all
+    differ from the traced (un-skipped) model's are neither an error nor a warning."""
+    skip = _json(tmp_path / "skip.json", {"skipped_blocks": [1]})
+    what_if = _json(tmp_path / "what_if.json", {"exit_steps": [2, 4], "sample_ids": [0, 1], "skipped_blocks": [1],
+                                                "predictions": [label + 3 for label in LABELS], "labels": LABELS})
+    with caplog.at_level(logging.WARNING):
+        assert _accuracy(tmp_path, trace, "--skip-json", skip, "--exit-json", what_if)["top1_at_exit"] == 0.0
+    assert "differ" not in caplog.text
+
+
+
+def test_an_exit_file_lacking_a_traced_sample_is_the_one_error_naming_it(tmp_path, trace, caplog):
+    """The predictions are compared on the traced samples the exit file lists only, so an exit file of sample 1
+    alone reaches the one-line error that names sample 0 (not a KeyError on its missing prediction)."""
+    part = _json(tmp_path / "part.json", {"exit_steps": [4], "sample_ids": [1], "predictions": [LABELS[1]],
+                                          "labels": [LABELS[1]]})
+    with caplog.at_level(logging.ERROR):
+        assert main(["--trace", str(trace), "--exit-json", part, "--out", str(tmp_path / "o")]) == 2
+    assert len(caplog.records) == 1 and "field 'sample_ids' lacks trace samples [0]" in caplog.text

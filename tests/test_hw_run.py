@@ -342,3 +342,18 @@ def test_an_event_sample_without_its_batch_axis_names_the_shapes():
         capture_sample(net, events[0])
     with pytest.raises(ValueError, match=r"got \[2, 4, 2, 32, 32\], a batch of 2"):
         capture_sample(net, events.expand(2, -1, -1, -1, -1))
+
+
+@pytest.mark.parametrize("recorded, depths", [(2.0, 2), ("2", 2), (True, 1)])
+def test_a_skip_list_s_depths_must_be_the_integer_block_count(tmp_path, recorded, depths):
+    """``depths`` is an integer block count (main.py writes one): 2.0, "2" or true is refused, as ``T`` of the
+    exit file is, rather than compared equal to 2 or 1."""
+    from hw.config import HwInputError
+    from hw.workload import load_skip_json
+
+    path = tmp_path / "skip.json"
+    path.write_text(json.dumps({"skipped_blocks": [0], "depths": recorded}))
+    with pytest.raises(HwInputError, match=f"field 'depths' is {recorded!r}, but the traced model has {depths}"):
+        load_skip_json(path, depths)
+    path.write_text(json.dumps({"skipped_blocks": [0], "depths": depths}))
+    assert load_skip_json(path, depths) == {0}

@@ -178,3 +178,30 @@ def test_captures_joined_into_one_file_are_renumbered_not_merged(captures, tmp_p
     assert [run.number for run in capture.runs] == list(range(1, 61)) and "start again at line" in caplog.text
     assert len(attention_chunks(capture)) == 60 * 8 * 4
     assert capture.runs[30].records == [replace(r, run=31) for r in captures[CAPTURES[1]].runs[0].records]
+
+
+def test_plot_replaces_only_a_folder_whose_figures_are_all_its_own(tmp_path, caplog):
+    """A folder with the figures of cap8 and other8 is not a rerun of plotting cap8 alone: other8's figures would
+    sit next to the new ones as if of the same tables, so the new figures go to <out>-1."""
+    capture, other = tmp_path / "cap8.txt", tmp_path / "other8.txt"
+    capture.write_text("\n".join(cap8_lines(16)) + "\n")
+    other.write_text("\n".join(cap8_lines(16)) + "\n")
+    both, alone, plots = tmp_path / "both", tmp_path / "alone", tmp_path / "plots"
+    main(["parse", str(capture), str(other), "--out", str(both)])
+    main(["plot", str(both), "--out", str(plots)])
+    main(["parse", str(capture), "--out", str(alone)])
+    with caplog.at_level(logging.WARNING):
+        main(["plot", str(alone), "--out", str(plots)])
+    assert f"{plots} already holds the figures of other tables; writing to {tmp_path / 'plots-1'}" in caplog.text
+    assert any(p.name.startswith("other8") for p in plots.iterdir())
+    assert all(p.name.startswith("cap8") for p in (tmp_path / "plots-1").iterdir())
+
+
+def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
+    """``--out`` naming a file is an error, not a silent switch to ``<out>-1``."""
+    from profiler.tables import free_folder
+
+    (tmp_path / "taken").write_text("keep me")
+    with pytest.raises(ValueError, match=f"--out {tmp_path / 'taken'} is a file: give a folder"):
+        free_folder(tmp_path / "taken", ["*.csv"], "tables")
+    assert not (tmp_path / "taken-1").exists()

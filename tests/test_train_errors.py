@@ -216,3 +216,23 @@ def test_a_setup_error_in_a_loader_worker_is_one_line_naming_the_worker(capfd):
     assert status == 2 and len(error_lines) == 1 and error_lines[0].endswith(
         " ERROR: frame file 0.npz is truncated; delete the frame cache and run again (raised in DataLoader worker "
         "process 0)")
+
+
+def test_one_line_keeps_a_message_whose_traceback_does_not_end_in_its_error():
+    """A message that mentions ``Original Traceback`` without the error's own ``module.Class: `` line is not a
+    worker's re-raised error: it is shown as it is."""
+    from engine.errors import DatasetError, one_line
+
+    text = "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n  x"
+    assert one_line(DatasetError(text)) == text
+
+
+def test_one_line_takes_the_last_error_line_of_a_chained_worker_traceback():
+    """In a traceback the error finally raised comes last (an exception it was raised while handling comes first):
+    its message is the one shown."""
+    from engine.errors import DatasetError, one_line
+
+    text = ("Caught DatasetError in DataLoader worker process 1.\nOriginal Traceback (most recent call last):\n"
+            "engine.errors.DatasetError: first\n\nDuring handling of the above exception, another exception "
+            "occurred:\n\nTraceback (most recent call last):\nengine.errors.DatasetError: second\n")
+    assert one_line(DatasetError(text)) == "second (raised in DataLoader worker process 1)"
