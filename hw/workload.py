@@ -116,12 +116,14 @@ def _exit_predictions(d: dict, path: str | Path) -> dict[int, tuple[int, int]] |
     return _by_sample_id(d, list(zip(d["predictions"], d["labels"])))
 
 
-def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, skip: set[int]) -> None:
+def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, skip: set[int],
+                             predictions: dict[int, tuple[int, int]] | None = None) -> None:
     """An exit file's content ``d`` must come from the traced samples and model: the labels it records for the
     trace's sample ids must be the trace's, the blocks it records as skipped (``main.py`` writes
     ``skipped_blocks``) those the trace and the skip list skip, and, unless the skip list skips blocks the trace
     ran (a what-if, whose exits come from another model than the trace's), the prediction it records for each
-    traced sample the trace's at that sample's exit step.
+    traced sample the trace's at that sample's exit step (``predictions``: the file's, as ``Workload.open`` parsed
+    them; None: not compared).
 
     Raises:
         HwInputError: naming the first sample, the blocks or the number of predictions that differ, and what to
@@ -140,17 +142,15 @@ def check_exit_matches_trace(d: dict, path: str | Path, reader: TraceReader, ski
         raise HwInputError(f"{path}: its model skipped the attention of blocks {sorted(skipped)}, but the trace and "
                            f"--skip-json skip {sorted(skip)}: pass that run's skip.json with --skip-json (or a trace "
                            f"of the model that wrote the exit file)")
-    if skip == set(reader.meta.skipped_blocks):
-        _check_exit_predictions(d, path, reader)
+    if skip == set(reader.meta.skipped_blocks) and predictions is not None:
+        _check_exit_predictions(d, path, reader, predictions)
 
 
-def _check_exit_predictions(d: dict, path: str | Path, reader: TraceReader) -> None:
+def _check_exit_predictions(d: dict, path: str | Path, reader: TraceReader,
+                            predictions: dict[int, tuple[int, int]]) -> None:
     """Each traced sample's prediction in the exit file should be the trace's at its exit step (same model): more
     than half differing is an error, a few a warning (batched evaluation, per-sample tracing or another device may
     round a membrane to the other side of the threshold)."""
-    predictions = _exit_predictions(d, path)
-    if predictions is None:
-        return
     steps = _by_sample_id(d, d["exit_steps"])
     shared = [s for s in reader.meta.samples if s.id in predictions]
     differ = [s.id for s in shared if predictions[s.id][0] != s.pred_per_step[steps[s.id] - 1]]
@@ -203,7 +203,7 @@ class Workload:
             content = read_mapping(exit_json, "JSON", "the exit file")
             steps, portion = _exit_steps(content, exit_json, reader.meta.T)
             predictions = _exit_predictions(content, exit_json)
-            check_exit_matches_trace(content, exit_json, reader, skip | set(reader.meta.skipped_blocks))
+            check_exit_matches_trace(content, exit_json, reader, skip | set(reader.meta.skipped_blocks), predictions)
         missing = sorted(set(reader.sample_ids) - set(steps)) if steps else []
         if missing:
             raise HwInputError(f"{exit_json}: field 'sample_ids' lacks trace samples {missing[:5]} of {trace_dir}")

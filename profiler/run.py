@@ -32,13 +32,13 @@ from torch import nn
 from module import ATTENTION_MODES, REFERENCES, SPIKE_MODES
 
 from engine.aster import int_list
-from engine.atomic import atomic_open, numbered_paths
+from engine.atomic import atomic_open
 from engine.model import check_model_name
 from .capture import Capture, capture_from_records
 from .fork_format import ForkTextWriter
 from .records import JsonlWriter
 from .session import ProfileSession
-from .tables import summary_lines
+from .tables import free_folder, summary_lines
 
 __all__ = ["add_run_arguments", "build_model", "int_at_least", "make_inputs", "output_folder", "run_profile"]
 
@@ -246,18 +246,13 @@ def make_inputs(args: argparse.Namespace, device: torch.device, net: nn.Module) 
 
 
 def output_folder(out: Path) -> Path:
-    """``out``, or ``out-1``, ``out-2``, ... (the first that is free) if ``out`` already holds a capture.
+    """``out``, or ``out-1``, ``out-2``, ... (the first that is free) if ``out`` already holds a capture
+    (:func:`profiler.tables.free_folder`).
 
     Raises:
         ValueError: ``out`` is a file.
     """
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file: give a folder")
-    path = next(path for path in numbered_paths(out)
-                if not path.exists() or path.is_dir() and not any((path / name).exists() for name in _OUTPUTS))
-    if path != out:
-        _logger.warning("%s already holds a capture; writing to %s", out, path)
-    return path
+    return free_folder(out, _OUTPUTS, "a capture")
 
 
 def _cpu_name() -> str:
