@@ -329,9 +329,14 @@ def load_initial_checkpoint(args: argparse.Namespace, model: nn.Module) -> None:
 
 
 def restore_model_ema(model_ema: Any, checkpoint: dict | None, path: str) -> None:
-    """Load ``state_dict_ema`` into the EMA model when resuming (no-op without EMA weights); warn that a run
-    without EMA drops them."""
-    if checkpoint is None or "state_dict_ema" not in checkpoint:
+    """Load ``state_dict_ema`` into the EMA model when resuming; warn that a run without EMA drops them, and say
+    (INFO) that the EMA of a run resumed from a checkpoint without EMA weights starts from the resumed weights."""
+    if checkpoint is None:
+        return
+    if "state_dict_ema" not in checkpoint:
+        if model_ema is not None:
+            _logger.info("checkpoint %r has no EMA weights (state_dict_ema): the EMA starts from its model weights",
+                         path)
         return
     if model_ema is None:
         _logger.warning("checkpoint %r holds EMA weights (state_dict_ema), but this run has no --model-ema: they are "

@@ -285,6 +285,9 @@ def test_restoring_ema_from_a_checkpoint_without_ema_weights_leaves_the_ema_mode
     ema = types.SimpleNamespace(module=_tiny())
     before = {k: v.clone() for k, v in ema.module.state_dict().items()}
     other = _tiny(attention_mode="STAtten")
-    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="engine.checkpoint"):
         restore_model_ema(ema, {"epoch": 0, "state_dict": other.state_dict(), "args": _trained_args()}, "x.pth.tar")
-    assert all(torch.equal(before[k], v) for k, v in ema.module.state_dict().items()) and not caplog.records
+    assert all(torch.equal(before[k], v) for k, v in ema.module.state_dict().items())
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "checkpoint 'x.pth.tar' has no EMA weights (state_dict_ema): the EMA starts from its model "
+                       "weights")]
