@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["get_args_parser", "empty_means_none", "NoFlagAction", "INERT_FLAGS", "ATTENTION_MODES",
+__all__ = ["get_args_parser", "empty_means_none", "NoFlagAction", "INERT_FLAGS", "STATIC_IMAGE_FLAGS", "ATTENTION_MODES",
            "NEURON_BACKENDS", "SPIKE_MODES"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
@@ -51,6 +51,10 @@ INERT_FLAGS = {
     "apex_amp": "apex is not used, so (as in the reference without apex) it stays float32; --amp selects torch.amp",
     "firing_thresholds": "ASTER's main.py never used it either (its code is commented out)",
 }
+
+# The static-image transforms' flags (timm's create_loader): the event-frame datasets never read them.
+STATIC_IMAGE_FLAGS = ("no_aug", "scale", "ratio", "hflip", "vflip", "color_jitter", "aa", "reprob", "remode",
+                      "recount", "resplit", "train_interpolation", "interpolation", "crop_pct", "mean", "std")
 
 
 class NoFlagAction(argparse.Action):

@@ -132,6 +132,28 @@ def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str,
                         "skipped_blocks: --skip-blocks)", path, ", ".join(changed))
 
 
+_SPLIT_ARGS = ("dvs_split", "dvs_split_ratio", "dvs_split_seed")
+
+
+def _warn_on_changed_split(checkpoint: dict, path: str, args: argparse.Namespace | None) -> None:
+    """Warn when the checkpoint was trained on another train/val split of the same event dataset than the one this
+    run built (``args`` holds the split used, :func:`data.neuromorphic.build_dataset`): its validation samples then
+    include samples the checkpoint was trained on."""
+    ckpt_args = checkpoint.get("args")
+    if args is None or not isinstance(ckpt_args, argparse.Namespace):
+        return
+    if getattr(ckpt_args, "dataset", None) != getattr(args, "dataset", None) or "official" in (
+            getattr(ckpt_args, "dvs_split", None), getattr(args, "dvs_split", None)):
+        return
+    changed = [(k, getattr(ckpt_args, k, None), getattr(args, k, None)) for k in _SPLIT_ARGS]
+    changed = [(k, trained, now) for k, trained, now in changed if None not in (trained, now) and trained != now]
+    if changed:
+        _logger.warning("checkpoint %r was trained on another split of %s: %s; this run's validation samples include "
+                        "samples it was trained on; pass %s (-c the run's args.yaml gives them all)", path,
+                        args.dataset, ", ".join(f"{k}={trained!r} (this run: {now!r})" for k, trained, now in changed),
+                        " ".join(f"--{k.replace('_', '-')} {trained}" for k, trained, _ in changed))
+
+
 def _state_dict_of(checkpoint: dict, key: str, path: str) -> Mapping:
     """``checkpoint[key]``, or the checkpoint itself when it is a bare state dict (parameter names -> tensors)."""
     state_dict = checkpoint.get(key, checkpoint)
@@ -188,6 +210,7 @@ def load_model_weights(model: nn.Module, checkpoint: dict, path: str, key: str =
         state_dict = {k: v for k, v in state_dict.items() if k in expected}
     unwrap(model).load_state_dict(state_dict, strict=not all_missing)
     _warn_on_changed_computation(model, checkpoint, path, args)
+    _warn_on_changed_split(checkpoint, path, args)
     return all_unexpected, all_missing
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .args import INERT_FLAGS, NoFlagAction
+from .args import INERT_FLAGS, STATIC_IMAGE_FLAGS, NoFlagAction
 from .errors import ConfigError
 
 __all__ = ["RECORDED_ONLY_KEYS", "ONE_SHOT_KEYS", "check_text_value", "command_line_dests", "config_keys",
@@ -363,6 +363,21 @@ def warn_inert_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     for dest, why in INERT_FLAGS.items():
         if dest in actions and getattr(args, dest, None) not in (None, actions[dest].default):
             _logger.warning("--%s has no effect: %s", dest.replace("_", "-"), why)
+    _warn_static_image_flags(args, actions)
+
+
+def _warn_static_image_flags(args: argparse.Namespace, actions: dict[str, argparse.Action]) -> None:
+    """Warn about the static-image transform flags set away from their defaults for an event dataset."""
+    from data import is_neuromorphic
+
+    if not is_neuromorphic(getattr(args, "dataset", None) or ""):
+        return
+    given = [dest for dest in STATIC_IMAGE_FLAGS if dest in actions and getattr(args, dest) != actions[dest].default]
+    if given:
+        _logger.warning("%s ha%s no effect on the event frames of --dataset %s (static-image transforms); their "
+                        "augmentation flags are --dvs-flip-roll, --dvs-aug and --dvs-trival-aug (mixup and CutMix "
+                        "apply to them too)", ", ".join("--" + dest.replace("_", "-") for dest in given),
+                        "s" if len(given) == 1 else "ve", args.dataset)
 
 
 def dump_args(args: argparse.Namespace, path: str) -> None:

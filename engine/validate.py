@@ -150,6 +150,13 @@ def _check_even_batch_for_mixup(args: argparse.Namespace) -> None:
 
 def _check_aug_splits(args: argparse.Namespace) -> None:
     splits = getattr(args, "aug_splits", 0)
+    if splits or getattr(args, "jsd", False):
+        from data import is_neuromorphic
+
+        if is_neuromorphic(getattr(args, "dataset", None) or ""):
+            raise ConfigError(f"--aug-splits / --jsd need the augmented copies of each image that the static-image "
+                              f"loader makes; the event frames of --dataset {args.dataset} have none (the JSD loss "
+                              f"would compare different samples): drop --aug-splits and --jsd")
     if splits == 1 or splits < 0:
         raise ConfigError(f"--aug-splits {splits}: give 0 (off) or at least 2 (the clean batch plus augmented ones)")
     if splits >= 2 and getattr(args, "no_prefetcher", False):
@@ -177,6 +184,10 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
                           "of data loading processes")
     if getattr(args, "interpolation", "") not in INTERPOLATIONS:
         raise ConfigError(f"--interpolation {args.interpolation!r}: choose one of {INTERPOLATIONS}")
+    crop_pct = getattr(args, "crop_pct", None)
+    if crop_pct is not None and not 0 < crop_pct <= 1:
+        raise ConfigError(f"--crop-pct {crop_pct}: the evaluation's centre crop is a fraction of the resized image, "
+                          f"in (0, 1] (e.g. 0.875; a percentage such as 95 is 0.95)")
     _check_dataset(args)
     _check_input_channels(args)
     _check_normalisation(args)

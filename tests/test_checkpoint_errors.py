@@ -291,3 +291,32 @@ def test_restoring_ema_from_a_checkpoint_without_ema_weights_leaves_the_ema_mode
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
         (logging.INFO, "checkpoint 'x.pth.tar' has no EMA weights (state_dict_ema): the EMA starts from its model "
                        "weights")]
+
+
+def test_a_checkpoint_trained_on_another_split_of_the_event_dataset_is_warned_about(tmp_path, caplog):
+    """An event dataset's stratified split follows --seed: a checkpoint trained with --seed 1 and evaluated with the
+    config's seed 42 was scored on a validation set holding its training samples, without a word."""
+    from data.neuromorphic import build_dvs_dataset
+    from test_data_dvs_formats import dvs_args, make_cifar10_dvs
+
+    make_cifar10_dvs(tmp_path, per_class=10)
+    trained = dvs_args(seed=1, dataset="cifar10-dvs", time_steps=2)
+    train_ids = set(build_dvs_dataset("cifar10-dvs", tmp_path, "train", trained).sample_ids)
+    now = dvs_args(seed=42, dataset="cifar10-dvs")
+    assert set(build_dvs_dataset("cifar10-dvs", tmp_path, "val", now).sample_ids) & train_ids  # the leak
+    model = _tiny()
+    checkpoint = {"epoch": 0, "state_dict": model.state_dict(), "args": trained}
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        load_model_weights(model, checkpoint, "best.pth.tar", args=now)
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.checkpoint"] == [
+        "checkpoint 'best.pth.tar' was trained on another split of cifar10-dvs: dvs_split_seed=1 (this run: 42); "
+        "this run's validation samples include samples it was trained on; pass --dvs-split-seed 1 (-c the run's "
+        "args.yaml gives them all)"]
+    caplog.clear()
+    same = dvs_args(seed=42, dvs_split_seed=1, dataset="cifar10-dvs")
+    assert not set(build_dvs_dataset("cifar10-dvs", tmp_path, "val", same).sample_ids) & train_ids
+    official = argparse.Namespace(dataset="cifar10-dvs", dvs_split="official", dvs_split_seed=None)
+    with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+        for args in (same, official, argparse.Namespace(dataset="digits")):
+            load_model_weights(model, checkpoint, "best.pth.tar", args=args)
+    assert not [r for r in caplog.records if r.name == "engine.checkpoint"]

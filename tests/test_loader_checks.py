@@ -185,3 +185,49 @@ def test_negative_workers_is_refused_before_the_loaders(tmp_path, train):
 
     with pytest.raises(ConfigError, match=r"^-j/--workers -1 is negative; give 0 \(load in the main process\)"):
         check_run_args(tiny_args(tmp_path, "-j", "-1"), train)
+
+
+@pytest.mark.parametrize("crop_pct", ["-0.5", "0", "3", "95", "nan"])
+def test_a_crop_fraction_outside_zero_to_one_is_refused(tmp_path, crop_pct):
+    """--crop-pct -0.5 crashed at the first validation (a PIL traceback after an epoch of training); 3 or 95 (a
+    percentage) evaluated a small image padded with zeros, and 0 became timm's 0.875, all without a word."""
+    from engine.validate import check_run_args
+
+    for train in (True, False):
+        with pytest.raises(ConfigError, match=rf"^--crop-pct {crop_pct}\.?0?: the evaluation's centre crop is a "
+                                              r"fraction of the resized image, in \(0, 1\]"):
+            check_run_args(tiny_args(tmp_path, "--crop-pct", crop_pct), train)
+    check_run_args(tiny_args(tmp_path, "--crop-pct", "0.875"), True)
+
+
+@pytest.mark.parametrize("flags", [["--aug-splits", "2"], ["--jsd"], ["--aug-splits", "3", "--jsd"]])
+def test_augmentation_splits_and_jsd_are_refused_on_event_data(tmp_path, flags):
+    """The event loader makes no augmented copies: with --jsd the JSD loss split an ordinary batch in half, so the
+    cross-entropy saw half the labels and the divergence pulled different samples together."""
+    from engine.validate import check_run_args
+
+    args = tiny_args(tmp_path, "--dataset", "nmnist", "--in-channels", "2", "--mean", "0.3", "--std", "0.3",
+                      "--mixup", "0", "--cutmix", "0", *flags)
+    with pytest.raises(ConfigError, match=r"^--aug-splits / --jsd need the augmented copies .* --dataset nmnist"):
+        check_run_args(args, True)
+
+
+def test_static_image_flags_on_event_data_are_warned_about(caplog):
+    """--reprob, --aa, --mean/--std, ... never reach the event frames: one warning names those set."""
+    from engine.args import get_args_parser
+    from engine.config import parse_args, warn_inert_flags
+
+    parser = get_args_parser()
+    args = parse_args(parser, ["--dataset", "nmnist", "--reprob", "0.5", "--mean", "0.5", "--std", "0.2",
+                               "--hflip", "0.5"])
+    with caplog.at_level(logging.WARNING, logger="engine.config"):
+        warn_inert_flags(args, parser)
+        parse_args(parser, ["--dataset", "nmnist", "--aa", "rand-m9-n1"])
+        warn_inert_flags(parser.parse_args(["--dataset", "nmnist", "--aa", "rand-m9-n1"]), parser)
+        warn_inert_flags(parser.parse_args(["--dataset", "digits", "--reprob", "0.5"]), parser)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--reprob, --mean, --std have no effect on the event frames of --dataset nmnist (static-image transforms); "
+        "their augmentation flags are --dvs-flip-roll, --dvs-aug and --dvs-trival-aug (mixup and CutMix apply to "
+        "them too)",
+        "--aa has no effect on the event frames of --dataset nmnist (static-image transforms); their augmentation "
+        "flags are --dvs-flip-roll, --dvs-aug and --dvs-trival-aug (mixup and CutMix apply to them too)"]
