@@ -8,6 +8,7 @@ processes use CUDA devices, gloo otherwise.  Multi-node runs need only torchrun'
 from __future__ import annotations
 
 import argparse
+import datetime
 import gc
 import logging
 import os
@@ -20,9 +21,15 @@ import torch.distributed as dist
 from .errors import SetupError, one_line
 
 __all__ = ["init_distributed", "is_primary", "agreed_setup", "broadcast_state", "cleanup_distributed",
-           "evaluation_module"]
+           "evaluation_module", "lost_peer"]
 
 _logger = logging.getLogger(__name__)
+
+# How long a finished process waits at the end for the others: rank 0 alone may still be busy (a trace export, the
+# early-exit evaluation's files) far past the process group's own timeout (gloo 30 min, NCCL 10 min).  A process
+# that dies stops the others through the launcher, so the long wait does not turn a crash into a hang.
+EXIT_WAIT = datetime.timedelta(days=7)
+_exit_group: dist.ProcessGroup | None = None
 
 
 def init_distributed(args: argparse.Namespace) -> None:
@@ -45,8 +52,19 @@ def init_distributed(args: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
     if args.distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
+        global _exit_group
+        _exit_group = dist.new_group(backend="gloo", timeout=EXIT_WAIT)
         _logger.info("Process %d of %d on %s (backend %s).", args.rank, args.world_size, args.device,
                      dist.get_backend())
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """True for the error a collective raises in a joined group when another process has gone (it stopped after
+    Ctrl-C, which the launcher does not deliver to every process at once, or after an error of its own)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return isinstance(exc, dist.DistNetworkError) or (isinstance(exc, RuntimeError) and any(
+        text in str(exc) for text in ("Connection closed by peer", "Connection reset by peer")))
 
 
 def is_primary(args: argparse.Namespace) -> bool:
@@ -109,12 +127,15 @@ def cleanup_distributed(wait_for_peers: bool = False) -> None:
     """Leave the process group, if one was joined.
 
     ``wait_for_peers`` (after a run that ended normally on every process): a barrier first, so no process tears
-    its connections down while another still uses them.  Objects that still hold the group (a DDP reducer kept by
-    a reference cycle) are collected first, while the interpreter is fully alive: gloo's worker threads destroyed
-    during interpreter shutdown abort the process.
+    its connections down while another still uses them; it waits up to :data:`EXIT_WAIT` (on a gloo group of its
+    own, whatever the backend), not the group's timeout, since rank 0 may still be writing its outputs.  Objects
+    that still hold the group (a DDP reducer kept by a reference cycle) are collected first, while the interpreter
+    is fully alive: gloo's worker threads destroyed during interpreter shutdown abort the process.
     """
+    global _exit_group
     if dist.is_initialized():
         if wait_for_peers:
-            dist.barrier()
+            dist.barrier(group=_exit_group)
         gc.collect()
         dist.destroy_process_group()
+    _exit_group = None

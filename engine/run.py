@@ -21,7 +21,8 @@ from torch import nn
 from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, restores_optimizer,
                          resume_checkpoint)
 from .config import parse_args, warn_inert_flags
-from .distributed import agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary
+from .distributed import (agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary,
+                          lost_peer)
 from .errors import ConfigError, SetupError, one_line
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
@@ -240,8 +241,8 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
         result = _train_epochs(args, s, outputs, saver)
         if hooks.after_training is not None:
             hooks.after_training(args, s, output_dir)
-    except KeyboardInterrupt:
-        if is_primary(args):
+    except (KeyboardInterrupt, RuntimeError) as exc:
+        if is_primary(args) and (isinstance(exc, KeyboardInterrupt) or lost_peer(exc)):
             _log_interrupted(output_dir, hooks.resumable)
         raise
     finally:
@@ -280,7 +281,8 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     """Parse ``argv`` (with ``-c`` YAML) and call ``run(args, parser)``; report a :class:`SetupError` as one line.
 
     Returns:
-        The process exit status: 0, 2 after a setup error, 130 after Ctrl-C (no traceback).
+        The process exit status: 0, 2 after a setup error, 130 after Ctrl-C, 1 when another process of the run
+        stopped (its collective failed); no traceback in these three cases.
     """
     setup_console_logging(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
     parser = make_parser()
@@ -294,6 +296,12 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     except KeyboardInterrupt:
         _logger.error("Interrupted (Ctrl-C).")
         return 130
+    except RuntimeError as exc:
+        if not lost_peer(exc):
+            raise
+        _logger.error("Another process of this run stopped (Ctrl-C or an error: see its output), so this one stops "
+                      "too (%s)", str(exc).splitlines()[0])
+        return 1
     finally:
         cleanup_distributed(wait_for_peers=finished)
     return 0

@@ -156,3 +156,67 @@ def test_processes_other_than_rank_0_log_errors_only(capsys):
     assert "an error of this process" in err and "the warning, from rank 0" in err
     assert "a warning of the second node" in err
     assert "a warning every process would repeat" not in err
+
+
+_LONG_RANK_0_WORK = """
+import argparse, datetime, sys, time
+import torch.distributed as dist
+sys.path[:0] = [{repo!r}, {tests!r}]
+from engine.distributed import cleanup_distributed, init_distributed
+
+join = dist.init_process_group
+dist.init_process_group = lambda *a, **k: join(*a, timeout=datetime.timedelta(seconds=2), **k)
+args = argparse.Namespace(device="cpu", local_rank=0)
+init_distributed(args)
+if args.rank == 0:
+    time.sleep(6)  # rank 0's own work after the last collective (a trace export), past the group's timeout
+cleanup_distributed(wait_for_peers=True)
+"""
+
+
+@pytest.mark.slow
+def test_the_end_of_run_wait_outlasts_rank_0s_own_work(tmp_path):
+    """With --export-traces the other processes waited for rank 0's export in a barrier bounded by the group's
+    timeout (gloo 30 min, NCCL 10 min): a longer export was killed half-written.  Here the group's timeout is 2 s
+    and rank 0 works for 6 s."""
+    result = _torchrun(_script(tmp_path, "long_rank_0.py", _LONG_RANK_0_WORK))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_collective_that_lost_its_peer_stops_rank_0_with_the_resume_hint(tmp_path, monkeypatch, caplog):
+    """Ctrl-C under torchrun reaches the processes one after the other: rank 0, inside DDP's all-reduce when its
+    peer left, got gloo's "Connection closed by peer" as a traceback, without the "Interrupted ... resume with
+    --resume" line in its log. The group here is a one-process one; the error is the one gloo raised."""
+    import logging
+
+    import torch.distributed as dist
+
+    import train
+    from engine import run
+    from engine.distributed import lost_peer
+
+    closed = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer "
+                          "[127.0.0.1]:29320")
+
+    def peer_gone(*args, **kwargs):
+        raise closed
+
+    assert not lost_peer(closed)  # no group joined: not a collective's error
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert lost_peer(closed) and not lost_peer(RuntimeError("CUDA out of memory")) and not lost_peer(ValueError("x"))
+    monkeypatch.setattr(run, "_train_epochs", peer_gone)
+    with caplog.at_level(logging.WARNING):
+        status = run.cli_main(train.make_parser, run.run_training, [*TINY_FLAGS, "--output", str(tmp_path)])
+    assert status == 1 and not dist.is_initialized()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert messages[-2].startswith("Interrupted. ") and messages[-2].endswith("resume with --resume")
+    assert messages[-1] == ("Another process of this run stopped (Ctrl-C or an error: see its output), so this one "
+                            f"stops too ({closed})")
+
+    def out_of_memory(args, parser):
+        raise RuntimeError("CUDA out of memory")
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    with pytest.raises(RuntimeError, match="CUDA out of memory"):  # any other error keeps its traceback
+        run.cli_main(train.make_parser, out_of_memory, [])
+    assert not dist.is_initialized()
