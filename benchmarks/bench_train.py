@@ -15,9 +15,12 @@ the device (``[B, C, H, W]`` images or ``[B, T, 2, H, W]`` event frames; soft ta
 mixup/CutMix); then one eager step under ``FlopCounterMode`` (dense FLOPs of forward and backward; before any
 ``torch.compile``, which would skip every frame it met under that mode), ``--warmup`` steps (the first, which
 includes any kernel compilation, is reported on its own), ``--steps`` timed steps, each between two device
-synchronisations, and ``--profile-steps`` steps under the torch profiler.
+synchronisations, ``--steps`` more back to back (as the training loop runs them: one synchronisation at the end),
+and ``--profile-steps`` steps under the torch profiler.
 
-Reported: median ms/step with p10/p90, host ms/step (the time until the step returns, before the synchronisation:
+Reported: median ms/step with p10/p90 (the anchors' measure, and the one the speed-ups divide), back-to-back
+ms/step (``b2b``: what training gets, where the host prepares a step while the device still runs the last one),
+host ms/step (the time until the step returns, before the synchronisation:
 close to ms/step, the step is bound by the host, Python and kernel launches, which CUDA graphs remove; on the CPU
 the whole step), images/s, GPU-busy ms/step (union of the CUDA kernel, memcpy and memset intervals, per step) and
 kernels per step, peak memory (``torch.cuda.max_memory_allocated`` over the timed steps, ``max_memory_reserved``
@@ -273,7 +276,8 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
 
     Returns:
         A JSON-ready dict: the config (model, precision, batch, ...), ``ms_per_step`` (median, p10, p90, min, max),
-        ``host_ms`` (median time until the step returns, before the synchronisation: the host's share of the step),
+        ``back_to_back_ms`` (``steps`` more steps without a synchronisation between them, per step), ``host_ms``
+        (median time until the step returns, before the synchronisation: the host's share of the step),
         ``images_per_s``, ``gpu_busy_ms`` and ``kernels_per_step`` (None off CUDA), ``peak_memory_gib`` and
         ``peak_memory_kind`` (on the CPU the process's peak resident memory over the timed steps where Linux lets
         it be reset, else since the process started), ``tflop_per_step``, ``tflops``, ``peak_tflops`` and
@@ -337,6 +341,11 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         peak_gib, memory_kind = torch.cuda.max_memory_allocated(device) / _GIB, "cuda_max_allocated"
     else:
         peak_gib, memory_kind = _cpu_peak(cpu_peak_reset)
+    start = time.perf_counter()  # the training loop's way: no synchronisation between the steps
+    for _ in range(steps):
+        step()
+    sync()
+    back_to_back_ms = 1e3 * (time.perf_counter() - start) / steps
     busy_ms, kernels, top = _profile(step, profile_steps, sync, on_cuda) if profile_steps > 0 else (None, None, [])
 
     times_ms.sort()
@@ -358,7 +367,8 @@ def bench_step(args: argparse.Namespace, *, warmup: int = 10, steps: int = 40, p
         warmup=warmup, steps=steps, first_step_s=first_step_s,
         ms_per_step=dict(median=median_ms, p10=_percentile(times_ms, 10), p90=_percentile(times_ms, 90),
                          min=times_ms[0], max=times_ms[-1]),
-        host_ms=statistics.median(host_ms), images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
+        back_to_back_ms=back_to_back_ms, host_ms=statistics.median(host_ms),
+        images_per_s=args.batch_size / (median_ms / 1e3), gpu_busy_ms=busy_ms,
         kernels_per_step=kernels,
         peak_memory_gib=peak_gib, peak_memory_kind=memory_kind,
         tflop_per_step=flops / 1e12 if flops is not None else None, tflops=tflops, peak_tflops=peak_tflops,
@@ -410,7 +420,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "host ms", "img/s", "busy ms", "kernels",
+_COLUMNS = ("config", "precision", "path", "ms/step", "p10-p90", "b2b ms", "host ms", "img/s", "busy ms", "kernels",
             "peak GiB", "GFLOP", "TFLOP/s", "MFU %", "MFU peak", "anchor ms", "anchor busy", "anchor GiB",
             "speed-up", "GPU", "mem ratio", "note")
 
@@ -444,8 +454,8 @@ def table_rows(results: dict[str, dict]) -> list[tuple[str, ...]]:
         ms, anchor = r["ms_per_step"], r.get("anchor")
         peak = "" if r["peak_tflops"] is None else f"{r['peak_tflops']:g} {r['peak_kind']}"
         row = (name, r["precision"], speed_path(r), f"{ms['median']:.2f}", f"{ms['p10']:.2f}-{ms['p90']:.2f}",
-               f"{r['host_ms']:.2f}", f"{r['images_per_s']:.1f}", _fmt(r["gpu_busy_ms"], ".2f"),
-               _fmt(r.get("kernels_per_step"), ".0f"), f"{r['peak_memory_gib']:.2f}",
+               f"{r['back_to_back_ms']:.2f}", f"{r['host_ms']:.2f}", f"{r['images_per_s']:.1f}",
+               _fmt(r["gpu_busy_ms"], ".2f"), _fmt(r.get("kernels_per_step"), ".0f"), f"{r['peak_memory_gib']:.2f}",
                _fmt(None if r["tflop_per_step"] is None else 1e3 * r["tflop_per_step"], ".4g"),
                _fmt(r["tflops"], ".3g"), _fmt(None if r["mfu"] is None else 100 * r["mfu"], ".1f"), peak)
         if anchor is None:

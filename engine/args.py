@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["get_args_parser", "empty_means_none", "NoFlagAction", "INERT_FLAGS", "STATIC_IMAGE_FLAGS", "ATTENTION_MODES",
-           "NEURON_BACKENDS", "SPIKE_MODES"]
+__all__ = ["get_args_parser", "empty_means_none", "NoFlagAction", "INERT_FLAGS", "STATIC_IMAGE_FLAGS",
+           "ATTENTION_MODES", "NEURON_BACKENDS", "SPIKE_MODES"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
 SPIKE_MODES = ("lif", "plif", "alif", "blif")

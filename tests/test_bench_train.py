@@ -25,6 +25,7 @@ def test_tiny_configs_report_every_field(tmp_path):
         assert 0 < ms["min"] <= ms["p10"] <= ms["median"] <= ms["p90"] <= ms["max"], name
         assert r["images_per_s"] == pytest.approx(r["batch_size"] / ms["median"] * 1e3)
         assert 0 < r["host_ms"] <= ms["max"], name  # on the CPU the step is done when it returns
+        assert r["back_to_back_ms"] > 0, name
         assert r["gpu_busy_ms"] is None and r["kernels_per_step"] is None, name
         assert r["mfu"] is None and r["peak_tflops"] is None, name
         assert r["peak_memory_kind"] == "process_peak_rss_timed_steps" and r["peak_memory_gib"] > 0, name
@@ -36,7 +37,7 @@ def test_tiny_configs_report_every_field(tmp_path):
         assert "aten::convolution_backward" in {op["name"] for op in r["top_ops"]}, name
     assert results["tiny-sdt-bf16"]["precision"] == "bfloat16"
     assert results["tiny-statten-dvs"]["chunk_size"] == 2
-    assert [len(row) for row in table_rows(results)] == [21] * len(TINY)
+    assert [len(row) for row in table_rows(results)] == [22] * len(TINY)
     assert {row[0]: row[2] for row in table_rows(results)} == {
         "tiny-sdt-fp32": "fused+once", "tiny-sdt-bf16": "fused+once", "tiny-statten-dvs": "fused"}
 
@@ -108,12 +109,13 @@ def test_compare_only_the_anchors_workload():
     assert out["speedup_per_image"] == pytest.approx(36 / 64 / (24.0 / 128)) and "speedup" not in out
     assert "memory_ratio" not in out and "per image" in out["anchor_note"]
     row = table_rows({"b128": {**_cuda_result("sdt-2-512-cifar-fp32", "-b", "128"), **_tiny_cuda_row(), **out}})[0]
-    assert row[17:] == ("3.00/img", "H100 80GB HBM3", "", out["anchor_note"])
+    assert row[18:] == ("3.00/img", "H100 80GB HBM3", "", out["anchor_note"])
 
 
 def _tiny_cuda_row() -> dict:
     return dict(precision="float32", neuron_backend="fused", encode_once=True, event_frames=False,
                 channels_last=False, torchcompile=None, ms_per_step=dict(median=1.0, p10=1.0, p90=1.0), host_ms=1.0,
+                back_to_back_ms=1.0,
                 images_per_s=1.0, gpu_busy_ms=1.0, kernels_per_step=1.0, peak_memory_gib=1.0, tflop_per_step=1.0,
                 tflops=1.0, mfu=0.5, peak_tflops=494.7, peak_kind="H100 SXM tf32")
 
