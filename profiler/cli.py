@@ -107,7 +107,7 @@ def _run(parser: argparse.ArgumentParser, run_parser: argparse.ArgumentParser, a
         net = build_model(args)
         inputs = make_inputs(args, device, net)
     except (OSError, ValueError, SetupError) as exc:
-        run_parser.error(str(exc))
+        _fail(run_parser, exc)
     run_profile(args, net, inputs)
     return 0
 
@@ -125,8 +125,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             plot_tables(args.tables, args.out, args.source)
     except (OSError, ValueError) as exc:
-        parser.error(str(exc))
+        _fail(parser, exc)
     return 0
+
+
+def _fail(parser: argparse.ArgumentParser, exc: Exception) -> None:
+    """Exit with status 2 and one line naming the problem (argparse's format, without its usage block, which says
+    nothing about a bad file or value)."""
+    parser.exit(2, f"{parser.prog}: error: {exc}\n")
 
 
 def _source_names(paths: list[Path]) -> list[str]:

@@ -291,3 +291,13 @@ def test_a_capture_with_timers_but_no_total_lines_keeps_its_runs(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     capture = load_capture(path)
     assert (len(capture.runs), capture.num_layers, capture.incomplete) == (30, 8, [])
+
+
+def test_a_bad_value_is_one_line_without_the_usage_block(tmp_path, capsys):
+    """profiler run printed argparse's 25-line usage before the error, which said nothing about the bad value."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--no-timers", "--no-sparsity", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
+    assert err.endswith("error: --no-timers with --no-sparsity records nothing: keep the timers or the probes\n")
+    assert not (tmp_path / "out").exists()
