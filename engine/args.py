@@ -186,12 +186,14 @@ def _scheduler_group(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--warmup-lr", type=float, default=1e-4, help="warmup learning rate")
     group.add_argument("--min-lr", type=float, default=1e-5, help="lower lr bound for cyclic schedulers")
     group.add_argument("--epochs", type=int, default=200,
-                       help="number of epochs (--cooldown-epochs are added for cosine, tanh and poly)")
+                       help="number of epochs (--cooldown-epochs are added for cosine, tanh, poly, wsd and "
+                            "rsqrt; --lr-cycle-limit N repeats the cosine/tanh/poly cycle N times)")
     group.add_argument("--epoch-repeats", type=float, default=0.0, help="(no effect)")
     group.add_argument("--start-epoch", type=int, default=None, help="manual epoch number (useful on restarts)")
     group.add_argument("--decay-epochs", type=float, default=30, help="epoch interval to decay LR (--sched step)")
     group.add_argument("--decay-milestones", type=int, nargs="+", default=[30, 60], metavar="EPOCH",
-                       help="epochs at which --sched multistep decays the LR (default: 30 60, timm's)")
+                       help="--sched multistep decays the LR once per milestone M, from the epoch numbered M-1 in "
+                            "summary.csv (the M-th epoch; timm's convention) on (default: 30 60, timm's)")
     group.add_argument("--warmup-epochs", type=int, default=3, help="epochs to warm up LR")
     group.add_argument("--cooldown-epochs", type=int, default=10, help="epochs at min_lr after the cyclic schedule")
     group.add_argument("--patience-epochs", type=int, default=10, help="plateau scheduler patience")

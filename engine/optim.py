@@ -74,8 +74,10 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
         ConfigError: timm rejects the flags (e.g. ``--sched wsd`` with ``--decay-epochs`` beyond ``--epochs``).
 
     Returns:
-        ``(scheduler, num_epochs)``; ``num_epochs`` is ``epochs + cooldown_epochs`` for the cyclic schedules
-        (cosine, tanh, poly) and ``epochs`` for the others (step, multistep, plateau, ...), as in timm.
+        ``(scheduler, num_epochs)``; ``num_epochs`` is, as in timm, ``epochs`` (times the cycles of
+        ``--lr-cycle-limit`` and ``--lr-cycle-mul``) ``+ cooldown_epochs`` for the cyclic schedules (cosine, tanh,
+        poly), ``epochs + cooldown_epochs`` for wsd and rsqrt, and ``epochs`` for the others (step, multistep,
+        plateau).
     """
     from timm.scheduler import PlateauLRScheduler, create_scheduler_v2, scheduler_kwargs
 
@@ -83,7 +85,7 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
     try:
         scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
                                                     updates_per_epoch=updates_per_epoch)
-    except ValueError as err:
+    except (ValueError, AssertionError) as err:
         raise ConfigError(f"--sched {args.sched}: the schedule flags do not fit ({err}); check --decay-epochs "
                           f"{args.decay_epochs:g} (epochs, or a fraction of the run below 1), --epochs {args.epochs} "
                           f"and --warmup-epochs {args.warmup_epochs}") from None

@@ -130,7 +130,8 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
             source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
                       if args.resume else "--start-epoch is")
             raise ConfigError(f"nothing to train: {source} epoch {start_epoch}, and the run has {num_epochs} "
-                              "epochs (--epochs, plus --cooldown-epochs for cosine, tanh and poly); raise --epochs")
+                              "epochs (--epochs, plus --cooldown-epochs for cosine, tanh, poly, wsd and rsqrt, and "
+                              "the further cycles of --lr-cycle-limit); raise --epochs")
         model = compile_model(args, model)
     if args.distributed and model_ema is not None and not args.model_ema_force_cpu:
         broadcast_state(model_ema.module)  # each rank copied its own initial weights; DDP syncs only the model's

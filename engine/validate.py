@@ -127,9 +127,55 @@ def _check_training(args: argparse.Namespace) -> None:
         raise ConfigError(f"--opt-betas {' '.join(map(str, betas))}: expected two values in [0, 1), e.g. 0.9 0.999")
     _check_pair(args, "scale", "--scale")
     _check_pair(args, "ratio", "--ratio")
+    _check_schedule(args)
     _check_aug_splits(args)
     if getattr(args, "train_interpolation", "") not in INTERPOLATIONS:
         raise ConfigError(f"--train-interpolation {args.train_interpolation!r}: choose one of {INTERPOLATIONS[1:]}")
+
+
+# dest -> (flag, the values it takes, what to say): the schedule and EMA values timm takes without a word and then
+# trains on a negative LR, a diverging EMA, or loops forever (the noise redrawn until it falls within 0 %).
+_SCHEDULE_RANGES = {
+    "warmup_lr": ("--warmup-lr", lambda v: v >= 0, "must be 0 or more"),
+    "min_lr": ("--min-lr", lambda v: v >= 0, "must be 0 or more"),
+    "warmup_epochs": ("--warmup-epochs", lambda v: v >= 0, "must be 0 or more"),
+    "cooldown_epochs": ("--cooldown-epochs", lambda v: v >= 0, "must be 0 or more"),
+    "decay_rate": ("--decay-rate", lambda v: v > 0, "must be positive (the factor the LR is multiplied by)"),
+    "lr_cycle_mul": ("--lr-cycle-mul", lambda v: v > 0, "must be positive (each cycle's length over the last)"),
+    "lr_cycle_limit": ("--lr-cycle-limit", lambda v: v >= 1, "must be at least 1 (the number of cycles)"),
+    "patience_epochs": ("--patience-epochs", lambda v: v >= 0, "must be 0 or more"),
+}
+_NOISE_RANGES = {
+    "lr_noise_pct": ("--lr-noise-pct", lambda v: v > 0, "must be positive with --lr-noise (the noise is drawn again "
+                                                        "until it is within this fraction)"),
+    "lr_noise_std": ("--lr-noise-std", lambda v: v > 0, "must be positive with --lr-noise"),
+}
+
+
+def _check_ranges(args: argparse.Namespace, ranges: dict) -> None:
+    for dest, (flag, valid, why) in ranges.items():
+        value = getattr(args, dest, None)
+        if value is not None and not valid(value):
+            raise ConfigError(f"{flag} {value} {why}")
+
+
+def _check_schedule(args: argparse.Namespace) -> None:
+    """The LR schedule's and the EMA's values: in range, and the multistep milestones in order."""
+    _check_ranges(args, _SCHEDULE_RANGES)
+    if getattr(args, "lr_noise", None):
+        _check_ranges(args, _NOISE_RANGES)
+    decay = getattr(args, "model_ema_decay", None)
+    if getattr(args, "model_ema", False) and decay is not None and not 0 <= decay <= 1:
+        raise ConfigError(f"--model-ema-decay {decay} must be in [0, 1] (the weight the EMA keeps per step, e.g. "
+                          f"0.9998)")
+    sched = getattr(args, "sched", None)
+    milestones = getattr(args, "decay_milestones", None) or []
+    if sched == "multistep" and (min(milestones, default=1) < 1 or milestones != sorted(set(milestones))):
+        raise ConfigError(f"--decay-milestones {' '.join(map(str, milestones))}: give distinct epochs from 1 on, in "
+                          f"increasing order (each decays the LR once)")
+    if sched == "rsqrt" and getattr(args, "warmup_epochs", 1) == 0:
+        raise ConfigError("--sched rsqrt scales the LR by the warmup's length (timm's stable timescale): give "
+                          "--warmup-epochs 1 or more")
 
 
 def _mixes(args: argparse.Namespace) -> bool:

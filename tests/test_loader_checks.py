@@ -231,3 +231,42 @@ def test_static_image_flags_on_event_data_are_warned_about(caplog):
         "them too)",
         "--aa has no effect on the event frames of --dataset nmnist (static-image transforms); their augmentation "
         "flags are --dvs-flip-roll, --dvs-aug and --dvs-trival-aug (mixup and CutMix apply to them too)"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr-noise", "0.5", "--lr-noise-pct", "0"], "--lr-noise-pct 0.0 must be positive with --lr-noise"),
+    (["--lr-noise", "0.5", "--lr-noise-std", "-1"], "--lr-noise-std -1.0 must be positive with --lr-noise"),
+    (["--model-ema", "--model-ema-decay", "1.5"], r"--model-ema-decay 1.5 must be in \[0, 1\]"),
+    (["--warmup-lr", "-1", "--warmup-epochs", "1"], "--warmup-lr -1.0 must be 0 or more"),
+    (["--min-lr", "-1"], "--min-lr -1.0 must be 0 or more"),
+    (["--warmup-epochs", "-2"], "--warmup-epochs -2 must be 0 or more"),
+    (["--cooldown-epochs", "-1"], "--cooldown-epochs -1 must be 0 or more"),
+    (["--decay-rate", "0"], "--decay-rate 0.0 must be positive"),
+    (["--lr-cycle-mul", "0"], "--lr-cycle-mul 0.0 must be positive"),
+    (["--lr-cycle-limit", "0"], "--lr-cycle-limit 0 must be at least 1"),
+    (["--sched", "multistep", "--decay-milestones", "3", "1"], "--decay-milestones 3 1: give distinct epochs"),
+    (["--sched", "multistep", "--decay-milestones", "2", "2"], "--decay-milestones 2 2: give distinct epochs"),
+    (["--sched", "rsqrt", "--warmup-epochs", "0"], "--sched rsqrt scales the LR by the warmup's length"),
+])
+def test_schedule_and_ema_values_timm_takes_silently_are_refused(tmp_path, flags, message):
+    """timm took these and then looped forever (noise within 0 %), trained on a negative LR, let the EMA diverge
+    (eval loss 739 after one epoch at decay 1.5), decayed twice at unsorted milestones, cut the run short (negative
+    cooldown) or failed after the first epoch (cycle multiplier 0: math domain error)."""
+    from engine.validate import check_run_args
+
+    with pytest.raises(ConfigError, match="^" + message):
+        check_run_args(tiny_args(tmp_path, *flags), True)
+    check_run_args(tiny_args(tmp_path, "--lr-noise-pct", "0", "--model-ema-decay", "1.5", "--sched", "cosine",
+                             "--decay-milestones", "3", "1"), True)  # inert without --lr-noise, --model-ema, multistep
+
+
+def test_a_timm_assertion_on_the_schedule_is_a_config_error(tmp_path):
+    """timm asserts on some schedule values (a negative --min-lr in its cosine schedule): a bare AssertionError
+    traceback; any assertion of the scheduler's constructor is one error naming --sched."""
+    from engine.optim import build_scheduler
+
+    args = tiny_args(tmp_path)
+    args.min_lr = -1.0  # past the command-line check, as a caller building its own arguments could
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(ConfigError, match=r"^--sched cosine: the schedule flags do not fit"):
+        build_scheduler(args, optimizer, updates_per_epoch=1)
