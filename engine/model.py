@@ -266,7 +266,8 @@ def replays_cuda_graphs(args: argparse.Namespace) -> bool:
 def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
     """``torch.compile`` the model in place with ``--torchcompile`` (backend) and ``--torchcompile-mode``.
 
-    In place (``nn.Module.compile``), so state-dict keys, hooks and ``unwrap`` stay as they are.
+    In place (``nn.Module.compile``), so state-dict keys, hooks and ``unwrap`` stay as they are; with static shapes
+    (each batch size its own graph).
 
     Raises:
         ConfigError: a backend torch.compile does not know, a mode without inductor (torch.compile would ignore it),
@@ -286,7 +287,9 @@ def compile_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
         how = (f"--torchcompile-mode {args.torchcompile_mode}" if args.torchcompile_mode in CUDA_GRAPH_MODES
                else "--torchcompile cudagraphs")
         raise ConfigError(f"{how} replays CUDA graphs, which need stateless neurons; use --neuron-backend fused")
-    model.compile(backend=args.torchcompile, mode=args.torchcompile_mode)
+    # static shapes: a new batch size (an epoch's short last batch) compiles once more; inductor's dynamic-shape
+    # recompilation of the STAtten attention fails ("cannot determine truth value of Relational")
+    model.compile(backend=args.torchcompile, mode=args.torchcompile_mode, dynamic=False)
     _logger.info("Compiling the model with torch.compile(backend=%s, mode=%s); the first steps are slow.",
                  args.torchcompile, args.torchcompile_mode)
     return model

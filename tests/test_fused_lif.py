@@ -445,3 +445,28 @@ def test_statten_core_without_copies_equals_the_reference_layout(T, chunk_size, 
     theirs = torch.autograd.grad((expected * grad_out).sum(), (q, k, v))
     for a, b in zip(mine, theirs):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="inductor's CPU backend needs g++")
+def test_a_compiled_statten_model_trains_on_a_short_last_batch(tmp_path):
+    """--torchcompile on an event-data STAtten run crashed at the epoch's short last batch: inductor recompiled
+    for a dynamic batch size and failed on the chunked attention ("cannot determine truth value of Relational").
+    The engine compiles with static shapes; the second batch size gets a graph of its own, with eager's numbers."""
+    from _engine_helpers import tiny_args
+
+    from engine.model import build_model, compile_model, resolve_model_args
+
+    args = tiny_args(tmp_path, "--attention-mode", "STAtten", "--chunk-size", "1", "--time-steps", "2",
+                     "--torchcompile")
+    resolve_model_args(args)
+    torch.manual_seed(0)
+    net = build_model(args).train()
+    eager = copy.deepcopy(net)
+    torch._dynamo.reset()
+    compile_model(args, net)
+    for batch in (4, 3):
+        x = torch.randn(batch, 3, 32, 32)
+        out = net(x)
+        torch.testing.assert_close(out, eager(x), rtol=1e-5, atol=1e-5)
+        out.sum().backward()

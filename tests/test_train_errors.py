@@ -107,7 +107,8 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
     (["--start-epoch", "-1"], r"--start-epoch -1 must be 0 or more"),
     (["--sched", "step", "--decay-epochs", "0"], r"--decay-epochs 0.0 must be positive with --sched step"),
     (["--sched", "wsd"], r"--sched wsd: the schedule flags do not fit .*--decay-epochs 30 .*--epochs 1"),
-    (["--sched", "rsqrt"], r"--sched rsqrt: the schedule flags do not fit .*--decay-epochs 30 .*--epochs 1"),
+    (["--sched", "rsqrt", "--warmup-epochs", "1"],
+     r"--sched rsqrt: the schedule flags do not fit .*--decay-epochs 30 .*--epochs 1"),
     (["--start-epoch", "5"], r"nothing to train: --start-epoch is epoch 5, and the run has 1 epochs"),
 ])
 def test_bad_flag_is_one_line_before_anything_is_written(tmp_path, capfd, flags, message):
