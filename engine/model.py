@@ -197,6 +197,9 @@ def prepare_model(args: argparse.Namespace, model: nn.Module) -> nn.Module:
         _logger.warning("%s act between the processes of a distributed run; with one process they do nothing",
                         " and ".join(between_processes))
     if args.distributed and args.sync_bn:
+        if args.fuse_bn_lif:
+            _logger.warning("--fuse-bn-lif with --sync-bn fuses nothing: the fused kernel takes the batch statistics "
+                            "of its own process, SyncBatchNorm those of all processes")
         if torch.device(args.device).type != "cuda":
             raise ConfigError("--sync-bn needs CUDA devices: torch's SyncBatchNorm does not run on the CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

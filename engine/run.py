@@ -163,6 +163,12 @@ def setup_evaluation(args: argparse.Namespace, parser: argparse.ArgumentParser |
     """
     with agreed_setup(args):  # a checkpoint missing on one node stops every process with one error line
         model, loaders = _build_model_and_data(args, parser, hooks or RunHooks(), train=False)
+    compile_flags = [flag for flag, value in (("--torchcompile", getattr(args, "torchcompile", None)),
+                                              ("--torchcompile-mode", getattr(args, "torchcompile_mode", None)))
+                     if value]
+    if compile_flags and is_primary(args):
+        _logger.warning("%s: no effect on evaluation, which runs the model without torch.compile (only training "
+                        "compiles it)", " ".join(compile_flags))
     if args.distributed:
         broadcast_state(model)  # no DDP to do it: without a checkpoint each process built its own (seed + rank)
     return EvalSetup(model=model, loaders=loaders, amp=build_amp(args), eval_loss_fn=build_eval_loss())

@@ -270,3 +270,19 @@ def test_a_timm_assertion_on_the_schedule_is_a_config_error(tmp_path):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     with pytest.raises(ConfigError, match=r"^--sched cosine: the schedule flags do not fit"):
         build_scheduler(args, optimizer, updates_per_epoch=1)
+
+
+@pytest.mark.parametrize("flags", [["--torchcompile"], ["--torchcompile-mode", "reduce-overhead"]])
+def test_compile_flags_in_an_evaluation_are_warned_about(tmp_path, caplog, flags):
+    """test.py, firing_num.py and main.py --validate-only took --torchcompile (recorded in args.yaml) and evaluated
+    eagerly without a word; a mode without --torchcompile, an error in train.py, passed silently too."""
+    from engine.run import setup_evaluation
+
+    with caplog.at_level(logging.WARNING, logger="engine.run"):
+        setup_evaluation(tiny_args(tmp_path, *flags))
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.run"] == [
+        f"{flags[0]}: no effect on evaluation, which runs the model without torch.compile (only training compiles it)"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="engine.run"):
+        setup_evaluation(tiny_args(tmp_path))
+    assert not [r for r in caplog.records if r.name == "engine.run"]

@@ -78,6 +78,31 @@ def test_sync_bn_on_cpu_is_a_config_error(tmp_path):
         prepare_model(args, build_model(args))
 
 
+def test_fusing_bn_and_lif_under_sync_bn_is_warned_about(tmp_path, caplog):
+    """The fused kernel only takes a plain BatchNorm2d: under --sync-bn no pair was fused, without a word (the
+    warning comes before --sync-bn's CUDA check, which stops this CPU run)."""
+    import logging
+
+    from _engine_helpers import tiny_args
+
+    from engine.errors import ConfigError
+    from engine.model import build_model, prepare_model, resolve_model_args
+    from module.bn_lif import can_fuse
+
+    args = tiny_args(tmp_path, "--sync-bn", "--fuse-bn-lif")
+    args.distributed = True
+    resolve_model_args(args)
+    model = build_model(args)
+    with caplog.at_level(logging.WARNING, logger="engine.model"), pytest.raises(ConfigError):
+        prepare_model(args, model)
+    assert [r.getMessage() for r in caplog.records if r.name == "engine.model"] == [
+        "--fuse-bn-lif with --sync-bn fuses nothing: the fused kernel takes the batch statistics of its own process, "
+        "SyncBatchNorm those of all processes"]
+    assert can_fuse(model.patch_embed.proj_bn, model.patch_embed.proj_lif)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert not can_fuse(synced.patch_embed.proj_bn, synced.patch_embed.proj_lif)  # why nothing is fused
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--sched", "foo"], r"--sched 'foo' is not a scheduler"),
     (["--device", "foo"], r"--device 'foo' is not a device"),
