@@ -7,7 +7,8 @@ Differences from the reference (see ``README.md`` "Training" and ``../shared/ref
   with ``no-`` (``--no-aug``, ``--no-resume-opt``, ``--no-prefetcher``) get their negation too (``--aug``,
   ``--resume-opt``, ``--prefetcher``: :class:`NoFlagAction`), so that the command line can take back what a config
   set;
-* an empty value sets an option whose default is none back to none (``--start-epoch ''``: :func:`empty_means_none`);
+* an empty value sets an option whose default is none back to none (``--start-epoch ''``, ``--mean ''``:
+  :func:`empty_means_none`);
 * the model dimensions are all flags (``--dim`` is new: the reference read it only from YAML), and
   ``--attention_mode``, ``--chunk-size``, ``--reference`` and ``--dvs-mode`` really reach the model;
 * ``--attention_mode`` defaults to ``SDT`` (STAtten's train.py defaulted to STAtten but never used the flag); the
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["get_args_parser", "empty_means_none", "NoFlagAction", "INERT_FLAGS", "STATIC_IMAGE_FLAGS",
-           "ATTENTION_MODES", "NEURON_BACKENDS", "SPIKE_MODES"]
+__all__ = ["get_args_parser", "empty_means_none", "none_for_empty_lists", "NoFlagAction", "INERT_FLAGS",
+           "STATIC_IMAGE_FLAGS", "ATTENTION_MODES", "NEURON_BACKENDS", "SPIKE_MODES"]
 
 ATTENTION_MODES = ("SDT", "STAtten")
 SPIKE_MODES = ("lif", "plif", "alif", "blif")
@@ -85,15 +86,37 @@ class _EmptyMeansNone:
         return None if text == "" else self.base_type(text)
 
 
+class _ChoicesOrNone(tuple):
+    """An option's choices that also admit None (its empty value); help and errors list the choices alone."""
+
+    def __contains__(self, value) -> bool:
+        return value is None or tuple.__contains__(self, value)
+
+
 def empty_means_none(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Let an empty value (``--start-epoch ''``) give None to every single-value option of ``parser`` whose default
-    is None and that has no choices, so that the command line can take back a value a config set."""
+    """Let an empty value give None to every option of ``parser`` whose default is None, so that the command line
+    can take back a value a config set: ``--start-epoch ''``, ``--torchcompile-mode ''`` (an option with choices),
+    ``--mean ''`` (a list option, where ``''`` must be the only value: :func:`none_for_empty_lists`)."""
     for action in parser._actions:
-        single_value = action.option_strings and action.nargs in (None, "?") and action.choices is None
         list_type = hasattr(action.type, "element_type")  # reads '' as its empty list (--skip-blocks '')
-        if single_value and not list_type and action.default is None and not isinstance(action.type, _EmptyMeansNone):
-            action.type = _EmptyMeansNone(action.type or str)
+        if not action.option_strings or action.default is not None or list_type or action.nargs == 0 \
+                or isinstance(action.type, _EmptyMeansNone) or isinstance(action.nargs, int):
+            continue
+        action.type = _EmptyMeansNone(action.type or str)
+        if action.choices is not None:
+            action.choices = _ChoicesOrNone(action.choices)
     return parser
+
+
+def none_for_empty_lists(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set a list option given as ``''`` (``[None]`` once parsed) to None; ``''`` among other values is an error."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(action.type, _EmptyMeansNone) and isinstance(value, list) and None in value:
+            if len(value) > 1:
+                parser.error(f"{'/'.join(action.option_strings)}: '' (none) must be the only value, got "
+                             f"{' '.join('' if v is None else str(v) for v in value)!r}")
+            setattr(args, action.dest, None)
 
 
 def _model_group(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .args import INERT_FLAGS, STATIC_IMAGE_FLAGS, NoFlagAction
+from .args import INERT_FLAGS, STATIC_IMAGE_FLAGS, NoFlagAction, none_for_empty_lists
 from .errors import ConfigError
 
 __all__ = ["RECORDED_ONLY_KEYS", "ONE_SHOT_KEYS", "check_text_value", "command_line_dests", "config_keys",
@@ -280,6 +280,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     config = load_config(known.config, parser, foreign_keys) if known.config else {}
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
+    none_for_empty_lists(parser, args)
     parser.command_line_dests = command_line_dests(parser, argv)
     parser.given_dests = parser.command_line_dests | frozenset(config)
     if hasattr(args, "model"):

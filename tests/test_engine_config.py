@@ -250,11 +250,24 @@ def test_an_empty_text_in_a_config_sets_a_none_default_to_none_as_on_the_command
     assert load_config(_yaml(tmp_path, "dvs_raw_dir: ''\naa: ''\n"), _parser()) == {"dvs_raw_dir": None, "aa": None}
 
 
-def test_an_empty_value_does_not_reset_a_list_option():
-    """Only single-value options read ``''`` as None: ``--lr-noise ''`` (a list of floats) stays an argparse
-    error rather than the list ``[None]``."""
+def test_an_empty_value_resets_list_and_choice_options_too(tmp_path, capsys):
+    """A run's args.yaml from a GPU run with --torchcompile-mode reduce-overhead could not be resumed on the CPU:
+    ``--torchcompile ''`` left the mode, which then needs --torchcompile, and ``--torchcompile-mode ''`` was an
+    invalid choice; likewise a config's --mean/--reference could not be taken back. ``''`` is None for these, alone
+    (``--mean 0.5 ''`` is an error, not the list ``[0.5, None]``)."""
+    options = {"torchcompile": "inductor", "torchcompile_mode": "reduce-overhead", "reference": "statten",
+               "mean": [0.5, 0.4, 0.3], "lr_noise": [0.4, 0.9], "cutmix_minmax": [0.2, 0.8]}
+    cfg = _yaml(tmp_path, "".join(f"{dest}: {value!r}\n" for dest, value in options.items()))
+    assert {dest: getattr(parse_args(_parser(), ["-c", cfg]), dest) for dest in options} == options
+    argv = [token for dest in options for token in ("--" + dest.replace("_", "-"), "")]
+    args = parse_args(_parser(), ["-c", cfg, *argv])
+    assert all(getattr(args, dest) is None for dest in options)
     with pytest.raises(SystemExit):
-        parse_args(_parser(), ["--lr-noise", ""])
+        parse_args(_parser(), ["--mean", "0.5", ""])
+    assert "--mean: '' (none) must be the only value, got '0.5 '" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(_parser(), ["--reference", "foo"])
+    assert "invalid choice: 'foo' (choose from 'sdt', 'statten')" in capsys.readouterr().err
 
 
 def test_errors_of_an_int_option_of_default_none_name_its_type(tmp_path, capsys):
