@@ -43,11 +43,16 @@ def _check_output(output: str) -> None:
         raise ConfigError(f"--output {output!r} {where}; give a folder (it is created if missing)")
 
 
+def _check_ranges(args: argparse.Namespace, ranges: dict) -> None:
+    """``ranges``: dest -> (flag, whether a value is valid, what to say); the first invalid value set is an error."""
+    for dest, (flag, valid, why) in ranges.items():
+        value = getattr(args, dest, None)
+        if value is not None and not valid(value):
+            raise ConfigError(f"{flag} {value} {why}")
+
+
 def _check_positive(args: argparse.Namespace, names: dict[str, str]) -> None:
-    for attr, flag in names.items():
-        value = getattr(args, attr, None)
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} {value} must be at least 1")
+    _check_ranges(args, {dest: (flag, lambda v: v >= 1, "must be at least 1") for dest, flag in names.items()})
 
 
 def _check_pair(args: argparse.Namespace, attr: str, flag: str, low: float = 0.0) -> None:
@@ -114,14 +119,7 @@ def _check_training(args: argparse.Namespace) -> None:
     if getattr(args, "sched", None) == "step" and getattr(args, "decay_epochs", 1) <= 0:
         raise ConfigError(f"--decay-epochs {args.decay_epochs} must be positive with --sched step (the LR decays "
                           "every --decay-epochs epochs)")
-    if getattr(args, "lr", None) is not None and args.lr <= 0:
-        raise ConfigError(f"--lr {args.lr} must be positive")
-    if (getattr(args, "start_epoch", None) or 0) < 0:
-        raise ConfigError(f"--start-epoch {args.start_epoch} must be 0 or more")
-    if getattr(args, "recovery_interval", 0) < 0:
-        raise ConfigError(f"--recovery-interval {args.recovery_interval} must be 0 (off) or positive")
-    if not 0 <= getattr(args, "smoothing", 0.0) < 1:
-        raise ConfigError(f"--smoothing {args.smoothing} must be in [0, 1)")
+    _check_ranges(args, _TRAINING_RANGES)
     betas = getattr(args, "opt_betas", None)
     if betas is not None and (len(betas) != 2 or not all(0 <= b < 1 for b in betas)):
         raise ConfigError(f"--opt-betas {' '.join(map(str, betas))}: expected two values in [0, 1), e.g. 0.9 0.999")
@@ -133,9 +131,13 @@ def _check_training(args: argparse.Namespace) -> None:
         raise ConfigError(f"--train-interpolation {args.train_interpolation!r}: choose one of {INTERPOLATIONS[1:]}")
 
 
-# dest -> (flag, the values it takes, what to say): the schedule and EMA values timm takes without a word and then
-# trains on a negative LR, a diverging EMA, or loops forever (the noise redrawn until it falls within 0 %).
-_SCHEDULE_RANGES = {
+# dest -> (flag, the values it takes, what to say); among them the schedule values timm takes without a word and
+# then trains on a negative LR or cuts the run short.
+_TRAINING_RANGES = {
+    "lr": ("--lr", lambda v: v > 0, "must be positive"),
+    "start_epoch": ("--start-epoch", lambda v: v >= 0, "must be 0 or more"),
+    "recovery_interval": ("--recovery-interval", lambda v: v >= 0, "must be 0 (off) or positive"),
+    "smoothing": ("--smoothing", lambda v: 0 <= v < 1, "must be in [0, 1)"),
     "warmup_lr": ("--warmup-lr", lambda v: v >= 0, "must be 0 or more"),
     "min_lr": ("--min-lr", lambda v: v >= 0, "must be 0 or more"),
     "warmup_epochs": ("--warmup-epochs", lambda v: v >= 0, "must be 0 or more"),
@@ -145,6 +147,7 @@ _SCHEDULE_RANGES = {
     "lr_cycle_limit": ("--lr-cycle-limit", lambda v: v >= 1, "must be at least 1 (the number of cycles)"),
     "patience_epochs": ("--patience-epochs", lambda v: v >= 0, "must be 0 or more"),
 }
+# with --lr-noise (timm draws the noise again until it falls within --lr-noise-pct: forever at 0)
 _NOISE_RANGES = {
     "lr_noise_pct": ("--lr-noise-pct", lambda v: v > 0, "must be positive with --lr-noise (the noise is drawn again "
                                                         "until it is within this fraction)"),
@@ -152,16 +155,8 @@ _NOISE_RANGES = {
 }
 
 
-def _check_ranges(args: argparse.Namespace, ranges: dict) -> None:
-    for dest, (flag, valid, why) in ranges.items():
-        value = getattr(args, dest, None)
-        if value is not None and not valid(value):
-            raise ConfigError(f"{flag} {value} {why}")
-
-
 def _check_schedule(args: argparse.Namespace) -> None:
-    """The LR schedule's and the EMA's values: in range, and the multistep milestones in order."""
-    _check_ranges(args, _SCHEDULE_RANGES)
+    """The LR noise's and the EMA's values in range, the multistep milestones in order, rsqrt with a warmup."""
     if getattr(args, "lr_noise", None):
         _check_ranges(args, _NOISE_RANGES)
     decay = getattr(args, "model_ema_decay", None)
