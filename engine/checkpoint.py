@@ -132,7 +132,8 @@ def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str,
                         "skipped_blocks: --skip-blocks)", path, ", ".join(changed))
 
 
-_SPLIT_ARGS = ("dvs_split", "dvs_split_ratio", "dvs_split_seed")
+# The values that choose the samples of a split mode ("published" is fixed, "official" the dataset's own).
+_SPLIT_VALUES = {"stratified": ("dvs_split_ratio", "dvs_split_seed"), "first": ("dvs_split_ratio",)}
 
 
 def _warn_on_changed_split(checkpoint: dict, path: str, args: argparse.Namespace | None) -> None:
@@ -142,14 +143,16 @@ def _warn_on_changed_split(checkpoint: dict, path: str, args: argparse.Namespace
     ckpt_args = checkpoint.get("args")
     if args is None or not isinstance(ckpt_args, argparse.Namespace):
         return
+    trained_mode = getattr(ckpt_args, "dvs_split", None)
     if getattr(ckpt_args, "dataset", None) != getattr(args, "dataset", None) or "official" in (
-            getattr(ckpt_args, "dvs_split", None), getattr(args, "dvs_split", None)):
+            trained_mode, getattr(args, "dvs_split", None)):
         return
-    changed = [(k, getattr(ckpt_args, k, None), getattr(args, k, None)) for k in _SPLIT_ARGS]
+    changed = [(k, getattr(ckpt_args, k, None), getattr(args, k, None))
+               for k in ("dvs_split", *_SPLIT_VALUES.get(trained_mode, ()))]
     changed = [(k, trained, now) for k, trained, now in changed if None not in (trained, now) and trained != now]
     if changed:
-        _logger.warning("checkpoint %r was trained on another split of %s: %s; this run's validation samples include "
-                        "samples it was trained on; pass %s (-c the run's args.yaml gives them all)", path,
+        _logger.warning("checkpoint %r was trained on another split of %s: %s; this run's validation samples may "
+                        "include samples it was trained on; pass %s (-c the run's args.yaml gives them all)", path,
                         args.dataset, ", ".join(f"{k}={trained!r} (this run: {now!r})" for k, trained, now in changed),
                         " ".join(f"--{k.replace('_', '-')} {trained}" for k, trained, _ in changed))
 

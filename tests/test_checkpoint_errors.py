@@ -310,7 +310,7 @@ def test_a_checkpoint_trained_on_another_split_of_the_event_dataset_is_warned_ab
         load_model_weights(model, checkpoint, "best.pth.tar", args=now)
     assert [r.getMessage() for r in caplog.records if r.name == "engine.checkpoint"] == [
         "checkpoint 'best.pth.tar' was trained on another split of cifar10-dvs: dvs_split_seed=1 (this run: 42); "
-        "this run's validation samples include samples it was trained on; pass --dvs-split-seed 1 (-c the run's "
+        "this run's validation samples may include samples it was trained on; pass --dvs-split-seed 1 (-c the run's "
         "args.yaml gives them all)"]
     caplog.clear()
     same = dvs_args(seed=42, dvs_split_seed=1, dataset="cifar10-dvs")
