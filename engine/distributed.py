@@ -29,7 +29,6 @@ _logger = logging.getLogger(__name__)
 # early-exit evaluation's files) far past the process group's own timeout (gloo 30 min, NCCL 10 min).  A process
 # that dies stops the others through the launcher, so the long wait does not turn a crash into a hang.
 EXIT_WAIT = datetime.timedelta(days=7)
-_exit_group: dist.ProcessGroup | None = None
 
 
 def init_distributed(args: argparse.Namespace) -> None:
@@ -52,8 +51,6 @@ def init_distributed(args: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
     if args.distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", init_method="env://")
-        global _exit_group
-        _exit_group = dist.new_group(backend="gloo", timeout=EXIT_WAIT)
         _logger.info("Process %d of %d on %s (backend %s).", args.rank, args.world_size, args.device,
                      dist.get_backend())
 
@@ -126,16 +123,29 @@ def broadcast_state(module: torch.nn.Module) -> None:
 def cleanup_distributed(wait_for_peers: bool = False) -> None:
     """Leave the process group, if one was joined.
 
-    ``wait_for_peers`` (after a run that ended normally on every process): a barrier first, so no process tears
-    its connections down while another still uses them; it waits up to :data:`EXIT_WAIT` (on a gloo group of its
-    own, whatever the backend), not the group's timeout, since rank 0 may still be writing its outputs.  Objects
-    that still hold the group (a DDP reducer kept by a reference cycle) are collected first, while the interpreter
-    is fully alive: gloo's worker threads destroyed during interpreter shutdown abort the process.
+    ``wait_for_peers`` (after a run that ended normally on every process): first wait for every process
+    (:func:`_wait_for_every_process`), so no process tears its connections down while another still uses them.
+    Objects that still hold the group (a DDP reducer kept by a reference cycle) are collected first, while the
+    interpreter is fully alive: gloo's worker threads destroyed during interpreter shutdown abort the process.
     """
-    global _exit_group
     if dist.is_initialized():
         if wait_for_peers:
-            dist.barrier(group=_exit_group)
+            _wait_for_every_process()
         gc.collect()
         dist.destroy_process_group()
-    _exit_group = None
+
+
+def _wait_for_every_process() -> None:
+    """A barrier on the group's rendezvous store that waits up to :data:`EXIT_WAIT`, not the group's timeout (a
+    collective barrier's), whatever the backend, and opens no connection the run did not have.
+
+    Each process marks its arrival and waits for every mark, then marks that it is leaving; rank 0 leaves last,
+    after every leaving mark, since in a run started without torchrun its process serves the store.
+    """
+    store = dist.distributed_c10d._get_default_store()
+    ranks = range(dist.get_world_size())
+    store.set(f"exit/arrived/{dist.get_rank()}", "1")
+    store.wait([f"exit/arrived/{rank}" for rank in ranks], EXIT_WAIT)
+    store.set(f"exit/left/{dist.get_rank()}", "1")
+    if dist.get_rank() == 0:
+        store.wait([f"exit/left/{rank}" for rank in ranks], EXIT_WAIT)

@@ -1,6 +1,6 @@
 """Third round on the input checks and warnings: the boundaries the schedule and EMA checks must let through, each
 static-image flag the event-data warning names, the split and EMA messages of a resumed or reloaded checkpoint, the
-exit-wait group, the lost-peer errors, the evaluation's compile warning and the back-to-back benchmark timing."""
+exit wait, the lost-peer errors, the evaluation's compile warning and the back-to-back benchmark timing."""
 import argparse
 import datetime
 import logging
@@ -159,58 +159,54 @@ def test_resuming_a_checkpoint_without_ema_weights_in_a_run_without_ema_says_not
 
 @pytest.fixture
 def one_process_run(monkeypatch):
-    """init_distributed in a run of WORLD_SIZE 2 whose group is a one-process gloo group (no peer to wait for);
-    records the keyword arguments of every new group."""
+    """init_distributed in a run of WORLD_SIZE 2 whose group is a one-process gloo group (no peer to wait for); yields
+    the calls made on the group's store from then on."""
     import torch.distributed as dist
 
-    join, new_group, groups = dist.init_process_group, dist.new_group, []
+    join, default_store, calls = dist.init_process_group, dist.distributed_c10d._get_default_store, []
 
-    def new_group_spy(*args, **kwargs):
-        groups.append(kwargs)
-        return new_group(*args, **kwargs)
+    class RecordingStore:
+        def __init__(self, store):
+            self.store = store
+
+        def set(self, key, value):
+            calls.append(("set", key))
+            self.store.set(key, value)
+
+        def wait(self, keys, timeout):
+            calls.append(("wait", tuple(keys), timeout))
+            self.store.wait(keys, timeout)
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("LOCAL_RANK", "0")
     monkeypatch.setattr(dist, "init_process_group",
                         lambda *a, **k: join("gloo", store=dist.HashStore(), rank=0, world_size=1))
-    monkeypatch.setattr(dist, "new_group", new_group_spy)
-    yield groups
+    monkeypatch.setattr(dist.distributed_c10d, "_get_default_store", lambda: RecordingStore(default_store()))
+    yield calls
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def test_the_end_of_run_wait_is_a_gloo_group_of_a_day_or_more(one_process_run):
-    """The exit barrier runs on a group of its own: gloo whatever the run's backend (cleanup_distributed's contract;
-    on the CPU the default backend is gloo anyway, so the call is checked), with a timeout far past gloo's 30 and
-    NCCL's 10 minutes, since rank 0 may still export traces or evaluate for hours (the slow torchrun test waits 6 s,
-    which a timeout of seconds would pass too)."""
+def test_the_end_of_run_wait_is_on_the_store_for_a_day_or_more(one_process_run):
+    """The exit barrier waits on the rendezvous store with a timeout far past gloo's 30 and NCCL's 10 minutes, since
+    rank 0 may still export traces or evaluate for hours (the slow torchrun test waits 6 s, which a timeout of
+    seconds would pass too); rank 0 also waits for every process's leaving mark, as its process may serve the
+    store."""
     import torch.distributed as dist
 
     from engine import distributed
 
+    assert distributed.EXIT_WAIT >= datetime.timedelta(days=1)
     distributed.init_distributed(argparse.Namespace(device="cpu", local_rank=0))
-    assert len(one_process_run) == 1 and one_process_run[0]["backend"] == "gloo"
-    assert one_process_run[0]["timeout"] >= datetime.timedelta(days=1)
-    assert dist.get_backend(distributed._exit_group) == "gloo"
     distributed.cleanup_distributed(wait_for_peers=True)
+    wait = distributed.EXIT_WAIT
+    assert one_process_run == [("set", "exit/arrived/0"), ("wait", ("exit/arrived/0",), wait),
+                               ("set", "exit/left/0"), ("wait", ("exit/left/0",), wait)]
     assert not dist.is_initialized()
-
-
-def test_a_group_joined_after_a_run_gets_its_own_barrier(one_process_run, monkeypatch):
-    """After a run's cleanup, a group the caller joins itself (as the training tests do) waits at the end on that
-    group: a barrier on the destroyed exit group returns at once, without waiting for any peer."""
-    import torch.distributed as dist
-
-    from engine import distributed
-
     distributed.init_distributed(argparse.Namespace(device="cpu", local_rank=0))
-    distributed.cleanup_distributed(wait_for_peers=True)
-    barrier, groups = dist.barrier, []
-    monkeypatch.setattr(dist, "barrier", lambda group=None, **k: groups.append(group) or barrier(group=group, **k))
-    dist.init_process_group("gloo")  # the caller's own group (the fixture makes it a one-process one)
-    distributed.cleanup_distributed(wait_for_peers=True)
-    assert groups == [None] and not dist.is_initialized()
+    distributed.cleanup_distributed(wait_for_peers=False)  # after an error: no wait (a peer may be gone)
+    assert len(one_process_run) == 4 and not dist.is_initialized()
 
 
 def test_the_other_lost_peer_errors_are_recognised():
