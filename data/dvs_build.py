@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import tarfile
+import threading
 import zipfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -290,15 +291,21 @@ def frames_dir_name(frames_number: int) -> str:
     return f"frames_number_{frames_number}_split_by_number"
 
 
+# np.load reads each array's header with ast.literal_eval, whose AST conversion CPython 3.11 does not make
+# thread-safe (gh-106905: a spurious "SystemError: AST constructor recursion depth mismatch" when threads parse at
+# once), so the frame builder's threads read their event files one at a time.
+_NPZ_READ_LOCK = threading.Lock()
+
+
 def read_npz(path: str | os.PathLike, keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` of one cached ``.npz`` file.
+    """The arrays ``keys`` of one cached ``.npz`` file (one thread at a time: :data:`_NPZ_READ_LOCK`).
 
     Raises:
         DVSDataError: the file is missing, truncated or damaged; the message names it and the cache folder to delete
             (its ``events_np`` or ``frames_number_*`` ancestor).
     """
     try:
-        with np.load(path) as data:
+        with _NPZ_READ_LOCK, np.load(path) as data:
             return {key: np.asarray(data[key]) for key in keys}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error) as err:
         path = Path(path)

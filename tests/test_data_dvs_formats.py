@@ -313,3 +313,21 @@ def test_an_interrupted_reconversion_never_leaves_old_frames_next_to_new_events(
     new = build_dvs_dataset("cifar10-dvs", root, "train", args)
     fresh = build_dvs_dataset("cifar10-dvs", tmp_path / "fresh", "train", args)
     assert not torch.equal(old, fresh[0][0]) and torch.equal(new[0][0], fresh[0][0])
+
+
+def test_event_files_are_read_one_thread_at_a_time(tmp_path, monkeypatch):
+    """np.load parses array headers with ast.literal_eval, which CPython 3.11 does not make thread-safe (gh-106905):
+    the frame builder's threads failed now and then with "SystemError: AST constructor recursion depth mismatch"
+    (seen in CI). Every read holds the module's lock while numpy parses."""
+    from data import dvs_build
+
+    np.savez(tmp_path / "e.npz", t=np.arange(3), x=np.zeros(3))
+    held, load = [], np.load
+
+    def spy(*args, **kwargs):
+        held.append(dvs_build._NPZ_READ_LOCK.locked())
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(dvs_build.np, "load", spy)
+    arrays = dvs_build.read_npz(tmp_path / "e.npz", ("t", "x"))
+    assert held == [True] and arrays["t"].tolist() == [0, 1, 2] and not dvs_build._NPZ_READ_LOCK.locked()
