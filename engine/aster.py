@@ -174,7 +174,7 @@ def resolve_skip(args: argparse.Namespace) -> SkipDecision | None:
         ConfigError: two rules, a rule without --log-file, a missing or unparsable log, or a bad block index.
     """
     rules = {"--auto-skip": args.auto_skip or None, "--skip-lowest": args.skip_lowest,
-             "--skip-blocks": args.skip_blocks}
+             "--skip-blocks": args.skip_blocks or None}  # '' (an empty list) takes a config's rule back
     given = [flag for flag, value in rules.items() if value is not None]
     if len(given) > 1:
         raise ConfigError(f"{' and '.join(given)} are alternatives; give one skip rule")
@@ -191,7 +191,7 @@ def resolve_skip(args: argparse.Namespace) -> SkipDecision | None:
     rates = read_firing_rates(args.log_file, args.layer, args.time_steps, mode) if args.log_file else None
     try:
         return select_skip_blocks(args.layer, rates, threshold=args.skip_threshold if args.auto_skip else None,
-                                  lowest=args.skip_lowest, explicit=args.skip_blocks, attention_mode=mode)
+                                  lowest=args.skip_lowest, explicit=rules["--skip-blocks"], attention_mode=mode)
     except ValueError as exc:
         source = f" (rates from {args.log_file})" if args.log_file else ""
         raise ConfigError(f"{given[0]}: {exc}{source}") from None
@@ -204,7 +204,7 @@ def skip_record(args: argparse.Namespace, decision: SkipDecision | None) -> dict
     record = decision.as_dict()
     record["block_rates"] = [None if math.isnan(r) else r for r in record["block_rates"]]
     rule = "threshold" if args.auto_skip else "lowest" if args.skip_lowest is not None else \
-        "explicit" if args.skip_blocks is not None else "none"
+        "explicit" if args.skip_blocks else "none"
     record.update(depths=args.layer, rule=rule, skip_threshold=args.skip_threshold if args.auto_skip else None,
                   skip_lowest=args.skip_lowest, log_file=args.log_file or None)
     return record

@@ -1,4 +1,6 @@
 """A run's ``args.yaml`` (written by ``dump_args``) parses back with ``-c`` to the same arguments; --epochs checks."""
+import json
+
 import pytest
 
 import finetune
@@ -127,6 +129,23 @@ def test_an_empty_skip_lowest_takes_back_the_config_s_rule(tmp_path):
     (tmp_path / "sk.yml").write_text("skip_lowest: 2\nlayer: 2\n")
     args = parse_args(main.make_parser(), ["-c", str(tmp_path / "sk.yml"), "--skip-lowest", "", "--skip-blocks", "0"])
     assert args.skip_lowest is None and resolve_skip(args).blocks == [0]
+
+
+def test_an_empty_skip_blocks_takes_back_the_config_s_rule(tmp_path):
+    """main.py -c sk.yml --skip-blocks '' --skip-lowest 1, sk.yml holding skip_blocks: [1] (a finetuned run's
+    args.yaml), was "two skip rules"; '' alone is no rule: skip.json records rule none, nothing skipped."""
+    from engine.aster import resolve_skip, skip_record
+
+    (tmp_path / "sk.yml").write_text("skip_blocks: [1]\nlayer: 2\n")
+    rates = {f"t{t}": {f"MS_SSA_Conv{b}_x_after_qkv": rate for b, rate in enumerate(pair)}
+             for t, pair in enumerate(((0.3, 0.1), (0.5, 0.1)))}
+    (tmp_path / "firing.json").write_text(json.dumps({"format": "firing-rates/1", "T": 2, "firing_rate": rates}))
+    config = ["-c", str(tmp_path / "sk.yml"), "--skip-blocks", "", "--time-steps", "2"]
+    args = parse_args(main.make_parser(), config)
+    assert args.skip_blocks == [] and resolve_skip(args) is None
+    assert skip_record(args, None)["rule"] == "none" and skip_record(args, None)["skipped_blocks"] == []
+    args = parse_args(main.make_parser(), [*config, "--skip-lowest", "1", "--log-file", str(tmp_path / "firing.json")])
+    assert resolve_skip(args).blocks == [1] and skip_record(args, resolve_skip(args))["rule"] == "lowest"
 
 
 @pytest.mark.parametrize("make_parser", [main.make_parser, finetune.make_parser])
