@@ -81,7 +81,7 @@ def _validate_only(args: argparse.Namespace, parser: argparse.ArgumentParser, ho
         rates = read_firing_rates(args.log_file, args.layer, args.time_steps, args.attention_mode)
     s = setup_evaluation(args, parser, hooks)
     args.output = evaluation_output_root(args, parser, os.path.join("output", "aster"))
-    output_dir = resolve_output_dir(args)
+    output_dir = resolve_output_dir(args, reuse_resume_dir=False)
     outputs = RunOutputs(args, output_dir, log_name="aster.log") if is_primary(args) else None
     try:
         if args.study:

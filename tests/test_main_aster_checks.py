@@ -99,15 +99,18 @@ def test_a_runs_args_yaml_parses_back():
     assert (args.layer, args.time_steps, args.mean) == (direct.layer, direct.time_steps, direct.mean)
 
 
-def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path, monkeypatch):
+@pytest.mark.parametrize("resume", [False, True])
+def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path, monkeypatch, resume):
     """``-c <run>/args.yaml``: the config's ``output`` is the training root; the evaluation goes to output/aster
-    (it made a second folder next to the training run, like another training run)."""
+    (it made a second folder next to the training run, like another training run).  With ``--resume`` into the
+    run it wrote into the training run itself, replacing its skip.json, exit_steps.json and aster_eval.json."""
     from engine.run import cli_main
 
     run = trained_run()
     before = snapshot(run.parent)
     monkeypatch.chdir(tmp_path)
-    argv = ["-c", str(run / "args.yaml"), "--validate-only", "--initial-checkpoint", str(run / "model_best.pth.tar")]
+    argv = ["-c", str(run / "args.yaml"), "--validate-only", "--initial-checkpoint", str(run / "model_best.pth.tar"),
+            *(["--resume", str(run / "last.pth.tar"), "--experiment", ""] if resume else [])]
     assert cli_main(main.make_parser, main.run, argv) == 0
     assert snapshot(run.parent) == before
-    assert (tmp_path / "output" / "aster" / "train" / "skip.json").is_file()
+    assert len(list((tmp_path / "output" / "aster").glob("*/skip.json"))) == 1
