@@ -25,7 +25,7 @@ and a step that runs out is stopped so that the ones before it still come back:
    on the two fp32 DVS anchors (the configs furthest from their goal, with the least memory traffic fused), and
    ``bench_train_cudagraphs`` with ``--torchcompile cudagraphs`` (issue 10).
 
-``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
+``OUT`` must not hold an earlier run's results.  ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
 records, benchmark JSON): two files in all, as the device tool returns at most eight.  The archive is packed
 again after every step (written beside and renamed over the last one), so a call stopped from outside, past the
 budget, still brings back every finished step's files.  ``--tiny`` runs the same steps on small models (the CPU
@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", default=(), choices=[s.name for s in STEPS],
                         help="these steps only, in this order")
     opts = parser.parse_args(argv)
+    earlier = [name for name in ("log.txt", ARCHIVE) if (opts.out / name).exists()]
+    if earlier:
+        parser.error(f"--out {opts.out} already holds {' and '.join(earlier)} of an earlier run, which this run would "
+                     f"replace: choose an empty folder, or move them away")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     return run_checks(opts.out, opts.device, opts.budget, tiny=opts.tiny, only=tuple(opts.only))
 

@@ -66,3 +66,13 @@ def test_only_runs_its_steps_in_the_order_given(tmp_path, monkeypatch):
     summary = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--only", "bench_train_compiled",
                     "cuda_tests", "bench_train_compiled"])
     assert ran == ["bench_train_compiled", "cuda_tests"] and list(summary) == ran
+
+
+def test_an_out_folder_with_earlier_results_is_refused_and_kept(tmp_path, capsys):
+    """A second run into the same --out replaced the archive and log.txt of the first before any step ran."""
+    for name in ("log.txt", "device_checks.tar.gz"):
+        (tmp_path / name).write_text("earlier")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--only", "bench_train"])
+    assert exit_info.value.code == 2 and "already holds log.txt and device_checks.tar.gz" in capsys.readouterr().err
+    assert [p.read_text() for p in sorted(tmp_path.iterdir())] == ["earlier", "earlier"]
