@@ -25,11 +25,11 @@ and a step that runs out is stopped so that the ones before it still come back:
    on the two fp32 DVS anchors (the configs furthest from their goal, with the least memory traffic fused), and
    ``bench_train_cudagraphs`` with ``--torchcompile cudagraphs`` (issue 10).
 
-``OUT`` must not hold an earlier run's results.  ``OUT/log.txt`` has every step's output and a summary; ``OUT/device_checks.tar.gz`` has the files (profiler
-records, benchmark JSON): two files in all, as the device tool returns at most eight.  The archive is packed
-again after every step (written beside and renamed over the last one), so a call stopped from outside, past the
-budget, still brings back every finished step's files.  ``--tiny`` runs the same steps on small models (the CPU
-smoke test).
+``OUT`` must not hold an earlier run's results.  ``OUT/log.txt`` has every step's output and a summary;
+``OUT/device_checks.tar.gz`` has the files (profiler records, benchmark JSON): two files in all, as the device tool
+returns at most eight.  The archive is packed again after every step (written beside and renamed over the last
+one), so a call stopped from outside, past the budget, still brings back every finished step's files.  ``--tiny``
+runs the same steps on small models (the CPU smoke test).
 """
 from __future__ import annotations
 
