@@ -406,6 +406,26 @@ def _saver_class():
                 if os.path.exists(tmp):
                     os.unlink(tmp)
 
+        def finish_interrupted_save(self, resumed_from: str, pending: Any) -> None:
+            """On resume, redo what a kill cut short of the ``save_checkpoint`` of ``pending`` (``(epoch, metric)``,
+            the epoch ``resumed_from`` holds): its ``checkpoint-<epoch>`` (copied from ``resumed_from``, where it
+            earns a place in the history), and ``model_best`` (the best epoch's file again)."""
+            epoch, metric = pending if isinstance(pending, (list, tuple)) and len(pending) == 2 else (None, None)
+            if epoch is not None and not os.path.exists(self._checkpoint_path(epoch)) \
+                    and _stored_epoch(resumed_from) == epoch:
+                worst = self.checkpoint_files[-1] if self.checkpoint_files else None
+                if worst is None or len(self.checkpoint_files) < self.max_history or worst[1] is None \
+                        or (metric is not None and self.cmp(metric, worst[1])):
+                    if len(self.checkpoint_files) >= self.max_history:
+                        self._cleanup_checkpoints(1)
+                    self._duplicate(resumed_from, self._checkpoint_path(epoch))
+                    self._track_checkpoint(self._checkpoint_path(epoch), epoch, metric, update_best_file=False)
+            if self.best_epoch is None or not os.path.isfile(self._checkpoint_path(self.best_epoch)):
+                return
+            model_best = os.path.join(self.checkpoint_dir, f"model_best{self.extension}")
+            if _stored_epoch(model_best) != self.best_epoch:
+                self._duplicate(self._checkpoint_path(self.best_epoch), model_best)
+
         def save_recovery(self, epoch, batch_idx=0):
             self._recovery_batches = batch_idx + 1
             try:
@@ -446,10 +466,8 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
         resume_point = resume_start(args, resume_checkpoint_dict)
         moved = set_aside_later_checkpoints(output_dir, *resume_point, args.resume)
         saver.load_state_dict(resume_checkpoint_dict["saver"])  # drops history entries whose files were moved
-        best = os.path.join(output_dir, f"checkpoint-{saver.best_epoch}{saver.extension}")
+        saver.finish_interrupted_save(args.resume, resume_checkpoint_dict["saver"].get("pending"))
         model_best = os.path.join(output_dir, f"model_best{saver.extension}")
-        if not os.path.exists(model_best) and saver.best_epoch is not None and os.path.isfile(best):
-            saver._duplicate(best, model_best)
         if moved:
             restored = (f"; model_best{saver.extension} is the best before it again (epoch {saver.best_epoch})"
                         if os.path.exists(model_best) else "")

@@ -320,3 +320,41 @@ def test_a_checkpoint_trained_on_another_split_of_the_event_dataset_is_warned_ab
         for args in (same, official, argparse.Namespace(dataset="digits")):
             load_model_weights(model, checkpoint, "best.pth.tar", args=args)
     assert not [r for r in caplog.records if r.name == "engine.checkpoint"]
+
+
+@pytest.mark.parametrize("killed_at", ["checkpoint-1", "model_best"])
+def test_a_save_killed_after_last_is_finished_on_resume(tmp_path, monkeypatch, killed_at):
+    """A kill after last.pth.tar (epoch 1, the best) was written but before checkpoint-1 was linked left epoch 1
+    out of the ranking for good; one before model_best was linked left model_best at epoch 0 while the restored
+    history named epoch 1 the best.  Resuming from last.pth.tar finishes that save."""
+    from _engine_helpers import tiny_args
+
+    from engine.checkpoint import _saver_class, _stored_epoch, build_saver
+
+    model = _tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    args = tiny_args(tmp_path, "--checkpoint-hist", "5")
+    saver = build_saver(args, model, optimizer, str(tmp_path))
+    saver.save_checkpoint(0, metric=50.0)
+    duplicate = _saver_class()._duplicate
+
+    def killed(self, src, dst):
+        if os.path.basename(dst).startswith(killed_at):
+            raise KeyboardInterrupt
+        duplicate(self, src, dst)
+
+    monkeypatch.setattr(_saver_class(), "_duplicate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        saver.save_checkpoint(1, metric=60.0)
+    monkeypatch.setattr(_saver_class(), "_duplicate", duplicate)
+    assert _stored_epoch(str(tmp_path / "last.pth.tar")) == 1
+    assert _stored_epoch(str(tmp_path / "model_best.pth.tar")) == 0
+
+    args.resume = str(tmp_path / "last.pth.tar")
+    checkpoint = load_checkpoint_file(args.resume)
+    resumed = build_saver(args, model, optimizer, str(tmp_path), resume_checkpoint_dict=checkpoint)
+    assert [(os.path.basename(f), m) for f, m in resumed.checkpoint_files] == [("checkpoint-1.pth.tar", 60.0),
+                                                                              ("checkpoint-0.pth.tar", 50.0)]
+    assert (resumed.best_epoch, resumed.best_metric) == (1, 60.0)
+    assert _stored_epoch(str(tmp_path / "checkpoint-1.pth.tar")) == 1
+    assert _stored_epoch(str(tmp_path / "model_best.pth.tar")) == 1
