@@ -212,6 +212,9 @@ def load_config(path: str, parser: argparse.ArgumentParser, foreign_keys: Collec
             raw = yaml.load(f, Loader=_UniqueKeyLoader)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path!r} is not UTF-8 text (a checkpoint passed to -c instead of --resume?); "
+                          f"give a YAML file") from None
     except _DuplicateKey as exc:
         raise ConfigError(f"config key {exc.key!r} in {path} is given twice (lines {exc.lines[0]} and "
                           f"{exc.lines[1]}); keep one") from None

@@ -200,6 +200,8 @@ def read_mapping(path: str | Path, fmt: str = "YAML", what: str = "a preset") ->
         d = loads(Path(path).read_text())
     except OSError as e:
         raise HwInputError(f"{path}: cannot read {what} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise HwInputError(f"{path}: not {fmt} text (not UTF-8); give {what}") from None
     except syntax_error as e:
         raise HwInputError(f"{path}: not valid {fmt}: {e}") from None
     if not isinstance(d, dict):

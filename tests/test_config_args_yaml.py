@@ -40,6 +40,13 @@ def test_list_flags_reject_wrong_element_types(tmp_path, line, message):
         parse_args(main.make_parser(), ["-c", str(tmp_path / "c.yml")])
 
 
+def test_a_config_that_is_not_utf8_text_is_one_error(tmp_path):
+    """``-c RUN/last.pth.tar`` (meant for --resume) or a YAML with a Latin-1 comment was a UnicodeDecodeError."""
+    (tmp_path / "last.pth.tar").write_bytes(b"PK\x03\x04\x80\xff\xfe")
+    with pytest.raises(ConfigError, match="last.pth.tar' is not UTF-8 text .a checkpoint passed to -c instead of"):
+        parse_args(main.make_parser(), ["-c", str(tmp_path / "last.pth.tar")])
+
+
 def test_yaml_lists_and_strings_both_work(tmp_path):
     (tmp_path / "c.yml").write_text("exit_sweep: [0.5, .inf, 1]\nskip_blocks: '0,1'\n")
     args = parse_args(main.make_parser(), ["-c", str(tmp_path / "c.yml")])

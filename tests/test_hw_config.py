@@ -101,3 +101,11 @@ def test_a_bare_name_is_a_preset_of_hw_config_before_a_path(tmp_path, monkeypatc
     assert load_config("mine").name == "mine"  # no such preset in hw/config/: the path
     with pytest.raises(HwInputError, match="aster_default: cannot read a preset"):
         load_config("./aster_default")  # a path, not a bare name
+
+
+def test_a_preset_that_is_not_utf8_text_names_the_file(tmp_path):
+    """A binary file (or a Latin-1 comment) given as a preset was a UnicodeDecodeError without the file's name."""
+    path = tmp_path / "chip.yml"
+    path.write_bytes("# r\xe9glage\nenergy:\n  adc: 1.0\n".encode("latin-1"))
+    with pytest.raises(HwInputError, match=re.escape(f"{path}: not YAML text (not UTF-8); give a preset")):
+        load_config(path)
