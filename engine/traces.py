@@ -547,7 +547,7 @@ class TraceReader:
         except OSError as e:
             raise TraceFormatError(f"{meta_path}: cannot read the trace metadata ({e.strerror}); is {self.dir} a "
                                    f"trace folder?") from None
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise TraceFormatError(f"{meta_path}: not valid JSON (truncated or corrupt?): {e}") from None
         self._samples = {s.id: s for s in self.meta.samples}
 

@@ -134,6 +134,8 @@ def _corrupt(tmp_path, how):
         np.savez(npz, **arrays)
     elif how == "meta":
         (trace / "meta.json").write_text((trace / "meta.json").read_text()[:100])
+    elif how == "binary meta":  # overwritten by a sample file, say
+        (trace / "meta.json").write_bytes(npz.read_bytes())
     return trace, npz
 
 
@@ -142,6 +144,7 @@ def _corrupt(tmp_path, how):
     ("bitflip", "sample_00000.npz", "CRC-32"),
     ("missing", "sample_00000.npz", "in:patch_embed.rpe_conv"),
     ("meta", "meta.json", "not valid JSON"),
+    ("binary meta", "meta.json", "not valid JSON"),
 ])
 def test_bad_files_raise_one_clear_error(tmp_path, how, where, what):
     trace, npz = _corrupt(tmp_path, how)
