@@ -93,7 +93,13 @@ def atomic_dir(root: Path, name: str):
     tmp = root / f".{name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise DVSDataError(f"cannot build {root / name} ({err.strerror}): the converted data is written inside the "
+                           f"dataset folder {root}; make it writable, or convert a writable copy once") from None
     try:
         yield tmp
         os.rename(tmp, root / name)

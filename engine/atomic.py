@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "write_text_atomic", "numbered_paths", "unwritable_reason"]
+__all__ = ["atomic_open", "write_text_atomic", "numbered_paths", "unwritable_reason", "nearest_existing",
+           "folder_unwritable"]
 
 
 @contextmanager
@@ -55,3 +56,16 @@ def unwritable_reason(path: str | Path) -> str | None:
     if not path.parent.is_dir():
         return f"folder {path.parent} does not exist; create it first"
     return None
+
+
+def nearest_existing(path: str | Path) -> str:
+    """``path`` made absolute, or the nearest folder above it that exists (where a new output folder is created)."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    return existing
+
+
+def folder_unwritable(folder: str | Path) -> bool:
+    """Whether nothing can be created in the existing ``folder`` (a read-only file system, or not the user's)."""
+    return not os.access(folder, os.W_OK | os.X_OK)

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputError
 from .model import unwrap
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "restores_optimizer", "resume_checkpoint",
@@ -388,6 +388,18 @@ def _saver_class():
 
         epoch_loss: list[float] | None = None
         _recovery_batches: int | None = None
+
+        def _save(self, save_path, epoch, metric=None):
+            """timm's save; a failed write (``torch.save`` reports a full disk as a RuntimeError) removes the partial
+            file and is an :class:`OutputError` naming it."""
+            try:
+                super()._save(save_path, epoch, metric)
+            except (OSError, RuntimeError) as exc:
+                if os.path.exists(save_path):
+                    os.unlink(save_path)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).splitlines()[0]
+                raise OutputError(f"writing {save_path} failed ({reason}); is the disk full? The checkpoints "
+                                  f"written before it are kept") from exc
 
         def _replace(self, src, dst):
             os.replace(src, dst)  # timm deletes dst first (for Windows): a kill then left no last.pth.tar

@@ -4,7 +4,12 @@ Entry scripts catch :class:`SetupError` and report it as one line instead of a t
 bug and keeps its traceback.
 """
 
-__all__ = ["SetupError", "ConfigError", "DatasetError", "CheckpointError", "one_line"]
+import errno
+
+__all__ = ["SetupError", "ConfigError", "DatasetError", "CheckpointError", "OutputError", "storage_failure",
+           "one_line"]
+
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class SetupError(RuntimeError):
@@ -21,6 +26,16 @@ class DatasetError(SetupError):
 
 class CheckpointError(SetupError):
     """A checkpoint is missing, unreadable or belongs to another architecture."""
+
+
+class OutputError(RuntimeError):
+    """An output file could not be written during the run (a full disk, say); what was finished before is kept."""
+
+
+def storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says an output could not be written: an :class:`OutputError`, or an ``OSError`` of a full
+    disk, an exceeded quota or a read-only file system."""
+    return isinstance(exc, OutputError) or (isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS)
 
 
 def one_line(exc: SetupError) -> str:

@@ -26,6 +26,7 @@ from data import is_neuromorphic
 
 from .args import empty_means_none
 from .aster import int_list
+from .atomic import folder_unwritable, nearest_existing
 from .errors import ConfigError
 
 __all__ = ["add_eval_arguments", "check_eval_args", "check_export_traces", "export_model_traces", "run_evaluation"]
@@ -71,11 +72,12 @@ def check_export_traces(args: argparse.Namespace) -> None:
         return
     if args.trace_samples < 1:
         raise ConfigError(f"--trace-samples {args.trace_samples}: export at least 1 sample")
-    existing = os.path.abspath(target)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
+    existing = nearest_existing(target)
     if not os.path.isdir(existing):
         raise ConfigError(f"--export-traces {target}: {existing} is a file, not a folder; choose a new folder")
+    if folder_unwritable(existing):
+        raise ConfigError(f"--export-traces {target}: {existing} is not writable (a read-only file system, or not "
+                          f"yours); choose another folder")
     if os.path.exists(os.path.join(target, META_FILE)):
         raise ConfigError(f"--export-traces {target} already holds a trace ({META_FILE}); choose a new folder")
 

@@ -23,7 +23,7 @@ from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint
 from .config import parse_args, warn_inert_flags
 from .distributed import (agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary,
                           lost_peer)
-from .errors import ConfigError, SetupError, one_line
+from .errors import ConfigError, SetupError, one_line, storage_failure
 from .loaders import Loaders, build_loaders, set_loader_epoch
 from .loop import seed_epoch, train_one_epoch, validate
 from .losses import build_eval_loss, build_train_loss
@@ -248,8 +248,8 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
         result = _train_epochs(args, s, outputs, saver)
         if hooks.after_training is not None:
             hooks.after_training(args, s, output_dir)
-    except (KeyboardInterrupt, RuntimeError) as exc:
-        if is_primary(args) and (isinstance(exc, KeyboardInterrupt) or lost_peer(exc)):
+    except (KeyboardInterrupt, RuntimeError, OSError) as exc:
+        if is_primary(args) and (isinstance(exc, KeyboardInterrupt) or lost_peer(exc) or storage_failure(exc)):
             _log_interrupted(output_dir, hooks.resumable)
         raise
     finally:
@@ -261,7 +261,7 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
 
 
 def _log_interrupted(output_dir: str, resumable: bool) -> None:
-    """After Ctrl-C: where the last finished epoch is, and how to go on."""
+    """After Ctrl-C (or a failed write): where the last finished epoch is, and how to go on."""
     if resumable:
         _logger.warning("Interrupted. %s holds the last finished epoch (and recovery-*.pth.tar files with "
                         "--recovery-interval, a point inside the next): resume with --resume", output_dir)
@@ -289,7 +289,8 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
 
     Returns:
         The process exit status: 0, 2 after a setup error, 130 after Ctrl-C, 1 when another process of the run
-        stopped (its collective failed); no traceback in these three cases.
+        stopped (its collective failed) or an output could not be written (a full disk); no traceback in these
+        cases.
     """
     setup_console_logging(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
     parser = make_parser()
@@ -303,7 +304,12 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
     except KeyboardInterrupt:
         _logger.error("Interrupted (Ctrl-C).")
         return 130
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
+        if storage_failure(exc):
+            reason = f"{exc.filename}: {exc.strerror}; free some space or choose another folder" \
+                if isinstance(exc, OSError) else str(exc)
+            _logger.error("Could not write an output: %s", reason)
+            return 1
         if not lost_peer(exc):
             raise
         _logger.error("Another process of this run stopped (Ctrl-C or an error: see its output), so this one stops "

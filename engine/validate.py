@@ -10,6 +10,7 @@ import os
 
 import torch
 
+from .atomic import folder_unwritable, nearest_existing
 from .errors import ConfigError
 
 __all__ = ["SCHEDULERS", "INTERPOLATIONS", "check_device", "check_run_args"]
@@ -32,15 +33,16 @@ def check_device(device: str) -> None:
 
 
 def _check_output(output: str) -> None:
-    """--output and the folders above it that exist are folders (the missing ones are created)."""
-    if not output:
-        return
-    path = os.path.abspath(output)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)
+    """--output and the folders above it that exist are folders (the missing ones are created), and the run can
+    create its folder there (the default root is under the current folder)."""
+    path = nearest_existing(output or os.curdir)
     if not os.path.isdir(path):
         where = "is a file" if path == os.path.abspath(output) else f"is inside {path!r}, which is a file"
         raise ConfigError(f"--output {output!r} {where}; give a folder (it is created if missing)")
+    if folder_unwritable(path):
+        named = f"--output {output!r}: " if output else "the default output root is under the current folder, but "
+        raise ConfigError(f"{named}{path} is not writable (a read-only file system, or not yours); give another "
+                          f"--output")
 
 
 def _check_ranges(args: argparse.Namespace, ranges: dict) -> None:
