@@ -9,6 +9,7 @@ CSV files and in uJ in the summary.  Every table repeats the preset name and tec
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -282,20 +283,30 @@ def _write_files(res: Results, out: Path, plots: bool, inputs: dict | None) -> d
 _CLAIM = ".report.claim"
 
 
-def _claim_report_dir(out: Path) -> tuple[Path, bool]:
-    """The folder for this run's report, claimed by creating its ``.report.claim`` exclusively (of two runs, one
-    gets a folder), and whether it was created here: ``out`` unless it holds a report (its ``summary.json``) or
-    another run's claim, else the first such free ``<out>-1``, ``<out>-2``, ...  :func:`write_report` removes the
-    claim."""
+def _claim_report_dir(out: Path) -> tuple[Path, bool, int]:
+    """The folder for this run's report, claimed by locking its ``.report.claim`` (of two runs, one gets a folder;
+    the lock of a killed run is gone with its process), whether it was created here, and the claim's descriptor:
+    ``out`` unless it holds a report (its ``summary.json``) or a live run's claim, else the first such free
+    ``<out>-1``, ``<out>-2``, ...  The temporary folders a killed run left are removed.  :func:`write_report` removes
+    the claim."""
     for path in numbered_paths(out):
         created = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
-        if not (path / "summary.json").exists():
-            try:
-                os.close(os.open(path / _CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return path, created
-            except FileExistsError:
-                pass
+        if (path / "summary.json").exists():
+            continue
+        fd = os.open(path / _CLAIM, os.O_CREAT | os.O_WRONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        if (path / "summary.json").exists():  # finished by the run whose claim was just removed
+            os.close(fd)
+            continue
+        for stale in path.glob(".report.*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        return path, created, fd
 
 
 def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: dict | None = None) -> dict:
@@ -308,7 +319,7 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: 
     leaves no report (and removes the folder it created), and other files in the folder are not touched.
     """
     out = check_out_dir(out_dir)
-    folder, created = _claim_report_dir(out)
+    folder, created, claim = _claim_report_dir(out)
     tmp = Path(tempfile.mkdtemp(prefix=".report.", dir=folder))
     try:
         summary = _write_files(res, tmp, plots, inputs)
@@ -322,6 +333,7 @@ def write_report(res: Results, out_dir: str | Path, plots: bool = True, inputs: 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         (folder / _CLAIM).unlink(missing_ok=True)
+        os.close(claim)
         if created and not any(folder.iterdir()):
             folder.rmdir()
     if folder != out:

@@ -90,6 +90,22 @@ def test_two_runs_claiming_one_new_folder_at_once_get_two_folders(tmp_path, trac
             "ablations.csv", "components.csv", "layers.csv", "summary.json", "timesteps.csv"]
 
 
+def test_a_killed_run_s_claim_does_not_send_later_runs_elsewhere(tmp_path, trace):
+    """A run killed while writing left .report.claim (and its temporary folder and a half report): every later run
+    into that --out went to <out>-1, and the leftovers stayed.  The claim is a lock, gone with its process."""
+    res = simulate(Workload.open(trace), load_config("aster_default"), progress=False)
+    out = tmp_path / "out"
+    (out / ".report.h841ijzw").mkdir(parents=True)
+    (out / ".report.h841ijzw" / "layers.csv").write_text("partial")
+    (out / ".report.claim").touch()
+    (out / "ablations.csv").write_text("from the killed run")
+    write_report(res, out, plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ablations.csv", "components.csv", "layers.csv", "summary.json", "timesteps.csv"]
+    assert (out / "ablations.csv").read_text() != "from the killed run"
+
+
 def test_a_failing_rerun_leaves_no_new_folder(tmp_path, trace):
     res = simulate(Workload.open(trace), load_config("aster_default"), progress=False)
     write_report(res, tmp_path / "out", plots=False)
