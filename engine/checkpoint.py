@@ -271,6 +271,7 @@ def resume_checkpoint(args: argparse.Namespace, model: nn.Module, optimizer: tor
     start_epoch, done = resume_start(args, checkpoint)
     if done:
         _check_same_batches(args, checkpoint)
+    _warn_other_workers(args, checkpoint)
     within = f" after batch {done - 1} of it" if done else ""
     _logger.info("Resumed from %s (epoch %s); continuing at epoch %d%s.", args.resume, checkpoint.get("epoch"),
                  start_epoch, within)
@@ -290,6 +291,19 @@ def _check_same_batches(args: argparse.Namespace, checkpoint: dict) -> None:
                               f"{before[0]} on {before[1]} process(es); this run has -b {now[0]} on {now[1]}, so its "
                               "batches are other samples. Resume with the same -b and process count, or from the "
                               "last epoch checkpoint (last.pth.tar / checkpoint-N.pth.tar)")
+
+
+def _warn_other_workers(args: argparse.Namespace, checkpoint: dict) -> None:
+    """Static-image augmentation is drawn by each data-loading worker from its own generator: another ``-j`` gives
+    the resumed epochs other augmentations than the uninterrupted run's (event frames are drawn per sample)."""
+    from data import is_neuromorphic
+
+    trained, workers = getattr(checkpoint.get("args"), "workers", None), getattr(args, "workers", None)
+    if None in (trained, workers) or trained == workers or is_neuromorphic(getattr(args, "dataset", "") or ""):
+        return
+    _logger.warning("%r was trained with -j %d, this run loads with -j %d: each data-loading worker draws the "
+                    "augmentation of its batches, so the resumed epochs are augmented otherwise than in an "
+                    "uninterrupted run; resume with -j %d to repeat it", args.resume, trained, workers, trained)
 
 
 def resume_start(args: argparse.Namespace, checkpoint: dict) -> tuple[int, int]:

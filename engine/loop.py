@@ -8,6 +8,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -28,11 +29,14 @@ def seed_epoch(args: argparse.Namespace, epoch: int) -> None:
     """Seed Python, NumPy and torch from ``(seed, epoch, rank)`` (timm ``random_seed``); epoch -1 means setup.
 
     Seeding at the start of every epoch makes the epoch's shuffling and augmentation independent of what ran
-    before, so a resumed run repeats an uninterrupted one.
+    before, so a resumed run repeats an uninterrupted one.  NumPy's SeedSequence mixes the three, so no two
+    (seed, epoch, rank) share a stream (a sum such as ``seed + 1000 * epoch + rank`` made --seed 1000 replay
+    --seed 0 an epoch later, and rank 1 of --seed 0 replay rank 0 of --seed 1).
     """
     from timm.utils import random_seed
 
-    random_seed(args.seed + 1000 * (epoch + 1), args.rank)
+    mixed = np.random.SeedSequence([args.seed, epoch + 1, args.rank]).generate_state(1, np.uint32)[0]
+    random_seed(int(mixed), 0)
 
 
 def _progress(loader, args: argparse.Namespace, desc: str):
@@ -188,7 +192,7 @@ def train_one_epoch(epoch: int, model: nn.Module, loader, optimizer: torch.optim
     if hasattr(optimizer, "sync_lookahead"):
         optimizer.sync_lookahead()
     unwrap(model).reset_neurons()
-    loss_avg = _reduce(torch.tensor(losses_m.avg, device=args.device), args).item()
+    loss_avg = _reduce(torch.tensor(losses_m.avg, dtype=torch.float64, device=args.device), args).item()
     return OrderedDict(loss=loss_avg)
 
 
@@ -242,7 +246,8 @@ def validate(model: nn.Module, loader, loss_fn: nn.Module, args: argparse.Namesp
             output = output.mean(0)
         n = inputs.size(0)
         hits = torch.stack([*accuracy(output, target, topk=top_k)]).double() * n / 100  # timm: float32 percent
-        batch = torch.cat([loss_fn(output, target).double().reshape(1) * n, hits.round(), hits.new_tensor([n])])
+        # the batch's loss in float64: the sum over batches then does not depend on -vb (nor on the process count)
+        batch = torch.cat([loss_fn(output.double(), target).reshape(1) * n, hits.round(), hits.new_tensor([n])])
         batch = batch.cpu()
         totals += batch
         if is_primary(args) and (batch_idx == num_batches - 1 or batch_idx % args.log_interval == 0):

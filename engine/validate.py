@@ -222,6 +222,8 @@ def check_run_args(args: argparse.Namespace, train: bool) -> None:
     check_device(getattr(args, "device", ""))
     _check_output(getattr(args, "output", ""))
     _check_positive(args, {"val_batch_size": "-vb/--val-batch-size"})
+    if getattr(args, "seed", 0) < 0:
+        raise ConfigError(f"--seed {args.seed}: a seed is a non-negative integer")
     if (getattr(args, "workers", None) or 0) < 0:
         raise ConfigError(f"-j/--workers {args.workers} is negative; give 0 (load in the main process) or the number "
                           "of data loading processes")

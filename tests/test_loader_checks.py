@@ -187,6 +187,34 @@ def test_negative_workers_is_refused_before_the_loaders(tmp_path, train):
         check_run_args(tiny_args(tmp_path, "-j", "-1"), train)
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_negative_seed_is_refused_before_the_run(tmp_path, train):
+    """--seed -1 was NumPy's 'Seed must be between 0 and 2**32 - 1' traceback during setup."""
+    from engine.validate import check_run_args
+
+    with pytest.raises(ConfigError, match=r"^--seed -1: a seed is a non-negative integer$"):
+        check_run_args(tiny_args(tmp_path, "--seed", "-1"), train)
+
+
+def test_epoch_seeds_are_distinct_streams_for_any_seed(tmp_path):
+    """The epoch seed was seed + 1000 * (epoch + 1) + rank: --seed 1000 replayed --seed 0 an epoch later, rank 1 of
+    --seed 0 was rank 0 of --seed 1, and --seed 4294000000 crashed NumPy at epoch 966.  Each (seed, epoch, rank)
+    now draws its own stream, and the same triple the same one."""
+    import numpy as np
+
+    args = tiny_args(tmp_path)
+
+    def draws(seed, epoch, rank):
+        args.seed, args.rank = seed, rank
+        seed_epoch(args, epoch)
+        return torch.rand(3).tolist(), np.random.rand(3).tolist()
+
+    assert draws(1000, 0, 0) != draws(0, 1, 0) and draws(0, 0, 1) != draws(1, 0, 0)
+    assert draws(0, 0, 0) != draws(0, 1, 0) != draws(0, 0, 1)
+    assert draws(4294000000, 966, 0) == draws(4294000000, 966, 0)
+    assert draws(2**40, 0, 0) != draws(0, 0, 0)
+
+
 @pytest.mark.parametrize("crop_pct", ["-0.5", "0", "3", "95", "nan"])
 def test_a_crop_fraction_outside_zero_to_one_is_refused(tmp_path, crop_pct):
     """--crop-pct -0.5 crashed at the first validation (a PIL traceback after an epoch of training); 3 or 95 (a

@@ -166,6 +166,47 @@ def test_validation_accuracy_is_an_exact_fraction(tmp_path):
     assert metrics["top1"] == 95.0
 
 
+def test_validation_loss_does_not_depend_on_the_batch_size(tmp_path):
+    """Each batch's float32 mean loss, times its size, made eval_loss vary with -vb in the 8th digit (2.305144347 at
+    -vb 256, 2.305144511 at -vb 64); the batch losses are now float64, so the mean is the float64 one to 1e-15."""
+    from engine.loop import validate
+    from engine.optim import Amp
+
+    class Fixed(torch.nn.Module):
+        num_classes = 10
+
+        def forward(self, x):
+            return x[:, 0, 0, :10] * 3
+
+        def reset_neurons(self):
+            pass
+
+    images = torch.randn(360, 3, 1, 10, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(360) % 10
+    expected = torch.nn.functional.cross_entropy((images[:, 0, 0] * 3).double(), labels).item()
+    args = tiny_args(tmp_path)
+    init_distributed(args)
+    for size in (7, 128, 360):
+        loader = [(images[i:i + size], labels[i:i + size]) for i in range(0, 360, size)]
+        loss = validate(Fixed(), loader, torch.nn.CrossEntropyLoss(), args, amp=Amp(contextlib.nullcontext))["loss"]
+        assert loss == pytest.approx(expected, rel=1e-14, abs=0), size
+
+
+def test_the_epoch_s_training_loss_is_its_float64_mean(tmp_path):
+    """train_loss was the float64 mean cut to float32 on its way out (a tensor of the default dtype)."""
+    args = tiny_args(tmp_path)
+    model, optimizer = _setup(args)
+    batch = (torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,)))
+    values = iter([0.1, 0.2])
+
+    def loss_fn(output, target):
+        return output.sum() * 0 + next(values)
+
+    metrics = train_one_epoch(0, model, [batch, batch], optimizer, loss_fn, args, amp=build_amp(args))
+    expected = (float(torch.tensor(0.1)) + float(torch.tensor(0.2))) / 2  # the float32 losses, averaged in float64
+    assert metrics["loss"] == expected and metrics["loss"] != float(torch.tensor(expected))
+
+
 def test_linear_prob_trains_everything_but_the_stem(tmp_path):
     """--linear-prob freezes the patch-embedding stem (parameters and optimizer), the rest trains."""
     args = tiny_args(tmp_path, "--linear-prob", "--lr", "1e-2")
@@ -187,3 +228,21 @@ def test_channels_last_is_on_by_default_only_on_cuda(given, device, expected):
     from engine.model import uses_channels_last
 
     assert uses_channels_last(argparse.Namespace(channels_last=given, device=device)) is expected
+
+
+def test_resuming_with_another_worker_count_warns_on_static_images(tmp_path, caplog):
+    """Static-image augmentation is drawn per data-loading worker: a run resumed with another -j is augmented
+    otherwise than the uninterrupted one (train_loss 2.2808 at -j 0 against 2.3111 at -j 2), without a word."""
+    import logging
+
+    args = tiny_args(tmp_path, "-j", "2")
+    model, optimizer = _setup(args)
+    build_saver(args, model, optimizer, str(tmp_path)).save_checkpoint(epoch=0, metric=50.0)
+    last = str(tmp_path / "last.pth.tar")
+    for extra, warned in ((["-j", "2"], False), (["-j", "0"], True), (["-j", "0", "--dataset", "nmnist"], False)):
+        resumed = tiny_args(tmp_path, *extra, "--resume", last)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="engine.checkpoint"):
+            resume_checkpoint(resumed, model, optimizer)
+        assert (f"{last!r} was trained with -j 2, this run loads with -j 0: each data-loading worker draws the "
+                f"augmentation of its batches" in caplog.text) is warned, caplog.text
