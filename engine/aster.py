@@ -31,7 +31,7 @@ from torch import nn
 from data import canonical_static_name
 
 from .args import empty_means_none
-from .atomic import write_text_atomic
+from .atomic import atomic_open, write_text_atomic
 from .distributed import is_primary
 from .early_exit import EXIT_METRICS, EarlyExitMeter, EarlyExitSweep
 from .errors import ConfigError
@@ -382,10 +382,11 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    _pyplot().close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_open(path, "wb") as f:
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        _pyplot().close(fig)
 
 
 def _plot_exit_curve(result: AsterResult, path: Path) -> None:

@@ -321,3 +321,21 @@ def test_skip_rates_of_the_other_attention_mode_are_a_log_file_error(tmp_path):
     with pytest.raises(ConfigError, match=f"^--log-file: {re.escape(str(path))}: the firing rates hold "
                                           "MS_SSA_Conv0_after_qkv, the rate of attention mode STAtten"):
         resolve_skip(args)
+
+
+def test_a_plot_that_fails_to_save_leaves_the_earlier_one_and_no_temporary_file(tmp_path):
+    """A savefig error left '.<name>.tmp.png' behind (the temporary file was not removed)."""
+    from engine.aster import _pyplot, _save
+
+    (tmp_path / "exit_sweep.png").write_bytes(b"earlier")
+    fig = _pyplot().figure()
+
+    def fails(f, **kwargs):
+        f.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    fig.savefig = fails
+    with pytest.raises(OSError, match="No space left"):
+        _save(fig, tmp_path / "exit_sweep.png")
+    assert [(p.name, p.read_bytes()) for p in tmp_path.iterdir()] == [("exit_sweep.png", b"earlier")]
+    assert not _pyplot().get_fignums()  # closed all the same
