@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import logging
 import os
@@ -15,6 +16,7 @@ import torch.distributed
 from .atomic import numbered_paths, write_text_atomic
 from .config import dump_args
 from .distributed import is_primary
+from .errors import ConfigError
 
 __all__ = ["LOG_FORMAT", "setup_console_logging", "start_run_log", "resolve_output_dir", "RunOutputs"]
 
@@ -114,6 +116,27 @@ def resolve_output_dir(args: argparse.Namespace, reuse_resume_dir: bool = True,
     return path
 
 
+def _lock_run_folder(output_dir: str) -> int | None:
+    """An exclusive lock on ``output_dir`` for the run's life (the OS releases it if the process dies), or None on a
+    file system without locks.
+
+    Raises:
+        ConfigError: another run holds it (two runs resumed into the folder at once wrote its summary.csv rows and
+            checkpoints in turn), before this one writes anything there.
+    """
+    fd = os.open(output_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another run is writing into {output_dir} (resumed from one of its checkpoints too?); "
+                          f"wait for it to end, or give --experiment NAME to resume into a new folder") from None
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class RunOutputs:
     """Creates the run folder and records a run into it.
 
@@ -132,6 +155,7 @@ class RunOutputs:
         from torch.utils.tensorboard import SummaryWriter
 
         os.makedirs(output_dir, exist_ok=True)
+        self._lock = _lock_run_folder(output_dir)
         self.output_dir = output_dir
         self.summary_path = os.path.join(output_dir, "summary.csv")
         self._file_handler = logging.FileHandler(os.path.join(output_dir, log_name))
@@ -196,3 +220,6 @@ class RunOutputs:
         self.writer.close()
         logging.getLogger().removeHandler(self._file_handler)
         self._file_handler.close()
+        if self._lock is not None:
+            os.close(self._lock)  # releases the folder's lock
+            self._lock = None

@@ -107,3 +107,19 @@ def test_a_full_disk_elsewhere_is_one_error_naming_the_file(tmp_path, monkeypatc
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"Could not write an output: {tmp_path}/run/summary.csv: No space left on device; free some "
                       f"space or choose another folder"]
+
+
+def test_a_second_run_into_a_folder_in_use_is_refused_before_writing(tmp_path):
+    """Two runs resumed from one checkpoint at once shared its folder: summary.csv held epochs 2-4 twice, and both
+    wrote timm's fixed tmp.pth.tar.  The run folder is locked for the run's life; the second run stops first."""
+    from engine.outputs import RunOutputs
+
+    args = tiny_args(tmp_path)
+    first = RunOutputs(args, str(tmp_path / "run"))
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    with pytest.raises(ConfigError, match=f"another run is writing into {tmp_path}/run .resumed from one of its "
+                                          f"checkpoints too..; wait for it to end, or give --experiment NAME"):
+        RunOutputs(args, str(tmp_path / "run"), resume_epoch=2)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == before == ["args.yaml", "tensorboard", "train.log"]
+    first.close()
+    RunOutputs(args, str(tmp_path / "run"), resume_epoch=2).close()  # free again once the first run has ended
