@@ -5,6 +5,7 @@ artefact the project writes (configs, tables, JSON, plots, traces, split files).
 """
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import IO
 
 __all__ = ["atomic_open", "write_text_atomic", "numbered_paths", "unwritable_reason", "nearest_existing",
-           "folder_unwritable"]
+           "folder_unwritable", "lock_exclusive"]
 
 
 @contextmanager
@@ -69,3 +70,22 @@ def nearest_existing(path: str | Path) -> str:
 def folder_unwritable(folder: str | Path) -> bool:
     """Whether nothing can be created in the existing ``folder`` (a read-only file system, or not the user's)."""
     return not os.access(folder, os.W_OK | os.X_OK)
+
+
+def lock_exclusive(path: str | Path) -> int | None:
+    """Lock ``path`` (a folder, or a file, created if missing) exclusively without waiting: the open descriptor,
+    whose closing releases the lock (as the end of the process does), or None when another process holds it.
+
+    Raises:
+        OSError: the file system has no locks (or ``path`` cannot be opened).
+    """
+    fd = os.open(path, os.O_RDONLY if os.path.isdir(path) else os.O_CREAT | os.O_WRONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import io
 import logging
 import os
@@ -13,7 +12,7 @@ from collections import OrderedDict, deque
 
 import torch.distributed
 
-from .atomic import numbered_paths, write_text_atomic
+from .atomic import lock_exclusive, numbered_paths, write_text_atomic
 from .config import dump_args
 from .distributed import is_primary
 from .errors import ConfigError
@@ -124,16 +123,13 @@ def _lock_run_folder(output_dir: str) -> int | None:
         ConfigError: another run holds it (two runs resumed into the folder at once wrote its summary.csv rows and
             checkpoints in turn), before this one writes anything there.
     """
-    fd = os.open(output_dir, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise ConfigError(f"another run is writing into {output_dir} (resumed from one of its checkpoints too?); "
-                          f"wait for it to end, or give --experiment NAME to resume into a new folder") from None
+        fd = lock_exclusive(output_dir)
     except OSError:
-        os.close(fd)
         return None
+    if fd is None:
+        raise ConfigError(f"another run is writing into {output_dir} (resumed from one of its checkpoints too?); "
+                          f"wait for it to end, or give --experiment NAME to resume into a new folder")
     return fd
 
 

@@ -9,7 +9,6 @@ CSV files and in uJ in the summary.  Every table repeats the preset name and tec
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_open, numbered_paths, write_text_atomic
+from engine.atomic import atomic_open, lock_exclusive, numbered_paths, write_text_atomic
 
 from .config import HwInputError
 from .counts import ALL_COUNTS
@@ -294,11 +293,8 @@ def _claim_report_dir(out: Path) -> tuple[Path, bool, int]:
         path.mkdir(parents=True, exist_ok=True)
         if (path / "summary.json").exists():
             continue
-        fd = os.open(path / _CLAIM, os.O_CREAT | os.O_WRONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+        fd = lock_exclusive(path / _CLAIM)
+        if fd is None:
             continue
         if (path / "summary.json").exists():  # finished by the run whose claim was just removed
             os.close(fd)
