@@ -54,8 +54,11 @@ def _need(means: dict[str, float], *labels: str) -> None:
         raise _Missing(f"no {', '.join(missing)} times")
 
 
-def _per_layer(rows: list[dict], label: str) -> list[float]:
-    return [row["mean_ms"] for row in sorted(rows, key=lambda r: r["layer"]) if row["label"] == label]
+def _per_layer(rows: list[dict]) -> list[tuple[int, float, float]]:
+    """``(layer, SSA ms, MLP ms)`` for every layer with either time; a skipped block's attention has none (0)."""
+    times = {(row["layer"], row["label"]): row["mean_ms"] for row in rows if row["label"] in (_SSA, _MLP)}
+    layers = sorted({layer for layer, _ in times})
+    return [(layer, times.get((layer, _SSA), 0.0), times.get((layer, _MLP), 0.0)) for layer in layers]
 
 
 def _stacked(ax, bars: list[tuple[str, list[tuple[str, float]]]], ylabel: str = _TIME_AXIS) -> None:
@@ -79,14 +82,14 @@ def _times_breakdown(ax, tables: dict, source: str) -> None:
     means = overall_means(tables["model_times"], source)
     total_label = TOTAL if TOTAL in means else RUN_TOTAL
     _need(means, total_label, _PSM, _RPE, _SSA, _MLP)
-    encoder = _rows(tables, "encoder_means", source)
-    layers = [s + m for s, m in zip(_per_layer(encoder, _SSA), _per_layer(encoder, _MLP))]
+    layers = [(layer, ssa + mlp) for layer, ssa, mlp in _per_layer(_rows(tables, "encoder_means", source))]
+    encoder = sum(time for _, time in layers)
     total, stem = means[total_label], means[_PSM] + means[_RPE]
-    rest = max(total - stem - sum(layers), 0.0)
+    rest = max(total - stem - encoder, 0.0)
     _stacked(ax, [
         ("whole model", [(total_label, total)]),
-        ("stem + encoder", [("SPS (PSM + RPE)", stem), ("encoder (SSA + MLP)", sum(layers)), ("rest", rest)]),
-        ("per layer", [("SPS (PSM + RPE)", stem)] + [(f"layer {i}", v) for i, v in enumerate(layers)]
+        ("stem + encoder", [("SPS (PSM + RPE)", stem), ("encoder (SSA + MLP)", encoder), ("rest", rest)]),
+        ("per layer", [("SPS (PSM + RPE)", stem)] + [(f"layer {layer}", time) for layer, time in layers]
          + [("rest", rest)]),
         ("one block", [(_SSA, means[_SSA]), (_MLP, means[_MLP])]),
     ])
@@ -94,11 +97,10 @@ def _times_breakdown(ax, tables: dict, source: str) -> None:
 
 
 def _layer_times(ax, tables: dict, source: str) -> None:
-    encoder = _rows(tables, "encoder_means", source)
-    ssa, mlp = _per_layer(encoder, _SSA), _per_layer(encoder, _MLP)
-    if not ssa or not mlp:
+    layers = _per_layer(_rows(tables, "encoder_means", source))
+    if not layers:
         raise _Missing("no per-layer SSA/MLP times")
-    _stacked(ax, [(f"layer {i}", [(_SSA, s), (_MLP, m)]) for i, (s, m) in enumerate(zip(ssa, mlp))])
+    _stacked(ax, [(f"layer {layer}", [(_SSA, ssa), (_MLP, mlp)]) for layer, ssa, mlp in layers])
     ax.set_title("SSA and MLP time per layer (means over runs)")
 
 

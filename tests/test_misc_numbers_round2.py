@@ -179,6 +179,24 @@ def test_times_breakdown_rest_is_total_minus_stem_and_layers():
     assert _heights(ax) == [10.0, 3.0, 6.0, 1.0, 3.0, 3.0, 3.0, 1.0, 1.0, 2.0]
 
 
+def test_per_layer_bars_keep_their_layers_when_a_block_is_skipped():
+    """--skip-blocks 0: layer 0 has an MLP time and no SSA time.  The values were zipped by position, so "layer 0"
+    showed layer 1's SSA over layer 0's MLP and the last layer vanished."""
+    model_times = [dict(source=_SRC, label=label, mean_ms=value) for label, value in
+                   (("Run total", 20.0), ("SPS.PSM", 1.0), ("SPS.RPE", 2.0), ("SSA Encoder", 1.2), ("MLP", 0.5))]
+    encoder = [dict(source=_SRC, layer=0, label="MLP", mean_ms=0.6)] + [
+        dict(source=_SRC, layer=layer, label=label, mean_ms=value) for layer, ssa, mlp in ((1, 1.2, 0.5), (2, 1.3, 0.4))
+        for label, value in (("SSA Encoder", ssa), ("MLP", mlp))]
+    ax = Figure().add_subplot()
+    plots._layer_times(ax, {"encoder_means": encoder}, _SRC)
+    assert _heights(ax) == [0.0, 0.6, 1.2, 0.5, 1.3, 0.4]  # per layer: SSA, MLP
+    assert [label.get_text() for label in ax.get_xticklabels()] == ["layer 0", "layer 1", "layer 2"]
+    ax = Figure().add_subplot()
+    plots._times_breakdown(ax, {"model_times": model_times, "encoder_means": encoder}, _SRC)
+    # whole model | stem, encoder 4.0, rest 13.0 | stem, layers 0.6, 1.7, 1.7, rest | SSA, MLP
+    assert _heights(ax) == [20.0, 3.0, 4.0, 13.0, 3.0, 0.6, 1.7, 1.7, 13.0, 1.2, 0.5]
+
+
 def test_layer_sparsity_bar_is_the_mean_of_its_rows():
     """Two rows of one variable and layer (two runs, or per-step probes) with 0.2 and 0.4: the bar is 0.3."""
     rows = [dict(source=_SRC, label="q", layer=0, mean=0.2), dict(source=_SRC, label="q", layer=0, mean=0.4)]
