@@ -28,6 +28,7 @@ found is logged as a warning with what its first bytes suggest (empty, gzip, bin
 from __future__ import annotations
 
 import codecs
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -88,6 +89,7 @@ class Capture:
     incomplete: list[Run] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     note: str = ""
+    digest: str = ""  # sha256 of the file's bytes (load_capture): tells two captures of one name apart
 
     def records(self) -> list[Record]:
         """The records of the complete runs."""
@@ -318,4 +320,5 @@ def load_capture(path: Path, num_layers: int | None = None, source: str | None =
         capture = capture_from_records(source, [r for _, r in known], num_layers, [n for n, _ in known])
         capture.skipped = sorted(skipped, key=lambda s: s.line)
     capture.note = note
+    capture.digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return capture

@@ -15,6 +15,7 @@ A figure whose data the capture lacks (no timers in cap8-style captures, say) is
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from matplotlib.figure import Figure
 
 from engine.atomic import atomic_open
 from .fork_format import LABELS, RUN_TOTAL, TOTAL
-from .tables import free_folder, overall_means, read_csv
+from .tables import free_folder, overall_means, read_csv, record_inputs, same_inputs
 
 __all__ = ["FIGURES", "plot_tables"]
 
@@ -211,8 +212,9 @@ def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> l
             is a file.
     """
     tables_dir, out_dir = Path(tables_dir), Path(out_dir)
-    tables = {name: read_csv(tables_dir / f"{name}.csv")
-              for name in ("model_times", "encoder_means", "layer_sparsity", "attention_chunks")}
+    names = ("model_times", "encoder_means", "layer_sparsity", "attention_chunks")
+    tables = {name: read_csv(tables_dir / f"{name}.csv") for name in names}
+    digest = hashlib.sha256(b"".join((tables_dir / f"{name}.csv").read_bytes() for name in names)).hexdigest()
     sources = sorted({row["source"] for rows in tables.values() for row in rows})
     if not sources:
         raise ValueError(f"{tables_dir}: the tables have no rows, so there is nothing to plot: parse captures with "
@@ -224,8 +226,9 @@ def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> l
         sources = [source]
     patterns = [f"*_{name}.png" for name in FIGURES]
     ours = {f"{prefixes[src]}_{name}.png" for src in sources for name in FIGURES}
+    inputs = {src: digest for src in sources}
     out_dir = free_folder(out_dir, patterns, "the figures of other tables", rerun=lambda folder: all(
-        path.name in ours for pattern in patterns for path in folder.glob(pattern)))
+        path.name in ours for pattern in patterns for path in folder.glob(pattern)) and same_inputs(folder, inputs))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for src in sources:
@@ -240,5 +243,6 @@ def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> l
             with atomic_open(path, "wb") as f:
                 fig.savefig(f, format="png", dpi=110)
             written.append(path)
+    record_inputs(out_dir, inputs)
     _logger.info("wrote %d figures to %s", len(written), out_dir)
     return written

@@ -20,19 +20,20 @@ skipped.csv            every line not used: source, line, reason, text.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
-from engine.atomic import atomic_open, numbered_paths
+from engine.atomic import atomic_open, numbered_paths, write_text_atomic
 from .capture import Capture
 from .fork_format import LABELS
 from .records import Record
 
-__all__ = ["TABLES", "free_folder", "overall_means", "read_csv", "summary_lines", "table_sources", "write_csv",
-           "write_tables"]
+__all__ = ["TABLES", "free_folder", "overall_means", "read_csv", "record_inputs", "same_inputs", "summary_lines",
+           "table_sources", "write_csv", "write_tables"]
 
 _logger = logging.getLogger(__name__)
 
@@ -234,6 +235,29 @@ def table_sources(tables_dir: Path) -> set[str]:
         return set()
 
 
+INPUTS_FILE = "inputs.json"
+
+
+def same_inputs(folder: Path, inputs: dict[str, str]) -> bool:
+    """Whether ``folder/inputs.json`` (written by :func:`record_inputs`) gives each source of ``inputs`` the same
+    digest; a folder without the file (written before it existed) is judged by its sources' names alone."""
+    try:
+        stored = json.loads((Path(folder) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return True
+    return isinstance(stored, dict) and all(stored.get(source, digest) == digest for source, digest in inputs.items())
+
+
+def record_inputs(folder: Path, inputs: dict[str, str]) -> None:
+    """Add ``{source: digest}`` of what was just written into ``folder`` to its ``inputs.json``."""
+    try:
+        stored = json.loads((Path(folder) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        stored = {}
+    stored = {**(stored if isinstance(stored, dict) else {}), **inputs}
+    write_text_atomic(Path(folder) / INPUTS_FILE, json.dumps(stored, indent=1, sort_keys=True) + "\n")
+
+
 def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
     """Write every table of ``TABLES`` for the captures (one ``source`` each) into ``out_dir`` (replacing the tables
     of the same captures), or into the first free ``<out_dir>-N`` if it holds those of other captures
@@ -248,14 +272,15 @@ def write_tables(captures: Iterable[Capture], out_dir: Path) -> dict[str, Path]:
     if not any(capture.runs for capture in captures):
         reasons = "; ".join(f"{capture.source}: {capture.unusable()}" for capture in captures)
         raise ValueError(f"no complete run to tabulate, nothing written to {out_dir}: {reasons}")
-    sources = {capture.source for capture in captures}
+    inputs = {capture.source: capture.digest for capture in captures}
     out_dir = free_folder(out_dir, (f"{name}.csv" for name in TABLES), "the tables of other captures",
-                          rerun=lambda folder: table_sources(folder) == sources)
+                          rerun=lambda folder: table_sources(folder) == set(inputs) and same_inputs(folder, inputs))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, (make_rows, columns) in TABLES.items():
         paths[name] = out_dir / f"{name}.csv"
         write_csv(paths[name], (row for capture in captures for row in make_rows(capture)), columns)
+    record_inputs(out_dir, inputs)
     _logger.info("wrote %d tables to %s", len(paths), out_dir)
     return paths
 

@@ -145,8 +145,8 @@ def test_parse_and_plot_keep_other_captures_outputs_and_replace_their_own(tmp_pa
                                                           "tables-1"]
     assert {row["source"] for row in read_csv(tables / "runs.csv")} == {capture.name}
     assert {row["source"] for row in read_csv(tmp_path / "tables-1" / "runs.csv")} == {other.name}
-    assert all(p.name.startswith("cap8") for p in plots.iterdir())
-    assert all(p.name.startswith("other8") for p in (tmp_path / "plots-1").iterdir())
+    assert [p.name for p in plots.iterdir() if not p.name.startswith("cap8")] == ["inputs.json"]
+    assert [p.name for p in (tmp_path / "plots-1").iterdir() if not p.name.startswith("other8")] == ["inputs.json"]
     assert f"{tables} already holds the tables of other captures; writing to {tmp_path / 'tables-1'}" in caplog.text
     assert f"{plots} already holds the figures of other tables; writing to {tmp_path / 'plots-1'}" in caplog.text
     (tmp_path / "tables-2").mkdir()
@@ -194,7 +194,7 @@ def test_plot_replaces_only_a_folder_whose_figures_are_all_its_own(tmp_path, cap
         main(["plot", str(alone), "--out", str(plots)])
     assert f"{plots} already holds the figures of other tables; writing to {tmp_path / 'plots-1'}" in caplog.text
     assert any(p.name.startswith("other8") for p in plots.iterdir())
-    assert all(p.name.startswith("cap8") for p in (tmp_path / "plots-1").iterdir())
+    assert [p.name for p in (tmp_path / "plots-1").iterdir() if not p.name.startswith("cap8")] == ["inputs.json"]
 
 
 def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
@@ -205,3 +205,27 @@ def test_an_output_folder_that_is_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=f"--out {tmp_path / 'taken'} is a file: give a folder"):
         free_folder(tmp_path / "taken", ["*.csv"], "tables")
     assert not (tmp_path / "taken-1").exists()
+
+
+def test_another_capture_of_the_same_name_does_not_replace_the_tables_or_figures(tmp_path, caplog):
+    """Every 'profiler run' writes capture.txt: parsing a second run's capture.txt into the same --out replaced the
+    first run's tables (only the source names were compared), and plotting them replaced its figures.  The inputs'
+    digests (inputs.json) now tell them apart; the same capture again still replaces its own output."""
+    first, second = tmp_path / "a" / "capture.txt", tmp_path / "b" / "capture.txt"
+    first.parent.mkdir(), second.parent.mkdir()
+    first.write_text("\n".join(cap8_lines(16)) + "\n")
+    second.write_text("\n".join(cap8_lines(24)) + "\n")  # a run more: other numbers, the same name
+    tables, plots = tmp_path / "tables", tmp_path / "plots"
+    main(["parse", str(first), "--out", str(tables)])
+    main(["plot", str(tables), "--out", str(plots)])
+    before = {p.name: p.read_bytes() for folder in (tables, plots) for p in folder.iterdir()}
+    main(["parse", str(first), "--out", str(tables)])
+    main(["plot", str(tables), "--out", str(plots)])
+    assert not (tmp_path / "tables-1").exists() and not (tmp_path / "plots-1").exists()
+    with caplog.at_level(logging.WARNING):
+        main(["parse", str(second), "--out", str(tables)])
+        main(["plot", str(tmp_path / "tables-1"), "--out", str(plots)])
+    assert {p.name: p.read_bytes() for folder in (tables, plots) for p in folder.iterdir()} == before
+    assert len(read_csv(tmp_path / "tables-1" / "runs.csv")) == len(read_csv(tables / "runs.csv")) + 1 == 3
+    assert sorted(p.name for p in (tmp_path / "plots-1").iterdir()) == sorted(p.name for p in plots.iterdir())
+    assert f"{plots} already holds the figures of other tables; writing to {tmp_path / 'plots-1'}" in caplog.text
