@@ -85,6 +85,10 @@ def _exit_steps(d: dict, path: str | Path, T: int) -> tuple[dict[int, int], np.n
         bad = [i for i in ids if not (_is_int(i) and i >= 0)]
         if bad:
             raise HwInputError(f"{path}: field 'sample_ids' has {bad[:5]}; sample ids are the trace's, integers >= 0")
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise HwInputError(f"{path}: field 'sample_ids' repeats {repeated[:5]}; each sample has one exit step "
+                               f"(files of several runs joined?)")
         per_sample = _by_sample_id(d, steps)
         if portion is None:
             portion = np.bincount(np.asarray(steps) - 1, minlength=T) / len(steps)

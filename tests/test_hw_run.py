@@ -292,6 +292,8 @@ STATISTICAL = ("--mode", "statistical")
     ("--gpu-json", (), None, "cannot read the GPU measurement (No such file"),
     ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "sample_ids": [None, 1]}, "field 'sample_ids' has [None]"),
     ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "sample_ids": ["a", 1]}, "field 'sample_ids' has ['a']"),
+    ("--exit-json", (), lambda r: {"exit_steps": [1, 4, 4], "sample_ids": [0, 1, 0]},
+     "field 'sample_ids' repeats [0]; each sample has one exit step"),
     ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "skipped_blocks": [[1]]},
      "field 'skipped_blocks' must be a list of block indices, got [[1]]"),
     ("--exit-json", (), lambda r: {"exit_steps": [1, 2], "T": "4"}, "field 'T' is '4'; it must be"),
