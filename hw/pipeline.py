@@ -123,15 +123,18 @@ class Tally:
                    z((S, T)), z((S, T)), z(T), z(T), z(T), z(T))
 
     def add(self, variants: list[Variant], act, input_kind: str, samples: list[int],
-            exit_steps: list[int | None] | None = None, weights: np.ndarray | None = None) -> None:
+            exit_steps: list[int | None] | None = None, portion: np.ndarray | None = None) -> None:
         """Evaluate every variant on a batch of activities ``[B, R, T]``.
 
-        ``exit_steps`` (exact mode, one per sample, None = runs all steps) or ``weights`` (statistical mode, the
-        fraction of samples running at each step) apply to the variants with ``early_exit`` on.
+        ``exit_steps`` (exact mode, one per sample, None = runs all steps) or ``portion`` (statistical mode, the
+        fraction of samples exiting at each step) apply to the variants with ``early_exit`` on, each rounded up to
+        the steps at which that variant's mapping can exit (a STAtten chunk's end).
         """
         T = variants[0].mapping.T
         for i, variant in enumerate(variants):
-            w = weights[None, :] if weights is not None and variant.config.features.early_exit else None
+            w = None
+            if portion is not None and variant.config.features.early_exit:
+                w = exit_weights(effective_portion(portion, variant.mapping))[None, :]
             if exit_steps is not None and variant.config.features.early_exit:
                 ends = [T if s is None else effective_exit(s, variant.mapping) for s in exit_steps]
                 w = (np.arange(T)[None, :] < np.array(ends)[:, None]).astype(float)
@@ -225,9 +228,7 @@ def simulate(workload: Workload, config: HwConfig, mode: str = "exact", rates: R
     if mode == "statistical":
         rates = rates or rates_from_traces(workload.reader)
         act = statistical_activity(rates, main.mapping, main.config)
-        portion = workload.exit_portion
-        weights = None if portion is None else exit_weights(effective_portion(portion, main.mapping))
-        tally.add(variants, Activity.stack([act]), workload.meta.input_kind, [-1], weights=weights)
+        tally.add(variants, Activity.stack([act]), workload.meta.input_kind, [-1], portion=workload.exit_portion)
     elif mode == "exact":
         from tqdm import tqdm
 

@@ -167,6 +167,27 @@ def test_statten_exits_only_at_chunk_ends(tmp_path):
     assert res.tally.steps == [2.0]  # chunk_size 2
 
 
+def test_statistical_exits_round_to_each_variant_s_chunk_ends(tmp_path):
+    """STAtten with every attention skipped exits at step 1, but its no_attention_skipping ablation keeps the
+    chunked attention, which exits only at step 2.  Statistical mode rounded the exits once, by the skipping
+    model's mapping, so the ablation ran 1 step (half the energy; exact mode ran 2)."""
+    capture, config = tiny_capture("STAtten", True)
+    trace = write(tmp_path / "t", [capture], config)
+    (tmp_path / "skip.json").write_text('{"skipped_blocks": [0, 1]}')
+    preset = load_config("aster_default")
+
+    def energies(step, mode):
+        (tmp_path / "exit.json").write_text(json.dumps({"exit_steps": [step]}))
+        workload = Workload.open(trace, skip_json=tmp_path / "skip.json", exit_json=tmp_path / "exit.json")
+        totals = simulate(workload, preset, mode, progress=False).tally.totals
+        return totals[preset.name][0][0], totals["no_attention_skipping"][0][0]
+
+    for mode in ("exact", "statistical"):
+        (skipping_1, full_1), (skipping_2, full_2) = energies(1, mode), energies(2, mode)
+        assert full_1 == pytest.approx(full_2, rel=1e-12), mode  # the chunk of 2 steps runs whole
+        assert skipping_1 < 0.7 * skipping_2, mode  # no attention, no chunk: one step
+
+
 def test_exact_and_statistical_agree_on_a_dvs_trace(tmp_path):
     """Bernoulli model with silent positions: above exact, by 15 % on these DVS-shaped traces (docs/hw.md: it treats
     neighbouring pixels as independent, so it over-estimates the row blocks 3x3 convs read on clustered events)."""
