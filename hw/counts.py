@@ -147,8 +147,10 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     c["gb_wr_bits"] += inp * frame
     ctrl = col("control")
     c["ctrl_steps"][:] = ctrl * (v["xbar"] & v["active"]).sum()
-    exits = f.early_exit and step_weights is not None  # a run with exit steps checks the logits every step
-    c["exit_checks"][:] = ctrl * (v["cout"][v["xbar"]][-1] if exits else 0)
+    exits = f.early_exit and step_weights is not None  # a run with exit steps checks the logits where it can exit
+    steps = np.arange(1, T + 1)
+    checked = (steps % exit_granularity(mapping) == 0) | (steps == T)
+    c["exit_checks"][:] = ctrl * checked[None, :] * (v["cout"][v["xbar"]][-1] if exits else 0)
     if staged:
         gb_spill = mapping.memory["global_buffer_spill_fraction"]
         moved = (c["gb_wr_bits"] + c["gb_rd_bits"]) * ~inp * gb_spill

@@ -246,6 +246,22 @@ def test_layer_major_attention_and_static_reuse_use_the_global_buffer(tmp_path):
     assert np.all(counts[first, 1:, C["gb_rd_bits"]] == stored)  # the stored encoding, read back at every step
 
 
+def test_exit_checks_are_made_only_where_a_sample_can_exit(tmp_path):
+    """Layer-major in chunks of 2 steps can exit only after steps 2 and 4, but the logits were checked at all 4
+    steps: with every sample running to T, early-exit support cost energy and saved none (saving 0.9999995)."""
+    capture, config = tiny_capture("SDT", True)
+    (tmp_path / "exit.json").write_text(json.dumps({"exit_steps": [4]}))
+    workload = Workload.open(write(tmp_path / "t", [capture], config), exit_json=tmp_path / "exit.json")
+    preset = load_config("aster_default")
+    for order, chunk, steps in (("timestep_major", 0, [1, 1, 1, 1]), ("layer_major", 2, [0, 1, 0, 1]),
+                                ("layer_major", 4, [0, 0, 0, 1])):
+        flow = dataclasses.replace(preset.dataflow, order=order, layer_major_chunk=chunk)
+        counts, _, _ = _run(make_variant(order, dataclasses.replace(preset, dataflow=flow), workload), workload,
+                            exit_step=4)
+        per_step = counts[..., C["exit_checks"]].sum(0)
+        assert per_step.max() > 0 and (per_step / per_step.max()).tolist() == steps, (order, chunk)
+
+
 def test_static_reuse_costs_nothing_at_one_step(tmp_path):
     """T = 1: the static encoding is never replayed, so reuse stores nothing and equals computing it (no
     reuse_static_encoding ablation either)."""
