@@ -39,6 +39,11 @@ def _zero_ok():
     return field(metadata={"zero_ok": True})
 
 
+def _fraction():
+    """A positive number at most 1 (a share of a peak rate)."""
+    return field(metadata={"at_most": 1})
+
+
 @dataclass(frozen=True)
 class CrossbarConfig:
     """Analog crossbar geometry and precision (weight-stationary, one layer's weights per set of crossbars)."""
@@ -158,7 +163,7 @@ class GpuConfig:
     name: str
     power_w: float
     peak_tops: float
-    efficiency: float
+    efficiency: float = _fraction()  # achieved share of the peak rate
     bandwidth_gbps: float
     launch_us: float = _zero_ok()
     kernels_per_op: float = _zero_ok()
@@ -230,12 +235,14 @@ def _check_value(path: Path, key: str, f: dataclasses.Field, hint, value) -> Non
         ok = isinstance(value, bool)
     elif hint in (int, float):
         number = _number(value, hint)
-        ok = number is not None and (number >= 0 if zero_ok else number > 0)
+        ok = number is not None and (number >= 0 if zero_ok else number > 0) and number <= f.metadata.get(
+            "at_most", math.inf)
     else:
         ok = isinstance(value, str) and value in f.metadata.get("choices", (value,))
     if not ok:
         sign = "a non-negative" if zero_ok else "a positive"
-        want = {bool: "true or false", int: f"{sign} integer", float: f"{sign} finite number"}.get(
+        bound = f" at most {f.metadata['at_most']}" if "at_most" in f.metadata else ""
+        want = {bool: "true or false", int: f"{sign} integer", float: f"{sign} finite number{bound}"}.get(
             hint, f"one of {f.metadata.get('choices')}" if f.metadata.get("choices") else "a string")
         raise HwInputError(f"{path}: field '{key}' is {value!r}; it must be {want}")
 

@@ -54,6 +54,7 @@ def _preset(tmp_path, text: str):
     ("energy:\n  adc: .inf\n", "field 'energy.adc' is inf; it must be a non-negative finite number"),
     ("energy:\n  adc: .nan\n", "field 'energy.adc' is nan"),
     ("energy:\n  adc: '1e999'\n", "field 'energy.adc' is '1e999'"),
+    ("gpu:\n  efficiency: 5\n", "field 'gpu.efficiency' is 5; it must be a positive finite number at most 1"),
 ])
 def test_bad_preset_names_file_and_field(tmp_path, text, message):
     path = _preset(tmp_path, text)
