@@ -303,8 +303,9 @@ def _memory(m: Mapping, config: HwConfig) -> dict:
     if config.dataflow.order == "timestep_major":
         state = lif_numel.sum() * mem.membrane_bits + stream
         staging = 0.0
-    else:
-        state = lif_numel.max(initial=0) * mem.membrane_bits + stream * m.chunk
+    else:  # one layer's membranes at a time, unless the layers take turns in chunks: then all wait between them
+        membranes = lif_numel.max(initial=0) if m.chunk >= m.T else lif_numel.sum()
+        state = membranes * mem.membrane_bits + stream * m.chunk
         staging = 2 * v["in_numel"][v["xbar"] & act].max(initial=0) * m.chunk
     kib = 8 * 1024
     state_provided = mem.state_kib_per_tile * kib * m.tiles_used

@@ -94,16 +94,19 @@ def test_timestep_major_memory_holds_all_membranes_and_two_stream_tensors(tiny_m
 
 
 def test_layer_major_memory_holds_one_layer_and_a_chunk_of_stream(tiny_mapping):
-    """layer_major with a chunk of 2 steps: the largest LIF's membranes (32768 x 16 = 524288 bits) plus the residual
-    stream for 2 steps (2 x 131072): 786432 bits; the global buffer stages twice the largest layer input (16384
-    spikes, proj_conv2 / fc2_conv) for 2 steps: 65536 bits."""
+    """layer_major over all T = 4 steps: the largest LIF's membranes (32768 x 16 = 524288 bits) plus the residual
+    stream for 4 steps (4 x 131072): 1048576 bits.  In chunks of 2 steps every layer's membranes wait for its next
+    chunk: all 135360 x 16 plus the stream for 2 steps, 2427904 bits (one layer's were counted, 786432: chunk 1 was
+    then the timestep_major schedule at a third of its state).  The global buffer stages twice the largest layer
+    input (16384 spikes, proj_conv2 / fc2_conv) for a chunk: 65536 bits at 2 steps."""
     workload, preset, _ = tiny_mapping
-    layer_major = dataclasses.replace(preset, dataflow=dataclasses.replace(preset.dataflow, order="layer_major",
-                                                                           layer_major_chunk=2))
-    mem = build_mapping(workload.meta, layer_major).memory
-    assert mem["chunk"] == 2
-    assert mem["state_bits_required"] == 32768 * 16 + 2 * (2 * 4096 * 16) == 786432
-    assert mem["global_buffer_bits_required"] == 2 * 16384 * 2
+    for chunk, state in ((0, 32768 * 16 + 4 * (2 * 4096 * 16)), (1, 2296832),  # chunk 1: the timestep_major state
+                         (2, 135360 * 16 + 2 * (2 * 4096 * 16))):
+        layer_major = dataclasses.replace(preset, dataflow=dataclasses.replace(preset.dataflow, order="layer_major",
+                                                                               layer_major_chunk=chunk))
+        mem = build_mapping(workload.meta, layer_major).memory
+        assert mem["chunk"] == (chunk or 4) and mem["state_bits_required"] == state
+    assert state == 2427904 and mem["global_buffer_bits_required"] == 2 * 16384 * 2
 
 
 def test_memory_spills_what_the_kib_do_not_hold(tiny_mapping):
