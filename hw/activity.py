@@ -25,15 +25,17 @@ from .workload import Rates, kv_increments_per_t, nnz_per_t
 
 __all__ = ["Activity", "exact_activity", "statistical_activity", "crossbar_maps"]
 
-FIELDS = ("in_sum", "in_nnz", "wl", "reads", "serial", "pos", "out_nnz", "q", "k", "v", "kv")
+CROSSBAR_FIELDS = ("in_sum", "in_nnz", "wl", "full_wl", "reads", "serial", "pos")
+FIELDS = (*CROSSBAR_FIELDS, "out_nnz", "q", "k", "v", "kv")
 
 
 @dataclass
 class Activity:
     """Per row and time step ``[R, T]`` (0 where a field does not apply), plus input bit planes per row ``[R]``.
 
-    Crossbar rows: ``in_sum`` (sum of input values), ``in_nnz``, ``wl`` (sum of a), ``reads`` (sum of [a > 0]),
-    ``serial`` (reads of the busiest row block), ``pos`` (positions with a read).  LIF rows: ``out_nnz``.
+    Crossbar rows: ``in_sum`` (sum of input values), ``in_nnz``, ``wl`` (sum of a), ``full_wl`` (the rows of
+    every block read: the wordlines without gating), ``reads`` (sum of [a > 0]), ``serial`` (reads of the busiest
+    row block), ``pos`` (positions with a read).  LIF rows: ``out_nnz``.
     Attention rows: ``q``, ``k``, ``v`` non-zeros, ``kv`` (SDT's counter increments: K AND V, max-pooled with DVS
     input, :func:`hw.workload.kv_increments_per_t`) and ``out_nnz``.  The ``input`` row:
     ``in_sum``, ``in_nnz`` of the first layer's input.
@@ -42,6 +44,7 @@ class Activity:
     in_sum: np.ndarray
     in_nnz: np.ndarray
     wl: np.ndarray
+    full_wl: np.ndarray
     reads: np.ndarray
     serial: np.ndarray
     pos: np.ndarray
@@ -145,8 +148,8 @@ def crossbar_maps(arr: np.ndarray, entry: dict, geom: CrossbarGeometry, config: 
     else:
         nnz = _count_rows(x)
         total = nnz if enc == "float32" else total
-    return {"in_sum": total, "in_nnz": nnz, "wl": wl * weight, "reads": reads.sum(0) * weight,
-            "serial": reads.max(0) * weight, "pos": pos, "planes": n_planes * weight}
+    return {"in_sum": total, "in_nnz": nnz, "wl": wl * weight, "full_wl": geom.block_rows @ reads * weight,
+            "reads": reads.sum(0) * weight, "serial": reads.max(0) * weight, "pos": pos, "planes": n_planes * weight}
 
 
 def exact_activity(raw: RawSample, mapping: Mapping, config: HwConfig) -> Activity:
@@ -163,7 +166,7 @@ def exact_activity(raw: RawSample, mapping: Mapping, config: HwConfig) -> Activi
             if key not in seen:
                 seen[key] = crossbar_maps(raw.arrays[name], raw.index[name], row.geom, config)
             stats = seen[key]
-            for key in FIELDS[:6]:
+            for key in CROSSBAR_FIELDS:
                 getattr(act, key)[i] = stats[key]  # broadcasts a stored-once tensor over T
             act.planes[i] = stats["planes"]
         elif row.kind == "lif":
@@ -242,6 +245,7 @@ def statistical_activity(rates: Rates, mapping: Mapping, config: HwConfig) -> Ac
             numel = math.prod(row.op.in_shape)
             wl, reads, pos = _expected_crossbar(row.geom, rho, rates.silent.get(name, np.zeros(T)), bernoulli)
             act.wl[i], act.reads[i], act.serial[i] = wl * weight, reads.sum(1) * weight, reads.max(1) * weight
+            act.full_wl[i] = reads @ row.geom.block_rows * weight
             act.pos[i] = pos
             act.in_sum[i], act.in_nnz[i] = rates.means[name] * numel, rates.nonzero[name] * numel
             act.planes[i] = rho.shape[1] * weight

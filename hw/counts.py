@@ -86,7 +86,7 @@ def count_actions(act: Activity, mapping: Mapping, config: HwConfig, input_kind:
     # ---- crossbar layers
     reads = act.reads if f.read_skipping else positions * blocks * planes
     pos = act.pos if f.read_skipping else positions
-    wl = act.wl if f.wordline_gating else reads * col("rows_total") / np.maximum(blocks, 1)
+    wl = act.wl if f.wordline_gating else act.full_wl if f.read_skipping else positions * planes * col("rows_total")
     c["wl_rows"][:] = run * wl * col("col_blocks")
     c["cell_reads"][:] = run * wl * col("cols_total")
     c["xbar_reads"][:] = run * reads * col("col_blocks")

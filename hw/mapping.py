@@ -62,6 +62,12 @@ class CrossbarGeometry:
         return self.out_hw[0] * self.out_hw[1]
 
     @property
+    def block_rows(self) -> np.ndarray:
+        """Wordlines of each row block (the last one may be partly filled); they sum to ``rows_total``."""
+        return np.bincount([s.block for s in self.segments], weights=[s.c1 - s.c0 for s in self.segments],
+                           minlength=self.row_blocks)
+
+    @property
     def crossbars(self) -> int:
         return self.row_blocks * self.col_blocks
 
