@@ -273,12 +273,17 @@ def _finish(source: str, runs: list[Run], skipped: list[Skipped], num_layers: in
 
 def capture_from_records(source: str, records: list[Record], num_layers: int | None = None,
                          lines: list[int] | None = None) -> Capture:
-    """A capture from records (a JSON-lines stream or a live run), cut into runs where the run number changes
-    (a run's records are consecutive; streams joined into one file start again at run 1)."""
+    """A capture from records (a JSON-lines stream or a live run), cut into runs where the run number changes or
+    a measurement comes again (a run's records are consecutive and each measures one (block, label, step) once;
+    streams joined into one file start again at run 1, so two joined single-run streams are two runs)."""
     runs: list[Run] = []
+    seen: set[tuple] = set()
     for i, record in enumerate(records):
-        if not runs or runs[-1].number != record.run:
+        key = (record.block, record.label, record.t)
+        if not runs or runs[-1].number != record.run or key in seen:
             runs.append(Run(record.run, [], []))
+            seen = set()
+        seen.add(key)
         runs[-1].records.append(record)
         runs[-1].lines.append(lines[i] if lines else i + 1)
     return _finish(source, runs, [], num_layers)

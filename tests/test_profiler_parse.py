@@ -229,3 +229,20 @@ def test_another_capture_of_the_same_name_does_not_replace_the_tables_or_figures
     assert len(read_csv(tmp_path / "tables-1" / "runs.csv")) == len(read_csv(tables / "runs.csv")) + 1 == 3
     assert sorted(p.name for p in (tmp_path / "plots-1").iterdir()) == sorted(p.name for p in plots.iterdir())
     assert f"{plots} already holds the figures of other tables; writing to {tmp_path / 'plots-1'}" in caplog.text
+
+
+def test_two_joined_single_run_streams_are_two_runs(tmp_path, caplog):
+    """records.jsonl of two one-run 'profiler run's, joined: both are run 1, so the records were one run with every
+    measurement twice (model_times counted 4 blocks of 2, layer_sparsity 2 runs) and no warning.  A measurement
+    that comes again starts a new run, as a new run number does."""
+    run = [Record(1, block, label, "time", 1000.0 * (block + 1), "ns") for block in (0, 1)
+           for label in ("SSA Encoder", "MLP")] + [Record(1, None, "Run total", "time", 9000.0, "ns")]
+    other = [replace(record, value=2 * record.value) for record in run]
+    path = tmp_path / "joined.jsonl"
+    path.write_text("".join(record.to_json() + "\n" for record in run + other))
+    with caplog.at_level(logging.WARNING):
+        capture = load_capture(path)
+    assert [(r.number, len(r.records)) for r in capture.runs] == [(1, 5), (2, 5)] and not capture.incomplete
+    assert "the run numbers start again at line 6" in caplog.text
+    ssa = [row for row in model_times(capture) if row["label"] == "SSA Encoder"]
+    assert [(row["run"], row["count"], row["mean_ms"]) for row in ssa] == [(1, 2, 0.0015), (2, 2, 0.003)]
