@@ -104,6 +104,9 @@ class Capture:
         blocks = Counter(run.blocks for run in self.incomplete)
         if self.num_layers not in blocks and not any(run.problem == _CUT_BEFORE_TOTAL for run in self.incomplete):
             found = "/".join(map(str, sorted(blocks)))
+            if len(self.incomplete) == 1:  # as likely a capture cut off inside its first run
+                return (f"no run is complete: the only one found has {found} blocks where {self.num_layers} layers "
+                        f"are expected: the capture is cut off, or give --layers {found} if the model has {found}")
             return (f"no run is complete: the {len(self.incomplete)} found have {found} blocks where "
                     f"{self.num_layers} layers are expected (give --layers {blocks.most_common(1)[0][0]})")
         first = self.incomplete[0]

@@ -196,10 +196,17 @@ def _file_prefix(source: str) -> str:
 
 def _file_prefixes(sources: list[str]) -> dict[str, str]:
     """:func:`_file_prefix` of each source, keeping the suffix where two would share a prefix (``cpu.txt`` and
-    ``cpu.jsonl`` would write the same files)."""
+    ``cpu.jsonl`` would write the same files), and numbered where they still would."""
     short = [_file_prefix(src) for src in sources]
-    return {src: prefix if short.count(prefix) == 1 else re.sub(r"[^\w.-]+", "_", src).replace(".", "_")
-            for src, prefix in zip(sources, short)}
+    prefixes: dict[str, str] = {}
+    for src, prefix in zip(sources, short):
+        base = prefix if short.count(prefix) == 1 else re.sub(r"[^\w.-]+", "_", src).replace(".", "_")
+        name, n = base, 1
+        while name in prefixes.values():  # 'run 1/x' and 'run_1/x' still clash: number the later one
+            n += 1
+            name = f"{base}_{n}"
+        prefixes[src] = name
+    return prefixes
 
 
 def plot_tables(tables_dir: Path, out_dir: Path, source: str | None = None) -> list[Path]:

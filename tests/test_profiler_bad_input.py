@@ -301,3 +301,26 @@ def test_a_bad_value_is_one_line_without_the_usage_block(tmp_path, capsys):
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "usage:" not in err
     assert err.endswith("error: --no-timers with --no-sparsity records nothing: keep the timers or the probes\n")
     assert not (tmp_path / "out").exists()
+
+
+@needs_captures
+def test_a_capture_cut_inside_its_first_run_is_not_told_to_change_layers(tmp_path, capsys):
+    """The first 217 lines of capcifar.txt (8 layers) end inside run 1, after 5 blocks: the error said 'give
+    --layers 5', which tabulates a cut run as a complete 5-layer one.  With one run found it says it may be cut."""
+    lines = (CAPTURE_DIR / "capcifar.txt").read_text().splitlines()[:217]
+    (tmp_path / "first217.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        main(["parse", str(tmp_path / "first217.txt"), "--layers", "8", "--out", str(tmp_path / "tables")])
+    assert ("first217.txt: no run is complete: the only one found has 5 blocks where 8 layers are expected: the "
+            "capture is cut off, or give --layers 5 if the model has 5") in capsys.readouterr().err
+
+
+def test_sources_whose_names_still_clash_get_numbered_figure_prefixes():
+    """'gpu/records.jsonl' and 'gpu_records.jsonl' both became gpu_records_jsonl: one's figures replaced the
+    other's."""
+    from profiler.plots import _file_prefixes
+
+    assert _file_prefixes(["gpu/records.jsonl", "gpu_records.jsonl", "cpu.txt"]) == {
+        "gpu/records.jsonl": "gpu_records_jsonl", "gpu_records.jsonl": "gpu_records_jsonl_2", "cpu.txt": "cpu"}
+    assert list(_file_prefixes(["run 1/capture.txt", "run_1/capture.txt"]).values()) == [
+        "run_1_capture_txt", "run_1_capture_txt_2"]
