@@ -238,22 +238,25 @@ def table_sources(tables_dir: Path) -> set[str]:
 INPUTS_FILE = "inputs.json"
 
 
+def _stored_inputs(folder: Path):
+    """The content of ``folder/inputs.json``, or None where it is missing or unreadable."""
+    try:
+        return json.loads((Path(folder) / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def same_inputs(folder: Path, inputs: dict[str, str]) -> bool:
     """Whether ``folder/inputs.json`` (written by :func:`record_inputs`) gives each source of ``inputs`` the same
     digest; a folder without the file (written before it existed) is judged by its sources' names alone."""
-    try:
-        stored = json.loads((Path(folder) / INPUTS_FILE).read_text())
-    except (OSError, ValueError):
-        return True
-    return isinstance(stored, dict) and all(stored.get(source, digest) == digest for source, digest in inputs.items())
+    stored = _stored_inputs(folder)
+    return stored is None or isinstance(stored, dict) and all(stored.get(source, digest) == digest
+                                                              for source, digest in inputs.items())
 
 
 def record_inputs(folder: Path, inputs: dict[str, str]) -> None:
     """Add ``{source: digest}`` of what was just written into ``folder`` to its ``inputs.json``."""
-    try:
-        stored = json.loads((Path(folder) / INPUTS_FILE).read_text())
-    except (OSError, ValueError):
-        stored = {}
+    stored = _stored_inputs(folder)
     stored = {**(stored if isinstance(stored, dict) else {}), **inputs}
     write_text_atomic(Path(folder) / INPUTS_FILE, json.dumps(stored, indent=1, sort_keys=True) + "\n")
 
