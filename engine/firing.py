@@ -122,12 +122,10 @@ class FiringRateMeter:
 
 def plot_firing_rates(rates: dict[str, dict[str, float]], keys: list[str], path: Path) -> None:
     """Firing rate of every hooked tensor in forward order, one line per time step."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.28 * len(keys)), 4.5))
+    fig = Figure(figsize=(max(8.0, 0.28 * len(keys)), 4.5), layout="tight")
+    ax = fig.add_subplot()
     for t, per_key in rates.items():
         ax.plot(range(len(keys)), [per_key[k] for k in keys], marker="o", markersize=3, label=t)
     ax.set_xticks(range(len(keys)))
@@ -136,10 +134,8 @@ def plot_firing_rates(rates: dict[str, dict[str, float]], keys: list[str], path:
     ax.set_title("Firing rate per layer and time step")
     ax.legend(ncol=min(8, len(rates)), fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
-    plt.close(fig)
 
 
 def parse_firing_log(path: Path) -> dict[str, dict[str, float]]:

@@ -124,3 +124,20 @@ def test_write_outputs(tmp_path):
     assert len(lines) == 1 + 3 * len(meter.keys)
     assert (tmp_path / "firing.png").stat().st_size > 1000
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_failed_plot_leaves_no_open_figure(tmp_path, monkeypatch):
+    """A plot that cannot be saved raises and leaves no figure in pyplot's registry (one leaked per call before)."""
+    import matplotlib.pyplot as plt
+
+    import engine.firing
+
+    def refuse(path, mode):
+        raise OSError(28, "No space left on device", str(path))
+
+    plt.close("all")
+    monkeypatch.setattr(engine.firing, "atomic_open", refuse)
+    with pytest.raises(OSError, match="No space"):
+        engine.firing.plot_firing_rates({"t0": {"a": 0.5}}, ["a"], tmp_path / "firing.png")
+    assert plt.get_fignums() == []
+    assert not (tmp_path / "firing.png").exists()
