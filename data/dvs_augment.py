@@ -32,7 +32,7 @@ __all__ = ["sample_generator", "Cutout", "SNNAugmentWide", "FlipRoll", "NCaltech
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A generator seeded from ``(seed, epoch, index)`` only (numpy's SeedSequence mixes the three)."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(index)]).generate_state(2, np.uint32)
+    state = np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from data.dvs_args import add_dvs_arguments
-from data.dvs_augment import Cutout, FlipRoll, NCaltechAugment, SNNAugmentWide
+from data.dvs_augment import Cutout, FlipRoll, NCaltechAugment, SNNAugmentWide, sample_generator
 from data.dvs_build import load_events
 from data.neuromorphic import DVS_DATASETS, DVS_INFO, NUM_CLASSES, build_dvs_dataset
 from engine.args import get_args_parser
@@ -153,6 +153,18 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(tmp_path):
     assert all(torch.equal(train[i][0], first[i]) for i in rank1)
     train.set_epoch(4)
     assert sum(not torch.equal(train[i][0], first[i]) for i in range(len(train))) > len(train) // 2
+
+
+def test_sample_generators_of_seeds_a_multiple_of_2_to_the_32_apart_differ():
+    """Every --seed gets its own DVS augmentation stream (the seed was cut to 32 bits, so 0 and 2**32 augmented
+    alike), and seeds below 2**32 keep the streams they had."""
+    def draws(seed):
+        return torch.randint(0, 2**31, (4,), generator=sample_generator(seed, 1, 7)).tolist()
+
+    assert draws(0) != draws(2**32) and draws(5) != draws(5 + 2**33)
+    state = np.random.SeedSequence([123, 1, 7]).generate_state(2, np.uint32)
+    same = torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
+    assert draws(123) == torch.randint(0, 2**31, (4,), generator=same).tolist()
 
 
 def test_cutout_is_per_sample_and_batch_mode_is_the_references():
