@@ -1,14 +1,14 @@
 """Checkpoints in timm ``CheckpointSaver`` format, and strict, checked loading.
 
 A checkpoint is a dict with ``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``version`` (2: the next epoch is
-``epoch + 1``), ``args`` (an ``argparse.Namespace``), ``metric``, ``saver`` (history) and, when used,
-``state_dict_ema`` and ``amp_scaler``.  timm's saver writes ``tmp.pth.tar`` and renames it (``os.replace``), so a
+``epoch + 1``), ``args`` (an ``argparse.Namespace``), ``metric``, ``saver`` (history, and a plateau schedule's
+progress as ``plateau``) and, when used, ``state_dict_ema`` and ``amp_scaler``.  timm's saver writes ``tmp.pth.tar`` and renames it (``os.replace``), so a
 killed run never leaves a truncated ``last.pth.tar``; it keeps the best ``--checkpoint-hist`` epoch files and
 ``model_best.pth.tar``.  The LR scheduler needs no state of its own: timm schedules are functions of the epoch,
 and resuming steps the scheduler to the resumed epoch (except ``plateau``: past its warmup it goes on from the LR
-the restored optimizer holds, with its reductions and without the ``--lr-noise`` it carries, but its best value and
-patience counter start afresh, timm keeps them only in the scheduler; with ``--no-resume-opt`` its LR also restarts
-from the base LR).
+the restored optimizer holds, with its reductions and without the ``--lr-noise`` it carries, and its best value,
+patience and cooldown counters, which timm keeps only in the scheduler, go on from the saver's ``plateau``;
+with ``--no-resume-opt`` its LR and counters restart).
 
 Loading checks every key and shape first and raises :class:`~engine.errors.CheckpointError` with a one-line
 summary, so a checkpoint of another architecture is rejected before anything is written; a checkpoint whose
@@ -32,6 +32,7 @@ from torch import nn
 
 from .errors import CheckpointError, OutputError
 from .model import unwrap
+from .optim import plateau_progress
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "restores_optimizer", "resume_checkpoint",
            "load_initial_checkpoint", "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start",
@@ -402,6 +403,7 @@ def _saver_class():
 
         epoch_loss: list[float] | None = None
         _recovery_batches: int | None = None
+        lr_scheduler: Any = None
 
         def _save(self, save_path, epoch, metric=None):
             """timm's save; a failed write (``torch.save`` reports a full disk as a RuntimeError) removes the partial
@@ -466,6 +468,9 @@ def _saver_class():
                 state["batches_done"] = self._recovery_batches
             if self.epoch_loss is not None:
                 state["epoch_loss"] = list(self.epoch_loss)
+            plateau = plateau_progress(self.lr_scheduler, self.args.eval_metric)
+            if plateau is not None:
+                state["plateau"] = plateau
             return state
 
     return Saver
@@ -477,9 +482,18 @@ def epoch_loss_so_far(checkpoint: dict | None) -> tuple[float, float] | None:
     return (float(value[0]), float(value[1])) if isinstance(value, (list, tuple)) and len(value) == 2 else None
 
 
+def plateau_progress_of(checkpoint: dict | None) -> dict | None:
+    """The :func:`~engine.optim.plateau_progress` a checkpoint holds (``saver.plateau``), or None."""
+    saver = (checkpoint or {}).get("saver")
+    return saver.get("plateau") if isinstance(saver, dict) else None
+
+
 def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, output_dir: str, *,
-                model_ema: Any = None, loss_scaler: Any = None, resume_checkpoint_dict: dict | None = None):
-    """timm ``CheckpointSaver`` writing into ``output_dir``.
+                model_ema: Any = None, loss_scaler: Any = None, resume_checkpoint_dict: dict | None = None,
+                lr_scheduler: Any = None):
+    """timm ``CheckpointSaver`` writing into ``output_dir``; its checkpoints also hold ``lr_scheduler``'s
+    :func:`~engine.optim.plateau_progress` (a ``plateau`` schedule's best value and counters, see
+    :func:`plateau_progress_of`).
 
     When resuming from a checkpoint inside ``output_dir``, its history (best metric, kept epoch files) is restored so
     the ranking continues.
@@ -487,6 +501,7 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
     saver = _saver_class()(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
                            amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
                            decreasing=args.eval_metric == "loss", max_history=args.checkpoint_hist)
+    saver.lr_scheduler = lr_scheduler
     same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
     if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
         resume_point = resume_start(args, resume_checkpoint_dict)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+
+_logger = logging.getLogger(__name__)
 
 __all__ = ["uses_fused_optimizer", "build_optimizer", "build_scheduler", "Amp", "compute_dtype", "build_amp"]
 
@@ -59,8 +62,33 @@ def build_optimizer(args: argparse.Namespace, model: nn.Module) -> torch.optim.O
     return optimizer
 
 
+_PLATEAU_PROGRESS = ("best", "num_bad_epochs", "cooldown_counter", "last_epoch")
+
+
+def plateau_progress(scheduler, eval_metric: str) -> dict | None:
+    """What a ``plateau`` schedule has learnt from the metric (its best value, patience and cooldown counters, for
+    ``eval_metric``), which timm does not save; None for the other schedules."""
+    from timm.scheduler import PlateauLRScheduler
+
+    if not isinstance(scheduler, PlateauLRScheduler):
+        return None
+    return {"eval_metric": eval_metric, **{key: getattr(scheduler.lr_scheduler, key) for key in _PLATEAU_PROGRESS}}
+
+
+def _restore_plateau_progress(scheduler, progress: Any, eval_metric: str) -> None:
+    if not isinstance(progress, dict):
+        return
+    if progress.get("eval_metric") != eval_metric:
+        _logger.warning("The plateau schedule's best value and patience were counted on --eval-metric %s, and this "
+                        "run ranks by %s: they start afresh", progress.get("eval_metric"), eval_metric)
+        return
+    for key in _PLATEAU_PROGRESS:
+        if key in progress:
+            setattr(scheduler.lr_scheduler, key, progress[key])
+
+
 def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, updates_per_epoch: int,
-                    start_epoch: int = 0, lr_from_checkpoint: bool = False):
+                    start_epoch: int = 0, lr_from_checkpoint: bool = False, plateau: dict | None = None):
     """timm ``create_scheduler_v2`` from the ``--sched``, ``--epochs``, warmup and cooldown flags, stepped to
     ``start_epoch`` (a resumed run).
 
@@ -68,7 +96,8 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
     warmup, only lowers the LR the optimizer holds.  Resumed past its warmup, it goes on from the LR the optimizer
     held before it was built: the checkpoint's, reductions included (the base LR with ``--no-resume-opt``).
     ``lr_from_checkpoint``: that LR was saved after the scheduler stepped to ``start_epoch``, with that epoch's
-    ``--lr-noise`` (seeded, the same again), which is taken off before stepping adds it.
+    ``--lr-noise`` (seeded, the same again), which is taken off before stepping adds it.  ``plateau``: the
+    checkpoint's :func:`plateau_progress`, restored with that LR, so the best value and the patience go on too.
 
     Raises:
         ConfigError: timm rejects the flags (e.g. ``--sched wsd`` with ``--decay-epochs`` beyond ``--epochs``).
@@ -95,6 +124,8 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
             noise = scheduler._calculate_noise(start_epoch) if noisy else 0.0
             for group, lr in zip(optimizer.param_groups, held_lrs):
                 group["lr"] = lr / (1 + noise)
+            if lr_from_checkpoint:
+                _restore_plateau_progress(scheduler, plateau, args.eval_metric)
         scheduler.step(start_epoch)
     return scheduler, num_epochs
 

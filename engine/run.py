@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint, restore_model_ema, restores_optimizer,
-                         resume_checkpoint)
+from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint, plateau_progress_of,
+                         restore_model_ema, restores_optimizer, resume_checkpoint)
 from .config import parse_args, warn_inert_flags
 from .distributed import (agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary,
                           lost_peer)
@@ -125,7 +125,7 @@ def setup_training(args: argparse.Namespace, parser: argparse.ArgumentParser | N
         restore_model_ema(model_ema, checkpoint, args.resume)
         lr_from_checkpoint = restores_optimizer(args, checkpoint) and args.start_epoch is None
         lr_scheduler, num_epochs = build_scheduler(args, optimizer, len(loaders.train), start_epoch,
-                                                   lr_from_checkpoint)
+                                                   lr_from_checkpoint, plateau_progress_of(checkpoint))
         if start_epoch >= num_epochs:
             source = (f"the checkpoint {args.resume!r} holds epoch {start_epoch - 1}, so the run would go on at"
                       if args.resume else "--start-epoch is")
@@ -240,7 +240,8 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     if is_primary(args):
         outputs = RunOutputs(args, output_dir, resume_epoch=s.start_epoch if args.resume else None)
         saver = build_saver(args, s.model, s.optimizer, output_dir, model_ema=s.model_ema,
-                            loss_scaler=s.amp.loss_scaler, resume_checkpoint_dict=s.checkpoint)
+                            loss_scaler=s.amp.loss_scaler, resume_checkpoint_dict=s.checkpoint,
+                            lr_scheduler=s.lr_scheduler)
         _logger.info("Model %s: %.2fM parameters; %d processes on %s; output in %s.", args.model,
                      sum(p.numel() for p in s.model.parameters()) / 1e6, args.world_size, args.device, output_dir)
         _logger.info("Scheduled epochs: %d (from epoch %d).", s.num_epochs, s.start_epoch)

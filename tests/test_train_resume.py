@@ -1,4 +1,5 @@
 """Stopping after epoch k and resuming gives epoch k+1 exactly as an uninterrupted run does."""
+import logging
 import os
 
 import pytest
@@ -212,6 +213,37 @@ def test_a_resumed_plateau_schedule_repeats_the_uninterrupted_learning_rates(tmp
     run_training(tiny_args(tmp_path, *plateau, "--experiment", "resumed", "--resume",
                            str(tmp_path / "full" / "checkpoint-2.pth.tar")))
     assert read_summary(tmp_path / "resumed" / "summary.csv") == rows[3:]
+
+
+def test_a_resumed_plateau_schedule_goes_on_with_its_best_value_and_patience(tmp_path):
+    """timm does not save the plateau schedule's best value and patience counter, so a run resumed after one epoch
+    without progress started counting again and lowered its LR an epoch late.  The saver now stores them (patience
+    1: epochs 2 and 3 do not beat epoch 1's top-1, so the LR halves for epoch 4)."""
+    plateau = ["--sched", "plateau", "--warmup-epochs", "1", "--warmup-lr", "1e-4", "--epochs", "5",
+               "--checkpoint-hist", "5", "--patience-epochs", "1", "--decay-rate", "0.5"]
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "full"))
+    rows = read_summary(tmp_path / "full" / "summary.csv")
+    assert [float(row["lr"]) for row in rows] == [1e-4, 3e-3, 3e-3, 3e-3, 1.5e-3]
+    assert rows[1]["eval_top1"] == rows[2]["eval_top1"] == rows[3]["eval_top1"]
+    checkpoint = tmp_path / "full" / "checkpoint-2.pth.tar"
+    progress = load_checkpoint_file(str(checkpoint))["saver"]["plateau"]
+    assert progress == {"eval_metric": "top1", "best": float(rows[1]["eval_top1"]), "num_bad_epochs": 1,
+                        "cooldown_counter": 0, "last_epoch": 2}
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "resumed", "--resume", str(checkpoint)))
+    assert read_summary(tmp_path / "resumed" / "summary.csv") == rows[3:]
+
+
+def test_a_plateau_progress_of_another_eval_metric_starts_afresh(tmp_path, caplog):
+    """The best top-1 is no best loss: resumed with another --eval-metric, the counters start afresh, warned."""
+    plateau = ["--sched", "plateau", "--warmup-epochs", "1", "--epochs", "4", "--checkpoint-hist", "5",
+               "--patience-epochs", "1", "--decay-rate", "0.5"]
+    run_training(tiny_args(tmp_path, *plateau, "--experiment", "full"))
+    with caplog.at_level(logging.WARNING):
+        run_training(tiny_args(tmp_path, *plateau, "--experiment", "resumed", "--eval-metric", "loss", "--resume",
+                               str(tmp_path / "full" / "checkpoint-2.pth.tar")))
+    assert "counted on --eval-metric top1, and this run ranks by loss: they start afresh" in caplog.text
+    progress = load_checkpoint_file(str(tmp_path / "resumed" / "last.pth.tar"))["saver"]["plateau"]
+    assert progress["eval_metric"] == "loss" and progress["last_epoch"] == 1
 
 
 def test_a_resumed_plateau_schedule_adds_its_lr_noise_once(tmp_path):
