@@ -23,6 +23,7 @@ Same modules, state-dict keys, weight init and maths as the reference code.  Wha
 """
 from __future__ import annotations
 
+import numbers
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -39,8 +40,17 @@ __all__ = ["SpikeDrivenTransformer", "VARIANTS", "validate_config", "variant_def
 
 def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed_dims: int, num_heads: int,
                     depths: int, T: int, pooling_stat: str, spike_mode: str, attention_mode: str, chunk_size: int,
-                    reference: str, neuron_backend: str = "fused", mlp_ratios: float = 4) -> None:
+                    reference: str, neuron_backend: str = "fused", mlp_ratios: float = 4,
+                    num_classes: int = 1) -> None:
     """Raise ``ValueError`` naming the first argument that the model cannot be built with."""
+    counts = (("depths", depths, 1, "the number of blocks"), ("T", T, 1, "the number of time steps"),
+              ("in_channels", in_channels, 1, "input channels"), ("embed_dims", embed_dims, 1, "the width"),
+              ("num_heads", num_heads, 1, "attention heads"), ("img_size_h", img_size_h, 1, "input height"),
+              ("img_size_w", img_size_w, 1, "input width"), ("num_classes", num_classes, 0, "0: no head"))
+    for name, value, least, meaning in counts:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+            kind = "a positive int" if least else "an int of at least 0"
+            raise ValueError(f"{name}={value!r} must be {kind} ({meaning})")
     if neuron_backend not in NEURON_BACKENDS:
         raise ValueError(f"neuron_backend={neuron_backend!r} is not supported; choose one of {NEURON_BACKENDS}")
     if attention_mode not in ATTENTION_MODES:
@@ -49,19 +59,13 @@ def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed
         raise ValueError(f"spike_mode={spike_mode!r} is not supported; choose one of {sorted(SPIKE_MODES)}")
     if reference not in REFERENCES:
         raise ValueError(f"reference={reference!r} is not supported; choose one of {REFERENCES}")
-    if isinstance(depths, bool) or not isinstance(depths, int) or depths < 1:
-        raise ValueError(f"depths={depths!r} must be a positive int (the number of blocks)")
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f"T={T!r} must be a positive int (the number of time steps)")
-    if in_channels < 1:
-        raise ValueError(f"in_channels={in_channels} must be positive")
     if embed_dims < 8:
         raise ValueError(f"embed_dims={embed_dims} must be a positive multiple of 8 (the stem widths are D/8, D/4, "
                          "D/2)")
     if mlp_ratios <= 0 or int(embed_dims * mlp_ratios) < 1:
         raise ValueError(f"mlp_ratios={mlp_ratios} must be positive (the MLP's hidden width is embed_dims * "
                          "mlp_ratios)")
-    if num_heads < 1 or embed_dims % num_heads:
+    if embed_dims % num_heads:
         raise ValueError(f"embed_dims={embed_dims} must be divisible by num_heads={num_heads}")
     if embed_dims % 8:
         raise ValueError(f"embed_dims={embed_dims} must be divisible by 8 (the stem widths are D/8, D/4, D/2)")
@@ -69,13 +73,13 @@ def validate_config(*, img_size_h: int, img_size_w: int, in_channels: int, embed
         raise ValueError(f"pooling_stat={pooling_stat!r} must be 4 characters of '0'/'1', e.g. '1111' or '0011'")
     stride = 2 ** pooling_stat.count("1")
     for name, size in (("img_size_h", img_size_h), ("img_size_w", img_size_w)):
-        if size < stride or size % stride:
+        if size % stride:
             raise ValueError(f"{name}={size} is not divisible by {stride}, the total stride of "
                              f"pooling_stat={pooling_stat!r}; use a multiple of {stride} or fewer pooling stages")
     if attention_mode == "STAtten":
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-            raise ValueError(f"chunk_size={chunk_size!r} must be an int (the time steps per chunk)")
-        if chunk_size < 1 or T % chunk_size:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size!r} must be a positive int (the time steps per chunk)")
+        if T % chunk_size:
             raise ValueError(f"T={T} is not divisible by chunk_size={chunk_size}; STAtten splits the time steps "
                              f"into chunks of chunk_size, so pick a chunk_size that divides T")
         if img_size_h != img_size_w:
@@ -126,7 +130,8 @@ class SpikeDrivenTransformer(nn.Module):
         validate_config(img_size_h=img_size_h, img_size_w=img_size_w, in_channels=in_channels,
                         embed_dims=embed_dims, num_heads=num_heads, depths=depths, T=T, pooling_stat=pooling_stat,
                         spike_mode=spike_mode, attention_mode=attention_mode, chunk_size=chunk_size,
-                        reference=reference, neuron_backend=neuron_backend, mlp_ratios=mlp_ratios)
+                        reference=reference, neuron_backend=neuron_backend, mlp_ratios=mlp_ratios,
+                        num_classes=num_classes)
         self.num_classes = num_classes
         self.depths = depths
         self.T = T
@@ -187,7 +192,7 @@ class SpikeDrivenTransformer(nn.Module):
 
     @skip_blocks.setter
     def skip_blocks(self, blocks) -> None:
-        blocks = sorted(set(int(b) for b in blocks))
+        blocks = sorted({int(blocks)} if isinstance(blocks, numbers.Integral) else set(int(b) for b in blocks))
         bad = [b for b in blocks if not 0 <= b < self.depths]
         if bad:
             raise ValueError(f"skip_blocks={bad} out of range: the model has blocks 0..{self.depths - 1}")

@@ -145,6 +145,9 @@ class MS_SSA_Conv(nn.Module):
     def _statten_attention(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                            v: torch.Tensor) -> torch.Tensor:
         T, B, C, H, W = x.shape
+        if H != W:
+            raise ValueError(f"STAtten scales attention by 1/H and needs a square token grid; this input gives a "
+                             f"{H}x{W} grid: feed square images (the size the model was built for)")
         if self.dvs:
             q, k, v, x_pool = self.pool(q), self.pool(k), self.pool(v), self.pool(x)
             scale = 1.0 / (H * H * self.chunk_size)

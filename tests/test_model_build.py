@@ -14,6 +14,17 @@ TINY = dict(img_size_h=32, img_size_w=32, in_channels=3, num_classes=10, embed_d
             depths=1, T=4, pooling_stat="0011")
 
 
+def firing(net: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """``net`` with BatchNorms that make every LIF fire at 10-70 % (an untrained model in eval mode is silent: its
+    logits equal ``head.bias`` for any input, so comparing outputs would check nothing)."""
+    generator = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_var.fill_(1e-3)
+            m.bias.data = torch.randn(m.bias.shape, generator=generator) * 0.5 + 0.8
+    return net
+
+
 def _count(name, **kwargs):
     with torch.device("meta"):
         net = timm.create_model(name, **kwargs)
@@ -54,6 +65,13 @@ def test_generic_entry_point_equals_variant():
     (dict(T=True), "T"),
     (dict(in_chans=3, in_channels=2), "in_chans"),
     (dict(img_size=32, img_size_h=64), "img_size"),
+    (dict(attention_mode="STAtten", T=6, chunk_size=-3), "chunk_size=-3 must be a positive int"),
+    (dict(num_heads=-4), "num_heads=-4 must be a positive int"),
+    (dict(num_heads=4.0), "num_heads=4.0 must be a positive int"),
+    (dict(embed_dims=32.0), "embed_dims=32.0 must be a positive int"),
+    (dict(in_channels=3.0), "in_channels=3.0 must be a positive int"),
+    (dict(num_classes=2.5), "num_classes=2.5 must be an int of at least 0"),
+    (dict(img_size_h=-32), "img_size_h=-32 must be a positive int"),
 ])
 def test_bad_arguments_name_the_parameter(kwargs, parameter):
     with pytest.raises(ValueError, match=parameter):
@@ -76,17 +94,40 @@ def test_unknown_keyword_is_rejected():
 @pytest.mark.parametrize("attention_mode", ["SDT", "STAtten"])
 @pytest.mark.parametrize("T", [2, 6])
 def test_any_T_and_tet_shapes(attention_mode, T):
-    net = timm.create_model("sdt", **{**TINY, "T": T, "attention_mode": attention_mode, "chunk_size": 2}).eval()
-    x = torch.randn(3, 3, 32, 32)
+    """Every T (6 is above the references' T<=4 limit) gives per-step logits whose mean is the output, with the
+    neurons firing (checked, so that the comparison is not between two copies of ``head.bias``)."""
+    net = firing(timm.create_model("sdt", **{**TINY, "T": T, "attention_mode": attention_mode, "chunk_size": 2}))
+    net.eval()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         out, hook = net(x, hook={})
     assert out.shape == (3, 10)
     assert all(v.shape[0] == T for v in hook.values())
+    assert all(0.05 < hook[key].mean() < 0.95 for key in ("MS_SPS_lif", "MS_MLP_Conv0_fc2_lif", "head_lif"))
     net.TET = True
     with torch.no_grad():
         per_step = net(x)
     assert per_step.shape == (T, 3, 10)
+    assert not torch.equal(per_step[0], per_step[-1])
     torch.testing.assert_close(per_step.mean(0), out)
+
+
+def test_statten_refuses_a_non_square_token_grid():
+    """STAtten scales by 1/H of the token grid: a model built square, fed a 32x64 image (an 8x16 grid), ran with
+    1/8 and no error; SDT does not scale and takes any size."""
+    shape = dict(img_size_h=32, img_size_w=32)
+    statten = timm.create_model("sdt", **{**TINY, **shape, "attention_mode": "STAtten", "chunk_size": 2}).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="needs a square token grid; this input gives a 8x16 grid"):
+        statten(torch.randn(1, 3, 32, 64))
+    sdt = timm.create_model("sdt", **{**TINY, **shape}).eval()
+    with torch.no_grad():
+        assert sdt(torch.randn(1, 3, 32, 64)).shape == (1, 10)
+        assert statten(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+
+
+def test_skip_blocks_takes_a_single_index():
+    net = timm.create_model("sdt", **{**TINY, "depths": 2}, skip_blocks=1)
+    assert net.skip_blocks == [1]
 
 
 def test_dvs_input_is_time_major_inside():
@@ -103,10 +144,11 @@ def test_dvs_input_is_time_major_inside():
 def test_an_unbatched_image_is_a_batch_of_one(encode_once):
     """The reference repeats a ``[C, H, W]`` image into ``[T, 1, C, H, W]``; the encode-once stem took it for a
     batch of C grey images and failed in its first convolution."""
-    net = timm.create_model("sdt", **TINY, encode_once=encode_once).eval()
+    net = firing(timm.create_model("sdt", **TINY, encode_once=encode_once)).eval()
     x = torch.randn(3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(net(x), net(x[None]), rtol=0, atol=0)
+        assert not torch.equal(net(x), net(x[None] + 1))
 
 
 def test_pretrained_and_the_references_defaults():
@@ -138,14 +180,15 @@ def test_state_carries_over_only_when_auto_reset_is_off():
 
 
 def test_hook_dict_is_optional_and_leaves_no_hooks_behind():
-    net = timm.create_model("sdt", **TINY).eval()
+    net = firing(timm.create_model("sdt", **TINY)).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         plain = net(x)
         out, hook = net(x, hook={})
         assert torch.equal(plain, out)
         assert all(not m._forward_hooks for m in net.modules())
-    assert "head_lif" in hook
+    assert 0.05 < hook["head_lif"].mean() < 0.95
+    assert not torch.equal(plain, net.head.bias.expand_as(plain))
 
 
 def test_cpu_path_never_imports_cupy():
