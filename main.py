@@ -20,8 +20,8 @@ import os
 import sys
 
 from engine.args import get_args_parser
-from engine.aster import HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, check_exit_args, evaluate_aster, \
-    read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
+from engine.aster import EVALUATION_FILES, HEATMAP_THRESHOLDS, aster_eval_parser, aster_skip_parser, check_exit_args, \
+    evaluate_aster, read_firing_rates, resolve_skip, run_study, skip_record, write_aster_outputs, write_study
 from engine.checkpoint import load_checkpoint_file, load_model_weights
 from engine.evaluate import check_export_traces, evaluation_output_root, export_model_traces
 from engine.distributed import agreed_setup, broadcast_state, is_primary
@@ -124,6 +124,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     """
     check_exit_args(args)
     skip, hooks = skip_hooks(args)
+    if args.study and args.early_exit:
+        raise ConfigError("--study sweeps the thresholds of --exit-sweep and writes no per-sample exits: drop "
+                          "--early-exit (--no-early-exit where the -c config sets it) and put the --exit-threshold "
+                          "into --exit-sweep")
+    if (args.validate_only or args.study) and args.resume and args.initial_checkpoint \
+            and os.path.abspath(args.resume) != os.path.abspath(args.initial_checkpoint):
+        _logger.warning("--%s evaluates --initial-checkpoint %s; --resume %s is not read",
+                        "study" if args.study else "validate-only", args.initial_checkpoint, args.resume)
     if args.export_traces and (args.study or not args.validate_only):
         raise ConfigError("--export-traces works with --validate-only (and not with --study)")
     if args.use_ema and not (args.validate_only or args.study):
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     if args.validate_only or args.study:
         return _validate_only(args, parser, hooks, skip)
     hooks.after_training = lambda a, setup, output_dir: _evaluate_best(a, setup, output_dir, skip)
+    hooks.evaluations = EVALUATION_FILES
     return run_training(args, parser, hooks)
 
 

@@ -177,7 +177,9 @@ def resolve_skip(args: argparse.Namespace) -> SkipDecision | None:
              "--skip-blocks": args.skip_blocks or None}  # '' (an empty list) takes a config's rule back
     given = [flag for flag, value in rules.items() if value is not None]
     if len(given) > 1:
-        raise ConfigError(f"{' and '.join(given)} are alternatives; give one skip rule")
+        undo = {"--auto-skip": "--no-auto-skip", "--skip-lowest": "--skip-lowest ''", "--skip-blocks": "--skip-blocks ''"}
+        raise ConfigError(f"{' and '.join(given)} are alternatives; give one skip rule (a rule in the -c config "
+                          f"counts too: take it back with {' or '.join(undo[flag] for flag in given)})")
     if not given:
         if args.log_file and not getattr(args, "study", False):
             _logger.warning("--log-file %s is only read with --auto-skip, --skip-lowest or --study", args.log_file)
@@ -333,6 +335,11 @@ def _write_json(path: Path, content: dict, compact_values: bool = False) -> None
     else:
         text = json.dumps(content, indent=2, allow_nan=False) + "\n"
     write_text_atomic(path, text)
+
+
+EVALUATION_FILES = ("aster_eval.json", "fixed_step_accuracy.csv", "exit_steps.json", "early_exit_class_stats.json",
+                    "exit_sweep.csv", "exit_sweep_portion.csv", "exit_sweep.png")
+"""What :func:`write_aster_outputs` writes about a trained model (all but ``skip.json``)."""
 
 
 def write_aster_outputs(out_dir: str | Path, result: AsterResult | None, skip: dict) -> list[Path]:

@@ -2,13 +2,13 @@
 
 A checkpoint is a dict with ``epoch``, ``arch``, ``state_dict``, ``optimizer``, ``version`` (2: the next epoch is
 ``epoch + 1``), ``args`` (an ``argparse.Namespace``), ``metric``, ``saver`` (history, and a plateau schedule's
-progress as ``plateau``) and, when used, ``state_dict_ema`` and ``amp_scaler``.  timm's saver writes ``tmp.pth.tar`` and renames it (``os.replace``), so a
-killed run never leaves a truncated ``last.pth.tar``; it keeps the best ``--checkpoint-hist`` epoch files and
-``model_best.pth.tar``.  The LR scheduler needs no state of its own: timm schedules are functions of the epoch,
-and resuming steps the scheduler to the resumed epoch (except ``plateau``: past its warmup it goes on from the LR
-the restored optimizer holds, with its reductions and without the ``--lr-noise`` it carries, and its best value,
-patience and cooldown counters, which timm keeps only in the scheduler, go on from the saver's ``plateau``;
-with ``--no-resume-opt`` its LR and counters restart).
+progress as ``plateau``) and, when used, ``state_dict_ema`` and ``amp_scaler``.  timm's saver writes
+``tmp.pth.tar`` and renames it (``os.replace``), so a killed run never leaves a truncated ``last.pth.tar``; it
+keeps the best ``--checkpoint-hist`` epoch files and ``model_best.pth.tar``.  timm schedules are functions of the
+epoch, and resuming steps the scheduler to the resumed epoch (except ``plateau``: past its warmup it goes on from
+the LR the restored optimizer holds, with its reductions and without the ``--lr-noise`` it carries, and its best
+value, patience and cooldown counters, which timm keeps only in the scheduler, go on from the saver's
+``plateau``; with ``--no-resume-opt`` its LR and counters restart).
 
 Loading checks every key and shape first and raises :class:`~engine.errors.CheckpointError` with a one-line
 summary, so a checkpoint of another architecture is rejected before anything is written; a checkpoint whose
@@ -36,7 +36,7 @@ from .optim import plateau_progress
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "restores_optimizer", "resume_checkpoint",
            "load_initial_checkpoint", "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start",
-           "set_aside_later_checkpoints", "weights_key"]
+           "set_aside_later_checkpoints", "weights_key", "check_same_computation", "plateau_progress_of"]
 
 _logger = logging.getLogger(__name__)
 
@@ -94,10 +94,11 @@ def _trained_with(checkpoint: dict) -> str:
     return f"; it was trained with {values}"
 
 
-def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module,
-                      args: argparse.Namespace | None) -> list[tuple[str, Any, Any]]:
+def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module, args: argparse.Namespace | None,
+                      every_skip: bool = False) -> list[tuple[str, Any, Any]]:
     """``(field, trained with, this model)`` of the fields that change the computation but not the weights
-    (``img_size`` only with the run's ``args``: the model does not hold it)."""
+    (``img_size`` only with the run's ``args``: the model does not hold it; ``skipped_blocks`` only when the
+    checkpoint skipped blocks, unless ``every_skip``)."""
     bare = unwrap(model)
     mode = getattr(ckpt_args, "attention_mode", None)
     reference = getattr(ckpt_args, "reference", None) or (mode and ("statten" if mode == "STAtten" else "sdt"))
@@ -109,9 +110,10 @@ def _computation_args(ckpt_args: argparse.Namespace, model: nn.Module,
              ("time_steps", getattr(ckpt_args, "time_steps", None), getattr(bare, "T", None))]
     if args is not None:
         pairs.append(("img_size", getattr(ckpt_args, "img_size", None), getattr(args, "img_size", None)))
-    if getattr(ckpt_args, "skipped_blocks", None):  # weights trained for a skip list; skipping more of an
+    if every_skip or getattr(ckpt_args, "skipped_blocks", None):  # weights trained for a skip list; skipping more of an
         # unskipped model is what main.py and finetune.py are for, so only a checkpoint that skipped is compared
-        pairs.append(("skipped_blocks", list(ckpt_args.skipped_blocks), list(getattr(bare, "skip_blocks", []))))
+        pairs.append(("skipped_blocks", list(getattr(ckpt_args, "skipped_blocks", None) or []),
+                      list(getattr(bare, "skip_blocks", []))))
     if "STAtten" in (mode, getattr(bare, "attention_mode", None)):  # only STAtten chunks the time steps
         pairs.append(("chunk_size", getattr(ckpt_args, "chunk_size", None), getattr(bare, "chunk_size", None)))
     return [(k, trained, now) for k, trained, now in pairs if trained is not None and now is not None]
@@ -131,6 +133,26 @@ def _warn_on_changed_computation(model: nn.Module, checkpoint: dict, path: str,
         _logger.warning("checkpoint %r was trained with %s: the weights fit but the model computes something else; "
                         "pass the training values to evaluate it as trained (-c the run's args.yaml gives them all; "
                         "skipped_blocks: --skip-blocks)", path, ", ".join(changed))
+
+
+def check_same_computation(model: nn.Module, checkpoint: dict, path: str, args: argparse.Namespace) -> None:
+    """A run resumed into its own folder goes on training the model of its first epochs: a field that changes the
+    computation (see :func:`_warn_on_changed_computation`, and any other ``skipped_blocks``) would train another
+    model into the same ``summary.csv``.
+
+    Raises:
+        CheckpointError: naming the changed fields and the two ways out.
+    """
+    ckpt_args = checkpoint.get("args")
+    if not isinstance(ckpt_args, argparse.Namespace):
+        return
+    changed = [f"{k}={trained!r} (this run: {now!r})"
+               for k, trained, now in _computation_args(ckpt_args, model, args, every_skip=True) if trained != now]
+    if changed:
+        raise CheckpointError(f"--resume {path} continues a run trained with {', '.join(changed)}: its epochs would "
+                              f"train another model into the same run folder. Pass the training values (-c the "
+                              f"run's args.yaml gives them all), or give --experiment NAME to train the changed model "
+                              f"from these weights in a folder of its own")
 
 
 # The values that choose the samples of a split mode ("published" is fixed, "official" the dataset's own).
@@ -490,13 +512,14 @@ def plateau_progress_of(checkpoint: dict | None) -> dict | None:
 
 def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.optim.Optimizer, output_dir: str, *,
                 model_ema: Any = None, loss_scaler: Any = None, resume_checkpoint_dict: dict | None = None,
-                lr_scheduler: Any = None):
+                lr_scheduler: Any = None, evaluations: tuple[str, ...] = ()):
     """timm ``CheckpointSaver`` writing into ``output_dir``; its checkpoints also hold ``lr_scheduler``'s
     :func:`~engine.optim.plateau_progress` (a ``plateau`` schedule's best value and counters, see
     :func:`plateau_progress_of`).
 
     When resuming from a checkpoint inside ``output_dir``, its history (best metric, kept epoch files) is restored so
-    the ranking continues.
+    the ranking continues, and the files of the run before it that it replaces (later checkpoints, ``evaluations``)
+    are set aside (:func:`set_aside_later_checkpoints`).
     """
     saver = _saver_class()(model=model, optimizer=optimizer, args=args, model_ema=model_ema,
                            amp_scaler=loss_scaler, checkpoint_dir=output_dir, recovery_dir=output_dir,
@@ -505,15 +528,15 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
     same_dir = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir)
     if same_dir and resume_checkpoint_dict is not None and "saver" in resume_checkpoint_dict:
         resume_point = resume_start(args, resume_checkpoint_dict)
-        moved = set_aside_later_checkpoints(output_dir, *resume_point, args.resume)
+        moved = set_aside_later_checkpoints(output_dir, *resume_point, args.resume, evaluations)
         saver.load_state_dict(resume_checkpoint_dict["saver"])  # drops history entries whose files were moved
         saver.finish_interrupted_save(args.resume, resume_checkpoint_dict["saver"].get("pending"))
         model_best = os.path.join(output_dir, f"model_best{saver.extension}")
         if moved:
             restored = (f"; model_best{saver.extension} is the best before it again (epoch {saver.best_epoch})"
                         if os.path.exists(model_best) else "")
-            _logger.warning("Resuming at epoch %d of a run that went further: its later files (%s) were moved to "
-                            "%s%s", resume_point[0], ", ".join(os.path.basename(f) for f in moved),
+            _logger.warning("Resuming at epoch %d: the files of the run before it that this run replaces (%s) were "
+                            "moved to %s%s", resume_point[0], ", ".join(os.path.basename(f) for f in moved),
                             os.path.dirname(moved[0]), restored)
     return saver
 
@@ -542,15 +565,19 @@ def _trained_past(path: str, start_epoch: int, start_batch: int) -> bool:
     return (epoch, int(recovery.group(2)) + 1) > (start_epoch, start_batch)
 
 
-def set_aside_later_checkpoints(output_dir: str, start_epoch: int, start_batch: int, resumed_from: str) -> list[str]:
+def set_aside_later_checkpoints(output_dir: str, start_epoch: int, start_batch: int, resumed_from: str,
+                                evaluations: tuple[str, ...] = ()) -> list[str]:
     """Move the checkpoint files that trained past ``start_batch`` batches of ``start_epoch`` (a run resumed from an
-    earlier checkpoint abandons them) into ``output_dir/superseded-from-epoch-<start_epoch>[-N]/``, so that
-    ``model_best``, ``last``, the epoch and the recovery files describe the resumed run only and nothing is deleted.
+    earlier checkpoint abandons them), and the ``evaluations`` files (written after training, they describe the run
+    before it resumed), into ``output_dir/superseded-from-epoch-<start_epoch>[-N]/``, so that ``model_best``,
+    ``last``, the epoch and the recovery files describe the resumed run only and nothing is deleted.
     Returns the new paths."""
-    later = [os.path.join(output_dir, name) for name in sorted(os.listdir(output_dir))
+    names = sorted(os.listdir(output_dir))
+    later = [os.path.join(output_dir, name) for name in names
              if _CHECKPOINT_NAME.fullmatch(name)
              and not os.path.samefile(os.path.join(output_dir, name), resumed_from)]
     later = [path for path in later if _trained_past(path, start_epoch, start_batch)]
+    later += [os.path.join(output_dir, name) for name in names if name in evaluations]
     if not later:
         return []
     folder, suffix = os.path.join(output_dir, f"superseded-from-epoch-{start_epoch}"), 1

@@ -79,7 +79,9 @@ def check_export_traces(args: argparse.Namespace) -> None:
         raise ConfigError(f"--export-traces {target}: {existing} is not writable (a read-only file system, or not "
                           f"yours); choose another folder")
     if os.path.exists(os.path.join(target, META_FILE)):
-        raise ConfigError(f"--export-traces {target} already holds a trace ({META_FILE}); choose a new folder")
+        raise ConfigError(f"--export-traces {target} already holds a trace ({META_FILE}); choose a new folder, or "
+                          f"--export-traces '' for none (a run's args.yaml given to -c names the folder that run "
+                          f"exported to)")
 
 
 def check_eval_args(args: argparse.Namespace) -> None:

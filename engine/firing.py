@@ -172,14 +172,15 @@ def _read_text(path: Path) -> str:
 
 
 def _checked_rates(path: Path, table, what: str) -> dict[str, dict[str, float]]:
-    """``table`` if it is shaped ``{"t0": {key: finite number}, ...}``, else a ``ValueError`` naming the file."""
+    """``table`` if it is shaped ``{"t0": {key: finite number >= 0}, ...}``, else a ``ValueError`` naming the
+    file."""
     if not isinstance(table, dict) or not table or not all(isinstance(v, dict) for v in table.values()):
         raise ValueError(f'{path}: {what} is not shaped {{"t0": {{key: rate}}, ...}}; rerun firing_num.py')
     for step, per_key in table.items():
         for key, rate in per_key.items():
-            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate):
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or rate < 0:
                 raise ValueError(f"{path}: the rate of {key[:80]!r} at {step[:20]!r} is {reprlib.repr(rate)}, not a "
-                                 f"finite number; rerun firing_num.py")
+                                 f"finite number of at least 0 (a mean of spikes); rerun firing_num.py")
     return table
 
 

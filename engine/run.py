@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import (build_saver, epoch_loss_so_far, load_initial_checkpoint, plateau_progress_of,
-                         restore_model_ema, restores_optimizer, resume_checkpoint)
+from .checkpoint import (build_saver, check_same_computation, epoch_loss_so_far, load_initial_checkpoint,
+                         plateau_progress_of, restore_model_ema, restores_optimizer, resume_checkpoint)
 from .config import parse_args, warn_inert_flags
 from .distributed import (agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary,
                           lost_peer)
@@ -55,12 +55,15 @@ class RunHooks:
             process (:func:`~engine.distributed.is_primary`) should write files.
         resumable: whether the script continues a run with ``--resume``; False for one that ignores it
             (``finetune.py``), whose Ctrl-C message then advises starting it again.
+        evaluations: names of the files ``after_training`` writes about the trained model; a run resumed into its
+            folder moves those of the run before it aside (:func:`~engine.checkpoint.set_aside_later_checkpoints`).
     """
 
     configure_model: ModelHook | None = None
     load_weights: ModelHook | None = None
     after_training: Callable[[argparse.Namespace, TrainingSetup, str], None] | None = None
     resumable: bool = True
+    evaluations: tuple[str, ...] = ()
 
 
 @dataclass
@@ -236,12 +239,15 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     # --start-epoch restarts the schedule from the loaded weights: a new run, in a folder of its own
     output_dir = resolve_output_dir(args, reuse_resume_dir=args.start_epoch is None,
                                     command_line_dests=getattr(parser, "command_line_dests", None))
+    if args.resume and args.start_epoch is None and s.checkpoint is not None \
+            and os.path.realpath(os.path.dirname(args.resume)) == os.path.realpath(output_dir):
+        check_same_computation(s.model, s.checkpoint, args.resume, args)
     outputs = saver = None
     if is_primary(args):
         outputs = RunOutputs(args, output_dir, resume_epoch=s.start_epoch if args.resume else None)
         saver = build_saver(args, s.model, s.optimizer, output_dir, model_ema=s.model_ema,
                             loss_scaler=s.amp.loss_scaler, resume_checkpoint_dict=s.checkpoint,
-                            lr_scheduler=s.lr_scheduler)
+                            lr_scheduler=s.lr_scheduler, evaluations=hooks.evaluations)
         _logger.info("Model %s: %.2fM parameters; %d processes on %s; output in %s.", args.model,
                      sum(p.numel() for p in s.model.parameters()) / 1e6, args.world_size, args.device, output_dir)
         _logger.info("Scheduled epochs: %d (from epoch %d).", s.num_epochs, s.start_epoch)

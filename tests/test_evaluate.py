@@ -157,7 +157,7 @@ def _a_file(tmp_path):
     (lambda p: ["--encoding-steps", "0"], "--encoding-steps 0: charge between 1 and T=2"),
     (lambda p: ["--encoding-steps", "3"], "--encoding-steps 3: charge between 1 and T=2"),
     (lambda p: ["--time-steps", "0"], "--time-steps 0: T must be a positive number"),
-    (lambda p: ["--export-traces", _existing_trace(p)], "already holds a trace"),
+    (lambda p: ["--export-traces", _existing_trace(p)], "choose a new folder, or --export-traces '' for none"),
     (lambda p: ["--export-traces", _a_file(p)], "is a file, not a folder"),
     (lambda p: ["--export-traces", str(p / "new"), "--trace-samples", "0"], "--trace-samples 0"),
     (lambda p: ["--export-traces", str(p / "new"), "--trace-samples", "-3"], "--trace-samples -3"),

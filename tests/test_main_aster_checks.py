@@ -44,6 +44,11 @@ def test_early_exit_after_training_evaluates_the_ema_weights(tmp_path):
     (["--use-ema"], "--use-ema works with --validate-only/--study"),
     (["--skip-lowest", "1", "--log-file", "{tmp}/statten.log"], "the rate of attention mode STAtten, but the model "
                                                                  "runs attention mode SDT"),
+    (["--skip-lowest", "1", "--log-file", "{tmp}/negative.log"], "is -0.5, not a finite number of at least 0"),
+    (["--skip-lowest", "1", "--skip-blocks", "0", "--log-file", "{tmp}/sdt.log"],
+     "give one skip rule (a rule in the -c config counts too: take it back with --skip-lowest '' or --skip-blocks '')"),
+    (["--study", "--initial-checkpoint", "{tmp}/any.pth.tar", "--log-file", "{tmp}/sdt.log", "--early-exit",
+      "--exit-threshold", "0.7"], "--study sweeps the thresholds of --exit-sweep and writes no per-sample exits"),
 ])
 def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, message):
     deep = {t: {**rates, "MS_SSA_Conv2_x_after_qkv": 0.1} for t, rates in RATES.items()}
@@ -51,14 +56,15 @@ def test_bad_input_is_one_error_line_before_any_output(tmp_path, capfd, flags, m
     (tmp_path / "sdt.log").write_text(reference_log(RATES))
     (tmp_path / "na.log").write_text(reference_log(RATES).replace("0.004", '"n/a"'))
     (tmp_path / "statten.log").write_text(reference_log(RATES).replace("_x_after_qkv", "_after_qkv"))
+    (tmp_path / "negative.log").write_text(reference_log(RATES).replace("0.004", "-0.5"))
     before = snapshot(tmp_path)
     status, _ = run_main(tmp_path, *[f.format(tmp=tmp_path) for f in flags])
     err = capfd.readouterr().err
     lines = error_lines(err)
     assert status == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert message in lines[0], lines[0]
-    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["deep.json", "na.log",
-                                                                                             "sdt.log", "statten.log"]
+    assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "deep.json", "na.log", "negative.log", "sdt.log", "statten.log"]
 
 
 def test_skip_flags_are_checked_against_a_named_variants_blocks(tmp_path, capfd):
@@ -114,3 +120,30 @@ def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path,
     assert cli_main(main.make_parser, main.run, argv) == 0
     assert snapshot(run.parent) == before
     assert len(list((tmp_path / "output" / "aster").glob("*/skip.json"))) == 1
+
+
+def test_a_resumed_run_sets_the_evaluation_of_the_run_before_it_aside(tmp_path, capfd):
+    """Resumed into its folder, a main.py run kept aster_eval.json and exit_steps.json of the model_best before it
+    (stale when it evaluated nothing, or replaced while that model_best was set aside); they now go with the
+    abandoned checkpoints.  Another skip list in that folder (epochs of two models in one summary.csv) is refused."""
+    from engine.run import cli_main
+
+    def resume(checkpoint: str, *extra: str) -> int:
+        argv = [*ASTER_FLAGS, "--output", str(tmp_path), "--skip-blocks", "0", "--resume", str(run / checkpoint),
+                *extra]
+        return cli_main(main.make_parser, main.run, argv)
+
+    status, run = run_main(tmp_path, "--skip-blocks", "0", "--epochs", "2", "--checkpoint-hist", "3",
+                           "--early-exit", experiment="run")
+    assert status == 0
+    evaluation = {name: (run / name).read_bytes() for name in ("aster_eval.json", "exit_steps.json")}
+    before = snapshot(tmp_path)
+    assert resume("checkpoint-0.pth.tar", "--epochs", "2", "--skip-blocks", "1") == 2
+    lines = error_lines(capfd.readouterr().err)
+    assert len(lines) == 1 and "continues a run trained with skipped_blocks=[0] (this run: [1])" in lines[0], lines
+    assert snapshot(tmp_path) == before
+    assert resume("last.pth.tar", "--epochs", "3") == 0
+    aside = run / "superseded-from-epoch-2"
+    assert {name: (aside / name).read_bytes() for name in evaluation} == evaluation
+    assert not any((run / name).exists() for name in evaluation)
+    assert len(read_summary(run / "summary.csv")) == 3
