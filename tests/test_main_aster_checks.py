@@ -106,10 +106,11 @@ def test_a_runs_args_yaml_parses_back():
 
 
 @pytest.mark.parametrize("resume", [False, True])
-def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path, monkeypatch, resume):
+def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path, monkeypatch, capfd, resume):
     """``-c <run>/args.yaml``: the config's ``output`` is the training root; the evaluation goes to output/aster
     (it made a second folder next to the training run, like another training run).  With ``--resume`` into the
-    run it wrote into the training run itself, replacing its skip.json, exit_steps.json and aster_eval.json."""
+    run it wrote into the training run itself, replacing its skip.json, exit_steps.json and aster_eval.json; the
+    --resume checkpoint is not the one evaluated, which is warned about."""
     from engine.run import cli_main
 
     run = trained_run()
@@ -120,6 +121,7 @@ def test_validate_only_with_a_runs_args_yaml_writes_under_output_aster(tmp_path,
     assert cli_main(main.make_parser, main.run, argv) == 0
     assert snapshot(run.parent) == before
     assert len(list((tmp_path / "output" / "aster").glob("*/skip.json"))) == 1
+    assert (f"--resume {run / 'last.pth.tar'} is not read" in capfd.readouterr().err) == resume
 
 
 def test_a_resumed_run_sets_the_evaluation_of_the_run_before_it_aside(tmp_path, capfd):
