@@ -240,7 +240,7 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
     output_dir = resolve_output_dir(args, reuse_resume_dir=args.start_epoch is None,
                                     command_line_dests=getattr(parser, "command_line_dests", None))
     if args.resume and args.start_epoch is None and s.checkpoint is not None \
-            and os.path.realpath(os.path.dirname(args.resume)) == os.path.realpath(output_dir):
+            and os.path.dirname(os.path.abspath(args.resume)) == output_dir:  # the same string on every process
         check_same_computation(s.model, s.checkpoint, args.resume, args)
     outputs = saver = None
     if is_primary(args):

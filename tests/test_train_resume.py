@@ -346,3 +346,23 @@ def test_summary_rows_are_added_by_replacing_the_file(tmp_path):
         outputs.close()
     assert inodes[0] != inodes[1]
     assert (tmp_path / "run" / "summary.csv").read_bytes() == (tmp_path / "timm.csv").read_bytes()
+
+
+def test_a_run_resumed_into_its_folder_trains_the_same_model(tmp_path):
+    """Resumed into its own folder with another --time-steps, the run's summary.csv would hold epochs of two models:
+    refused before anything is written.  With --experiment the changed model trains from those weights in a new
+    folder."""
+    from engine.errors import CheckpointError
+
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "run"))
+    before = snapshot(tmp_path)
+    resumed = tiny_args(tmp_path, "--epochs", "2", "--time-steps", "2", "--resume",
+                        str(tmp_path / "run" / "last.pth.tar"))
+    resumed.experiment = ""  # as when -c names none: the run goes on in its checkpoint's folder
+    with pytest.raises(CheckpointError, match=r"continues a run trained with time_steps=1 \(this run: 2\)"):
+        run_training(resumed)
+    assert snapshot(tmp_path) == before
+    result = run_training(tiny_args(tmp_path, "--epochs", "2", "--time-steps", "2", "--experiment", "changed",
+                                    "--resume", str(tmp_path / "run" / "last.pth.tar")))
+    assert result["output_dir"] == str(tmp_path / "changed") and len(read_summary(tmp_path / "changed" /
+                                                                                  "summary.csv")) == 1
