@@ -359,3 +359,22 @@ def test_a_skip_list_s_depths_must_be_the_integer_block_count(tmp_path, recorded
         load_skip_json(path, depths)
     path.write_text(json.dumps({"skipped_blocks": [0], "depths": depths}))
     assert load_skip_json(path, depths) == {0}
+
+
+def test_weight_programming_writes_every_replicated_copy_from_one_dram_read(tmp_path, trace):
+    """With crossbar.replication 2 each weight is written into two crossbars (twice the cells and cell-write
+    energy) but read from DRAM once (the same DRAM energy); replication ignored, the copies went unprogrammed."""
+    config = load_config("aster_default")
+    programming = {}
+    for copies in (1, 2):
+        (tmp_path / "p.yaml").write_text(f"base: {CONFIG_DIR / 'aster_default.yaml'}\ncrossbar:\n"
+                                         f"  replication: {copies}\n")
+        out = tmp_path / f"x{copies}"
+        assert main(["--trace", str(trace), "--hw-config", str(tmp_path / "p.yaml"), "--workers", "1", "--no-plots",
+                     "--out", str(out)]) == 0
+        s = json.loads((out / "summary.json").read_text())
+        programming[copies] = s["weight_programming_once"]
+        cells = s["memory"]["weight_cells"]
+        assert programming[copies]["cells"] == copies * cells
+        assert programming[copies]["energy_uj"] == pytest.approx(copies * cells * config.energy.cell_write * 1e-6)
+    assert programming[2]["dram_energy_uj"] == programming[1]["dram_energy_uj"] > 0
