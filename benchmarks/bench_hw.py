@@ -90,6 +90,10 @@ def main() -> None:
     parser.add_argument("--hw-config", default="aster_default")
     parser.add_argument("--rebuild", action="store_true", help="re-capture the traces")
     args = parser.parse_args()
+    if not 1 <= args.distinct <= args.samples or args.samples % args.distinct or args.workers < 1:
+        parser.error(f"--samples {args.samples} --distinct {args.distinct} --workers {args.workers}: the trace repeats "
+                     f"the distinct samples, so --samples must be a multiple of --distinct (at least 1), with at "
+                     f"least 1 worker")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(2)
     config = load_config(args.hw_config)

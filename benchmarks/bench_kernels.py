@@ -26,6 +26,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.peaks import peaks_of  # noqa: E402
 from engine.atomic import unwritable_reason, write_text_atomic  # noqa: E402
+from engine.errors import ConfigError  # noqa: E402
+from engine.validate import check_device  # noqa: E402
 from module.fused_lif import multistep_lif  # noqa: E402
 from module.pool import max_pool2d  # noqa: E402
 
@@ -50,14 +52,17 @@ class PoolCase:
     channels_last: bool = True
 
 
-# the largest LIF and pool of each anchor family (T * B samples for the pools)
+# LIFs and pools of the anchor families (T * B samples for the pools): the CIFAR and DVS blocks' LIFs, the DVS
+# stem's first LIF and the DVS attention pool are the anchors' own shapes; the others are stand-ins of the stems'
+# (smaller, or between two of their layers), named as such
 CASES = {
-    "LIF CIFAR SDT-2-512 T=4 B=64, 512 x 8 x 8, fp32": LifCase((4, 64, 512, 8, 8)),
-    "LIF DVS stem T=16 B=16, 32 x 64 x 64, fp32": LifCase((16, 16, 32, 64, 64)),
-    "LIF DVS block T=16 B=16, 256 x 16 x 16, fp32": LifCase((16, 16, 256, 16, 16)),
-    "LIF ImageNet stem T=4 B=32, 64 x 112 x 112, bf16": LifCase((4, 32, 64, 112, 112), torch.bfloat16),
+    "LIF CIFAR blocks T=4 B=64, 512 x 8 x 8, fp32": LifCase((4, 64, 512, 8, 8)),
+    "LIF DVS stem's first T=16 B=16, 32 x 64 x 64, fp32": LifCase((16, 16, 32, 64, 64)),
+    "LIF DVS blocks T=16 B=16, 256 x 16 x 16, fp32": LifCase((16, 16, 256, 16, 16)),
+    "LIF 64 x 112 x 112 T=4 B=32 (ImageNet stem's are 64 x 224^2, 128 x 112^2), bf16":
+        LifCase((4, 32, 64, 112, 112), torch.bfloat16),
     "pool DVS attention 3x3/1, 256 x 256 x 16 x 16, fp32": PoolCase((256, 256, 16, 16), 3, 1),
-    "pool DVS stem 3x3/2, 256 x 128 x 32 x 32, fp32": PoolCase((256, 128, 32, 32), 3, 2),
+    "pool 3x3/2, 256 x 128 x 32 x 32 (DVS stem's are 128 x 64^2, 256 x 32^2), fp32": PoolCase((256, 128, 32, 32), 3, 2),
     "pool ImageNet stem 3x3/2, 128 x 64 x 224 x 224, bf16": PoolCase((128, 64, 224, 224), 3, 2, torch.bfloat16),
 }
 TINY_CASES = {
@@ -162,6 +167,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         parser.error(f"--repeats {args.repeats} --warmup {args.warmup}: give at least 1 timed call, no negative")
     if args.json and (reason := unwritable_reason(args.json)):
         parser.error(f"--json {args.json}: {reason}")
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device, cases = torch.device(args.device), TINY_CASES if args.tiny else CASES
 

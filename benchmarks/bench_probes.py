@@ -27,6 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import model  # noqa: E402,F401  (registers "sdt")
+from engine.errors import ConfigError  # noqa: E402
+from engine.validate import check_device  # noqa: E402
 from module import instrument  # noqa: E402
 from profiler.compile_out import probes_compiled_out  # noqa: E402
 from profiler.session import ProfileSession  # noqa: E402
@@ -137,6 +139,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    if args.repeats < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        parser.error(f"--repeats {args.repeats} --warmup {args.warmup} --threads {args.threads}: give at least 1 timed "
+                     f"forward and 1 thread, no negative warm-up")
+    try:
+        check_device(args.device)
+    except ConfigError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -539,6 +539,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
         parser.error(f"--warmup {opts.warmup} --steps {opts.steps}: give at least 1 warm-up and 2 timed steps")
     if opts.json and (reason := unwritable_reason(opts.json)):
         parser.error(f"--json {opts.json}: {reason}")
+    if opts.profile_steps < 0 or (opts.peak_tflops is not None and not opts.peak_tflops > 0):
+        parser.error(f"--profile-steps {opts.profile_steps} --peak-tflops {opts.peak_tflops}: give at least 0 "
+                     f"profiled steps and a positive peak")
     device_flags = ["--device", opts.device] if opts.device else []
     try:  # every config's flags as train.py checks them, before any is measured
         configs = {name: engine_args([*case.flags, *device_flags, *engine_flags]) for name, case in cases.items()}

@@ -29,7 +29,8 @@ and a step that runs out is stopped so that the ones before it still come back:
 ``OUT/device_checks.tar.gz`` has the files (profiler records, benchmark JSON): two files in all, as the device tool
 returns at most eight.  The archive is packed again after every step (written beside and renamed over the last
 one), so a call stopped from outside, past the budget, still brings back every finished step's files.  ``--tiny``
-runs the same steps on small models (the CPU smoke test).
+runs the same steps on small models (the CPU smoke test).  The exit status is 0 only when every step ran and
+passed.
 """
 from __future__ import annotations
 
@@ -182,6 +183,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="+", default=(), choices=[s.name for s in STEPS],
                         help="these steps only, in this order")
     opts = parser.parse_args(argv)
+    if opts.out.exists() and not opts.out.is_dir():
+        parser.error(f"--out {opts.out} is a file; give a folder (it is created if missing)")
+    if not opts.budget >= 5:
+        parser.error(f"--budget {opts.budget:g}: a step needs at least 5 s")
     earlier = [name for name in ("log.txt", ARCHIVE) if (opts.out / name).exists()]
     if earlier:
         parser.error(f"--out {opts.out} already holds {' and '.join(earlier)} of an earlier run, which this run would "
@@ -190,5 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     return run_checks(opts.out, opts.device, opts.budget, tiny=opts.tiny, only=tuple(opts.only))
 
 
+def exit_status(summary: dict) -> int:
+    """0 when every step ran and passed; 1 when one failed, timed out or was skipped for lack of time."""
+    return int(any(rc != 0 for rc, _ in summary.values()))
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--calls", type=int, default=2000, help="calls per repeat")
     parser.add_argument("--repeats", type=int, default=5)
     opts = parser.parse_args(argv)
+    if opts.calls < 1 or opts.repeats < 1:
+        parser.error(f"--calls {opts.calls} --repeats {opts.repeats}: give at least 1 of each")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     direct, wrapped = _registered_ops()
     x = torch.randn(4, 8, requires_grad=True)

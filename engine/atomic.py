@@ -49,11 +49,13 @@ def numbered_paths(base: str | Path) -> Iterator[Path]:
 
 
 def unwritable_reason(path: str | Path) -> str | None:
-    """Why a file cannot be written at ``path`` (a folder is there, or its folder is missing), to check before the
-    work that produces it; None when it can."""
+    """Why a new file cannot be written at ``path`` (a folder or an earlier file is there, or its folder is missing),
+    to check before the work that produces it; None when it can."""
     path = Path(path)
     if path.is_dir():
         return "is a folder; give a file name"
+    if path.exists():
+        return "exists (an earlier run's results?), and this run would replace it; give a new file name or move it"
     if not path.parent.is_dir():
         return f"folder {path.parent} does not exist; create it first"
     return None

@@ -26,11 +26,15 @@ def test_rows_and_least_bytes_by_hand(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [(["--repeats", "0"], "--repeats 0"),
                                             (["--json", "{tmp}/missing/k.json"], "does not exist"),
-                                            (["--json", "{tmp}"], "is a folder")])
+                                            (["--json", "{tmp}"], "is a folder"),
+                                            (["--json", "{tmp}/earlier.json"], "exists (an earlier run's results?)"),
+                                            (["--device", "gpu"], "--device 'gpu' is not a device")])
 def test_bad_flags_are_refused_before_measuring(tmp_path, capsys, flags, message):
+    (tmp_path / "earlier.json").write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
         main(["--device", "cpu", "--tiny", *(f.format(tmp=tmp_path) for f in flags)])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "earlier.json").read_text() == "{}"
 
 
 def test_json_is_written_after_every_case(tmp_path, monkeypatch):

@@ -153,10 +153,20 @@ def test_top_ops_sums_per_name_and_step():
 
 
 def test_a_json_path_that_cannot_be_written_is_refused_before_measuring(tmp_path, capsys):
-    for path, message in ((tmp_path / "missing" / "out.json", "does not exist"), (tmp_path, "is a folder")):
+    """An existing file too: the results of an earlier run were replaced (after the first config, so a run that
+    died at the second had lost them)."""
+    (tmp_path / "earlier.json").write_text("{}")
+    for path, message in ((tmp_path / "missing" / "out.json", "does not exist"), (tmp_path, "is a folder"),
+                          (tmp_path / "earlier.json", "exists (an earlier run's results?)")):
         with pytest.raises(SystemExit) as exit_info:
             main(["--tiny", "--device", "cpu", "--json", str(path)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert (tmp_path / "earlier.json").read_text() == "{}"
+    for flags in (["--peak-tflops", "0"], ["--profile-steps", "-1"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--tiny", "--device", "cpu", *flags])
+        assert exit_info.value.code == 2 and "give at least 0 profiled steps and a positive peak" in \
+            capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import device_checks
-from benchmarks.device_checks import STEPS, main
+from benchmarks.device_checks import STEPS, exit_status, main
 
 
 @pytest.mark.slow
@@ -32,6 +32,7 @@ def test_a_step_out_of_time_is_stopped_and_the_rest_skipped(tmp_path):
     summary = main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--budget", "6", "--only",
                     "fixture_diffs", "bench_train"])
     assert summary == {"fixture_diffs": ("timeout", summary["fixture_diffs"][1]), "bench_train": ("skipped", 0.0)}
+    assert exit_status(summary) == 1
     assert "fixture_diffs: timeout" in (tmp_path / "log.txt").read_text()
     assert (tmp_path / "device_checks.tar.gz").exists()
 
@@ -76,3 +77,20 @@ def test_an_out_folder_with_earlier_results_is_refused_and_kept(tmp_path, capsys
         main(["--out", str(tmp_path), "--device", "cpu", "--tiny", "--only", "bench_train"])
     assert exit_info.value.code == 2 and "already holds log.txt and device_checks.tar.gz" in capsys.readouterr().err
     assert [p.read_text() for p in sorted(tmp_path.iterdir())] == ["earlier", "earlier"]
+
+
+def test_the_exit_status_is_0_only_when_every_step_passed():
+    """The script exited 0 whatever its steps returned (every step failing on a wrong --device, or all skipped)."""
+    assert exit_status({"a": (0, 1.0), "b": (0, 2.0)}) == 0
+    assert exit_status({"a": (0, 1.0), "b": (2, 2.0)}) == 1
+    assert exit_status({"a": ("skipped", 0.0)}) == 1
+
+
+@pytest.mark.parametrize("flags, message", [(["--budget", "1"], "--budget 1: a step needs at least 5 s"),
+                                            (["--out", "{tmp}/file"], "is a file; give a folder")])
+def test_bad_flags_are_refused_before_any_step(tmp_path, capsys, flags, message):
+    (tmp_path / "file").write_text("kept")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "out"), "--device", "cpu", "--tiny", *(f.format(tmp=tmp_path) for f in flags)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -1,4 +1,5 @@
 """CPU smoke test of benchmarks/op_overhead.py (no timing assertions: the times depend on the machine)."""
+import pytest
 import torch
 
 from benchmarks.op_overhead import _registered_ops, main
@@ -18,3 +19,10 @@ def test_table():
     assert list(results) == ["plain op (clone)", "autograd.Function", "module.library op", "torch.library.custom_op",
                              "sdt::multistep_lif, 1 element"]
     assert all(us > 0 for us in results.values())
+
+
+def test_no_calls_is_refused(capsys):
+    """--calls 0 divided by zero after timing nothing."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--calls", "0"])
+    assert exit_info.value.code == 2 and "--calls 0 --repeats 5: give at least 1 of each" in capsys.readouterr().err
