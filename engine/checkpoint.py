@@ -490,7 +490,7 @@ def _saver_class():
                 state["batches_done"] = self._recovery_batches
             if self.epoch_loss is not None:
                 state["epoch_loss"] = list(self.epoch_loss)
-            plateau = plateau_progress(self.lr_scheduler, self.args.eval_metric)
+            plateau = plateau_progress(self.lr_scheduler, getattr(self.args, "eval_metric", None))
             if plateau is not None:
                 state["plateau"] = plateau
             return state
