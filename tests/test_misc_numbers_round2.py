@@ -33,19 +33,21 @@ class _Recorder(torch.nn.Module):
         return x
 
 
-@pytest.mark.parametrize("dvs, expected", [(False, 4 * 2 * 4), (True, 4 * 4 / 2)])
+@pytest.mark.parametrize("dvs, expected", [(False, 4 * 2 * 4), (True, 4 * 4 / 4)])
 def test_statten_scale_uses_the_token_grid_height(dvs, expected):
     """reference_code.md: STAtten scales K^T V by 1/H (non-DVS) and 1/(H * H * chunk_size) (DVS), H the token grid's
     height.  With q = k = v = 1 every entry of Q (K^T V) before attn_lif is d * cs * N * scale (N = H * W tokens per
-    step, d channels per head): d * cs * W = 4 * 2 * 4 without DVS, d * W / H = 4 * 4 / 2 with it.  The grid here
-    is not square (2 x 4: the model's forward accepts that, only the config's img_size must be square), so H and W
-    give different numbers."""
-    T, B, C, H, W, heads, cs = 2, 1, 8, 2, 4, 2, 2
+    step, d channels per head): d * cs * W = 4 * 2 * 4 without DVS, d * W / H = 4 * 4 / 4 with it.  A grid that is
+    not square, where H and W would give different scales, is refused (the model's forward ran it with 1/H)."""
+    T, B, C, H, W, heads, cs = 2, 1, 8, 4, 4, 2, 2
     attn = MS_SSA_Conv(C, num_heads=heads, dvs=dvs, attention_mode="STAtten", chunk_size=cs, reference="statten")
     attn.attn_lif = _Recorder()
     ones = torch.ones(T, B, C, H, W)
     attn._statten_attention(ones, ones, ones, ones)
     torch.testing.assert_close(attn.attn_lif.seen, torch.full_like(attn.attn_lif.seen, float(expected)))
+    wide = torch.ones(T, B, C, 2, 4)
+    with pytest.raises(ValueError, match="needs a square token grid; this input gives a 2x4 grid"):
+        attn._statten_attention(wide, wide, wide, wide)
 
 
 # --------------------------------------------------------------------------------------------- DVS splits
