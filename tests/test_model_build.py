@@ -96,6 +96,7 @@ def test_unknown_keyword_is_rejected():
 def test_any_T_and_tet_shapes(attention_mode, T):
     """Every T (6 is above the references' T<=4 limit) gives per-step logits whose mean is the output, with the
     neurons firing (checked, so that the comparison is not between two copies of ``head.bias``)."""
+    torch.manual_seed(0)
     net = firing(timm.create_model("sdt", **{**TINY, "T": T, "attention_mode": attention_mode, "chunk_size": 2}))
     net.eval()
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -144,6 +145,7 @@ def test_dvs_input_is_time_major_inside():
 def test_an_unbatched_image_is_a_batch_of_one(encode_once):
     """The reference repeats a ``[C, H, W]`` image into ``[T, 1, C, H, W]``; the encode-once stem took it for a
     batch of C grey images and failed in its first convolution."""
+    torch.manual_seed(0)
     net = firing(timm.create_model("sdt", **TINY, encode_once=encode_once)).eval()
     x = torch.randn(3, 32, 32)
     with torch.no_grad():
@@ -180,6 +182,7 @@ def test_state_carries_over_only_when_auto_reset_is_off():
 
 
 def test_hook_dict_is_optional_and_leaves_no_hooks_behind():
+    torch.manual_seed(0)
     net = firing(timm.create_model("sdt", **TINY)).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
