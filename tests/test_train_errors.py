@@ -119,7 +119,7 @@ def test_fusing_bn_and_lif_under_sync_bn_is_warned_about(tmp_path, caplog):
     (["--dataset", "nmnist"], r"--in-channels: .* 3 input channels but --dataset nmnist gives event frames with 2"),
     (["--interpolation", "foo"], r"--interpolation 'foo'"),
     (["--aa", "foo"], r"image transforms .*Unknown AA policy foo"),
-    (["--dim", "0"], r"embed_dims=0 must be a positive multiple of 8"),
+    (["--dim", "0"], r"embed_dims=0 must be a positive int"),
     (["--mlp-ratio", "0"], r"mlp_ratios=0 must be positive"),
     (["--model", "resnet18"], r"'resnet18' is not a spiking transformer of this project"),
     (["--num-classes", "5"], r"labels 0..9 but --num-classes is 5; set --num-classes 10"),
