@@ -146,13 +146,16 @@ def check_same_computation(model: nn.Module, checkpoint: dict, path: str, args: 
     ckpt_args = checkpoint.get("args")
     if not isinstance(ckpt_args, argparse.Namespace):
         return
-    changed = [f"{k}={trained!r} (this run: {now!r})"
-               for k, trained, now in _computation_args(ckpt_args, model, args, every_skip=True) if trained != now]
+    changed = {k: f"{k}={trained!r} (this run: {now!r})"
+               for k, trained, now in _computation_args(ckpt_args, model, args, every_skip=True) if trained != now}
     if changed:
-        raise CheckpointError(f"--resume {path} continues a run trained with {', '.join(changed)}: its epochs would "
-                              f"train another model into the same run folder. Pass the training values (-c the "
-                              f"run's args.yaml gives them all), or give --experiment NAME to train the changed model "
-                              f"from these weights in a folder of its own")
+        fix = ("pass the training values (-c the run's args.yaml gives them all)" if "skipped_blocks" not in changed
+               or hasattr(args, "skip_blocks") else "resume it with main.py -c the run's args.yaml (this script "
+               "skips no blocks)")
+        raise CheckpointError(f"--resume {path} continues a run trained with {', '.join(changed.values())}: its "
+                              f"epochs would train another model into the same run folder. To continue it, {fix}; or "
+                              f"give --experiment NAME to train the changed model from these weights in a folder of "
+                              f"its own")
 
 
 # The values that choose the samples of a split mode ("published" is fixed, "official" the dataset's own).

@@ -132,6 +132,10 @@ class SpikeDrivenTransformer(nn.Module):
                         spike_mode=spike_mode, attention_mode=attention_mode, chunk_size=chunk_size,
                         reference=reference, neuron_backend=neuron_backend, mlp_ratios=mlp_ratios,
                         num_classes=num_classes)
+        # numpy ints pass the checks; Python ints reach the JSON files (trace meta.json, aster_eval.json)
+        T, depths, num_classes, embed_dims, num_heads, in_channels = map(
+            int, (T, depths, num_classes, embed_dims, num_heads, in_channels))
+        chunk_size = int(chunk_size) if isinstance(chunk_size, numbers.Integral) else chunk_size
         self.num_classes = num_classes
         self.depths = depths
         self.T = T

@@ -126,6 +126,20 @@ def test_statten_refuses_a_non_square_token_grid():
         assert statten(torch.randn(1, 3, 64, 64)).shape == (1, 10)
 
 
+def test_numpy_counts_are_kept_as_python_ints():
+    """Numpy ints pass the argument checks; kept as they were, they broke json.dumps of the trace's model summary."""
+    import json
+
+    import numpy as np
+
+    from engine.traces import model_summary
+
+    counts = {k: np.int64(v) for k, v in TINY.items() if isinstance(v, int)}
+    net = timm.create_model("sdt", **{**TINY, **counts, "attention_mode": "STAtten", "chunk_size": np.int64(2)})
+    summary = model_summary(net)
+    assert type(net.T) is int and type(net.chunk_size) is int and json.loads(json.dumps(summary))["T"] == 4
+
+
 def test_skip_blocks_takes_a_single_index():
     net = timm.create_model("sdt", **{**TINY, "depths": 2}, skip_blocks=1)
     assert net.skip_blocks == [1]

@@ -366,3 +366,10 @@ def test_a_run_resumed_into_its_folder_trains_the_same_model(tmp_path):
                                     "--resume", str(tmp_path / "run" / "last.pth.tar")))
     assert result["output_dir"] == str(tmp_path / "changed") and len(read_summary(tmp_path / "changed" /
                                                                                   "summary.csv")) == 1
+    skipping = load_checkpoint_file(str(tmp_path / "run" / "last.pth.tar"))
+    skipping["args"].skipped_blocks = [0]  # as main.py --skip-blocks 0 records it; train.py has no skip flag
+    torch.save(skipping, tmp_path / "run" / "skipping.pth.tar")
+    resumed = tiny_args(tmp_path, "--epochs", "2", "--resume", str(tmp_path / "run" / "skipping.pth.tar"))
+    resumed.experiment = ""
+    with pytest.raises(CheckpointError, match=r"skipped_blocks=\[0\] \(this run: \[\]\).*resume it with main\.py -c"):
+        run_training(resumed)
