@@ -82,9 +82,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     overridden = [(flag, getattr(args, flag)) for flag in ("resume", "initial_checkpoint") if getattr(args, flag)]
     for flag, _ in overridden:
         setattr(args, flag, "")
+    recovery_interval, args.recovery_interval = args.recovery_interval, 0  # this script does not resume
     skip = skip_record(args, resolve_skip(args))
 
     def configure(a: argparse.Namespace, model) -> None:
+        if recovery_interval:
+            _logger.warning("--recovery-interval %d: finetune.py does not resume (it starts over), so it writes no "
+                            "recovery checkpoints", recovery_interval)
         for flag, path in overridden:  # logged here, once the run's log (train.log) is recording
             _logger.warning("--finetune-checkpoint %s wins over --%s %s, which is ignored", a.finetune_checkpoint,
                             flag.replace("_", "-"), path)

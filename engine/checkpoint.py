@@ -36,7 +36,8 @@ from .optim import plateau_progress
 
 __all__ = ["load_checkpoint_file", "load_model_weights", "restores_optimizer", "resume_checkpoint",
            "load_initial_checkpoint", "restore_model_ema", "build_saver", "epoch_loss_so_far", "resume_start",
-           "set_aside_later_checkpoints", "weights_key", "check_same_computation", "plateau_progress_of"]
+           "set_aside_later_checkpoints", "weights_key", "check_same_computation", "plateau_progress_of",
+           "newest_recovery_files"]
 
 _logger = logging.getLogger(__name__)
 
@@ -533,6 +534,7 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
         resume_point = resume_start(args, resume_checkpoint_dict)
         moved = set_aside_later_checkpoints(output_dir, *resume_point, args.resume, evaluations)
         saver.load_state_dict(resume_checkpoint_dict["saver"])  # drops history entries whose files were moved
+        saver.prev_recovery_file, saver.curr_recovery_file = newest_recovery_files(output_dir)
         saver.finish_interrupted_save(args.resume, resume_checkpoint_dict["saver"].get("pending"))
         model_best = os.path.join(output_dir, f"model_best{saver.extension}")
         if moved:
@@ -545,6 +547,15 @@ def build_saver(args: argparse.Namespace, model: nn.Module, optimizer: torch.opt
 
 
 _CHECKPOINT_NAME = re.compile(r"(checkpoint-\d+|recovery-\d+-\d+|model_best|last)\.pth\.tar")
+
+
+def newest_recovery_files(output_dir: str) -> tuple[str, str]:
+    """``(second newest, newest)`` recovery files of ``output_dir`` by (epoch, batch), ``''`` where missing: timm's
+    saver removes the older of its last two at each recovery save, and a resumed run takes over the killed run's."""
+    found = sorted((int(m.group(1)), int(m.group(2)), name) for name in os.listdir(output_dir)
+                   if (m := _RECOVERY_NAME.fullmatch(name)))
+    paths = ["", ""] + [os.path.join(output_dir, name) for _, _, name in found]
+    return paths[-2], paths[-1]
 
 
 def _stored_epoch(path: str) -> int | None:

@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +113,10 @@ def build_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, 
 
     held_lrs = [group["lr"] for group in optimizer.param_groups]
     try:
-        scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
-                                                    updates_per_epoch=updates_per_epoch)
+        with warnings.catch_warnings():  # timm: "its state ... is not saved in checkpoints"; ours saves it
+            warnings.filterwarnings("ignore", "PlateauLRScheduler is deprecated", FutureWarning)
+            scheduler, num_epochs = create_scheduler_v2(optimizer, **scheduler_kwargs(args),
+                                                        updates_per_epoch=updates_per_epoch)
     except (ValueError, AssertionError) as err:
         raise ConfigError(f"--sched {args.sched}: the schedule flags do not fit ({err}); check --decay-epochs "
                           f"{args.decay_epochs:g} (epochs, or a fraction of the run below 1), --epochs {args.epochs} "

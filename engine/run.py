@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,8 @@ import torch
 from torch import nn
 
 from .checkpoint import (build_saver, check_same_computation, epoch_loss_so_far, load_initial_checkpoint,
-                         plateau_progress_of, restore_model_ema, restores_optimizer, resume_checkpoint)
+                         newest_recovery_files, plateau_progress_of, restore_model_ema, restores_optimizer,
+                         resume_checkpoint)
 from .config import parse_args, warn_inert_flags
 from .distributed import (agreed_setup, broadcast_state, cleanup_distributed, init_distributed, is_primary,
                           lost_peer)
@@ -268,10 +271,15 @@ def run_training(args: argparse.Namespace, parser: argparse.ArgumentParser | Non
 
 
 def _log_interrupted(output_dir: str, resumable: bool) -> None:
-    """After Ctrl-C (or a failed write): where the last finished epoch is, and how to go on."""
+    """After Ctrl-C, SIGTERM (or a failed write): the furthest point saved, and how to go on."""
     if resumable:
-        _logger.warning("Interrupted. %s holds the last finished epoch (and recovery-*.pth.tar files with "
-                        "--recovery-interval, a point inside the next): resume with --resume", output_dir)
+        last = os.path.join(output_dir, "last.pth.tar")
+        saved = [path for path in (last, newest_recovery_files(output_dir)[1]) if path and os.path.isfile(path)]
+        if saved:
+            _logger.warning("Interrupted. Resume with --resume %s (the furthest point saved)",
+                            max(saved, key=os.path.getmtime))
+        else:
+            _logger.warning("Interrupted before the first checkpoint of %s: start the run again", output_dir)
     else:
         _logger.warning("Interrupted. %s holds the last finished epoch; this script does not resume (it ignores "
                         "--resume): run it again to start over", output_dir)
@@ -290,27 +298,38 @@ def project_option_dests() -> frozenset[str]:
     return frozenset().union(*(config_keys(parser) for parser in parsers))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's time limit, torchrun stopping its workers), handled as Ctrl-C is."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
              argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (with ``-c`` YAML) and call ``run(args, parser)``; report a :class:`SetupError` as one line.
 
     Returns:
-        The process exit status: 0, 2 after a setup error, 130 after Ctrl-C, 1 when another process of the run
-        stopped (its collective failed) or an output could not be written (a full disk); no traceback in these
-        cases.
+        The process exit status: 0, 2 after a setup error, 130 after Ctrl-C (143 after SIGTERM), 1 when another
+        process of the run stopped (its collective failed) or an output could not be written (a full disk); no
+        traceback in these cases.
     """
     setup_console_logging(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)))
     parser = make_parser()
     finished = False
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         run(parse_args(parser, argv, foreign_keys=project_option_dests()), parser)
         finished = True
     except SetupError as exc:
         _logger.error("%s", one_line(exc))
         return 2
-    except KeyboardInterrupt:
-        _logger.error("Interrupted (Ctrl-C).")
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        _logger.error("Interrupted (%s).", "SIGTERM" if terminated else "Ctrl-C")
+        return 143 if terminated else 130
     except (RuntimeError, OSError) as exc:
         if storage_failure(exc):
             reason = f"{exc.filename}: {exc.strerror}; free some space or choose another folder" \
@@ -323,5 +342,7 @@ def cli_main(make_parser: Callable[[], argparse.ArgumentParser], run: Callable,
                       "too (%s)", str(exc).splitlines()[0])
         return 1
     finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
         cleanup_distributed(wait_for_peers=finished)
     return 0

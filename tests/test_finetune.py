@@ -23,10 +23,12 @@ def _tiny_model(**kwargs):
 def test_finetune_trains_only_the_head(tmp_path, capfd):
     start = str(trained_run() / "model_best.pth.tar")
     argv = [*ASTER_FLAGS, "--output", str(tmp_path), "--experiment", "ft", "--finetune-checkpoint", start,
-            "--resume", start, "--skip-blocks", "1", "--lr", "0.05"]
+            "--resume", start, "--skip-blocks", "1", "--lr", "0.05", "--recovery-interval", "2"]
     assert cli_main(finetune.make_parser, finetune.run, argv) == 0
     err = capfd.readouterr().err
     assert "wins over --resume" in err and "wins over --resume" in (tmp_path / "ft" / "train.log").read_text()
+    assert "--recovery-interval 2: finetune.py does not resume" in err  # it wrote checkpoints nothing could read
+    assert not list((tmp_path / "ft").glob("recovery-*"))
     assert "Trainable parameters: 330 of " in err and "head.weight, head.bias" in err  # 32 x 10 + 10
 
     before = load_checkpoint_file(start)["state_dict"]

@@ -203,22 +203,32 @@ def test_unknown_compile_backend_is_named(tmp_path, capfd):
     assert status == 2 and "--torchcompile inductr" in error_lines[0] and "cudagraphs, " in error_lines[0]
 
 
-def test_ctrl_c_is_logged_in_the_run_and_ends_without_a_traceback(tmp_path, capfd, monkeypatch):
+@pytest.mark.parametrize("stop, status, name", [("ctrl-c", 130, "Ctrl-C"), ("sigterm", 143, "SIGTERM")])
+def test_ctrl_c_is_logged_in_the_run_and_ends_without_a_traceback(tmp_path, capfd, monkeypatch, stop, status, name):
+    """Ctrl-C and SIGTERM (kill, a scheduler's time limit: the run ended silently with 143) log the file to resume
+    from; here epoch 0's last.pth.tar (the hint named "the last finished epoch" even when there was none)."""
+    import os
+    import signal
+
     import engine.run
 
     finished = engine.run.train_one_epoch
 
     def interrupted_in_epoch_1(epoch, *args, **kwargs):
         if epoch == 1:
+            if stop == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
             raise KeyboardInterrupt
         return finished(epoch, *args, **kwargs)
 
+    handler = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(engine.run, "train_one_epoch", interrupted_in_epoch_1)
-    status, error_lines, err = _run_cli([*TINY_FLAGS, "--output", str(tmp_path), "--experiment", "run", "--epochs",
-                                         "2"], capfd)
-    assert status == 130 and "Traceback" not in err and error_lines[-1].endswith("Interrupted (Ctrl-C).")
+    code, error_lines, err = _run_cli([*TINY_FLAGS, "--output", str(tmp_path), "--experiment", "run", "--epochs",
+                                       "2"], capfd)
+    assert code == status and "Traceback" not in err and error_lines[-1].endswith(f"Interrupted ({name}).")
     log = (tmp_path / "run" / "train.log").read_text()
-    assert "Interrupted." in log and "resume with --resume" in log and (tmp_path / "run" / "last.pth.tar").exists()
+    assert f"Interrupted. Resume with --resume {tmp_path / 'run' / 'last.pth.tar'} (the furthest point saved)" in log
+    assert signal.getsignal(signal.SIGTERM) is handler
 
 
 class _UnreadableFrames(torch.utils.data.Dataset):

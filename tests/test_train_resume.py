@@ -1,6 +1,7 @@
 """Stopping after epoch k and resuming gives epoch k+1 exactly as an uninterrupted run does."""
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -233,6 +234,20 @@ def test_a_resumed_plateau_schedule_goes_on_with_its_best_value_and_patience(tmp
     assert read_summary(tmp_path / "resumed" / "summary.csv") == rows[3:]
 
 
+def test_timms_plateau_warning_that_the_counters_are_not_saved_is_not_shown():
+    """timm warns on every plateau schedule that its counters are not saved in checkpoints; ours are."""
+    import warnings
+
+    from engine.optim import build_scheduler
+
+    args = tiny_args(Path("unused"), "--sched", "plateau")
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_scheduler(args, optimizer, updates_per_epoch=4)
+    assert not [w for w in caught if "PlateauLRScheduler" in str(w.message)]
+
+
 def test_a_plateau_progress_of_another_eval_metric_starts_afresh(tmp_path, caplog):
     """The best top-1 is no best loss: resumed with another --eval-metric, the counters start afresh, warned."""
     plateau = ["--sched", "plateau", "--warmup-epochs", "1", "--epochs", "4", "--checkpoint-hist", "5",
@@ -373,3 +388,17 @@ def test_a_run_resumed_into_its_folder_trains_the_same_model(tmp_path):
     resumed.experiment = ""
     with pytest.raises(CheckpointError, match=r"skipped_blocks=\[0\] \(this run: \[\]\).*resume it with main\.py -c"):
         run_training(resumed)
+
+
+def test_a_resumed_run_rotates_the_recovery_files_of_the_run_it_continues(tmp_path):
+    """timm's saver removes only recovery files it wrote itself: those the killed run left (full checkpoints with the
+    optimizer's state) stayed for good. The resumed run now takes them over, so the folder ends with the last two
+    recovery files, as an uninterrupted run's does."""
+    run_training(tiny_args(tmp_path, "--epochs", "1", "--recovery-interval", "2", "--experiment", "run"))
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("recovery-*")) == ["recovery-0-7.pth.tar", "recovery-0-9.pth.tar"]
+    resumed = tiny_args(tmp_path, "--epochs", "2", "--recovery-interval", "2", "--resume",
+                        str(run / "recovery-0-7.pth.tar"))
+    resumed.experiment = ""
+    run_training(resumed)
+    assert sorted(p.name for p in run.glob("recovery-*")) == ["recovery-1-7.pth.tar", "recovery-1-9.pth.tar"]
