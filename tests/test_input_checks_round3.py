@@ -253,7 +253,7 @@ def test_a_lost_peer_is_reported_with_the_first_line_of_its_error(tmp_path, monk
 
 
 def test_another_runtime_error_in_training_is_no_interruption(tmp_path, monkeypatch, caplog):
-    """Only Ctrl-C and a lost peer end with "Interrupted ... resume with --resume": an out-of-memory error keeps its
+    """Only Ctrl-C and a lost peer end with "Interrupted. Resume with --resume ...": an out-of-memory error keeps its
     traceback and is not called an interruption."""
     from engine import run
 

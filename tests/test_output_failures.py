@@ -71,7 +71,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_error_and_keeps_the_last_epoch(tmp_p
     assert errors == [f"Could not write an output: writing {run}/tmp.pth.tar failed ([enforce fail at "
                       f"inline_container.cc:626] . unexpected pos 64 vs 52); is the disk full? The checkpoints written "
                       f"before it are kept"]
-    assert len(errors) == 1 and "resume with --resume" in caplog.text and calls == [0, 1]
+    assert len(errors) == 1 and f"Resume with --resume {run / 'last.pth.tar'}" in caplog.text and calls == [0, 1]
     assert not (run / "tmp.pth.tar").exists()  # the partial file
     assert torch.load(run / "last.pth.tar", weights_only=False)["epoch"] == 0
     assert [row["epoch"] for row in read_summary(run / "summary.csv")] == ["0", "1"]

@@ -114,7 +114,8 @@ def test_dist_bn_also_distributes_the_ema_before_validating_it(tmp_path, monkeyp
 
 @pytest.mark.parametrize("resumable", [True, False])
 def test_ctrl_c_advises_resuming_only_for_a_script_that_resumes(tmp_path, monkeypatch, resumable):
-    """finetune.py ignores --resume, so its Ctrl-C message must not advise it."""
+    """finetune.py ignores --resume, so its Ctrl-C message must not advise it; a script that resumes says there is
+    nothing to resume from yet (interrupted in its first epoch, without recovery files)."""
     import engine.run
 
     def interrupted(*args, **kwargs):
@@ -125,7 +126,7 @@ def test_ctrl_c_advises_resuming_only_for_a_script_that_resumes(tmp_path, monkey
         engine.run.run_training(tiny_args(tmp_path, "--epochs", "1", "--experiment", "run"),
                                 hooks=engine.run.RunHooks(resumable=resumable))
     log = (tmp_path / "run" / "train.log").read_text()
-    assert ("resume with --resume" in log) is resumable
+    assert ("Interrupted before the first checkpoint of" in log and "start the run again" in log) is resumable
     assert ("this script does not resume (it ignores --resume): run it again to start over" in log) is not resumable
 
 
