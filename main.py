@@ -75,6 +75,10 @@ def _validate_only(args: argparse.Namespace, parser: argparse.ArgumentParser, ho
             raise ConfigError("--study needs --log-file (firing rates of the un-skipped model) to rank the blocks")
         if skip["rule"] != "none":
             raise ConfigError("--study chooses the skipped blocks itself; drop --auto-skip/--skip-lowest/--skip-blocks")
+        if args.early_exit:
+            raise ConfigError("--study sweeps the thresholds of --exit-sweep and writes no per-sample exits: drop "
+                              "--early-exit (--no-early-exit where the -c config sets it) and put the --exit-threshold "
+                              "into --exit-sweep")
         if args.study_max_skip is not None and not 0 <= args.study_max_skip <= args.layer:
             raise ConfigError(f"--study-max-skip {args.study_max_skip} must be between 0 and the number of blocks "
                               f"({args.layer})")
@@ -124,10 +128,6 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None)
     """
     check_exit_args(args)
     skip, hooks = skip_hooks(args)
-    if args.study and args.early_exit:
-        raise ConfigError("--study sweeps the thresholds of --exit-sweep and writes no per-sample exits: drop "
-                          "--early-exit (--no-early-exit where the -c config sets it) and put the --exit-threshold "
-                          "into --exit-sweep")
     if (args.validate_only or args.study) and args.resume and args.initial_checkpoint \
             and os.path.abspath(args.resume) != os.path.abspath(args.initial_checkpoint):
         _logger.warning("--%s evaluates --initial-checkpoint %s; --resume %s is not read",
